@@ -1,0 +1,214 @@
+//! The commands of the `cas-bridge` binary. `main.rs` only parses the CLI
+//! and calls [`main`].
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use chrono::Utc;
+use clap::{Parser, Subcommand};
+use secrecy::SecretString;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, Dur, SinkKind, StartFrom};
+use crate::sim::{self, SimConfig};
+use crate::worker::{Bridge, Coordination, Stats};
+
+/// Streams Trend Micro Cloud App Security SIEM events into Kafka or NATS JetStream.
+#[derive(Debug, Parser)]
+#[command(name = "cas-bridge", version)]
+pub struct Cli {
+    /// Configuration file (TOML or YAML); `CAS_BRIDGE__SECTION__KEY` variables override it.
+    #[arg(long, global = true, env = "CAS_BRIDGE_CONFIG")]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the bridge (the production entry point).
+    Run,
+    /// Simulator and bridge in one process on embedded defaults, then a summary.
+    Demo(DemoArgs),
+    /// Serve the built-in CAS API simulator.
+    Simulate(SimConfig),
+    /// Print the effective configuration (token redacted) and check it.
+    CheckConfig,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DemoArgs {
+    /// Where the events go (JSON lines).
+    #[arg(long, default_value = "./cas-events.jsonl")]
+    pub out: String,
+    /// How much history to collect.
+    #[arg(long, default_value = "2h")]
+    pub history: String,
+    /// Events per hour per shard in the simulator.
+    #[arg(long, default_value_t = 600.0)]
+    pub events_per_hour: f64,
+    /// Requests per minute for both the simulator and the bridge's budget.
+    #[arg(long, default_value_t = 1200)]
+    pub per_minute: u32,
+    /// Give up after this long.
+    #[arg(long, default_value = "5m")]
+    pub timeout: String,
+}
+
+pub async fn main(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Run => run(cli.config).await,
+        Command::Demo(args) => demo(cli.config, args).await,
+        Command::Simulate(cfg) => simulate(cfg).await,
+        Command::CheckConfig => check_config(cli.config),
+    }
+}
+
+fn init_logs(format: &str, level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = if format == "json" {
+        b.json().flatten_event(true).try_init()
+    } else {
+        b.try_init()
+    };
+}
+
+/// Cancels the token on SIGINT or SIGTERM.
+fn cancel_on_signals(cancel: CancellationToken) {
+    tokio::spawn(async move {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            let mut term = match signal(SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => return,
+            };
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {},
+                _ = term.recv() => {},
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+        tracing::info!("signal received");
+        cancel.cancel();
+    });
+}
+
+async fn run(file: Option<PathBuf>) -> anyhow::Result<()> {
+    let cfg = Config::load(file.as_deref())?;
+    init_logs(&cfg.log.format, &cfg.log.level);
+    let token = cfg.api.resolved_token()?;
+    let dup_window = cfg.window.overlap.get() + cfg.window.lag.get() + Duration::from_secs(60);
+    let sink = crate::sink::build(&cfg.sink, dup_window).await?;
+    let bridge = Arc::new(Bridge::new(&cfg, token, sink, Coordination::in_memory(&cfg))?);
+    let cancel = CancellationToken::new();
+    cancel_on_signals(cancel.clone());
+    bridge.run(cancel).await;
+    Ok(())
+}
+
+fn check_config(file: Option<PathBuf>) -> anyhow::Result<()> {
+    let cfg = Config::load(file.as_deref())?;
+    println!("{}", cfg.redacted_json());
+    match cfg.api.resolved_token() {
+        Ok(_) => eprintln!("configuration is valid; a token is set"),
+        Err(e) => eprintln!("configuration is valid, but `run` will refuse to start: {e}"),
+    }
+    Ok(())
+}
+
+async fn simulate(cfg: SimConfig) -> anyhow::Result<()> {
+    init_logs("text", "info");
+    let handle = sim::start(cfg.clone()).await.with_context(|| format!("cannot listen on {}", cfg.listen))?;
+    tracing::info!(addr = %handle.addr, dialect = %cfg.dialect, per_minute = cfg.per_minute, "simulator listening");
+    let cancel = CancellationToken::new();
+    cancel_on_signals(cancel.clone());
+    cancel.cancelled().await;
+    handle.stop().await;
+    Ok(())
+}
+
+async fn demo(file: Option<PathBuf>, args: DemoArgs) -> anyhow::Result<()> {
+    let history = crate::config::parse_duration(&args.history).map_err(anyhow::Error::msg)?;
+    let timeout = crate::config::parse_duration(&args.timeout).map_err(anyhow::Error::msg)?;
+    let mut cfg = Config::load(file.as_deref())?;
+    init_logs("text", "warn");
+    let sim_cfg = SimConfig {
+        listen: ([127, 0, 0, 1], 0).into(),
+        dialect: cfg.api.dialect,
+        events_per_hour: args.events_per_hour,
+        per_minute: args.per_minute,
+        per_day: 0,
+        ..SimConfig::default()
+    };
+    let handle = sim::start(sim_cfg.clone()).await.context("starting the simulator")?;
+    cfg.api.base_url = Some(handle.base_url());
+    cfg.api.region = None;
+    cfg.budget.per_minute = args.per_minute;
+    cfg.window.start_from = StartFrom::Ago(history);
+    cfg.window.min_interval = Dur::secs(10);
+    cfg.sink.kind = SinkKind::Jsonl;
+    cfg.sink.jsonl.path = args.out.clone();
+    cfg.validate()?;
+    let token = SecretString::from(sim_cfg.token.clone());
+    let sink = crate::sink::build(&cfg.sink, Duration::from_secs(600)).await?;
+    let bridge = Arc::new(Bridge::new(&cfg, token, sink, Coordination::in_memory(&cfg))?);
+    println!(
+        "demo: {} shards, {} of history, simulator at {} ({} dialect), events to {}",
+        bridge.shards().len(),
+        args.history,
+        handle.base_url(),
+        cfg.api.dialect,
+        args.out
+    );
+    let cancel = CancellationToken::new();
+    cancel_on_signals(cancel.clone());
+    let started = Instant::now();
+    let caught_up_at = Utc::now() - chrono::Duration::from_std(cfg.window.lag.get())?;
+    let runner = tokio::spawn(bridge.clone().run(cancel.clone()));
+    let s = &bridge.stats;
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    let finished = loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = cancel.cancelled() => break false,
+        }
+        let usage = bridge.budget_usage().await;
+        println!(
+            "  pages {:>5}  events {:>7}  dead-lettered {:>4}  budget {}/{} this minute",
+            Stats::get(&s.pages),
+            Stats::get(&s.events_published),
+            Stats::get(&s.dead_lettered),
+            usage.last_minute,
+            cfg.budget.per_minute
+        );
+        if bridge.min_cursor().is_some_and(|c| c >= caught_up_at) {
+            break true;
+        }
+        if started.elapsed() > timeout {
+            break false;
+        }
+    };
+    cancel.cancel();
+    let _ = runner.await;
+    handle.stop().await;
+    let secs = started.elapsed().as_secs_f64();
+    let delivered = Stats::get(&s.events_published);
+    println!("demo summary:");
+    println!("  events delivered      {delivered}");
+    println!("  dead-lettered         {}", Stats::get(&s.dead_lettered));
+    println!("  duplicates removed    {}", Stats::get(&s.duplicates_skipped));
+    println!("  requests used         {}", Stats::get(&s.requests));
+    println!("  windows checkpointed  {}", Stats::get(&s.windows));
+    println!("  elapsed               {secs:.1}s ({:.0} events/s)", delivered as f64 / secs);
+    println!("  output                {}", args.out);
+    if !finished {
+        anyhow::bail!("the demo did not catch up on every shard in time");
+    }
+    Ok(())
+}

@@ -1,0 +1,115 @@
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The error body the API sends with every non-200 answer.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(default)]
+pub struct ErrorBody {
+    /// A negative number, e.g. `-4290001`.
+    pub code: i64,
+    #[serde(rename = "traceId")]
+    pub trace_id: String,
+    pub msg: String,
+}
+
+/// What the caller should do about an [`ApiError`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Transient: fetch the same page again after a backoff with jitter.
+    Retry,
+    /// The request or configuration of this shard is wrong: park the shard
+    /// with a long backoff; the other shards go on.
+    Park,
+    /// The token was refused: every shard backs off.
+    Authentication,
+    /// Throttled: every worker pauses (for this long, when the API said).
+    RateLimited(Option<Duration>),
+}
+
+/// A failed request to the API.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("API answered {status} (code {code}, traceId {trace_id}): {msg}", code = .body.code, trace_id = .body.trace_id, msg = .body.msg)]
+    Status {
+        status: u16,
+        body: ErrorBody,
+        retry_after: Option<Duration>,
+    },
+    #[error("request failed: {0}")]
+    Transport(String),
+    #[error("request timed out")]
+    Timeout,
+    #[error("malformed response body: {0}")]
+    Malformed(String),
+    #[error("response body larger than the cap of {cap} bytes")]
+    TooLarge { cap: u64 },
+    #[error("refused to follow a next link to another host or scheme: {0}")]
+    ForeignLink(String),
+}
+
+impl ApiError {
+    /// What to do about it.
+    pub fn action(&self) -> Action {
+        match self {
+            ApiError::Status {
+                status,
+                retry_after,
+                ..
+            } => match status {
+                401 | 403 => Action::Authentication,
+                429 => Action::RateLimited(*retry_after),
+                408 | 425 => Action::Retry,
+                s if *s >= 500 => Action::Retry,
+                _ => Action::Park,
+            },
+            ApiError::Transport(_) | ApiError::Timeout | ApiError::Malformed(_) => Action::Retry,
+            ApiError::TooLarge { .. } | ApiError::ForeignLink(_) => Action::Park,
+        }
+    }
+
+    /// A short label for metrics and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ApiError::Status { status: 401, .. } | ApiError::Status { status: 403, .. } => {
+                "unauthorized"
+            }
+            ApiError::Status { status: 429, .. } => "rate_limited",
+            ApiError::Status { status, .. } if *status >= 500 => "server_error",
+            ApiError::Status { .. } => "bad_request",
+            ApiError::Transport(_) => "transport",
+            ApiError::Timeout => "timeout",
+            ApiError::Malformed(_) => "malformed",
+            ApiError::TooLarge { .. } => "too_large",
+            ApiError::ForeignLink(_) => "foreign_link",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(s: u16) -> ApiError {
+        ApiError::Status {
+            status: s,
+            body: ErrorBody::default(),
+            retry_after: None,
+        }
+    }
+
+    #[test]
+    fn classification() {
+        assert_eq!(status(400).action(), Action::Park);
+        assert_eq!(status(404).action(), Action::Park);
+        assert_eq!(status(405).action(), Action::Park);
+        assert_eq!(status(401).action(), Action::Authentication);
+        assert_eq!(status(429).action(), Action::RateLimited(None));
+        assert_eq!(status(500).action(), Action::Retry);
+        assert_eq!(status(503).action(), Action::Retry);
+        assert_eq!(ApiError::Timeout.action(), Action::Retry);
+        assert_eq!(ApiError::Malformed("x".into()).action(), Action::Retry);
+        assert_eq!(ApiError::TooLarge { cap: 1 }.action(), Action::Park);
+        assert_eq!(ApiError::ForeignLink("x".into()).action(), Action::Park);
+    }
+}

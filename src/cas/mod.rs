@@ -1,0 +1,80 @@
+//! The CAS SIEM API: its two dialects, the HTTP client, pages and errors.
+//!
+//! What must stay true here:
+//! - the next link is followed exactly as returned, and only to the
+//!   configured host (and never from https down to http): a foreign link is
+//!   an error and no request is sent there;
+//! - the token goes only into the `Authorization` header of requests to the
+//!   configured host; it is never logged;
+//! - a body that is empty, truncated, malformed or larger than the cap is an
+//!   error that tells the caller what to do, never a panic.
+
+mod client;
+mod error;
+mod page;
+
+pub use client::{format_time, Client};
+pub use error::{Action, ApiError, ErrorBody};
+pub use page::{parse_page, resolve_next_link, Page};
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// The shape of the API: the live one or the one the seed page describes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize, Default)]
+pub enum Dialect {
+    /// The live API: `/v1/siem/security_events`, `security_events`, `next_link`.
+    #[default]
+    #[serde(rename = "v1")]
+    V1,
+    /// The seed page: `/siem/v1/security_events`, `securityEvents`, `nextLink`.
+    #[serde(rename = "legacy")]
+    Legacy,
+}
+
+impl Dialect {
+    /// The path of the security events endpoint.
+    pub fn path(self) -> &'static str {
+        match self {
+            Dialect::V1 => "/v1/siem/security_events",
+            Dialect::Legacy => "/siem/v1/security_events",
+        }
+    }
+    /// The name of the events array in a page.
+    pub fn events_field(self) -> &'static str {
+        match self {
+            Dialect::V1 => "security_events",
+            Dialect::Legacy => "securityEvents",
+        }
+    }
+    /// The name of the next-page link.
+    pub fn next_field(self) -> &'static str {
+        match self {
+            Dialect::V1 => "next_link",
+            Dialect::Legacy => "nextLink",
+        }
+    }
+    /// The name of the this-page link.
+    pub fn self_field(self) -> &'static str {
+        match self {
+            Dialect::V1 => "current_link",
+            Dialect::Legacy => "selfLink",
+        }
+    }
+    /// The largest `limit` the API accepts (and its default).
+    pub fn max_page_limit(self) -> u32 {
+        match self {
+            Dialect::V1 => 500,
+            Dialect::Legacy => 200,
+        }
+    }
+}
+
+impl fmt::Display for Dialect {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Dialect::V1 => "v1",
+            Dialect::Legacy => "legacy",
+        })
+    }
+}

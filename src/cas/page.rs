@@ -1,0 +1,145 @@
+use serde::Deserialize;
+use serde_json::Value;
+use url::Url;
+
+use super::{ApiError, Dialect};
+
+/// One page of security events.
+#[derive(Debug, Default)]
+pub struct Page {
+    /// The vendor's event objects, whole and untouched.
+    pub events: Vec<Value>,
+    /// The next link exactly as returned; `None` when the pages end.
+    pub next_link: Option<String>,
+}
+
+/// Both dialects' envelope field names are accepted whatever the configured
+/// dialect is: a tolerant reader costs nothing here.
+#[derive(Deserialize)]
+struct Envelope {
+    #[serde(default, alias = "securityEvents")]
+    security_events: Option<Vec<Value>>,
+    #[serde(default, alias = "nextLink")]
+    next_link: Option<Value>,
+}
+
+/// Parses a 200 body.
+pub fn parse_page(body: &[u8], dialect: Dialect) -> Result<Page, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::Malformed("empty body".into()));
+    }
+    let env: Envelope = serde_json::from_slice(body).map_err(|e| {
+        ApiError::Malformed(format!("not a {dialect} page: {e}"))
+    })?;
+    let events = env.security_events.ok_or_else(|| {
+        ApiError::Malformed(format!(
+            "the page has no `{}` array",
+            dialect.events_field()
+        ))
+    })?;
+    let next_link = match env.next_link {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => {
+            let t = s.trim();
+            if t.is_empty() || t.eq_ignore_ascii_case("null") {
+                None
+            } else {
+                Some(s)
+            }
+        }
+        Some(other) => {
+            return Err(ApiError::Malformed(format!(
+                "`{}` is not a string: {other}",
+                dialect.next_field()
+            )))
+        }
+    };
+    Ok(Page { events, next_link })
+}
+
+/// Turns a next link into a URL that may be requested with the token: the
+/// same host and port as `base`, and not https → http. A link without a
+/// scheme gets `https://` (or the base's scheme when the base is plain http,
+/// as with the simulator).
+pub fn resolve_next_link(raw: &str, base: &Url) -> Result<Url, ApiError> {
+    let raw = raw.trim();
+    let with_scheme = if raw.contains("://") {
+        raw.to_string()
+    } else if raw.starts_with('/') {
+        // A path-only link is relative to the configured host.
+        let mut u = base.clone();
+        u.set_path("");
+        format!("{}{}", u.as_str().trim_end_matches('/'), raw)
+    } else {
+        let scheme = if base.scheme() == "http" { "http" } else { "https" };
+        format!("{scheme}://{raw}")
+    };
+    let url = Url::parse(&with_scheme)
+        .map_err(|e| ApiError::ForeignLink(format!("`{raw}` is not a URL: {e}")))?;
+    let same_host = url.host_str().map(|h| h.to_ascii_lowercase())
+        == base.host_str().map(|h| h.to_ascii_lowercase())
+        && url.port_or_known_default() == base.port_or_known_default();
+    let downgrade = base.scheme() == "https" && url.scheme() != "https";
+    if !same_host || downgrade || !matches!(url.scheme(), "http" | "https") {
+        return Err(ApiError::ForeignLink(format!(
+            "{}://{}:{} is not the configured API host",
+            url.scheme(),
+            url.host_str().unwrap_or("?"),
+            url.port_or_known_default().unwrap_or(0)
+        )));
+    }
+    Ok(url)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn both_dialects_parse() {
+        let v1 = br#"{"current_link":"x","next_link":"https://h/v1/siem/security_events?p=2","security_events":[{"a":1}],"traceId":"t","last_log_item_generation_time":"2020-07-19T22:51:30.000Z"}"#;
+        let p = parse_page(v1, Dialect::V1).unwrap();
+        assert_eq!(p.events.len(), 1);
+        assert_eq!(p.next_link.as_deref(), Some("https://h/v1/siem/security_events?p=2"));
+        let legacy = br#"{"selfLink":"x","nextLink":"","securityEvents":[{"a":1},{"b":2}]}"#;
+        let p = parse_page(legacy, Dialect::Legacy).unwrap();
+        assert_eq!(p.events.len(), 2);
+        assert!(p.next_link.is_none());
+    }
+
+    #[test]
+    fn end_of_pages_markers() {
+        for body in [
+            r#"{"security_events":[],"next_link":""}"#,
+            r#"{"security_events":[],"next_link":"null"}"#,
+            r#"{"security_events":[],"next_link":null}"#,
+            r#"{"security_events":[]}"#,
+        ] {
+            assert!(parse_page(body.as_bytes(), Dialect::V1).unwrap().next_link.is_none(), "{body}");
+        }
+    }
+
+    #[test]
+    fn broken_bodies_are_errors() {
+        for body in ["", "  ", "{", r#"{"security_events":"#, "[]", r#"{"next_link":""}"#, r#"{"security_events":[],"next_link":5}"#] {
+            let e = parse_page(body.as_bytes(), Dialect::V1).unwrap_err();
+            assert!(matches!(e, ApiError::Malformed(_)), "{body}: {e}");
+        }
+    }
+
+    #[test]
+    fn next_links() {
+        let base = Url::parse("https://api.tmcas.trendmicro.com").unwrap();
+        let ok = resolve_next_link("https://api.tmcas.trendmicro.com/v1/siem/security_events?a=1&b=2", &base).unwrap();
+        assert_eq!(ok.query(), Some("a=1&b=2"));
+        let noscheme = resolve_next_link("api.tmcas.trendmicro.com/v1/siem/security_events?x=1", &base).unwrap();
+        assert_eq!(noscheme.scheme(), "https");
+        assert!(resolve_next_link("https://evil.example/v1/siem/security_events", &base).is_err());
+        assert!(resolve_next_link("http://api.tmcas.trendmicro.com/v1/siem/security_events", &base).is_err());
+        assert!(resolve_next_link("https://api.tmcas.trendmicro.com:8443/x", &base).is_err());
+        assert!(resolve_next_link("https://api.tmcas.trendmicro.com.evil.example/x", &base).is_err());
+        let local = Url::parse("http://127.0.0.1:8080").unwrap();
+        assert!(resolve_next_link("http://127.0.0.1:8080/p?q=1", &local).is_ok());
+        assert!(resolve_next_link("http://127.0.0.1:8081/p?q=1", &local).is_err());
+    }
+}

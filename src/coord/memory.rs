@@ -1,0 +1,347 @@
+//! In-process coordination for the embedded mode (one process).
+
+use std::collections::{HashMap, VecDeque};
+use std::hash::{Hash, Hasher};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use tokio::time::Instant;
+
+use super::{Budget, BudgetUsage, CheckpointStore, CoordError, DedupStore, Fence, Permit};
+use crate::config::BudgetConfig;
+use crate::shard::Shard;
+
+const MINUTE: Duration = Duration::from_secs(60);
+const DAY: Duration = Duration::from_secs(86_400);
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A poisoned lock only means another task panicked mid-update of plain
+    // data; the data is still usable.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Cursors in a map; every fence is current (one process holds every shard).
+#[derive(Debug, Default)]
+pub struct MemoryCheckpoints {
+    /// Cursor per shard.
+    cursors: Mutex<HashMap<Shard, DateTime<Utc>>>,
+}
+
+#[async_trait]
+impl CheckpointStore for MemoryCheckpoints {
+    async fn load(&self, shard: &Shard) -> Result<Option<DateTime<Utc>>, CoordError> {
+        Ok(lock(&self.cursors).get(shard).copied())
+    }
+    async fn store(&self, shard: &Shard, _fence: Fence, cursor: DateTime<Utc>) -> Result<(), CoordError> {
+        lock(&self.cursors).insert(shard.clone(), cursor);
+        Ok(())
+    }
+}
+
+/// A sliding-window budget: at most `per_minute` permits in any 60 s and
+/// `per_day` in any 24 h. Waiters are served through a [`FairQueue`]:
+/// urgent ones first, otherwise in arrival order, so every shard gets its
+/// turn within one sweep.
+#[derive(Debug)]
+pub struct MemoryBudget {
+    limits: BudgetConfig,
+    /// Grant times within the last day, oldest first, and any pause.
+    state: Mutex<BudgetState>,
+    /// Who is next.
+    queue: FairQueue,
+}
+
+#[derive(Debug, Default)]
+struct BudgetState {
+    grants: VecDeque<Instant>,
+    paused_until: Option<Instant>,
+}
+
+impl BudgetState {
+    fn in_last(&self, now: Instant, span: Duration) -> usize {
+        match now.checked_sub(span) {
+            None => self.grants.len(),
+            Some(from) => self.grants.iter().rev().take_while(|t| **t > from).count(),
+        }
+    }
+}
+
+impl MemoryBudget {
+    pub fn new(limits: BudgetConfig) -> Self {
+        Self {
+            limits,
+            state: Mutex::new(BudgetState::default()),
+            queue: FairQueue::default(),
+        }
+    }
+
+    /// Takes a permit now, or says how long until one may be free.
+    fn try_take(&self) -> Result<(), Duration> {
+        let now = Instant::now();
+        let mut st = lock(&self.state);
+        if let Some(until) = st.paused_until {
+            if until > now {
+                return Err(until - now);
+            }
+            st.paused_until = None;
+        }
+        while st.grants.front().is_some_and(|t| now.duration_since(*t) >= DAY) {
+            st.grants.pop_front();
+        }
+        let tiny = Duration::from_millis(1);
+        if st.grants.len() >= self.limits.per_day as usize {
+            let oldest = st.grants[st.grants.len() - self.limits.per_day as usize];
+            return Err(DAY.saturating_sub(now.duration_since(oldest)).max(tiny));
+        }
+        if st.in_last(now, MINUTE) >= self.limits.per_minute as usize {
+            let oldest = st.grants[st.grants.len() - self.limits.per_minute as usize];
+            return Err(MINUTE.saturating_sub(now.duration_since(oldest)).max(tiny));
+        }
+        st.grants.push_back(now);
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Budget for MemoryBudget {
+    async fn acquire(&self, _shard: &Shard, urgent: bool) -> Result<Permit, CoordError> {
+        let started = Instant::now();
+        let turn = self.queue.wait_turn(urgent).await;
+        loop {
+            match self.try_take() {
+                Ok(()) => break,
+                Err(wait) => tokio::time::sleep(wait).await,
+            }
+        }
+        drop(turn);
+        Ok(Permit {
+            waited: started.elapsed(),
+        })
+    }
+
+    async fn pause(&self, for_: Duration) {
+        let until = Instant::now() + for_;
+        let mut st = lock(&self.state);
+        st.paused_until = Some(st.paused_until.map_or(until, |u| u.max(until)));
+    }
+
+    async fn usage(&self) -> BudgetUsage {
+        let now = Instant::now();
+        let st = lock(&self.state);
+        BudgetUsage {
+            last_minute: st.in_last(now, MINUTE) as u32,
+            last_day: st.in_last(now, DAY) as u32,
+        }
+    }
+}
+
+/// Orders the waiters for a permit in one process: urgent waiters (a shard
+/// with pages left in its window) first, then everyone else in arrival
+/// order. Only the head of the queue may take a permit. A waiter that is
+/// cancelled leaves the queue (its [`Turn`] is dropped).
+#[derive(Debug, Default)]
+pub struct FairQueue {
+    inner: Mutex<QueueState>,
+    changed: tokio::sync::Notify,
+}
+
+#[derive(Debug, Default)]
+struct QueueState {
+    next_ticket: u64,
+    urgent: VecDeque<u64>,
+    normal: VecDeque<u64>,
+}
+
+impl QueueState {
+    fn head(&self) -> Option<u64> {
+        self.urgent.front().or(self.normal.front()).copied()
+    }
+}
+
+/// Being at the head of a [`FairQueue`]; dropping it lets the next one go.
+#[derive(Debug)]
+pub struct Turn<'a> {
+    queue: &'a FairQueue,
+    ticket: u64,
+}
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        let mut st = lock(&self.queue.inner);
+        st.urgent.retain(|t| *t != self.ticket);
+        st.normal.retain(|t| *t != self.ticket);
+        drop(st);
+        self.queue.changed.notify_waiters();
+    }
+}
+
+impl FairQueue {
+    /// Waits until this caller is at the head of the queue.
+    pub async fn wait_turn(&self, urgent: bool) -> Turn<'_> {
+        let turn = {
+            let mut st = lock(&self.inner);
+            let ticket = st.next_ticket;
+            st.next_ticket += 1;
+            if urgent {
+                st.urgent.push_back(ticket);
+            } else {
+                st.normal.push_back(ticket);
+            }
+            Turn { queue: self, ticket }
+        };
+        loop {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if lock(&self.inner).head() == Some(turn.ticket) {
+                return turn;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// Delivered ids with the time they expire, as 64-bit hashes (a collision
+/// would at worst drop a duplicate check, never an event: the hash includes
+/// the shard, and 2^-64 per pair).
+#[derive(Debug)]
+pub struct MemoryDedup {
+    horizon: Duration,
+    seen: Mutex<DedupState>,
+}
+
+#[derive(Debug, Default)]
+struct DedupState {
+    expiry: HashMap<u64, Instant>,
+    marks_since_prune: usize,
+}
+
+impl MemoryDedup {
+    pub fn new(horizon: Duration) -> Self {
+        Self {
+            horizon,
+            seen: Mutex::new(DedupState::default()),
+        }
+    }
+
+    fn key(shard: &Shard, id: &str) -> u64 {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        shard.hash(&mut h);
+        id.hash(&mut h);
+        h.finish()
+    }
+
+    /// Number of ids remembered.
+    pub fn len(&self) -> usize {
+        lock(&self.seen).expiry.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[async_trait]
+impl DedupStore for MemoryDedup {
+    async fn seen(&self, shard: &Shard, ids: &[&str]) -> Result<Vec<bool>, CoordError> {
+        let now = Instant::now();
+        let st = lock(&self.seen);
+        Ok(ids
+            .iter()
+            .map(|id| st.expiry.get(&Self::key(shard, id)).is_some_and(|t| *t > now))
+            .collect())
+    }
+
+    async fn mark(&self, shard: &Shard, ids: &[&str]) -> Result<(), CoordError> {
+        let now = Instant::now();
+        let until = now + self.horizon;
+        let mut st = lock(&self.seen);
+        for id in ids {
+            st.expiry.insert(Self::key(shard, id), until);
+        }
+        st.marks_since_prune += ids.len();
+        if st.marks_since_prune > st.expiry.len() / 2 + 1024 {
+            st.expiry.retain(|_, t| *t > now);
+            st.marks_since_prune = 0;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn budget_never_exceeds_per_minute_in_any_sliding_minute() {
+        let b = std::sync::Arc::new(MemoryBudget::new(BudgetConfig {
+            per_minute: 10,
+            per_day: 1000,
+        }));
+        let shard = Shard::new("s", "e");
+        let start = Instant::now();
+        let mut times = Vec::new();
+        for _ in 0..35 {
+            let _p = b.acquire(&shard, false).await.unwrap();
+            times.push(Instant::now() - start);
+        }
+        for (i, t) in times.iter().enumerate() {
+            let in_window = times[i..].iter().take_while(|u| **u < *t + MINUTE).count();
+            assert!(in_window <= 10, "{in_window} permits within 60 s from {t:?}");
+        }
+        // 35 permits at 10/min: the last one comes after 3 minutes, not later.
+        assert!(times[34] >= Duration::from_secs(180) && times[34] < Duration::from_secs(181));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn per_day_limit_and_pause() {
+        let b = MemoryBudget::new(BudgetConfig {
+            per_minute: 100,
+            per_day: 3,
+        });
+        let s = Shard::new("s", "e");
+        for _ in 0..3 {
+            let _ = b.acquire(&s, false).await.unwrap();
+        }
+        assert!(tokio::time::timeout(Duration::from_secs(3600), b.acquire(&s, false)).await.is_err());
+        let b = MemoryBudget::new(BudgetConfig { per_minute: 100, per_day: 100 });
+        b.pause(Duration::from_secs(30)).await;
+        let p = b.acquire(&s, true).await.unwrap();
+        assert!(p.waited >= Duration::from_secs(30));
+        assert_eq!(b.usage().await.last_minute, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn urgent_waiters_go_first() {
+        let q = std::sync::Arc::new(FairQueue::default());
+        let head = q.wait_turn(false).await;
+        let order = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let mut tasks = Vec::new();
+        for (name, urgent) in [("n1", false), ("n2", false), ("u1", true)] {
+            let (q, order) = (q.clone(), order.clone());
+            tasks.push(tokio::spawn(async move {
+                let _t = q.wait_turn(urgent).await;
+                lock(&order).push(name);
+            }));
+            tokio::task::yield_now().await;
+        }
+        drop(head);
+        for t in tasks {
+            t.await.unwrap();
+        }
+        assert_eq!(*lock(&order), vec!["u1", "n1", "n2"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn dedup_forgets_after_the_horizon() {
+        let d = MemoryDedup::new(Duration::from_secs(60));
+        let s = Shard::new("s", "e");
+        d.mark(&s, &["a", "b"]).await.unwrap();
+        assert_eq!(d.seen(&s, &["a", "c"]).await.unwrap(), vec![true, false]);
+        assert_eq!(d.seen(&Shard::new("s", "x"), &["a"]).await.unwrap(), vec![false]);
+        tokio::time::advance(Duration::from_secs(61)).await;
+        assert_eq!(d.seen(&s, &["a"]).await.unwrap(), vec![false]);
+    }
+}

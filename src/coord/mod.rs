@@ -1,0 +1,84 @@
+//! Coordination: checkpoints (cursors), the token's request budget, and the
+//! dedup memory. The embedded mode keeps them in process ([`memory`]); a
+//! fleet keeps them in Redis.
+//!
+//! What must stay true here:
+//! - a cursor is written only with a fence that is still current; a stale
+//!   writer gets [`CoordError::Fenced`] and must stop working the shard;
+//! - no request is sent without a [`Permit`], and permits never exceed the
+//!   budget's per-minute and per-day limits in any sliding window;
+//! - a 429 pauses every caller of the budget, not just the one that saw it.
+
+pub mod memory;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+use crate::shard::Shard;
+
+/// A fencing token: bumped at every acquisition of a shard's lease. Only the
+/// holder of the current fence may move that shard's cursor.
+pub type Fence = u64;
+
+/// A coordination failure, and what to do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum CoordError {
+    /// Our fence is no longer current: another worker holds the shard. Stop
+    /// working it; never retry the write.
+    #[error("fence {ours} for shard {shard} is stale (current {current})")]
+    Fenced {
+        shard: String,
+        ours: Fence,
+        current: Fence,
+    },
+    /// The store is unreachable: retry later, move no cursor meanwhile.
+    #[error("coordination store unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// Granted by a [`Budget`]: the right to send one request.
+#[derive(Debug)]
+#[must_use]
+pub struct Permit {
+    /// How long the caller waited for it.
+    pub waited: Duration,
+}
+
+/// How much of the budget is spent.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BudgetUsage {
+    pub last_minute: u32,
+    pub last_day: u32,
+}
+
+/// Where cursors are kept.
+#[async_trait]
+pub trait CheckpointStore: Send + Sync {
+    /// The shard's cursor, if it has one.
+    async fn load(&self, shard: &Shard) -> Result<Option<DateTime<Utc>>, CoordError>;
+    /// Moves the cursor, if `fence` is still current for the shard.
+    async fn store(&self, shard: &Shard, fence: Fence, cursor: DateTime<Utc>) -> Result<(), CoordError>;
+}
+
+/// The token's request budget, shared by every worker.
+#[async_trait]
+pub trait Budget: Send + Sync {
+    /// Waits for a permit. `urgent` is set when the shard is in the middle of
+    /// a window (pages left): it goes before shards starting a new one.
+    async fn acquire(&self, shard: &Shard, urgent: bool) -> Result<Permit, CoordError>;
+    /// Every caller waits this long before the next permit (429, 401).
+    async fn pause(&self, for_: Duration);
+    /// What was spent.
+    async fn usage(&self) -> BudgetUsage;
+}
+
+/// The memory of delivered event ids, for the dedup horizon.
+#[async_trait]
+pub trait DedupStore: Send + Sync {
+    /// For each id, whether it was already delivered.
+    async fn seen(&self, shard: &Shard, ids: &[&str]) -> Result<Vec<bool>, CoordError>;
+    /// Records ids as delivered (after the sink acknowledged them).
+    async fn mark(&self, shard: &Shard, ids: &[&str]) -> Result<(), CoordError>;
+}

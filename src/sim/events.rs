@@ -1,0 +1,254 @@
+//! Deterministic event generation: the same seed gives the same events, so
+//! the simulator can tell a test which ids a window holds.
+
+use chrono::{DateTime, TimeZone, Utc};
+use serde_json::{json, Map, Value};
+use sha2::{Digest, Sha256};
+
+use crate::cas::Dialect;
+use crate::identity::event_id;
+use crate::shard::Shard;
+
+/// How events are generated.
+#[derive(Debug, Clone)]
+pub struct EventPlan {
+    pub seed: u64,
+    /// Mean events per hour per shard.
+    pub events_per_hour: f64,
+    /// Share of events that reach the API late.
+    pub late_fraction: f64,
+    /// Ingest delay of a late event, in ms (others take 2 s).
+    pub late_by_ms: i64,
+    /// Share of events whose shape violates the schema.
+    pub bad_fraction: f64,
+}
+
+/// One generated event, before it is rendered.
+#[derive(Debug, Clone, Copy)]
+pub struct Stub {
+    /// Generation time, ms since the epoch (what the window filters on).
+    pub at_ms: i64,
+    /// When the API can return it, ms since the epoch.
+    pub visible_ms: i64,
+    /// A per-event random number.
+    pub key: u64,
+}
+
+fn h(parts: &[&[u8]]) -> u64 {
+    let mut d = Sha256::new();
+    for p in parts {
+        d.update((p.len() as u32).to_le_bytes());
+        d.update(p);
+    }
+    let out = d.finalize();
+    u64::from_le_bytes(out[..8].try_into().unwrap_or_default())
+}
+
+fn unit(x: u64) -> f64 {
+    (x >> 11) as f64 / (1u64 << 53) as f64
+}
+
+impl EventPlan {
+    /// The stubs generated in `[start_ms, end_ms]` (both inclusive), in order.
+    pub fn stubs(&self, shard: &Shard, start_ms: i64, end_ms: i64) -> Vec<Stub> {
+        let mut out = Vec::new();
+        if end_ms < start_ms || self.events_per_hour <= 0.0 {
+            return out;
+        }
+        let per_minute = self.events_per_hour / 60.0;
+        let seed = self.seed.to_le_bytes();
+        let (sv, ev) = (shard.service.as_bytes(), shard.event.as_bytes());
+        for minute in start_ms.div_euclid(60_000)..=end_ms.div_euclid(60_000) {
+            let mb = minute.to_le_bytes();
+            let r = h(&[&seed, sv, ev, &mb]);
+            let n = per_minute.floor() as u64 + u64::from(unit(r) < per_minute.fract());
+            for i in 0..n {
+                let key = h(&[&seed, sv, ev, &mb, &i.to_le_bytes()]);
+                // Every 8th minute's first event sits exactly on the minute:
+                // windows often end on round times, so boundaries get tested.
+                let offset = if i == 0 && r % 8 == 0 { 0 } else { (key % 60_000) as i64 };
+                let at_ms = minute * 60_000 + offset;
+                if at_ms < start_ms || at_ms > end_ms {
+                    continue;
+                }
+                let late = unit(key.rotate_left(17)) < self.late_fraction;
+                let visible_ms = at_ms + if late { self.late_by_ms } else { 2_000 };
+                out.push(Stub { at_ms, visible_ms, key });
+            }
+        }
+        out.sort_by_key(|s| (s.at_ms, s.key));
+        out
+    }
+
+    /// Whether this stub renders as a schema violation.
+    pub fn is_bad(&self, stub: &Stub) -> bool {
+        unit(stub.key.rotate_left(29)) < self.bad_fraction
+    }
+
+    /// The event object as the API returns it.
+    pub fn render(&self, shard: &Shard, stub: &Stub, dialect: Dialect) -> Value {
+        let k = stub.key;
+        let uuid = uuid::Uuid::from_u64_pair(k, k.rotate_left(32) ^ self.seed).to_string();
+        let at = Utc.timestamp_millis_opt(stub.at_ms).single().unwrap_or_default();
+        let ts = |t: DateTime<Utc>| match dialect {
+            Dialect::V1 => t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string(),
+            Dialect::Legacy => t.format("%Y-%m-%dT%H:%M:%S").to_string(),
+        };
+        let user = format!("user{}@example{}.onmicrosoft.com", k % 97, k % 5);
+        let mut m = Map::new();
+        if dialect == Dialect::V1 {
+            m.insert("log_item_id".into(), json!(uuid));
+        }
+        m.insert("detection_time".into(), json!(ts(at)));
+        m.insert("affected_user".into(), json!(format!(" {user} ")));
+        m.insert("location".into(), json!(format!("{user}\\Inbox\\\"Folder {}\"", k % 13)));
+        m.insert("triggered_policy_name".into(), json!("Default  Policy <Strict> "));
+        m.insert("triggered_security_filter".into(), json!(filter(&shard.event)));
+        m.insert("action".into(), json!(["Pass", "Quarantine", "Delete"][(k % 3) as usize]));
+        m.insert("action_result".into(), json!("Successful"));
+        m.insert("scan_type".into(), json!("Real-time scan"));
+        if matches!(shard.service.as_str(), "exchange" | "gmail" | "exchangeserver") {
+            let sender = format!("\"Sender {}\" <s{}@example.com> ", k % 31, k % 31);
+            m.insert("mail_message_id".into(), json!(format!(" <{k:x}@mail.example.com>")));
+            m.insert(
+                "mail_message_sender".into(),
+                if dialect == Dialect::Legacy { json!([sender]) } else { json!(sender) },
+            );
+            m.insert("mail_message_recipient".into(), json!([format!("\" {user}\"< {user} >")]));
+            m.insert("mail_message_subject".into(), json!(format!("  Invoice #{} ", k % 1000)));
+            m.insert("mail_message_submit_time".into(), json!(ts(at - chrono::Duration::seconds(3))));
+            m.insert("mail_message_delivery_time".into(), json!(ts(at - chrono::Duration::seconds(1))));
+        } else {
+            m.insert("file_name".into(), json!(format!("report {}.docx", k % 50)));
+            m.insert("file_upload_time".into(), json!(ts(at - chrono::Duration::seconds(30))));
+        }
+        match shard.event.as_str() {
+            "dlp" => {
+                m.insert("violator".into(), json!(format!(" {user} ")));
+                m.insert("violating_content".into(), json!("4111-1111-1111-1111"));
+                m.insert(
+                    "triggered_dlp_template".into(),
+                    if dialect == Dialect::Legacy { json!(["PCI-DSS"]) } else { json!({"name": "PCI-DSS", "ids": [k % 9]}) },
+                );
+            }
+            "securityrisk" => {
+                m.insert("security_risk_name".into(), json!(format!("TROJ_GEN.R{:04}", k % 9999)));
+                m.insert("virus_name".into(), json!("Eicar_test_file"));
+                m.insert("detected_by".into(), json!("Pattern"));
+            }
+            "virtualanalyzer" => {
+                m.insert("risk_level".into(), json!(["low", "medium", "high"][(k % 3) as usize]));
+                m.insert("file_sha1".into(), json!(format!("{:040x}", k as u128)));
+                m.insert("file_sha256".into(), json!(format!("{:064x}", k as u128)));
+                m.insert("va_report_link".into(), json!(format!("https://report.example/{uuid}")));
+            }
+            "ransomware" => {
+                m.insert("ransomware_name".into(), json!("RANSOM_WCRY.A"));
+                m.insert("detection_type".into(), json!("Behavior"));
+            }
+            _ => {}
+        }
+        let mut message = Value::Object(m);
+        if self.is_bad(stub) {
+            // Wrong types, as broken upstream data would have them.
+            if k % 2 == 0 {
+                message["detection_time"] = json!(stub.at_ms / 1000);
+            } else {
+                message = json!(format!("unparsed: {uuid}"));
+            }
+        }
+        let mut event = Map::new();
+        event.insert("service".into(), json!(display_service(&shard.service)));
+        event.insert("event".into(), json!(display_event(&shard.event)));
+        if dialect == Dialect::V1 {
+            event.insert("log_item_id".into(), json!(uuid));
+        }
+        event.insert("message".into(), message);
+        Value::Object(event)
+    }
+
+    /// The id the bridge must derive for this stub.
+    pub fn id(&self, shard: &Shard, stub: &Stub, dialect: Dialect) -> String {
+        event_id(shard, &self.render(shard, stub, dialect))
+    }
+}
+
+fn filter(event: &str) -> &'static str {
+    match event {
+        "dlp" => "Data Loss Prevention",
+        "securityrisk" => "Security Risk Scan",
+        "virtualanalyzer" => "Virtual Analyzer",
+        "ransomware" => "Ransomware",
+        _ => "Other",
+    }
+}
+
+/// The vendor's own service name, as found inside events.
+fn display_service(s: &str) -> String {
+    match s {
+        "exchange" => "Exchange".into(),
+        "sharepoint" => "SharePoint".into(),
+        "onedrive" => "OneDrive".into(),
+        "dropbox" => "Dropbox".into(),
+        "box" => "Box".into(),
+        "googledrive" => "Google Drive".into(),
+        "gmail" => "Gmail".into(),
+        "teams" => "Teams".into(),
+        "exchangeserver" => "Exchange Server".into(),
+        "salesforce_sandbox" => "Salesforce Sandbox".into(),
+        "salesforce_production" => "Salesforce".into(),
+        "teams_chat" => "Teams Chat".into(),
+        other => other.into(),
+    }
+}
+
+/// The vendor's own event name, as found inside events.
+fn display_event(e: &str) -> String {
+    match e {
+        "securityrisk" => "security_risk_scan".into(),
+        "virtualanalyzer" => "virtual_analyzer".into(),
+        other => other.into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan() -> EventPlan {
+        EventPlan { seed: 7, events_per_hour: 600.0, late_fraction: 0.1, late_by_ms: 90_000, bad_fraction: 0.0 }
+    }
+
+    #[test]
+    fn deterministic_and_windowed() {
+        let s = Shard::new("exchange", "dlp");
+        let a = plan().stubs(&s, 0, 3_600_000);
+        let b = plan().stubs(&s, 0, 3_600_000);
+        assert_eq!(a.len(), b.len());
+        assert!((500..700).contains(&a.len()), "{}", a.len());
+        let half = plan().stubs(&s, 0, 1_800_000);
+        assert!(half.iter().all(|x| x.at_ms <= 1_800_000));
+        assert!(a.iter().any(|x| x.at_ms % 60_000 == 0), "boundary events exist");
+        assert!(a.iter().any(|x| x.visible_ms - x.at_ms == 90_000), "late events exist");
+    }
+
+    #[test]
+    fn rendered_events_validate_and_ids_match() {
+        let reg = crate::validate::Registry::load(None).unwrap();
+        for d in [Dialect::V1, Dialect::Legacy] {
+            for ev in ["dlp", "securityrisk", "virtualanalyzer", "ransomware"] {
+                let s = Shard::new("exchange", ev);
+                for stub in plan().stubs(&s, 0, 600_000) {
+                    let e = plan().render(&s, &stub, d);
+                    assert_eq!(reg.check(ev, &e), vec![], "{e}");
+                    assert_eq!(event_id(&s, &e), plan().id(&s, &stub, d));
+                }
+            }
+        }
+        let bad = EventPlan { bad_fraction: 1.0, ..plan() };
+        let s = Shard::new("box", "ransomware");
+        for stub in bad.stubs(&s, 0, 600_000) {
+            assert!(!reg.check("ransomware", &bad.render(&s, &stub, Dialect::V1)).is_empty());
+        }
+    }
+}
