@@ -69,7 +69,9 @@ pub async fn main(cli: Cli) -> anyhow::Result<()> {
 fn init_logs(format: &str, level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_new(level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     let _ = if format == "json" {
         b.json().flatten_event(true).try_init()
     } else {
@@ -105,7 +107,12 @@ async fn run(file: Option<PathBuf>) -> anyhow::Result<()> {
     let token = cfg.api.resolved_token()?;
     let dup_window = cfg.window.overlap.get() + cfg.window.lag.get() + Duration::from_secs(60);
     let sink = crate::sink::build(&cfg.sink, dup_window).await?;
-    let bridge = Arc::new(Bridge::new(&cfg, token, sink, Coordination::in_memory(&cfg))?);
+    let bridge = Arc::new(Bridge::new(
+        &cfg,
+        token,
+        sink,
+        Coordination::in_memory(&cfg),
+    )?);
     let cancel = CancellationToken::new();
     cancel_on_signals(cancel.clone());
     bridge.run(cancel).await;
@@ -124,7 +131,9 @@ fn check_config(file: Option<PathBuf>) -> anyhow::Result<()> {
 
 async fn simulate(cfg: SimConfig) -> anyhow::Result<()> {
     init_logs("text", "info");
-    let handle = sim::start(cfg.clone()).await.with_context(|| format!("cannot listen on {}", cfg.listen))?;
+    let handle = sim::start(cfg.clone())
+        .await
+        .with_context(|| format!("cannot listen on {}", cfg.listen))?;
     tracing::info!(addr = %handle.addr, dialect = %cfg.dialect, per_minute = cfg.per_minute, "simulator listening");
     let cancel = CancellationToken::new();
     cancel_on_signals(cancel.clone());
@@ -146,7 +155,9 @@ async fn demo(file: Option<PathBuf>, args: DemoArgs) -> anyhow::Result<()> {
         per_day: 0,
         ..SimConfig::default()
     };
-    let handle = sim::start(sim_cfg.clone()).await.context("starting the simulator")?;
+    let handle = sim::start(sim_cfg.clone())
+        .await
+        .context("starting the simulator")?;
     cfg.api.base_url = Some(handle.base_url());
     cfg.api.region = None;
     cfg.budget.per_minute = args.per_minute;
@@ -157,7 +168,12 @@ async fn demo(file: Option<PathBuf>, args: DemoArgs) -> anyhow::Result<()> {
     cfg.validate()?;
     let token = SecretString::from(sim_cfg.token.clone());
     let sink = crate::sink::build(&cfg.sink, Duration::from_secs(600)).await?;
-    let bridge = Arc::new(Bridge::new(&cfg, token, sink, Coordination::in_memory(&cfg))?);
+    let bridge = Arc::new(Bridge::new(
+        &cfg,
+        token,
+        sink,
+        Coordination::in_memory(&cfg),
+    )?);
     println!(
         "demo: {} shards, {} of history, simulator at {} ({} dialect), events to {}",
         bridge.shards().len(),
@@ -202,10 +218,16 @@ async fn demo(file: Option<PathBuf>, args: DemoArgs) -> anyhow::Result<()> {
     println!("demo summary:");
     println!("  events delivered      {delivered}");
     println!("  dead-lettered         {}", Stats::get(&s.dead_lettered));
-    println!("  duplicates removed    {}", Stats::get(&s.duplicates_skipped));
+    println!(
+        "  duplicates removed    {}",
+        Stats::get(&s.duplicates_skipped)
+    );
     println!("  requests used         {}", Stats::get(&s.requests));
     println!("  windows checkpointed  {}", Stats::get(&s.windows));
-    println!("  elapsed               {secs:.1}s ({:.0} events/s)", delivered as f64 / secs);
+    println!(
+        "  elapsed               {secs:.1}s ({:.0} events/s)",
+        delivered as f64 / secs
+    );
     println!("  output                {}", args.out);
     if !finished {
         anyhow::bail!("the demo did not catch up on every shard in time");

@@ -143,7 +143,9 @@ impl<'de> Deserialize<'de> for Dur {
         }
         match Raw::deserialize(d)? {
             Raw::N(n) => Ok(Dur(Duration::from_secs(n))),
-            Raw::S(s) => parse_duration(&s).map(Dur).map_err(serde::de::Error::custom),
+            Raw::S(s) => parse_duration(&s)
+                .map(Dur)
+                .map_err(serde::de::Error::custom),
         }
     }
 }
@@ -643,7 +645,10 @@ impl Config {
             return Err(ConfigError::new("window.overlap", "must be less than 36h"));
         }
         if w.min_interval.get() > Duration::from_secs(24 * 3600) {
-            return Err(ConfigError::new("window.min_interval", "must be at most 1d"));
+            return Err(ConfigError::new(
+                "window.min_interval",
+                "must be at most 1d",
+            ));
         }
         if let StartFrom::Ago(d) = w.start_from {
             if d > API_REACH {
@@ -714,7 +719,8 @@ impl Config {
                 }
             }
         }
-        if !self.shutdown.grace.get().is_zero() && self.shutdown.grace.get() > Duration::from_secs(3600)
+        if !self.shutdown.grace.get().is_zero()
+            && self.shutdown.grace.get() > Duration::from_secs(3600)
         {
             return Err(ConfigError::new("shutdown.grace", "must be at most 1h"));
         }
@@ -821,7 +827,11 @@ mod tests {
         let cases: &[(&str, &str, &str)] = &[
             ("CAS_BRIDGE__WINDOW__MAX", "4d", "window.max"),
             ("CAS_BRIDGE__API__REGION", "mars", "api.region"),
-            ("CAS_BRIDGE__SINK__TOPIC_TEMPLATE", "cas.{tenant}", "sink.topic_template"),
+            (
+                "CAS_BRIDGE__SINK__TOPIC_TEMPLATE",
+                "cas.{tenant}",
+                "sink.topic_template",
+            ),
             ("CAS_BRIDGE__API__PAGE_LIMIT", "501", "api.page_limit"),
             ("CAS_BRIDGE__WINDOW__START_FROM", "80h", "window.start_from"),
             ("CAS_BRIDGE__SHARDS__PAIRS", "exchange", "shards.pairs"),

@@ -21,7 +21,10 @@ const BUILT_IN: [(&str, &str); 6] = [
     ("message", include_str!("../schemas/message.json")),
     ("dlp", include_str!("../schemas/dlp.json")),
     ("securityrisk", include_str!("../schemas/securityrisk.json")),
-    ("virtualanalyzer", include_str!("../schemas/virtualanalyzer.json")),
+    (
+        "virtualanalyzer",
+        include_str!("../schemas/virtualanalyzer.json"),
+    ),
     ("ransomware", include_str!("../schemas/ransomware.json")),
 ];
 
@@ -73,7 +76,10 @@ impl Registry {
                     continue;
                 };
                 let text = std::fs::read_to_string(&path).map_err(|e| {
-                    ConfigError::new("schemas.dir", format!("cannot read {}: {e}", path.display()))
+                    ConfigError::new(
+                        "schemas.dir",
+                        format!("cannot read {}: {e}", path.display()),
+                    )
                 })?;
                 sources.insert(name.to_string(), (text, path.display().to_string()));
             }
@@ -84,13 +90,19 @@ impl Registry {
                 ConfigError::new("schemas.dir", format!("{origin} is not JSON: {e}"))
             })?;
             let v = jsonschema::draft202012::new(&doc).map_err(|e| {
-                ConfigError::new("schemas.dir", format!("{origin} is not a valid schema: {e}"))
+                ConfigError::new(
+                    "schemas.dir",
+                    format!("{origin} is not a valid schema: {e}"),
+                )
             })?;
             schemas.insert(name, v);
         }
         for required in ["envelope", "message"] {
             if !schemas.contains_key(required) {
-                return Err(ConfigError::new("schemas.dir", format!("{required}.json is missing")));
+                return Err(ConfigError::new(
+                    "schemas.dir",
+                    format!("{required}.json is missing"),
+                ));
             }
         }
         Ok(Self { schemas })
@@ -193,7 +205,10 @@ mod tests {
         let mut e = seed_example();
         e["message"]["detection_time"] = json!(1469152291);
         let v = r.check("dlp", &e);
-        assert!(v.iter().any(|v| v.path == "/message/detection_time"), "{v:?}");
+        assert!(
+            v.iter().any(|v| v.path == "/message/detection_time"),
+            "{v:?}"
+        );
 
         let mut e = seed_example();
         e["message"] = json!("not an object");
@@ -205,7 +220,10 @@ mod tests {
         assert!(!r.check("dlp", &e).is_empty());
 
         let mut e = seed_example();
-        e["message"].as_object_mut().unwrap().remove("detection_time");
+        e["message"]
+            .as_object_mut()
+            .unwrap()
+            .remove("detection_time");
         assert!(!r.check("dlp", &e).is_empty());
         // ... but an unknown event type only gets the shared checks.
         assert!(r.check("intelligencealert", &e).is_empty());

@@ -298,7 +298,12 @@ impl Bridge {
             // The window is delivered: move the cursor (fenced).
             let mut attempt = 0;
             loop {
-                match self.coord.checkpoints.store(&shard, fence, window.end).await {
+                match self
+                    .coord
+                    .checkpoints
+                    .store(&shard, fence, window.end)
+                    .await
+                {
                     Ok(()) => break,
                     Err(e @ CoordError::Fenced { .. }) => {
                         warn!(%shard, error = %e, "checkpoint refused: lost the shard");
@@ -306,7 +311,8 @@ impl Bridge {
                     }
                     Err(e) => {
                         warn!(%shard, error = %e, "checkpoint failed; retrying");
-                        if !sleep_or_cancel(backoff(RETRY_BASE, RETRY_CAP, attempt), &cancel).await {
+                        if !sleep_or_cancel(backoff(RETRY_BASE, RETRY_CAP, attempt), &cancel).await
+                        {
                             return;
                         }
                         attempt += 1;
@@ -324,7 +330,12 @@ impl Bridge {
     }
 
     /// Fetches every page of `window` and publishes its events.
-    async fn deliver_window(&self, shard: &Shard, window: &Window, cancel: &CancellationToken) -> Result<(), Abort> {
+    async fn deliver_window(
+        &self,
+        shard: &Shard,
+        window: &Window,
+        cancel: &CancellationToken,
+    ) -> Result<(), Abort> {
         let mut url = self.client.first_page_url(shard, window);
         let mut urgent = false;
         loop {
@@ -345,7 +356,13 @@ impl Bridge {
     }
 
     /// One page, retried until it arrives, the shard must park, or cancel.
-    async fn fetch(&self, shard: &Shard, url: &Url, urgent: bool, cancel: &CancellationToken) -> Result<Page, Abort> {
+    async fn fetch(
+        &self,
+        shard: &Shard,
+        url: &Url,
+        urgent: bool,
+        cancel: &CancellationToken,
+    ) -> Result<Page, Abort> {
         let mut attempt = 0u32;
         loop {
             let permit = tokio::select! {
@@ -403,7 +420,13 @@ impl Bridge {
 
     /// Validates, dedups and publishes one page; returns when the sink
     /// acknowledged everything.
-    async fn publish_page(&self, shard: &Shard, window: &Window, page: Page, cancel: &CancellationToken) -> Result<(), Abort> {
+    async fn publish_page(
+        &self,
+        shard: &Shard,
+        window: &Window,
+        page: Page,
+        cancel: &CancellationToken,
+    ) -> Result<(), Abort> {
         if page.events.is_empty() {
             return Ok(());
         }
@@ -429,7 +452,13 @@ impl Bridge {
             }
             let violations = self.registry.check(&shard.event, event);
             if violations.is_empty() {
-                records.push(Record::event(topic.clone(), id.clone(), shard, window, event));
+                records.push(Record::event(
+                    topic.clone(),
+                    id.clone(),
+                    shard,
+                    window,
+                    event,
+                ));
             } else {
                 dead += 1;
                 warn!(%shard, id = %id, reason = %violations[0].message, path = %violations[0].path, "event failed validation; dead-lettered");

@@ -135,7 +135,11 @@ impl Client {
         if resp.content_length().is_some_and(|n| n > self.max_body) {
             return Err(ApiError::TooLarge { cap: self.max_body });
         }
-        let mut buf = Vec::with_capacity(resp.content_length().unwrap_or(16 * 1024).min(self.max_body) as usize);
+        let mut buf = Vec::with_capacity(
+            resp.content_length()
+                .unwrap_or(16 * 1024)
+                .min(self.max_body) as usize,
+        );
         while let Some(chunk) = resp.chunk().await.map_err(transport)? {
             if (buf.len() + chunk.len()) as u64 > self.max_body {
                 return Err(ApiError::TooLarge { cap: self.max_body });
@@ -173,14 +177,19 @@ mod tests {
 
     #[test]
     fn times_are_formatted_with_millis_and_z() {
-        let t = DateTime::parse_from_rfc3339("2020-07-19T22:51:30.5+00:00").unwrap().with_timezone(&Utc);
+        let t = DateTime::parse_from_rfc3339("2020-07-19T22:51:30.5+00:00")
+            .unwrap()
+            .with_timezone(&Utc);
         assert_eq!(format_time(t), "2020-07-19T22:51:30.500Z");
     }
 
     #[test]
     fn retry_after_forms() {
         assert_eq!(parse_retry_after("7"), Some(Duration::from_secs(7)));
-        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), Some(Duration::ZERO));
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"),
+            Some(Duration::ZERO)
+        );
         assert_eq!(parse_retry_after("soon"), None);
     }
 }

@@ -28,9 +28,8 @@ pub fn parse_page(body: &[u8], dialect: Dialect) -> Result<Page, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(ApiError::Malformed("empty body".into()));
     }
-    let env: Envelope = serde_json::from_slice(body).map_err(|e| {
-        ApiError::Malformed(format!("not a {dialect} page: {e}"))
-    })?;
+    let env: Envelope = serde_json::from_slice(body)
+        .map_err(|e| ApiError::Malformed(format!("not a {dialect} page: {e}")))?;
     let events = env.security_events.ok_or_else(|| {
         ApiError::Malformed(format!(
             "the page has no `{}` array",
@@ -71,7 +70,11 @@ pub fn resolve_next_link(raw: &str, base: &Url) -> Result<Url, ApiError> {
         u.set_path("");
         format!("{}{}", u.as_str().trim_end_matches('/'), raw)
     } else {
-        let scheme = if base.scheme() == "http" { "http" } else { "https" };
+        let scheme = if base.scheme() == "http" {
+            "http"
+        } else {
+            "https"
+        };
         format!("{scheme}://{raw}")
     };
     let url = Url::parse(&with_scheme)
@@ -100,7 +103,10 @@ mod tests {
         let v1 = br#"{"current_link":"x","next_link":"https://h/v1/siem/security_events?p=2","security_events":[{"a":1}],"traceId":"t","last_log_item_generation_time":"2020-07-19T22:51:30.000Z"}"#;
         let p = parse_page(v1, Dialect::V1).unwrap();
         assert_eq!(p.events.len(), 1);
-        assert_eq!(p.next_link.as_deref(), Some("https://h/v1/siem/security_events?p=2"));
+        assert_eq!(
+            p.next_link.as_deref(),
+            Some("https://h/v1/siem/security_events?p=2")
+        );
         let legacy = br#"{"selfLink":"x","nextLink":"","securityEvents":[{"a":1},{"b":2}]}"#;
         let p = parse_page(legacy, Dialect::Legacy).unwrap();
         assert_eq!(p.events.len(), 2);
@@ -115,13 +121,27 @@ mod tests {
             r#"{"security_events":[],"next_link":null}"#,
             r#"{"security_events":[]}"#,
         ] {
-            assert!(parse_page(body.as_bytes(), Dialect::V1).unwrap().next_link.is_none(), "{body}");
+            assert!(
+                parse_page(body.as_bytes(), Dialect::V1)
+                    .unwrap()
+                    .next_link
+                    .is_none(),
+                "{body}"
+            );
         }
     }
 
     #[test]
     fn broken_bodies_are_errors() {
-        for body in ["", "  ", "{", r#"{"security_events":"#, "[]", r#"{"next_link":""}"#, r#"{"security_events":[],"next_link":5}"#] {
+        for body in [
+            "",
+            "  ",
+            "{",
+            r#"{"security_events":"#,
+            "[]",
+            r#"{"next_link":""}"#,
+            r#"{"security_events":[],"next_link":5}"#,
+        ] {
             let e = parse_page(body.as_bytes(), Dialect::V1).unwrap_err();
             assert!(matches!(e, ApiError::Malformed(_)), "{body}: {e}");
         }
@@ -130,14 +150,28 @@ mod tests {
     #[test]
     fn next_links() {
         let base = Url::parse("https://api.tmcas.trendmicro.com").unwrap();
-        let ok = resolve_next_link("https://api.tmcas.trendmicro.com/v1/siem/security_events?a=1&b=2", &base).unwrap();
+        let ok = resolve_next_link(
+            "https://api.tmcas.trendmicro.com/v1/siem/security_events?a=1&b=2",
+            &base,
+        )
+        .unwrap();
         assert_eq!(ok.query(), Some("a=1&b=2"));
-        let noscheme = resolve_next_link("api.tmcas.trendmicro.com/v1/siem/security_events?x=1", &base).unwrap();
+        let noscheme = resolve_next_link(
+            "api.tmcas.trendmicro.com/v1/siem/security_events?x=1",
+            &base,
+        )
+        .unwrap();
         assert_eq!(noscheme.scheme(), "https");
         assert!(resolve_next_link("https://evil.example/v1/siem/security_events", &base).is_err());
-        assert!(resolve_next_link("http://api.tmcas.trendmicro.com/v1/siem/security_events", &base).is_err());
+        assert!(resolve_next_link(
+            "http://api.tmcas.trendmicro.com/v1/siem/security_events",
+            &base
+        )
+        .is_err());
         assert!(resolve_next_link("https://api.tmcas.trendmicro.com:8443/x", &base).is_err());
-        assert!(resolve_next_link("https://api.tmcas.trendmicro.com.evil.example/x", &base).is_err());
+        assert!(
+            resolve_next_link("https://api.tmcas.trendmicro.com.evil.example/x", &base).is_err()
+        );
         let local = Url::parse("http://127.0.0.1:8080").unwrap();
         assert!(resolve_next_link("http://127.0.0.1:8080/p?q=1", &local).is_ok());
         assert!(resolve_next_link("http://127.0.0.1:8081/p?q=1", &local).is_err());

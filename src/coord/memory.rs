@@ -34,7 +34,12 @@ impl CheckpointStore for MemoryCheckpoints {
     async fn load(&self, shard: &Shard) -> Result<Option<DateTime<Utc>>, CoordError> {
         Ok(lock(&self.cursors).get(shard).copied())
     }
-    async fn store(&self, shard: &Shard, _fence: Fence, cursor: DateTime<Utc>) -> Result<(), CoordError> {
+    async fn store(
+        &self,
+        shard: &Shard,
+        _fence: Fence,
+        cursor: DateTime<Utc>,
+    ) -> Result<(), CoordError> {
         lock(&self.cursors).insert(shard.clone(), cursor);
         Ok(())
     }
@@ -87,7 +92,11 @@ impl MemoryBudget {
             }
             st.paused_until = None;
         }
-        while st.grants.front().is_some_and(|t| now.duration_since(*t) >= DAY) {
+        while st
+            .grants
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= DAY)
+        {
             st.grants.pop_front();
         }
         let tiny = Duration::from_millis(1);
@@ -189,7 +198,10 @@ impl FairQueue {
             } else {
                 st.normal.push_back(ticket);
             }
-            Turn { queue: self, ticket }
+            Turn {
+                queue: self,
+                ticket,
+            }
         };
         loop {
             let notified = self.changed.notified();
@@ -250,7 +262,11 @@ impl DedupStore for MemoryDedup {
         let st = lock(&self.seen);
         Ok(ids
             .iter()
-            .map(|id| st.expiry.get(&Self::key(shard, id)).is_some_and(|t| *t > now))
+            .map(|id| {
+                st.expiry
+                    .get(&Self::key(shard, id))
+                    .is_some_and(|t| *t > now)
+            })
             .collect())
     }
 
@@ -289,7 +305,10 @@ mod tests {
         }
         for (i, t) in times.iter().enumerate() {
             let in_window = times[i..].iter().take_while(|u| **u < *t + MINUTE).count();
-            assert!(in_window <= 10, "{in_window} permits within 60 s from {t:?}");
+            assert!(
+                in_window <= 10,
+                "{in_window} permits within 60 s from {t:?}"
+            );
         }
         // 35 permits at 10/min: the last one comes after 3 minutes, not later.
         assert!(times[34] >= Duration::from_secs(180) && times[34] < Duration::from_secs(181));
@@ -305,8 +324,15 @@ mod tests {
         for _ in 0..3 {
             let _ = b.acquire(&s, false).await.unwrap();
         }
-        assert!(tokio::time::timeout(Duration::from_secs(3600), b.acquire(&s, false)).await.is_err());
-        let b = MemoryBudget::new(BudgetConfig { per_minute: 100, per_day: 100 });
+        assert!(
+            tokio::time::timeout(Duration::from_secs(3600), b.acquire(&s, false))
+                .await
+                .is_err()
+        );
+        let b = MemoryBudget::new(BudgetConfig {
+            per_minute: 100,
+            per_day: 100,
+        });
         b.pause(Duration::from_secs(30)).await;
         let p = b.acquire(&s, true).await.unwrap();
         assert!(p.waited >= Duration::from_secs(30));
@@ -340,7 +366,10 @@ mod tests {
         let s = Shard::new("s", "e");
         d.mark(&s, &["a", "b"]).await.unwrap();
         assert_eq!(d.seen(&s, &["a", "c"]).await.unwrap(), vec![true, false]);
-        assert_eq!(d.seen(&Shard::new("s", "x"), &["a"]).await.unwrap(), vec![false]);
+        assert_eq!(
+            d.seen(&Shard::new("s", "x"), &["a"]).await.unwrap(),
+            vec![false]
+        );
         tokio::time::advance(Duration::from_secs(61)).await;
         assert_eq!(d.seen(&s, &["a"]).await.unwrap(), vec![false]);
     }

@@ -59,7 +59,12 @@ pub trait CheckpointStore: Send + Sync {
     /// The shard's cursor, if it has one.
     async fn load(&self, shard: &Shard) -> Result<Option<DateTime<Utc>>, CoordError>;
     /// Moves the cursor, if `fence` is still current for the shard.
-    async fn store(&self, shard: &Shard, fence: Fence, cursor: DateTime<Utc>) -> Result<(), CoordError>;
+    async fn store(
+        &self,
+        shard: &Shard,
+        fence: Fence,
+        cursor: DateTime<Utc>,
+    ) -> Result<(), CoordError>;
 }
 
 /// The token's request budget, shared by every worker.

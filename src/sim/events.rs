@@ -66,14 +66,22 @@ impl EventPlan {
                 let key = h(&[&seed, sv, ev, &mb, &i.to_le_bytes()]);
                 // Every 8th minute's first event sits exactly on the minute:
                 // windows often end on round times, so boundaries get tested.
-                let offset = if i == 0 && r % 8 == 0 { 0 } else { (key % 60_000) as i64 };
+                let offset = if i == 0 && r % 8 == 0 {
+                    0
+                } else {
+                    (key % 60_000) as i64
+                };
                 let at_ms = minute * 60_000 + offset;
                 if at_ms < start_ms || at_ms > end_ms {
                     continue;
                 }
                 let late = unit(key.rotate_left(17)) < self.late_fraction;
                 let visible_ms = at_ms + if late { self.late_by_ms } else { 2_000 };
-                out.push(Stub { at_ms, visible_ms, key });
+                out.push(Stub {
+                    at_ms,
+                    visible_ms,
+                    key,
+                });
             }
         }
         out.sort_by_key(|s| (s.at_ms, s.key));
@@ -89,7 +97,10 @@ impl EventPlan {
     pub fn render(&self, shard: &Shard, stub: &Stub, dialect: Dialect) -> Value {
         let k = stub.key;
         let uuid = uuid::Uuid::from_u64_pair(k, k.rotate_left(32) ^ self.seed).to_string();
-        let at = Utc.timestamp_millis_opt(stub.at_ms).single().unwrap_or_default();
+        let at = Utc
+            .timestamp_millis_opt(stub.at_ms)
+            .single()
+            .unwrap_or_default();
         let ts = |t: DateTime<Utc>| match dialect {
             Dialect::V1 => t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string(),
             Dialect::Legacy => t.format("%Y-%m-%dT%H:%M:%S").to_string(),
@@ -101,26 +112,63 @@ impl EventPlan {
         }
         m.insert("detection_time".into(), json!(ts(at)));
         m.insert("affected_user".into(), json!(format!(" {user} ")));
-        m.insert("location".into(), json!(format!("{user}\\Inbox\\\"Folder {}\"", k % 13)));
-        m.insert("triggered_policy_name".into(), json!("Default  Policy <Strict> "));
-        m.insert("triggered_security_filter".into(), json!(filter(&shard.event)));
-        m.insert("action".into(), json!(["Pass", "Quarantine", "Delete"][(k % 3) as usize]));
+        m.insert(
+            "location".into(),
+            json!(format!("{user}\\Inbox\\\"Folder {}\"", k % 13)),
+        );
+        m.insert(
+            "triggered_policy_name".into(),
+            json!("Default  Policy <Strict> "),
+        );
+        m.insert(
+            "triggered_security_filter".into(),
+            json!(filter(&shard.event)),
+        );
+        m.insert(
+            "action".into(),
+            json!(["Pass", "Quarantine", "Delete"][(k % 3) as usize]),
+        );
         m.insert("action_result".into(), json!("Successful"));
         m.insert("scan_type".into(), json!("Real-time scan"));
-        if matches!(shard.service.as_str(), "exchange" | "gmail" | "exchangeserver") {
+        if matches!(
+            shard.service.as_str(),
+            "exchange" | "gmail" | "exchangeserver"
+        ) {
             let sender = format!("\"Sender {}\" <s{}@example.com> ", k % 31, k % 31);
-            m.insert("mail_message_id".into(), json!(format!(" <{k:x}@mail.example.com>")));
+            m.insert(
+                "mail_message_id".into(),
+                json!(format!(" <{k:x}@mail.example.com>")),
+            );
             m.insert(
                 "mail_message_sender".into(),
-                if dialect == Dialect::Legacy { json!([sender]) } else { json!(sender) },
+                if dialect == Dialect::Legacy {
+                    json!([sender])
+                } else {
+                    json!(sender)
+                },
             );
-            m.insert("mail_message_recipient".into(), json!([format!("\" {user}\"< {user} >")]));
-            m.insert("mail_message_subject".into(), json!(format!("  Invoice #{} ", k % 1000)));
-            m.insert("mail_message_submit_time".into(), json!(ts(at - chrono::Duration::seconds(3))));
-            m.insert("mail_message_delivery_time".into(), json!(ts(at - chrono::Duration::seconds(1))));
+            m.insert(
+                "mail_message_recipient".into(),
+                json!([format!("\" {user}\"< {user} >")]),
+            );
+            m.insert(
+                "mail_message_subject".into(),
+                json!(format!("  Invoice #{} ", k % 1000)),
+            );
+            m.insert(
+                "mail_message_submit_time".into(),
+                json!(ts(at - chrono::Duration::seconds(3))),
+            );
+            m.insert(
+                "mail_message_delivery_time".into(),
+                json!(ts(at - chrono::Duration::seconds(1))),
+            );
         } else {
             m.insert("file_name".into(), json!(format!("report {}.docx", k % 50)));
-            m.insert("file_upload_time".into(), json!(ts(at - chrono::Duration::seconds(30))));
+            m.insert(
+                "file_upload_time".into(),
+                json!(ts(at - chrono::Duration::seconds(30))),
+            );
         }
         match shard.event.as_str() {
             "dlp" => {
@@ -128,19 +176,32 @@ impl EventPlan {
                 m.insert("violating_content".into(), json!("4111-1111-1111-1111"));
                 m.insert(
                     "triggered_dlp_template".into(),
-                    if dialect == Dialect::Legacy { json!(["PCI-DSS"]) } else { json!({"name": "PCI-DSS", "ids": [k % 9]}) },
+                    if dialect == Dialect::Legacy {
+                        json!(["PCI-DSS"])
+                    } else {
+                        json!({"name": "PCI-DSS", "ids": [k % 9]})
+                    },
                 );
             }
             "securityrisk" => {
-                m.insert("security_risk_name".into(), json!(format!("TROJ_GEN.R{:04}", k % 9999)));
+                m.insert(
+                    "security_risk_name".into(),
+                    json!(format!("TROJ_GEN.R{:04}", k % 9999)),
+                );
                 m.insert("virus_name".into(), json!("Eicar_test_file"));
                 m.insert("detected_by".into(), json!("Pattern"));
             }
             "virtualanalyzer" => {
-                m.insert("risk_level".into(), json!(["low", "medium", "high"][(k % 3) as usize]));
+                m.insert(
+                    "risk_level".into(),
+                    json!(["low", "medium", "high"][(k % 3) as usize]),
+                );
                 m.insert("file_sha1".into(), json!(format!("{:040x}", k as u128)));
                 m.insert("file_sha256".into(), json!(format!("{:064x}", k as u128)));
-                m.insert("va_report_link".into(), json!(format!("https://report.example/{uuid}")));
+                m.insert(
+                    "va_report_link".into(),
+                    json!(format!("https://report.example/{uuid}")),
+                );
             }
             "ransomware" => {
                 m.insert("ransomware_name".into(), json!("RANSOM_WCRY.A"));
@@ -216,7 +277,13 @@ mod tests {
     use super::*;
 
     fn plan() -> EventPlan {
-        EventPlan { seed: 7, events_per_hour: 600.0, late_fraction: 0.1, late_by_ms: 90_000, bad_fraction: 0.0 }
+        EventPlan {
+            seed: 7,
+            events_per_hour: 600.0,
+            late_fraction: 0.1,
+            late_by_ms: 90_000,
+            bad_fraction: 0.0,
+        }
     }
 
     #[test]
@@ -228,8 +295,14 @@ mod tests {
         assert!((500..700).contains(&a.len()), "{}", a.len());
         let half = plan().stubs(&s, 0, 1_800_000);
         assert!(half.iter().all(|x| x.at_ms <= 1_800_000));
-        assert!(a.iter().any(|x| x.at_ms % 60_000 == 0), "boundary events exist");
-        assert!(a.iter().any(|x| x.visible_ms - x.at_ms == 90_000), "late events exist");
+        assert!(
+            a.iter().any(|x| x.at_ms % 60_000 == 0),
+            "boundary events exist"
+        );
+        assert!(
+            a.iter().any(|x| x.visible_ms - x.at_ms == 90_000),
+            "late events exist"
+        );
     }
 
     #[test]
@@ -245,10 +318,15 @@ mod tests {
                 }
             }
         }
-        let bad = EventPlan { bad_fraction: 1.0, ..plan() };
+        let bad = EventPlan {
+            bad_fraction: 1.0,
+            ..plan()
+        };
         let s = Shard::new("box", "ransomware");
         for stub in bad.stubs(&s, 0, 600_000) {
-            assert!(!reg.check("ransomware", &bad.render(&s, &stub, Dialect::V1)).is_empty());
+            assert!(!reg
+                .check("ransomware", &bad.render(&s, &stub, Dialect::V1))
+                .is_empty());
         }
     }
 }

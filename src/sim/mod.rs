@@ -84,7 +84,12 @@ pub struct SimConfig {
     #[arg(long, default_value = "v1")]
     pub dialect: Dialect,
     /// The bearer token it accepts.
-    #[arg(long, default_value = "sim-token", env = "CAS_SIM_TOKEN", hide_env_values = true)]
+    #[arg(
+        long,
+        default_value = "sim-token",
+        env = "CAS_SIM_TOKEN",
+        hide_env_values = true
+    )]
     pub token: String,
     /// Requests accepted per minute (per token); 0 = unlimited.
     #[arg(long, default_value_t = 20)]
@@ -191,7 +196,12 @@ pub struct SimStats {
 impl SimStats {
     /// The most requests served (non-429) in any sliding `span`.
     pub fn max_in_any(&self, span: Duration) -> usize {
-        let t: Vec<i64> = self.log.iter().filter(|s| s.status != 429).map(|s| s.at_ms).collect();
+        let t: Vec<i64> = self
+            .log
+            .iter()
+            .filter(|s| s.status != 429)
+            .map(|s| s.at_ms)
+            .collect();
         let span = span.as_millis() as i64;
         let mut best = 0;
         let mut lo = 0;
@@ -255,6 +265,11 @@ impl SimState {
             .filter(|s| self.plan.is_bad(s))
             .map(|s| self.plan.id(shard, s, self.cfg.dialect))
             .collect()
+    }
+
+    /// The dialect it speaks.
+    pub fn dialect(&self) -> Dialect {
+        self.cfg.dialect
     }
 
     pub fn stats(&self) -> SimStats {
@@ -374,13 +389,23 @@ pub fn router(state: Arc<SimState>) -> Router {
         .route(state.cfg.dialect.path(), any(security_events))
         .route("/_sim/truth", get(truth))
         .route("/_sim/stats", get(stats))
-        .fallback(|| async { error(StatusCode::NOT_FOUND, -4040001, "The request API is not supported") })
+        .fallback(|| async {
+            error(
+                StatusCode::NOT_FOUND,
+                -4040001,
+                "The request API is not supported",
+            )
+        })
         .with_state(state)
 }
 
 fn error(status: StatusCode, code: i64, msg: &str) -> Response {
     let trace = uuid::Uuid::new_v4().to_string();
-    (status, Json(json!({"code": code, "traceId": trace, "msg": msg}))).into_response()
+    (
+        status,
+        Json(json!({"code": code, "traceId": trace, "msg": msg})),
+    )
+        .into_response()
 }
 
 fn parse_time(s: &str) -> Option<DateTime<Utc>> {
@@ -406,14 +431,30 @@ async fn security_events(
     resp
 }
 
-fn answer(st: &SimState, method: Method, headers: &HeaderMap, query: &str) -> (Response, u16, usize) {
+fn answer(
+    st: &SimState,
+    method: Method,
+    headers: &HeaderMap,
+    query: &str,
+) -> (Response, u16, usize) {
     let fail = |s: StatusCode, code: i64, msg: &str| (error(s, code, msg), s.as_u16(), 0);
     if method != Method::GET {
-        return fail(StatusCode::METHOD_NOT_ALLOWED, -4050001, "The request API method is not supported");
+        return fail(
+            StatusCode::METHOD_NOT_ALLOWED,
+            -4050001,
+            "The request API method is not supported",
+        );
     }
-    let auth = headers.get("authorization").and_then(|v| v.to_str().ok()).unwrap_or("");
+    let auth = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
     if auth.strip_prefix("Bearer ") != Some(st.cfg.token.as_str()) {
-        return fail(StatusCode::UNAUTHORIZED, -4010001, "Authentication token not found");
+        return fail(
+            StatusCode::UNAUTHORIZED,
+            -4010001,
+            "Authentication token not found",
+        );
     }
     let now = Utc::now();
     if let Err(wait) = st.admit(now.timestamp_millis()) {
@@ -432,43 +473,84 @@ fn answer(st: &SimState, method: Method, headers: &HeaderMap, query: &str) -> (R
     let mut params: BTreeMap<String, String> = BTreeMap::new();
     for (k, v) in url::form_urlencoded::parse(query.as_bytes()) {
         if params.insert(k.to_string(), v.to_string()).is_some() {
-            return fail(StatusCode::BAD_REQUEST, -4000001, &format!("parameter `{k}` given more than once"));
+            return fail(
+                StatusCode::BAD_REQUEST,
+                -4000001,
+                &format!("parameter `{k}` given more than once"),
+            );
         }
     }
     let (Some(service), Some(event)) = (params.get("service"), params.get("event")) else {
-        return fail(StatusCode::BAD_REQUEST, -4000001, "service and event are mandatory");
+        return fail(
+            StatusCode::BAD_REQUEST,
+            -4000001,
+            "service and event are mandatory",
+        );
     };
     let shard = Shard::new(service.clone(), event.clone());
     let max = st.cfg.dialect.max_page_limit();
     let limit = match params.get("limit").map(|l| l.parse::<u32>()) {
         None => max,
         Some(Ok(l)) if (1..=max).contains(&l) => l,
-        _ => return fail(StatusCode::BAD_REQUEST, -4000001, &format!("limit must be 1..{max}")),
+        _ => {
+            return fail(
+                StatusCode::BAD_REQUEST,
+                -4000001,
+                &format!("limit must be 1..{max}"),
+            )
+        }
     };
     let (start, end) = match (params.get("start"), params.get("end")) {
         (None, None) => (now - chrono::Duration::minutes(5), now),
         (Some(s), Some(e)) => match (parse_time(s), parse_time(e)) {
             (Some(s), Some(e)) => (s, e),
-            _ => return fail(StatusCode::BAD_REQUEST, -4000001, "start/end must be yyyy-mm-ddThh:mm:ss[.mmm]Z"),
+            _ => {
+                return fail(
+                    StatusCode::BAD_REQUEST,
+                    -4000001,
+                    "start/end must be yyyy-mm-ddThh:mm:ss[.mmm]Z",
+                )
+            }
         },
-        _ => return fail(StatusCode::BAD_REQUEST, -4000001, "start and end go together"),
+        _ => {
+            return fail(
+                StatusCode::BAD_REQUEST,
+                -4000001,
+                "start and end go together",
+            )
+        }
     };
     if end < start || end - start > chrono::Duration::days(3) {
-        return fail(StatusCode::BAD_REQUEST, -4000001, "The maximum interval is three days");
+        return fail(
+            StatusCode::BAD_REQUEST,
+            -4000001,
+            "The maximum interval is three days",
+        );
     }
     if start < now - chrono::Duration::hours(72) {
-        return fail(StatusCode::BAD_REQUEST, -4000001, "start is older than 72 hours");
+        return fail(
+            StatusCode::BAD_REQUEST,
+            -4000001,
+            "start is older than 72 hours",
+        );
     }
     let (offset, asof) = match params.get("page_token") {
         None => (0usize, now.timestamp_millis()),
-        Some(t) => match t.split_once('.').and_then(|(o, a)| Some((o.parse().ok()?, a.parse().ok()?))) {
+        Some(t) => match t
+            .split_once('.')
+            .and_then(|(o, a)| Some((o.parse().ok()?, a.parse().ok()?)))
+        {
             Some(x) => x,
             None => return fail(StatusCode::BAD_REQUEST, -4000001, "bad page_token"),
         },
     };
     let mut rng = rand::rng();
     if st.cfg.fault_500 > 0.0 && rng.random_bool(st.cfg.fault_500.min(1.0)) {
-        return fail(StatusCode::INTERNAL_SERVER_ERROR, -5000001, "internal error (injected)");
+        return fail(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            -5000001,
+            "internal error (injected)",
+        );
     }
     let stubs: Vec<Stub> = st
         .plan
@@ -483,7 +565,10 @@ fn answer(st: &SimState, method: Method, headers: &HeaderMap, query: &str) -> (R
         .map(|s| st.plan.render(&shard, s, st.cfg.dialect))
         .collect();
     let more = offset + page.len() < stubs.len();
-    let host = headers.get("host").and_then(|v| v.to_str().ok()).unwrap_or("127.0.0.1");
+    let host = headers
+        .get("host")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("127.0.0.1");
     let link_host = st.cfg.foreign_next_link.as_deref().unwrap_or(host);
     let base_query = format!(
         "service={}&event={}&start={}&end={}&limit={limit}",
@@ -495,7 +580,10 @@ fn answer(st: &SimState, method: Method, headers: &HeaderMap, query: &str) -> (R
     let path = st.cfg.dialect.path();
     let current = format!("http://{host}{path}?{}", query);
     let next = if more {
-        format!("http://{link_host}{path}?{base_query}&page_token={}.{asof}", offset + page.len())
+        format!(
+            "http://{link_host}{path}?{base_query}&page_token={}.{asof}",
+            offset + page.len()
+        )
     } else {
         String::new()
     };
@@ -504,8 +592,13 @@ fn answer(st: &SimState, method: Method, headers: &HeaderMap, query: &str) -> (R
     body.insert(d.self_field().into(), json!(current));
     body.insert(d.next_field().into(), json!(next));
     if d == Dialect::V1 {
-        let last = stubs.last().map(|s| format_time(DateTime::from_timestamp_millis(s.at_ms).unwrap_or_default()));
-        body.insert("last_log_item_generation_time".into(), json!(last.unwrap_or_default()));
+        let last = stubs
+            .last()
+            .map(|s| format_time(DateTime::from_timestamp_millis(s.at_ms).unwrap_or_default()));
+        body.insert(
+            "last_log_item_generation_time".into(),
+            json!(last.unwrap_or_default()),
+        );
         body.insert("traceId".into(), json!(uuid::Uuid::new_v4().to_string()));
     }
     if st.cfg.pad_bytes > 0 {

@@ -41,7 +41,10 @@ impl KafkaSink {
         producer_cfg
             .set("enable.idempotence", "true")
             .set("acks", "all")
-            .set("message.timeout.ms", DELIVERY_TIMEOUT.as_millis().to_string())
+            .set(
+                "message.timeout.ms",
+                DELIVERY_TIMEOUT.as_millis().to_string(),
+            )
             .set("linger.ms", "5");
         let producer: FutureProducer = producer_cfg
             .create()
@@ -72,9 +75,16 @@ impl Sink for KafkaSink {
             .map_err(|e| SinkError::new("kafka", format!("cannot create the admin client: {e}")))?;
         let new: Vec<NewTopic<'_>> = topics
             .iter()
-            .map(|t| NewTopic::new(t, self.partitions, TopicReplication::Fixed(self.replication)))
+            .map(|t| {
+                NewTopic::new(
+                    t,
+                    self.partitions,
+                    TopicReplication::Fixed(self.replication),
+                )
+            })
             .collect();
-        let opts = AdminOptions::new().operation_timeout(Some(Timeout::After(Duration::from_secs(30))));
+        let opts =
+            AdminOptions::new().operation_timeout(Some(Timeout::After(Duration::from_secs(30))));
         let results = admin
             .create_topics(&new, &opts)
             .await
@@ -83,7 +93,10 @@ impl Sink for KafkaSink {
             match r {
                 Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
                 Err((topic, code)) => {
-                    return Err(SinkError::new("kafka", format!("create topic {topic}: {code}")))
+                    return Err(SinkError::new(
+                        "kafka",
+                        format!("create topic {topic}: {code}"),
+                    ))
                 }
             }
         }
@@ -117,7 +130,10 @@ impl Sink for KafkaSink {
             None => Ok(()),
             Some(e) => Err(SinkError::new(
                 "kafka",
-                format!("{failed} of {} records not acknowledged: {e}", records.len()),
+                format!(
+                    "{failed} of {} records not acknowledged: {e}",
+                    records.len()
+                ),
             )),
         }
     }

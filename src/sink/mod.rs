@@ -67,7 +67,14 @@ impl Record {
         data: &Value,
         reasons: &[Violation],
     ) -> Self {
-        Self::build(dead_letter_topic, id, shard, window, data, Some((intended_topic, reasons)))
+        Self::build(
+            dead_letter_topic,
+            id,
+            shard,
+            window,
+            data,
+            Some((intended_topic, reasons)),
+        )
     }
 
     fn build(
@@ -155,8 +162,7 @@ fn valid_name(s: &str) -> bool {
         && !s.starts_with('.')
         && !s.ends_with('.')
         && !s.contains("..")
-        && s
-            .chars()
+        && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
 }
 
@@ -181,13 +187,16 @@ impl Topics {
         if !valid_name(dead_letter) {
             return Err(ConfigError::new(
                 "sink.dead_letter",
-                format!("`{dead_letter}` is not a valid topic (A-Z a-z 0-9 . _ -, no empty segment)"),
+                format!(
+                    "`{dead_letter}` is not a valid topic (A-Z a-z 0-9 . _ -, no empty segment)"
+                ),
             ));
         }
-        if !template.contains("{service}") || !template.contains("{event}") {
-            if template == dead_letter {
-                return Err(ConfigError::new("sink.dead_letter", "must differ from the topic"));
-            }
+        if template == dead_letter {
+            return Err(ConfigError::new(
+                "sink.dead_letter",
+                "must differ from the topic",
+            ));
         }
         Ok(Self {
             template: template.into(),
@@ -230,12 +239,17 @@ impl Topics {
 }
 
 /// Builds the configured sink.
-pub async fn build(cfg: &SinkConfig, dup_window: std::time::Duration) -> Result<std::sync::Arc<dyn Sink>, SinkError> {
+pub async fn build(
+    cfg: &SinkConfig,
+    dup_window: std::time::Duration,
+) -> Result<std::sync::Arc<dyn Sink>, SinkError> {
     let topics = Topics::new(&cfg.topic_template, &cfg.dead_letter)
         .map_err(|e| SinkError::new("config", e.to_string()))?;
     Ok(match cfg.kind {
         SinkKind::Kafka => std::sync::Arc::new(KafkaSink::new(&cfg.kafka)?),
-        SinkKind::Nats => std::sync::Arc::new(NatsSink::connect(&cfg.nats, topics, dup_window).await?),
+        SinkKind::Nats => {
+            std::sync::Arc::new(NatsSink::connect(&cfg.nats, topics, dup_window).await?)
+        }
         SinkKind::Jsonl => std::sync::Arc::new(JsonlSink::open(&cfg.jsonl.path).await?),
     })
 }
@@ -264,7 +278,8 @@ mod tests {
             start: chrono::DateTime::from_timestamp(0, 0).unwrap(),
             end: chrono::DateTime::from_timestamp(60, 0).unwrap(),
         };
-        let data = serde_json::json!({"service": "Exchange", "message": {"weird": [" <a> ", null]}});
+        let data =
+            serde_json::json!({"service": "Exchange", "message": {"weird": [" <a> ", null]}});
         let r = Record::event("cas.exchange.dlp".into(), "id1".into(), &s, &w, &data);
         let doc: Value = serde_json::from_slice(&r.payload).unwrap();
         assert_eq!(doc["data"], data);

@@ -30,7 +30,11 @@ fn err(e: impl std::fmt::Display) -> SinkError {
 }
 
 impl NatsSink {
-    pub async fn connect(cfg: &NatsConfig, topics: Topics, duplicate_window: Duration) -> Result<Self, SinkError> {
+    pub async fn connect(
+        cfg: &NatsConfig,
+        topics: Topics,
+        duplicate_window: Duration,
+    ) -> Result<Self, SinkError> {
         let mut opts = async_nats::ConnectOptions::new()
             .name("cas-bridge")
             .retry_on_initial_connect()
@@ -93,10 +97,9 @@ impl Sink for NatsSink {
             changed = true;
         }
         if changed {
-            self.js
-                .update_stream(cfg)
-                .await
-                .map_err(|e| SinkError::new("nats", format!("update stream {}: {e}", self.stream)))?;
+            self.js.update_stream(cfg).await.map_err(|e| {
+                SinkError::new("nats", format!("update stream {}: {e}", self.stream))
+            })?;
         }
         Ok(())
     }
@@ -128,7 +131,10 @@ impl Sink for NatsSink {
             None => Ok(()),
             Some(e) => Err(SinkError::new(
                 "nats",
-                format!("{failed} of {} publishes not acknowledged: {e}", records.len()),
+                format!(
+                    "{failed} of {} publishes not acknowledged: {e}",
+                    records.len()
+                ),
             )),
         }
     }

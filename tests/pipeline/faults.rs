@@ -1,0 +1,247 @@
+//! Faults the core pipeline must survive without losing or leaking anything.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use cas_bridge::config::SinkKind;
+use cas_bridge::sim::SimConfig;
+use cas_bridge::worker::Coordination;
+use chrono::Utc;
+
+use crate::helpers::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sink_that_is_down_keeps_the_cursor_and_delivery_resumes() {
+    let mut nats = OwnNats::start();
+    let sim = start_sim(SimConfig {
+        events_per_hour: 36_000.0,
+        ..sim_config()
+    })
+    .await;
+    let tag = tag();
+    let mut cfg = bridge_config(&sim, &tag, SinkKind::Nats);
+    cfg.sink.nats.url = nats.url();
+    cfg.api.page_limit = Some(500);
+    cfg.window.start_from = cas_bridge::config::StartFrom::Ago(Duration::from_secs(120));
+    let t0 = Utc::now();
+    let run = Running::start(build_bridge(&cfg, Coordination::in_memory(&cfg)).await);
+    run.wait_cursor(t0 - chrono::Duration::seconds(3), Duration::from_secs(60))
+        .await;
+
+    nats.stop();
+    // Let the publishes in flight at the stop fail, then watch the cursors.
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    let frozen = run.bridge.progress();
+    let errors_before = run.bridge.stats.sink_errors.load(Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let later = run.bridge.progress();
+    for (shard, p) in &frozen {
+        assert_eq!(
+            p.cursor, later[shard].cursor,
+            "{shard}: the cursor moved while the sink was down"
+        );
+    }
+    assert!(
+        run.bridge.stats.sink_errors.load(Ordering::Relaxed) > errors_before,
+        "publishes failed and were retried"
+    );
+    assert!(
+        later
+            .values()
+            .any(|p| p.last_error.as_deref().is_some_and(|e| e.contains("nats"))),
+        "{later:?}"
+    );
+
+    nats.restart();
+    let resumed = Utc::now();
+    run.wait_cursor(resumed, Duration::from_secs(60)).await;
+    run.stop().await;
+    let check_to = resumed - chrono::Duration::seconds(20);
+    let want = expected(&sim, &cfg, t0 - chrono::Duration::seconds(110), check_to);
+    let got = read_nats(&nats.url(), &cfg.sink.nats.stream).await;
+    let r = check(&want, &got, &cfg);
+    assert!(r.expected > 1000, "{r:?}");
+    assert!(
+        r.missing.is_empty(),
+        "missing {} of {}",
+        r.missing.len(),
+        r.expected
+    );
+    assert_eq!((r.duplicated, r.wrong_routed), (0, 0), "{r:?}");
+    sim.stop().await;
+}
+
+/// Accepts connections on a port and counts them.
+async fn counting_listener() -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    let n = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let n2 = n.clone();
+    tokio::spawn(async move {
+        while let Ok((_s, _)) = l.accept().await {
+            n2.fetch_add(1, Ordering::SeqCst);
+        }
+    });
+    (port, n)
+}
+
+/// Runs a bridge against a misbehaving simulator for `secs` and returns it
+/// with the cursors it started from.
+async fn run_against(
+    sim_cfg: SimConfig,
+    tweak: impl FnOnce(&mut cas_bridge::config::Config),
+    secs: u64,
+) -> (Running, cas_bridge::sim::SimHandle, tempfile::TempDir) {
+    let sim = start_sim(sim_cfg).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = bridge_config(&sim, &tag(), SinkKind::Jsonl);
+    cfg.sink.jsonl.path = dir.path().join("out.jsonl").display().to_string();
+    tweak(&mut cfg);
+    let run = Running::start(build_bridge(&cfg, Coordination::in_memory(&cfg)).await);
+    tokio::time::sleep(Duration::from_secs(secs)).await;
+    (run, sim, dir)
+}
+
+fn assert_no_cursor_moved(run: &Running, expect_error: &str) {
+    let started = run.bridge.min_cursor().unwrap();
+    for (shard, p) in run.bridge.progress() {
+        assert_eq!(p.cursor, Some(started), "{shard}: cursor moved");
+        let e = p.last_error.unwrap_or_default();
+        assert!(
+            e.contains(expect_error),
+            "{shard}: last error `{e}` should mention `{expect_error}`"
+        );
+        assert!(
+            !e.contains("sim-token"),
+            "the token must not appear in errors"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_next_link_to_another_host_is_refused_and_nothing_is_sent_there() {
+    let (port, connections) = counting_listener().await;
+    let sim_cfg = SimConfig {
+        foreign_next_link: Some(format!("127.0.0.1:{port}")),
+        ..sim_config()
+    };
+    let (run, sim, dir) = run_against(sim_cfg, |_| {}, 4).await;
+    assert_eq!(
+        connections.load(Ordering::SeqCst),
+        0,
+        "the foreign host got a connection"
+    );
+    assert_no_cursor_moved(&run, "another host");
+    // The first page of each shard was published (the events are safe), the window was not checkpointed.
+    let got = read_jsonl(&dir.path().join("out.jsonl"));
+    assert_eq!(got.len(), 4 * 50, "first pages only");
+    run.stop().await;
+    assert_eq!(
+        sim.state.stats().by_status.get(&200).copied(),
+        Some(4),
+        "one request per shard, then parked"
+    );
+    sim.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_body_is_an_error_not_an_out_of_memory() {
+    let sim_cfg = SimConfig {
+        pad_bytes: 200_000,
+        ..sim_config()
+    };
+    let (run, sim, _dir) = run_against(sim_cfg, |c| c.api.max_body_bytes = 65_536, 3).await;
+    assert_no_cursor_moved(&run, "larger than the cap");
+    run.stop().await;
+    sim.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_token_backs_every_shard_off() {
+    let sim_cfg = SimConfig {
+        token: "another-token".into(),
+        ..sim_config()
+    };
+    let (run, sim, _dir) = run_against(sim_cfg, |_| {}, 3).await;
+    assert_no_cursor_moved(&run, "Authentication token not found");
+    run.stop().await;
+    // Every shard tried once, then all paused together: no retry storm.
+    let s = sim.state.stats();
+    assert_eq!(s.by_status.get(&401).copied(), Some(4), "{:?}", s.by_status);
+    sim.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_errors_and_truncated_bodies_are_retried_until_everything_arrives() {
+    let sim = start_sim(SimConfig {
+        fault_500: 0.2,
+        malformed: 0.1,
+        ..sim_config()
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = bridge_config(&sim, &tag(), SinkKind::Jsonl);
+    cfg.sink.jsonl.path = dir.path().join("out.jsonl").display().to_string();
+    let t0 = Utc::now();
+    let run = Running::start(build_bridge(&cfg, Coordination::in_memory(&cfg)).await);
+    let check_to = t0 - chrono::Duration::seconds(3);
+    run.wait_cursor(
+        check_to + chrono::Duration::seconds(15),
+        Duration::from_secs(120),
+    )
+    .await;
+    let errors = run.bridge.stats.api_errors.load(Ordering::Relaxed);
+    run.stop().await;
+    let want = expected(&sim, &cfg, t0 - chrono::Duration::seconds(590), check_to);
+    let r = check(&want, &read_jsonl(&dir.path().join("out.jsonl")), &cfg);
+    assert!(errors > 0);
+    let s = sim.state.stats();
+    assert!(
+        s.by_status.get(&500).copied().unwrap_or(0) > 0,
+        "{:?}",
+        s.by_status
+    );
+    assert!(r.missing.is_empty(), "{r:?}");
+    assert_eq!((r.duplicated, r.wrong_routed), (0, 0), "{r:?}");
+    sim.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_429_pauses_every_shard_and_nothing_is_lost() {
+    // The simulator allows fewer requests than the bridge thinks it may send.
+    let sim = start_sim(SimConfig {
+        per_minute: 30,
+        retry_after: true,
+        ..sim_config()
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = bridge_config(&sim, &tag(), SinkKind::Jsonl);
+    cfg.sink.jsonl.path = dir.path().join("out.jsonl").display().to_string();
+    cfg.window.start_from = cas_bridge::config::StartFrom::Ago(Duration::from_secs(300));
+    cfg.api.page_limit = Some(100);
+    let t0 = Utc::now();
+    let run = Running::start(build_bridge(&cfg, Coordination::in_memory(&cfg)).await);
+    // Past the first minute's allowance: at least one 429 and its pause.
+    run.wait_cursor(t0 + chrono::Duration::seconds(20), Duration::from_secs(150))
+        .await;
+    let limited = run.bridge.stats.rate_limited.load(Ordering::Relaxed);
+    run.stop().await;
+    let s = sim.state.stats();
+    assert!(
+        s.throttled > 0 && limited > 0,
+        "the run was throttled: {:?}",
+        s.by_status
+    );
+    // After a 429 every shard waited: far fewer 429s than shards × retries.
+    assert!(s.throttled <= 8, "429 storm: {}", s.throttled);
+    let want = expected(
+        &sim,
+        &cfg,
+        t0 - chrono::Duration::seconds(290),
+        t0 - chrono::Duration::seconds(30),
+    );
+    let r = check(&want, &read_jsonl(&dir.path().join("out.jsonl")), &cfg);
+    assert!(r.missing.is_empty(), "{r:?}");
+    sim.stop().await;
+}

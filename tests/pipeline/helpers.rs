@@ -1,0 +1,478 @@
+//! Shared set-up for the pipeline tests: the simulator, a bridge on real
+//! sinks, readers for what each sink received, and the delivery check
+//! against the simulator's ground truth.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use cas_bridge::config::{Config, Dur, SinkKind, StartFrom};
+use cas_bridge::shard::Shard;
+use cas_bridge::sim::{self, SimConfig, SimHandle};
+use cas_bridge::sink::Topics;
+use cas_bridge::worker::{Bridge, Coordination, Faults};
+use chrono::{DateTime, Utc};
+use secrecy::SecretString;
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+pub const NATS_URL: &str = "nats://127.0.0.1:4222";
+
+pub fn kafka_brokers() -> String {
+    std::env::var("CAS_BRIDGE_TEST_KAFKA").unwrap_or_else(|_| "127.0.0.1:19092".into())
+}
+
+/// Fails (never skips) when a server the test needs is not there.
+pub fn require_server(addr: &str, how: &str) {
+    let a = addr.trim_start_matches("nats://");
+    if std::net::TcpStream::connect_timeout(&a.parse().expect("addr"), Duration::from_secs(2))
+        .is_err()
+    {
+        panic!("this test needs a server at {addr}, which is not answering. Start it with: {how}");
+    }
+}
+
+pub fn require_nats() {
+    require_server(
+        "127.0.0.1:4222",
+        "start-stop-daemon --start --oknodo --background --exec /usr/sbin/nats-server -- -a 127.0.0.1 -p 4222 -js -sd /var/lib/nats-server (or ./scripts/test, which starts everything)",
+    );
+}
+
+pub fn require_kafka() {
+    require_server(
+        &kafka_brokers(),
+        "tansu broker --listener-url tcp://127.0.0.1:19092 --advertised-listener-url tcp://127.0.0.1:19092 --storage-engine memory://tansu/ (./scripts/test installs and starts it)",
+    );
+}
+
+/// A short random tag that keeps tests apart on shared servers.
+pub fn tag() -> String {
+    format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..10])
+}
+
+pub fn test_pairs() -> Vec<String> {
+    vec![
+        "exchange:dlp".into(),
+        "onedrive:securityrisk".into(),
+        "box:virtualanalyzer".into(),
+        "gmail:ransomware".into(),
+    ]
+}
+
+/// A simulator tuned for quick tests: no throttling, 1,200 events per hour
+/// per shard, 5 % of them 10 s late.
+pub fn sim_config() -> SimConfig {
+    SimConfig {
+        per_minute: 0,
+        per_day: 0,
+        events_per_hour: 1200.0,
+        late_fraction: 0.05,
+        late_by: Duration::from_secs(10),
+        ..SimConfig::default()
+    }
+}
+
+/// A bridge configuration against `sim`: 10 minutes of history, pages of 50,
+/// windows every second, lag 3 s and an overlap (30 s) longer than the late
+/// events' delay.
+pub fn bridge_config(sim: &SimHandle, tag: &str, kind: SinkKind) -> Config {
+    let mut c = Config::default();
+    c.api.base_url = Some(sim.base_url());
+    c.api.dialect = sim.state.dialect();
+    c.api.page_limit = Some(50);
+    c.api.timeout = Dur::secs(10);
+    c.shards.pairs = test_pairs();
+    c.window.start_from = StartFrom::Ago(Duration::from_secs(600));
+    c.window.lag = Dur::secs(3);
+    c.window.overlap = Dur::secs(30);
+    c.window.min_interval = Dur::secs(1);
+    c.budget.per_minute = 100_000;
+    c.budget.per_day = 10_000_000;
+    c.sink.kind = kind;
+    c.sink.topic_template = format!("{tag}.{{service}}.{{event}}");
+    c.sink.dead_letter = format!("{tag}.deadletter");
+    c.sink.nats.url = NATS_URL.into();
+    c.sink.nats.stream = tag.to_uppercase();
+    c.sink.kafka.brokers = kafka_brokers();
+    c.shutdown.grace = Dur::secs(10);
+    c.validate().expect("test config is valid");
+    c
+}
+
+pub async fn start_sim(cfg: SimConfig) -> SimHandle {
+    sim::start(cfg).await.expect("simulator starts")
+}
+
+pub async fn build_bridge(cfg: &Config, coord: Coordination) -> Arc<Bridge> {
+    build_bridge_with_faults(cfg, coord, Faults::default()).await
+}
+
+pub async fn build_bridge_with_faults(
+    cfg: &Config,
+    coord: Coordination,
+    faults: Faults,
+) -> Arc<Bridge> {
+    let sink = cas_bridge::sink::build(&cfg.sink, Duration::from_secs(600))
+        .await
+        .expect("sink");
+    Arc::new(
+        Bridge::new(cfg, SecretString::from("sim-token"), sink, coord)
+            .expect("bridge")
+            .with_faults(faults),
+    )
+}
+
+/// A bridge running in the background.
+pub struct Running {
+    pub bridge: Arc<Bridge>,
+    pub cancel: CancellationToken,
+    pub task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    pub fn start(bridge: Arc<Bridge>) -> Self {
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn(bridge.clone().run(cancel.clone()));
+        Self {
+            bridge,
+            cancel,
+            task,
+        }
+    }
+
+    /// Waits until every shard's cursor reached `t`.
+    pub async fn wait_cursor(&self, t: DateTime<Utc>, timeout: Duration) {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if self.bridge.min_cursor().is_some_and(|c| c >= t) {
+                return;
+            }
+            if tokio::time::Instant::now() > deadline {
+                panic!(
+                    "cursors did not reach {t} within {timeout:?}: {:?}",
+                    self.bridge.progress()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub async fn stop(self) {
+        self.cancel.cancel();
+        tokio::time::timeout(Duration::from_secs(30), self.task)
+            .await
+            .expect("bridge stops within 30 s")
+            .expect("bridge task");
+    }
+}
+
+/// One message as a consumer received it.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub topic: String,
+    pub id: String,
+    pub doc: Value,
+}
+
+/// What a delivery check found.
+#[derive(Debug, Default)]
+pub struct Report {
+    pub expected: usize,
+    pub delivered: usize,
+    pub missing: Vec<String>,
+    pub duplicated: usize,
+    pub wrong_routed: usize,
+    pub dead_lettered: usize,
+    pub unexpected: usize,
+}
+
+/// The ids the simulator generated in `[from, to]` for each shard, with the
+/// topic each must reach.
+pub fn expected(
+    sim: &SimHandle,
+    cfg: &Config,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> HashMap<String, String> {
+    let topics = Topics::new(&cfg.sink.topic_template, &cfg.sink.dead_letter).unwrap();
+    let mut out = HashMap::new();
+    for p in &cfg.shards.pairs {
+        let shard: Shard = p.parse().unwrap();
+        let bad: std::collections::HashSet<String> =
+            sim.state.bad_ids(&shard, from, to).into_iter().collect();
+        for id in sim.state.truth(&shard, from, to) {
+            let topic = if bad.contains(&id) {
+                cfg.sink.dead_letter.clone()
+            } else {
+                topics.topic(&shard)
+            };
+            out.insert(id, topic);
+        }
+    }
+    out
+}
+
+/// Compares what was received with what was expected. Received messages
+/// outside the expected range are allowed (the run went on past it) but
+/// must still be routed by their request pair.
+pub fn check(expected: &HashMap<String, String>, received: &[Received], cfg: &Config) -> Report {
+    let topics = Topics::new(&cfg.sink.topic_template, &cfg.sink.dead_letter).unwrap();
+    let mut count: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut r = Report {
+        expected: expected.len(),
+        ..Report::default()
+    };
+    for m in received {
+        *count.entry(m.id.as_str()).or_default() += 1;
+        let shard = Shard::new(
+            m.doc["service"].as_str().unwrap_or_default(),
+            m.doc["event"].as_str().unwrap_or_default(),
+        );
+        if m.topic == cfg.sink.dead_letter {
+            r.dead_lettered += 1;
+            assert!(
+                m.doc["reasons"].as_array().is_some_and(|a| !a.is_empty()),
+                "dead letter without reasons: {}",
+                m.doc
+            );
+        } else if m.topic != topics.topic(&shard) {
+            r.wrong_routed += 1;
+        }
+        match expected.get(&m.id) {
+            Some(t) if *t != m.topic => r.wrong_routed += 1,
+            Some(_) => {}
+            None => r.unexpected += 1,
+        }
+    }
+    for id in expected.keys() {
+        match count.get(id.as_str()) {
+            None => r.missing.push(id.clone()),
+            Some(n) => {
+                r.delivered += 1;
+                r.duplicated += n - 1;
+            }
+        }
+    }
+    r
+}
+
+/// Reads a JSON-lines sink file.
+pub fn read_jsonl(path: &std::path::Path) -> Vec<Received> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.lines()
+        .map(|l| {
+            let doc: Value =
+                serde_json::from_str(l).unwrap_or_else(|e| panic!("bad line {l}: {e}"));
+            Received {
+                topic: doc["topic"].as_str().unwrap().to_string(),
+                id: doc["id"].as_str().unwrap().to_string(),
+                doc,
+            }
+        })
+        .collect()
+}
+
+/// Reads every message of a JetStream stream.
+pub async fn read_nats(url: &str, stream: &str) -> Vec<Received> {
+    use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
+    use futures::StreamExt;
+    let client = async_nats::connect(url).await.expect("nats connect");
+    let js = async_nats::jetstream::new(client);
+    let mut s = js.get_stream(stream).await.expect("stream exists");
+    let total = s.info().await.unwrap().state.messages as usize;
+    let consumer = s
+        .create_consumer(pull::Config {
+            deliver_policy: DeliverPolicy::All,
+            ack_policy: AckPolicy::None,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut out = Vec::with_capacity(total);
+    while out.len() < total {
+        let mut batch = consumer
+            .fetch()
+            .max_messages(1000)
+            .expires(Duration::from_secs(2))
+            .messages()
+            .await
+            .unwrap();
+        let before = out.len();
+        while let Some(m) = batch.next().await {
+            let m = m.unwrap();
+            let doc: Value = serde_json::from_slice(&m.payload).unwrap();
+            let id = m
+                .headers
+                .as_ref()
+                .and_then(|h| h.get(async_nats::header::NATS_MESSAGE_ID))
+                .map(|v| v.to_string())
+                .unwrap_or_else(|| panic!("no Nats-Msg-Id in {:?}", m.headers));
+            assert_eq!(
+                doc["id"].as_str(),
+                Some(id.as_str()),
+                "Nats-Msg-Id is the event id"
+            );
+            out.push(Received {
+                topic: m.subject.to_string(),
+                id,
+                doc,
+            });
+        }
+        assert!(
+            out.len() > before,
+            "stream {stream} stopped at {} of {total}",
+            out.len()
+        );
+    }
+    out
+}
+
+/// Reads every message of the given Kafka topics (partition by partition,
+/// from the beginning to the high watermark).
+pub fn read_kafka(brokers: &str, topics: &[String]) -> Vec<Received> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::{Headers, Message};
+    use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", tag())
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut out = Vec::new();
+    for topic in topics {
+        let md = consumer
+            .fetch_metadata(Some(topic), Duration::from_secs(10))
+            .unwrap();
+        let partitions = md.topics()[0].partitions().len() as i32;
+        for p in 0..partitions {
+            let (lo, hi) = consumer
+                .fetch_watermarks(topic, p, Duration::from_secs(10))
+                .unwrap();
+            if hi <= lo {
+                continue;
+            }
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition_offset(topic, p, Offset::Offset(lo))
+                .unwrap();
+            consumer.assign(&tpl).unwrap();
+            let mut next = lo;
+            let deadline = std::time::Instant::now() + Duration::from_secs(60);
+            while next < hi {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "reading {topic}/{p} stalled at {next} of {hi}"
+                );
+                let Some(res) = consumer.poll(Duration::from_millis(500)) else {
+                    continue;
+                };
+                let m = res.unwrap();
+                next = m.offset() + 1;
+                let doc: Value = serde_json::from_slice(m.payload().unwrap()).unwrap();
+                let key = String::from_utf8(m.key().unwrap().to_vec()).unwrap();
+                let hdr = m.headers().and_then(|h| {
+                    h.iter()
+                        .find(|h| h.key == "cas-event-id")
+                        .and_then(|h| h.value.map(|v| String::from_utf8_lossy(v).to_string()))
+                });
+                assert_eq!(
+                    hdr.as_deref(),
+                    Some(key.as_str()),
+                    "cas-event-id header is the key"
+                );
+                out.push(Received {
+                    topic: topic.clone(),
+                    id: key,
+                    doc,
+                });
+            }
+        }
+    }
+    out
+}
+
+/// A free TCP port on loopback.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A nats-server with JetStream that the test owns (stopped on drop).
+pub struct OwnNats {
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+    child: Option<std::process::Child>,
+}
+
+impl OwnNats {
+    pub fn start() -> Self {
+        let mut n = OwnNats {
+            port: free_port(),
+            dir: tempfile::tempdir().unwrap(),
+            child: None,
+        };
+        n.restart();
+        n
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts the server (again), on the same port and store directory.
+    pub fn restart(&mut self) {
+        let bin = [
+            "/usr/sbin/nats-server",
+            "/usr/bin/nats-server",
+            "nats-server",
+        ]
+        .into_iter()
+        .find(|b| !b.starts_with('/') || std::path::Path::new(b).exists())
+        .unwrap();
+        let child = std::process::Command::new(bin)
+            .args([
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-js",
+                "-sd",
+            ])
+            .arg(self.dir.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot start nats-server ({e}); install it with apt-get install nats-server"
+                )
+            });
+        self.child = Some(child);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "nats-server did not start on {}",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for OwnNats {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
