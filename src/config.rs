@@ -224,6 +224,8 @@ pub struct Config {
     pub window: WindowConfig,
     /// The token's request budget.
     pub budget: BudgetConfig,
+    /// Fleet coordination through Redis.
+    pub coord: CoordConfig,
     /// Where events go.
     pub sink: SinkConfig,
     /// JSON Schemas events are validated against.
@@ -409,6 +411,17 @@ impl Default for WindowConfig {
     }
 }
 
+/// How the budget counts requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum BudgetMode {
+    /// Never more than `per_minute` in any 60 s (and `per_day` in any 24 h).
+    #[default]
+    Sliding,
+    /// Windows that start at the first request, as the live API counts.
+    Fixed,
+}
+
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BudgetConfig {
@@ -416,6 +429,8 @@ pub struct BudgetConfig {
     pub per_minute: u32,
     /// Requests per day for the token (all workers together).
     pub per_day: u32,
+    /// `sliding` or `fixed`.
+    pub mode: BudgetMode,
 }
 
 impl Default for BudgetConfig {
@@ -423,6 +438,47 @@ impl Default for BudgetConfig {
         Self {
             per_minute: 10,
             per_day: 14_400,
+            mode: BudgetMode::Sliding,
+        }
+    }
+}
+
+fn redact_url<S: Serializer>(v: &Option<SecretString>, s: S) -> Result<S::Ok, S::Error> {
+    match v {
+        None => s.serialize_none(),
+        Some(u) => match url::Url::parse(u.expose_secret()) {
+            Ok(mut url) => {
+                if url.password().is_some() {
+                    let _ = url.set_password(Some("REDACTED"));
+                }
+                s.serialize_str(url.as_str())
+            }
+            Err(_) => s.serialize_str("[unparsable]"),
+        },
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CoordConfig {
+    /// `redis://[:password@]host:port[/db]` or `rediss://…`; none = in-process (one worker).
+    #[serde(serialize_with = "redact_url")]
+    pub redis_url: Option<SecretString>,
+    /// Namespace of every Redis key.
+    pub prefix: String,
+    /// Lifetime of a shard lease; renewed every third of it.
+    pub lease_ttl: Dur,
+    /// This worker's name (default: host name, process id and a random suffix).
+    pub worker_id: Option<String>,
+}
+
+impl Default for CoordConfig {
+    fn default() -> Self {
+        Self {
+            redis_url: None,
+            prefix: "cas-bridge".into(),
+            lease_ttl: Dur::secs(15),
+            worker_id: None,
         }
     }
 }
@@ -664,6 +720,47 @@ impl Config {
         if self.budget.per_day == 0 {
             return Err(ConfigError::new("budget.per_day", "must be at least 1"));
         }
+        if let Some(u) = &self.coord.redis_url {
+            match url::Url::parse(u.expose_secret()) {
+                Ok(url)
+                    if matches!(url.scheme(), "redis" | "rediss") && url.host_str().is_some() => {}
+                _ => {
+                    return Err(ConfigError::new(
+                        "coord.redis_url",
+                        "must be redis://[:password@]host[:port][/db] or rediss://…",
+                    ))
+                }
+            }
+        }
+        let p = &self.coord.prefix;
+        if p.is_empty()
+            || p.len() > 64
+            || p.chars().any(|c| c.is_whitespace() || c == '{' || c == '}')
+        {
+            return Err(ConfigError::new(
+                "coord.prefix",
+                format!("`{p}` must be 1 to 64 characters without spaces or braces"),
+            ));
+        }
+        let ttl = self.coord.lease_ttl.get();
+        if ttl < Duration::from_secs(3) || ttl > Duration::from_secs(300) {
+            return Err(ConfigError::new(
+                "coord.lease_ttl",
+                format!("{} is out of range: 3s to 5m", self.coord.lease_ttl),
+            ));
+        }
+        if let Some(w) = &self.coord.worker_id {
+            if w.is_empty()
+                || w.len() > 128
+                || w.contains(':')
+                || w.chars().any(char::is_whitespace)
+            {
+                return Err(ConfigError::new(
+                    "coord.worker_id",
+                    "must be 1 to 128 characters without spaces or colons",
+                ));
+            }
+        }
         crate::sink::Topics::new(&self.sink.topic_template, &self.sink.dead_letter)?;
         match self.sink.kind {
             SinkKind::Kafka => {
@@ -816,7 +913,16 @@ mod tests {
 
     #[test]
     fn redaction_hides_the_token() {
-        let c = load(&[("CAS_BRIDGE__API__TOKEN", "s3cr3t-token-value")]).unwrap();
+        let c = load(&[
+            ("CAS_BRIDGE__API__TOKEN", "s3cr3t-token-value"),
+            (
+                "CAS_BRIDGE__COORD__REDIS_URL",
+                "redis://:s3cr3tpw@redis:6379/0",
+            ),
+        ])
+        .unwrap();
+        assert!(!c.redacted_json().contains("s3cr3tpw"));
+        assert!(!format!("{c:?}").contains("s3cr3tpw"));
         assert!(!c.redacted_json().contains("s3cr3t"));
         assert!(!format!("{c:?}").contains("s3cr3t"));
         assert!(c.redacted_json().contains("[REDACTED]"));
@@ -836,6 +942,12 @@ mod tests {
             ("CAS_BRIDGE__WINDOW__START_FROM", "80h", "window.start_from"),
             ("CAS_BRIDGE__SHARDS__PAIRS", "exchange", "shards.pairs"),
             ("CAS_BRIDGE__BUDGET__PER_MINUTE", "0", "budget.per_minute"),
+            (
+                "CAS_BRIDGE__COORD__REDIS_URL",
+                "http://x",
+                "coord.redis_url",
+            ),
+            ("CAS_BRIDGE__COORD__LEASE_TTL", "1s", "coord.lease_ttl"),
         ];
         for (k, v, field) in cases {
             let e = load(&[(k, v)]).unwrap_err();

@@ -17,15 +17,15 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use rand::Rng;
 use secrecy::SecretString;
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 use url::Url;
 
 use crate::cas::{Action, ApiError, Client, Page};
 use crate::config::{Config, ConfigError, StartFrom};
-use crate::coord::memory::{MemoryBudget, MemoryCheckpoints, MemoryDedup};
-use crate::coord::{Budget, CheckpointStore, CoordError, DedupStore, Fence};
+use crate::coord::memory::{MemoryBudget, MemoryCheckpoints, MemoryDedup, SoleWorker};
+use crate::coord::redis::{RedisCoord, RedisSettings};
+use crate::coord::{Budget, CheckpointStore, CoordError, DedupStore, Fence, LeaseStore, Renewal};
 use crate::identity::event_id;
 use crate::shard::Shard;
 use crate::sink::{Record, Sink, Topics};
@@ -46,6 +46,7 @@ pub struct Stats {
     pub rate_limited: AtomicU64,
     pub sink_errors: AtomicU64,
     pub gap_seconds: AtomicU64,
+    pub leases_lost: AtomicU64,
 }
 
 impl Stats {
@@ -72,6 +73,7 @@ pub struct Coordination {
     pub checkpoints: Arc<dyn CheckpointStore>,
     pub budget: Arc<dyn Budget>,
     pub dedup: Arc<dyn DedupStore>,
+    pub leases: Arc<dyn LeaseStore>,
 }
 
 impl Coordination {
@@ -82,8 +84,71 @@ impl Coordination {
             checkpoints: Arc::new(MemoryCheckpoints::default()),
             budget: Arc::new(MemoryBudget::new(cfg.budget.clone())),
             dedup: Arc::new(MemoryDedup::new(horizon)),
+            leases: Arc::new(SoleWorker),
         }
     }
+
+    /// A fleet member: everything in Redis (`coord.redis_url` must be set).
+    pub async fn redis(
+        cfg: &Config,
+        token: &SecretString,
+    ) -> Result<(Self, Arc<RedisCoord>), CoordError> {
+        let url = cfg
+            .coord
+            .redis_url
+            .as_ref()
+            .ok_or_else(|| CoordError::Unavailable("coord.redis_url is not set".into()))?;
+        let rc = Arc::new(
+            RedisCoord::connect(RedisSettings {
+                url,
+                prefix: &cfg.coord.prefix,
+                worker: cfg
+                    .coord
+                    .worker_id
+                    .clone()
+                    .unwrap_or_else(default_worker_id),
+                lease_ttl: cfg.coord.lease_ttl.get(),
+                budget: cfg.budget.clone(),
+                token,
+                dedup_horizon: Planner::new(&cfg.window).dedup_horizon(),
+            })
+            .await?,
+        );
+        Ok((
+            Self {
+                checkpoints: rc.clone(),
+                budget: rc.clone(),
+                dedup: rc.clone(),
+                leases: rc.clone(),
+            },
+            rc,
+        ))
+    }
+}
+
+/// `<host>-<pid>-<random>`: unique even when pods share a host name.
+pub fn default_worker_id() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().replace([':', ' '], "-"))
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "worker".into());
+    let r: u16 = rand::rng().random();
+    format!("{host}-{}-{r:04x}", std::process::id())
+}
+
+/// A shard this process holds a lease on.
+struct Held {
+    fence: Fence,
+    /// Stops the shard's loop at once (lease lost, shutdown).
+    cancel: CancellationToken,
+    /// Stops it after the window in flight (rebalancing).
+    drain: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+    last_renewed: tokio::time::Instant,
+    /// The lease is gone: the loop was cancelled and must not be released.
+    lost: bool,
 }
 
 /// Test hook: stop the whole bridge after this many windows were published,
@@ -109,7 +174,11 @@ pub struct Bridge {
     started: DateTime<Utc>,
     pub stats: Arc<Stats>,
     progress: Mutex<HashMap<Shard, ShardProgress>>,
+    /// The shards this process works now.
+    held: Mutex<Vec<Shard>>,
     faults: Faults,
+    /// Fired by fault injection to stop the whole bridge.
+    halt: CancellationToken,
 }
 
 /// How a window ended without being delivered.
@@ -167,7 +236,9 @@ impl Bridge {
             started: Utc::now(),
             stats: Arc::new(Stats::default()),
             progress: Mutex::new(HashMap::new()),
+            held: Mutex::new(Vec::new()),
             faults: Faults::default(),
+            halt: CancellationToken::new(),
         })
     }
 
@@ -183,6 +254,11 @@ impl Bridge {
     /// Each shard's progress.
     pub fn progress(&self) -> HashMap<Shard, ShardProgress> {
         lock(&self.progress).clone()
+    }
+
+    /// The shards this process holds leases on (and works) now.
+    pub fn held(&self) -> Vec<Shard> {
+        lock(&self.held).clone()
     }
 
     /// The oldest cursor over all shards (`None` while any shard has none).
@@ -204,10 +280,20 @@ impl Bridge {
         f(lock(&self.progress).entry(shard.clone()).or_default());
     }
 
-    /// Runs every shard until `cancel` fires, then shuts down within the
-    /// grace period: no new requests, the page in flight abandoned without
-    /// moving its cursor, the sink flushed.
+    /// Runs until `cancel` fires: holds a fair share of the shards' leases
+    /// (all of them when alone), runs a loop per held shard, and rebalances
+    /// every third of the lease TTL. Then shuts down within the grace
+    /// period: no new requests, the page in flight abandoned without moving
+    /// its cursor, the sink flushed, the leases released.
     pub async fn run(self: Arc<Self>, cancel: CancellationToken) {
+        let cancel = cancel.child_token();
+        let (halt, c) = (self.halt.clone(), cancel.clone());
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = halt.cancelled() => c.cancel(),
+                _ = c.cancelled() => {}
+            }
+        });
         let all = self.topics.all(&self.shards);
         let mut attempt = 0;
         loop {
@@ -223,30 +309,184 @@ impl Bridge {
             }
         }
         info!(shards = self.shards.len(), sink = self.sink.name(), api = %self.client.base(), dialect = %self.client.dialect(), "bridge started");
-        let mut tasks = JoinSet::new();
-        for shard in self.shards.clone() {
-            let me = self.clone();
-            let cancel = cancel.clone();
-            tasks.spawn(async move { me.run_shard(shard, 1, cancel).await });
+        // Workers start their search for free shards at different places.
+        let mut order = self.shards.clone();
+        let offset = rand::rng().random_range(0..order.len().max(1));
+        order.rotate_left(offset);
+        let period = self.coord.leases.ttl() / 3;
+        let mut held: HashMap<Shard, Held> = HashMap::new();
+        loop {
+            self.tend(&mut held, &order, &cancel).await;
+            *lock(&self.held) = order
+                .iter()
+                .filter(|s| held.get(*s).is_some_and(|h| !h.lost))
+                .cloned()
+                .collect();
+            if !sleep_or_cancel(period, &cancel).await {
+                break;
+            }
         }
-        cancel.cancelled().await;
         info!(grace = ?self.grace, "shutting down");
-        let drained = tokio::time::timeout(self.grace, async {
-            while tasks.join_next().await.is_some() {}
-        })
-        .await;
-        if drained.is_err() {
-            warn!("grace period over; abandoning work in flight (its cursors stay)");
-            tasks.abort_all();
+        for h in held.values() {
+            h.cancel.cancel();
+        }
+        let deadline = tokio::time::Instant::now() + self.grace;
+        for (shard, h) in held.iter_mut() {
+            if tokio::time::timeout_at(deadline, &mut h.task)
+                .await
+                .is_err()
+            {
+                warn!(%shard, "grace period over; abandoning work in flight (its cursor stays)");
+                h.task.abort();
+            }
         }
         if let Err(e) = self.sink.flush().await {
             error!(error = %e, "flushing the sink at shutdown");
         }
+        for (shard, h) in &held {
+            if !h.lost {
+                if let Err(e) = self.coord.leases.release(shard, h.fence).await {
+                    warn!(%shard, error = %e, "cannot release the lease; it expires by itself");
+                }
+            }
+        }
+        if let Err(e) = self.coord.leases.leave().await {
+            warn!(error = %e, "cannot leave the fleet; the heartbeat expires by itself");
+        }
+        lock(&self.held).clear();
         info!("bridge stopped");
     }
 
-    /// The loop of one shard held with `fence`.
-    pub async fn run_shard(&self, shard: Shard, fence: Fence, cancel: CancellationToken) {
+    /// One round of lease keeping: reap finished loops, renew, announce,
+    /// and take or give up shards towards the fair share.
+    async fn tend(
+        self: &Arc<Self>,
+        held: &mut HashMap<Shard, Held>,
+        order: &[Shard],
+        cancel: &CancellationToken,
+    ) {
+        let leases = &self.coord.leases;
+        let ttl = leases.ttl();
+        let period = ttl / 3;
+        // Loops that ended (drained, lost, fenced): give their leases back.
+        let done: Vec<Shard> = held
+            .iter()
+            .filter(|(_, h)| h.task.is_finished())
+            .map(|(s, _)| s.clone())
+            .collect();
+        for shard in done {
+            if let Some(h) = held.remove(&shard) {
+                if !h.lost {
+                    if let Err(e) = leases.release(&shard, h.fence).await {
+                        warn!(%shard, error = %e, "cannot release the lease; it expires by itself");
+                    }
+                }
+            }
+        }
+        let progress = self.progress();
+        for (shard, h) in held.iter_mut().filter(|(_, h)| !h.lost) {
+            let p = progress.get(shard).cloned().unwrap_or_default();
+            match leases.renew(shard, h.fence, p.cursor).await {
+                Ok(Renewal::Lost) => {
+                    warn!(%shard, "lease lost to another worker; stopping the shard");
+                    h.cancel.cancel();
+                    h.lost = true;
+                    Stats::add(&self.stats.leases_lost, 1);
+                }
+                Ok(r) => {
+                    if r == Renewal::Reclaimed {
+                        warn!(%shard, fence = h.fence, "lease had lapsed or Redis lost it; reclaimed (cursor written back if missing)");
+                    }
+                    h.last_renewed = tokio::time::Instant::now();
+                    let _ = leases.report(shard, h.fence, p.last_error.as_deref()).await;
+                }
+                Err(e) if h.last_renewed.elapsed() + period < ttl => {
+                    warn!(%shard, error = %e, "cannot renew the lease; trying again");
+                }
+                Err(e) => {
+                    warn!(%shard, error = %e, "cannot renew the lease before it expires; stopping the shard");
+                    h.cancel.cancel();
+                    h.lost = true;
+                    Stats::add(&self.stats.leases_lost, 1);
+                }
+            }
+        }
+        if cancel.is_cancelled() {
+            return;
+        }
+        let live = match leases.heartbeat().await {
+            Ok(n) => n.max(1),
+            Err(e) => {
+                warn!(error = %e, "heartbeat failed; taking no new shards");
+                return;
+            }
+        };
+        let fair = self.shards.len().div_ceil(live);
+        let active: Vec<Shard> = order
+            .iter()
+            .filter(|s| {
+                held.get(*s)
+                    .is_some_and(|h| !h.lost && !h.drain.is_cancelled())
+            })
+            .cloned()
+            .collect();
+        if active.len() > fair {
+            // Give up the surplus at a window boundary.
+            for shard in active.iter().rev().take(active.len() - fair) {
+                if let Some(h) = held.get(shard) {
+                    info!(%shard, fair, live, "over the fair share; releasing after the window in flight");
+                    h.drain.cancel();
+                }
+            }
+            return;
+        }
+        let mut want = fair - active.len();
+        for shard in order {
+            if want == 0 {
+                break;
+            }
+            if held.contains_key(shard) {
+                continue;
+            }
+            match leases.acquire(shard).await {
+                Ok(Some(fence)) => {
+                    info!(%shard, fence, "lease acquired");
+                    let h_cancel = cancel.child_token();
+                    let drain = CancellationToken::new();
+                    let me = self.clone();
+                    let (s2, c2, d2) = (shard.clone(), h_cancel.clone(), drain.clone());
+                    let task = tokio::spawn(async move { me.run_shard(s2, fence, c2, d2).await });
+                    held.insert(
+                        shard.clone(),
+                        Held {
+                            fence,
+                            cancel: h_cancel,
+                            drain,
+                            task,
+                            last_renewed: tokio::time::Instant::now(),
+                            lost: false,
+                        },
+                    );
+                    want -= 1;
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    warn!(%shard, error = %e, "cannot acquire a lease");
+                    break;
+                }
+            }
+        }
+    }
+
+    /// The loop of one shard held with `fence`. `cancel` stops it at once;
+    /// `drain` after the window in flight.
+    pub async fn run_shard(
+        &self,
+        shard: Shard,
+        fence: Fence,
+        cancel: CancellationToken,
+        drain: CancellationToken,
+    ) {
         let mut cursor = loop {
             match self.coord.checkpoints.load(&shard).await {
                 Ok(Some(c)) => break c,
@@ -261,11 +501,13 @@ impl Bridge {
         };
         self.set_progress(&shard, |p| p.cursor = Some(cursor));
         let mut parked = 0u32;
-        while !cancel.is_cancelled() {
+        while !cancel.is_cancelled() && !drain.is_cancelled() {
             let (window, gap) = match self.planner.plan(cursor, Utc::now()) {
                 Plan::NotDue(wait) => {
-                    if !sleep_or_cancel(wait, &cancel).await {
-                        return;
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = cancel.cancelled() => return,
+                        _ = drain.cancelled() => return,
                     }
                     continue;
                 }
@@ -292,7 +534,7 @@ impl Bridge {
             let n = self.stats.windows.fetch_add(1, Ordering::Relaxed) + 1;
             if self.faults.halt_before_checkpoint_after_windows == Some(n) {
                 warn!(%shard, "fault injection: halting before the checkpoint");
-                cancel.cancel();
+                self.halt.cancel();
                 return;
             }
             // The window is delivered: move the cursor (fenced).

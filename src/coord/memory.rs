@@ -9,7 +9,10 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use tokio::time::Instant;
 
-use super::{Budget, BudgetUsage, CheckpointStore, CoordError, DedupStore, Fence, Permit};
+use super::{
+    Budget, BudgetUsage, CheckpointStore, CoordError, DedupStore, Fence, LeaseStore, Permit,
+    Renewal,
+};
 use crate::config::BudgetConfig;
 use crate::shard::Shard;
 
@@ -41,6 +44,40 @@ impl CheckpointStore for MemoryCheckpoints {
         cursor: DateTime<Utc>,
     ) -> Result<(), CoordError> {
         lock(&self.cursors).insert(shard.clone(), cursor);
+        Ok(())
+    }
+}
+
+/// The only worker: every shard is free for it, with fence 1.
+#[derive(Debug, Default)]
+pub struct SoleWorker;
+
+#[async_trait]
+impl LeaseStore for SoleWorker {
+    fn ttl(&self) -> Duration {
+        Duration::from_secs(15)
+    }
+    async fn heartbeat(&self) -> Result<usize, CoordError> {
+        Ok(1)
+    }
+    async fn acquire(&self, _shard: &Shard) -> Result<Option<Fence>, CoordError> {
+        Ok(Some(1))
+    }
+    async fn renew(
+        &self,
+        _: &Shard,
+        _: Fence,
+        _: Option<DateTime<Utc>>,
+    ) -> Result<Renewal, CoordError> {
+        Ok(Renewal::Held)
+    }
+    async fn release(&self, _: &Shard, _: Fence) -> Result<(), CoordError> {
+        Ok(())
+    }
+    async fn report(&self, _: &Shard, _: Fence, _: Option<&str>) -> Result<(), CoordError> {
+        Ok(())
+    }
+    async fn leave(&self) -> Result<(), CoordError> {
         Ok(())
     }
 }
@@ -295,6 +332,7 @@ mod tests {
         let b = std::sync::Arc::new(MemoryBudget::new(BudgetConfig {
             per_minute: 10,
             per_day: 1000,
+            ..BudgetConfig::default()
         }));
         let shard = Shard::new("s", "e");
         let start = Instant::now();
@@ -319,6 +357,7 @@ mod tests {
         let b = MemoryBudget::new(BudgetConfig {
             per_minute: 100,
             per_day: 3,
+            ..BudgetConfig::default()
         });
         let s = Shard::new("s", "e");
         for _ in 0..3 {
@@ -332,6 +371,7 @@ mod tests {
         let b = MemoryBudget::new(BudgetConfig {
             per_minute: 100,
             per_day: 100,
+            ..BudgetConfig::default()
         });
         b.pause(Duration::from_secs(30)).await;
         let p = b.acquire(&s, true).await.unwrap();

@@ -10,6 +10,7 @@
 //! - a 429 pauses every caller of the budget, not just the one that saw it.
 
 pub mod memory;
+pub mod redis;
 
 use std::time::Duration;
 
@@ -86,4 +87,47 @@ pub trait DedupStore: Send + Sync {
     async fn seen(&self, shard: &Shard, ids: &[&str]) -> Result<Vec<bool>, CoordError>;
     /// Records ids as delivered (after the sink acknowledged them).
     async fn mark(&self, shard: &Shard, ids: &[&str]) -> Result<(), CoordError>;
+}
+
+/// What a renewal found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Renewal {
+    /// Still ours; the TTL starts again.
+    Held,
+    /// The lease had lapsed or the store had lost it (a restart without
+    /// persistence) and nobody took the shard since: ours again, with the
+    /// same fence, and the cursor written back if the store had none.
+    Reclaimed,
+    /// Another worker holds it (or held it since): stop working the shard.
+    Lost,
+}
+
+/// Shard leases and worker membership.
+#[async_trait]
+pub trait LeaseStore: Send + Sync {
+    /// The lease lifetime.
+    fn ttl(&self) -> Duration;
+    /// Announces this worker; returns how many workers are alive.
+    async fn heartbeat(&self) -> Result<usize, CoordError>;
+    /// Takes a free shard; returns the new fence, or `None` if it is held.
+    async fn acquire(&self, shard: &Shard) -> Result<Option<Fence>, CoordError>;
+    /// Renews a held lease. `cursor` is the holder's own cursor, written back
+    /// if the store lost it.
+    async fn renew(
+        &self,
+        shard: &Shard,
+        fence: Fence,
+        cursor: Option<DateTime<Utc>>,
+    ) -> Result<Renewal, CoordError>;
+    /// Gives a shard up (graceful shutdown, rebalancing).
+    async fn release(&self, shard: &Shard, fence: Fence) -> Result<(), CoordError>;
+    /// Records what an operator should see of a held shard (`status`).
+    async fn report(
+        &self,
+        shard: &Shard,
+        fence: Fence,
+        last_error: Option<&str>,
+    ) -> Result<(), CoordError>;
+    /// Leaves the fleet (graceful shutdown).
+    async fn leave(&self) -> Result<(), CoordError>;
 }

@@ -216,16 +216,16 @@ async fn a_run_stopped_between_publish_and_checkpoint_loses_nothing() {
         },
     )
     .await;
-    let run = Running::start(first);
-    tokio::time::timeout(Duration::from_secs(60), run.cancel.cancelled())
+    let mut run = Running::start(first);
+    tokio::time::timeout(Duration::from_secs(60), &mut run.task)
         .await
-        .expect("the fault fired");
+        .expect("the fault fired and the bridge stopped")
+        .unwrap();
     let published_first = run
         .bridge
         .stats
         .events_published
         .load(std::sync::atomic::Ordering::Relaxed);
-    run.stop().await;
     assert!(published_first > 0);
     // A new process: same checkpoints (the store outlives the process), no dedup memory.
     let coord2 = Coordination {

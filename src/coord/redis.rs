@@ -1,0 +1,627 @@
+//! Fleet coordination in Redis: shard leases with fencing tokens, worker
+//! heartbeats, fenced checkpoints, the token's shared budget and the shared
+//! dedup memory.
+//!
+//! Keys (all under `coord.prefix`, written `P` here; a shard is `svc:event`):
+//! - `P:workers` — sorted set of live workers, scored by heartbeat expiry;
+//! - `P:lease:<shard>` — `worker:fence`, with the lease TTL;
+//! - `P:fence:<shard>` — the fencing counter, bumped at every acquisition;
+//! - `P:cursor:<shard>` — the cursor, ms since the epoch;
+//! - `P:status:<shard>` — what `status` shows (owner, fence, last error);
+//! - `P:dedup:<shard>` — delivered ids scored by expiry;
+//! - `P:budget:<token hash>:…` — permits granted, and the shared pause.
+//!
+//! What must stay true here:
+//! - the budget is checked and taken in one Lua call on Redis's own clock
+//!   (`TIME`), so the pods' clocks do not matter; the key holds a hash of the
+//!   token, never the token;
+//! - a cursor is written only by the worker whose `worker:fence` is the
+//!   shard's lease (or, if Redis lost both the lease and the fence, by the
+//!   holder restoring them), in one Lua compare-and-set.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use redis::aio::ConnectionManager;
+use redis::Script;
+use secrecy::{ExposeSecret, SecretString};
+use sha2::{Digest, Sha256};
+
+use super::memory::FairQueue;
+use super::{
+    Budget, BudgetUsage, CheckpointStore, CoordError, DedupStore, Fence, LeaseStore, Permit,
+    Renewal,
+};
+use crate::config::{BudgetConfig, BudgetMode};
+use crate::shard::Shard;
+
+/// Every Redis call gives up after this long (the caller retries later).
+const CALL_TIMEOUT: Duration = Duration::from_secs(3);
+/// The budget's minute, made a little longer than 60 s: a permit is taken
+/// on Redis's clock but counted by the API when the request arrives, and
+/// those two instants differ by a variable network delay.
+const MINUTE_MS: i64 = 60_500;
+const DAY_MS: i64 = 86_400_000 + 500;
+
+const ACQUIRE: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+local f = redis.call('INCR', KEYS[2])
+redis.call('SET', KEYS[1], ARGV[1] .. ':' .. f, 'PX', ARGV[2])
+return f
+"#;
+
+// KEYS: lease, fence, cursor. ARGV: owner, fence, ttl_ms, cursor_ms or ''.
+// 1 = held, 2 = reclaimed, 0 = lost.
+const RENEW: &str = r#"
+local want = ARGV[1] .. ':' .. ARGV[2]
+local v = redis.call('GET', KEYS[1])
+if v == want then redis.call('PEXPIRE', KEYS[1], ARGV[3]) return 1 end
+if v then return 0 end
+local cur = redis.call('GET', KEYS[2])
+if cur and cur ~= ARGV[2] then return 0 end
+if not cur then redis.call('SET', KEYS[2], ARGV[2]) end
+redis.call('SET', KEYS[1], want, 'PX', ARGV[3])
+if ARGV[4] ~= '' and redis.call('EXISTS', KEYS[3]) == 0 then redis.call('SET', KEYS[3], ARGV[4]) end
+return 2
+"#;
+
+// KEYS: lease, fence, cursor. ARGV: owner, fence, ttl_ms, cursor_ms.
+// {1, fence} = written, {2, fence} = written after restoring a lost lease,
+// {0, current fence} = refused.
+const CHECKPOINT: &str = r#"
+local want = ARGV[1] .. ':' .. ARGV[2]
+local v = redis.call('GET', KEYS[1])
+local cur = redis.call('GET', KEYS[2])
+if v == want and cur == ARGV[2] then
+  redis.call('SET', KEYS[3], ARGV[4])
+  return {1, tonumber(cur)}
+end
+if (not v) and ((not cur) or cur == ARGV[2]) then
+  redis.call('SET', KEYS[2], ARGV[2])
+  redis.call('SET', KEYS[1], want, 'PX', ARGV[3])
+  redis.call('SET', KEYS[3], ARGV[4])
+  return {2, tonumber(ARGV[2])}
+end
+return {0, tonumber(cur or '0')}
+"#;
+
+const RELEASE: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"#;
+
+// KEYS: workers. ARGV: worker, ttl_ms. Returns live workers.
+const HEARTBEAT: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+return redis.call('ZCARD', KEYS[1])
+"#;
+
+// KEYS: minute, day, pause, seq. ARGV: per_minute, per_day, minute_ms,
+// day_ms, mode. Returns {1, 0} for a permit or {0, ms to wait}.
+const TAKE: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local p = redis.call('PTTL', KEYS[3])
+if p > 0 then return {0, p} end
+local pm, pd = tonumber(ARGV[1]), tonumber(ARGV[2])
+local span, dspan = tonumber(ARGV[3]), tonumber(ARGV[4])
+if ARGV[5] == 'sliding' then
+  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - span)
+  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - dspan)
+  local d = redis.call('ZCARD', KEYS[2])
+  if d >= pd then
+    local o = redis.call('ZRANGE', KEYS[2], d - pd, d - pd, 'WITHSCORES')
+    return {0, math.max(1, tonumber(o[2]) + dspan - now)}
+  end
+  local m = redis.call('ZCARD', KEYS[1])
+  if m >= pm then
+    local o = redis.call('ZRANGE', KEYS[1], m - pm, m - pm, 'WITHSCORES')
+    return {0, math.max(1, tonumber(o[2]) + span - now)}
+  end
+  local seq = redis.call('INCR', KEYS[4])
+  redis.call('ZADD', KEYS[1], now, seq)
+  redis.call('ZADD', KEYS[2], now, seq)
+  redis.call('PEXPIRE', KEYS[1], span)
+  redis.call('PEXPIRE', KEYS[2], dspan)
+  redis.call('PEXPIRE', KEYS[4], dspan)
+  return {1, 0}
+end
+local m = tonumber(redis.call('GET', KEYS[1]) or '0')
+if m >= pm then return {0, math.max(1, redis.call('PTTL', KEYS[1]))} end
+local d = tonumber(redis.call('GET', KEYS[2]) or '0')
+if d >= pd then return {0, math.max(1, redis.call('PTTL', KEYS[2]))} end
+if m == 0 then redis.call('SET', KEYS[1], 1, 'PX', span) else redis.call('INCR', KEYS[1]) end
+if d == 0 then redis.call('SET', KEYS[2], 1, 'PX', dspan) else redis.call('INCR', KEYS[2]) end
+return {1, 0}
+"#;
+
+// KEYS: minute, day. ARGV: minute_ms, day_ms, mode. Returns {minute, day}.
+const USAGE: &str = r#"
+if ARGV[3] == 'sliding' then
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  return {redis.call('ZCOUNT', KEYS[1], now - tonumber(ARGV[1]), '+inf'),
+          redis.call('ZCOUNT', KEYS[2], now - tonumber(ARGV[2]), '+inf')}
+end
+return {tonumber(redis.call('GET', KEYS[1]) or '0'), tonumber(redis.call('GET', KEYS[2]) or '0')}
+"#;
+
+const PAUSE: &str = r#"
+if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[1]) then redis.call('SET', KEYS[1], '1', 'PX', ARGV[1]) end
+return 1
+"#;
+
+/// A hash of the token that names its budget; the token itself never
+/// reaches Redis.
+pub fn token_key(token: &SecretString) -> String {
+    let d = Sha256::digest(format!("cas-bridge budget:{}", token.expose_secret()).as_bytes());
+    hex::encode(&d[..8])
+}
+
+fn unavailable(e: impl std::fmt::Display) -> CoordError {
+    CoordError::Unavailable(e.to_string())
+}
+
+/// Redis coordination for one worker.
+pub struct RedisCoord {
+    /// A multiplexed connection that reconnects by itself.
+    conn: ConnectionManager,
+    /// Key namespace.
+    prefix: String,
+    /// This worker's name.
+    worker: String,
+    /// Lease lifetime.
+    ttl: Duration,
+    /// Limits and counting mode.
+    budget: BudgetConfig,
+    /// `P:budget:<token hash>`.
+    budget_key: String,
+    /// How long delivered ids are remembered.
+    horizon: Duration,
+    /// Orders this process's waiters for a permit.
+    queue: FairQueue,
+    /// The Lua scripts (hashed once; sent by SHA, loaded again when Redis forgot them).
+    scripts: Scripts,
+}
+
+struct Scripts {
+    acquire: Script,
+    renew: Script,
+    checkpoint: Script,
+    release: Script,
+    heartbeat: Script,
+    take: Script,
+    usage: Script,
+    pause: Script,
+}
+
+impl Scripts {
+    fn new() -> Self {
+        Self {
+            acquire: Script::new(ACQUIRE),
+            renew: Script::new(RENEW),
+            checkpoint: Script::new(CHECKPOINT),
+            release: Script::new(RELEASE),
+            heartbeat: Script::new(HEARTBEAT),
+            take: Script::new(TAKE),
+            usage: Script::new(USAGE),
+            pause: Script::new(PAUSE),
+        }
+    }
+}
+
+impl std::fmt::Debug for RedisCoord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisCoord")
+            .field("prefix", &self.prefix)
+            .field("worker", &self.worker)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What `status` shows of one shard.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ShardStatus {
+    pub shard: String,
+    pub owner: Option<String>,
+    pub lease_expires_in_ms: Option<i64>,
+    pub fence: Option<u64>,
+    pub cursor: Option<DateTime<Utc>>,
+    pub lag_seconds: Option<i64>,
+    pub last_error: Option<String>,
+}
+
+/// What `status` shows of the fleet.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct FleetStatus {
+    pub workers: Vec<String>,
+    pub budget_last_minute: u32,
+    pub budget_today: u32,
+    pub per_minute: u32,
+    pub per_day: u32,
+    pub shards: Vec<ShardStatus>,
+}
+
+/// The settings [`RedisCoord::connect`] needs.
+pub struct RedisSettings<'a> {
+    pub url: &'a SecretString,
+    pub prefix: &'a str,
+    pub worker: String,
+    pub lease_ttl: Duration,
+    pub budget: BudgetConfig,
+    pub token: &'a SecretString,
+    pub dedup_horizon: Duration,
+}
+
+impl RedisCoord {
+    /// Connects (fails if Redis does not answer now; reconnects later by itself).
+    pub async fn connect(s: RedisSettings<'_>) -> Result<Self, CoordError> {
+        let client = redis::Client::open(s.url.expose_secret()).map_err(unavailable)?;
+        let cfg = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(CALL_TIMEOUT)
+            .set_response_timeout(CALL_TIMEOUT)
+            .set_number_of_retries(2);
+        let conn = tokio::time::timeout(
+            CALL_TIMEOUT * 2,
+            ConnectionManager::new_with_config(client, cfg),
+        )
+        .await
+        .map_err(|_| CoordError::Unavailable("connecting to Redis timed out".into()))?
+        .map_err(unavailable)?;
+        Ok(Self {
+            conn,
+            budget_key: format!("{}:budget:{}", s.prefix, token_key(s.token)),
+            prefix: s.prefix.to_string(),
+            worker: s.worker,
+            ttl: s.lease_ttl,
+            budget: s.budget,
+            horizon: s.dedup_horizon,
+            queue: FairQueue::default(),
+            scripts: Scripts::new(),
+        })
+    }
+
+    pub fn worker_id(&self) -> &str {
+        &self.worker
+    }
+
+    fn key(&self, kind: &str, shard: &Shard) -> String {
+        format!("{}:{kind}:{}:{}", self.prefix, shard.service, shard.event)
+    }
+
+    fn budget_keys(&self) -> [String; 4] {
+        let mode = match self.budget.mode {
+            BudgetMode::Sliding => "sliding",
+            BudgetMode::Fixed => "fixed",
+        };
+        [
+            format!("{}:{mode}:minute", self.budget_key),
+            format!("{}:{mode}:day", self.budget_key),
+            format!("{}:pause", self.budget_key),
+            format!("{}:seq", self.budget_key),
+        ]
+    }
+
+    fn mode(&self) -> &'static str {
+        match self.budget.mode {
+            BudgetMode::Sliding => "sliding",
+            BudgetMode::Fixed => "fixed",
+        }
+    }
+
+    async fn run<T: redis::FromRedisValue>(
+        &self,
+        inv: redis::ScriptInvocation<'_>,
+    ) -> Result<T, CoordError> {
+        let mut conn = self.conn.clone();
+        tokio::time::timeout(CALL_TIMEOUT, inv.invoke_async(&mut conn))
+            .await
+            .map_err(|_| CoordError::Unavailable("Redis call timed out".into()))?
+            .map_err(unavailable)
+    }
+
+    async fn cmd<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, CoordError> {
+        let mut conn = self.conn.clone();
+        tokio::time::timeout(CALL_TIMEOUT, cmd.query_async(&mut conn))
+            .await
+            .map_err(|_| CoordError::Unavailable("Redis call timed out".into()))?
+            .map_err(unavailable)
+    }
+
+    /// Redis's own time, ms since the epoch.
+    async fn now_ms(&self) -> Result<i64, CoordError> {
+        let (s, us): (i64, i64) = self.cmd(&redis::cmd("TIME")).await?;
+        Ok(s * 1000 + us / 1000)
+    }
+
+    /// Everything `status` shows, for the configured shards.
+    pub async fn status(&self, shards: &[Shard]) -> Result<FleetStatus, CoordError> {
+        let now = self.now_ms().await?;
+        let workers: Vec<String> = self
+            .cmd(
+                redis::cmd("ZRANGEBYSCORE")
+                    .arg(format!("{}:workers", self.prefix))
+                    .arg(now)
+                    .arg("+inf"),
+            )
+            .await?;
+        let usage = self.usage().await;
+        let mut out = Vec::with_capacity(shards.len());
+        for shard in shards {
+            let lease: Option<String> = self
+                .cmd(redis::cmd("GET").arg(self.key("lease", shard)))
+                .await?;
+            let pttl: i64 = self
+                .cmd(redis::cmd("PTTL").arg(self.key("lease", shard)))
+                .await?;
+            let fence: Option<u64> = self
+                .cmd(redis::cmd("GET").arg(self.key("fence", shard)))
+                .await?;
+            let cursor: Option<i64> = self
+                .cmd(redis::cmd("GET").arg(self.key("cursor", shard)))
+                .await?;
+            let err: Option<String> = self
+                .cmd(
+                    redis::cmd("HGET")
+                        .arg(self.key("status", shard))
+                        .arg("last_error"),
+                )
+                .await?;
+            let cursor = cursor.and_then(DateTime::from_timestamp_millis);
+            out.push(ShardStatus {
+                shard: format!("{}:{}", shard.service, shard.event),
+                owner: lease
+                    .as_deref()
+                    .and_then(|l| l.rsplit_once(':'))
+                    .map(|(w, _)| w.to_string()),
+                lease_expires_in_ms: (pttl > 0).then_some(pttl),
+                fence,
+                cursor,
+                lag_seconds: cursor.map(|c| (now - c.timestamp_millis()) / 1000),
+                last_error: err.filter(|e| !e.is_empty()),
+            });
+        }
+        Ok(FleetStatus {
+            workers,
+            budget_last_minute: usage.last_minute,
+            budget_today: usage.last_day,
+            per_minute: self.budget.per_minute,
+            per_day: self.budget.per_day,
+            shards: out,
+        })
+    }
+}
+
+#[async_trait]
+impl CheckpointStore for RedisCoord {
+    async fn load(&self, shard: &Shard) -> Result<Option<DateTime<Utc>>, CoordError> {
+        let v: Option<i64> = self
+            .cmd(redis::cmd("GET").arg(self.key("cursor", shard)))
+            .await?;
+        Ok(v.and_then(DateTime::from_timestamp_millis))
+    }
+
+    async fn store(
+        &self,
+        shard: &Shard,
+        fence: Fence,
+        cursor: DateTime<Utc>,
+    ) -> Result<(), CoordError> {
+        let mut inv = self.scripts.checkpoint.prepare_invoke();
+        inv.key(self.key("lease", shard))
+            .key(self.key("fence", shard))
+            .key(self.key("cursor", shard))
+            .arg(&self.worker)
+            .arg(fence)
+            .arg(self.ttl.as_millis() as u64)
+            .arg(cursor.timestamp_millis());
+        let (code, current): (i64, u64) = self.run(inv).await?;
+        match code {
+            1 => Ok(()),
+            2 => {
+                tracing::warn!(%shard, fence, "Redis had lost this shard's lease and fence; restored them with the checkpoint");
+                Ok(())
+            }
+            _ => Err(CoordError::Fenced {
+                shard: shard.to_string(),
+                ours: fence,
+                current,
+            }),
+        }
+    }
+}
+
+#[async_trait]
+impl Budget for RedisCoord {
+    async fn acquire(&self, _shard: &Shard, urgent: bool) -> Result<Permit, CoordError> {
+        let started = tokio::time::Instant::now();
+        let _turn = self.queue.wait_turn(urgent).await;
+        let keys = self.budget_keys();
+        loop {
+            let mut inv = self.scripts.take.prepare_invoke();
+            for k in &keys {
+                inv.key(k);
+            }
+            inv.arg(self.budget.per_minute)
+                .arg(self.budget.per_day)
+                .arg(MINUTE_MS)
+                .arg(DAY_MS)
+                .arg(self.mode());
+            let (ok, wait_ms): (i64, i64) = self.run(inv).await?;
+            if ok == 1 {
+                return Ok(Permit {
+                    waited: started.elapsed(),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(wait_ms.clamp(1, 10_000) as u64)).await;
+        }
+    }
+
+    async fn pause(&self, for_: Duration) {
+        let keys = self.budget_keys();
+        let mut inv = self.scripts.pause.prepare_invoke();
+        inv.key(&keys[2]).arg(for_.as_millis().max(1) as u64);
+        if let Err(e) = self.run::<i64>(inv).await {
+            tracing::warn!(error = %e, "cannot set the shared pause");
+        }
+    }
+
+    async fn usage(&self) -> BudgetUsage {
+        let keys = self.budget_keys();
+        let mut inv = self.scripts.usage.prepare_invoke();
+        inv.key(&keys[0])
+            .key(&keys[1])
+            .arg(MINUTE_MS)
+            .arg(DAY_MS)
+            .arg(self.mode());
+        let (m, d): (u32, u32) = self.run(inv).await.unwrap_or((0, 0));
+        BudgetUsage {
+            last_minute: m,
+            last_day: d,
+        }
+    }
+}
+
+#[async_trait]
+impl DedupStore for RedisCoord {
+    async fn seen(&self, shard: &Shard, ids: &[&str]) -> Result<Vec<bool>, CoordError> {
+        if ids.is_empty() {
+            return Ok(vec![]);
+        }
+        let now = Utc::now().timestamp_millis() as f64;
+        let scores: Vec<Option<f64>> = self
+            .cmd(redis::cmd("ZMSCORE").arg(self.key("dedup", shard)).arg(ids))
+            .await?;
+        Ok(scores
+            .into_iter()
+            .map(|s| s.is_some_and(|s| s > now))
+            .collect())
+    }
+
+    async fn mark(&self, shard: &Shard, ids: &[&str]) -> Result<(), CoordError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let now = Utc::now().timestamp_millis();
+        let until = now + self.horizon.as_millis() as i64;
+        let key = self.key("dedup", shard);
+        let mut pipe = redis::pipe();
+        let mut zadd = redis::cmd("ZADD");
+        zadd.arg(&key);
+        for id in ids {
+            zadd.arg(until).arg(*id);
+        }
+        pipe.add_command(zadd).ignore();
+        pipe.cmd("ZREMRANGEBYSCORE")
+            .arg(&key)
+            .arg("-inf")
+            .arg(now)
+            .ignore();
+        pipe.cmd("PEXPIRE")
+            .arg(&key)
+            .arg(self.horizon.as_millis() as u64)
+            .ignore();
+        let mut conn = self.conn.clone();
+        tokio::time::timeout(CALL_TIMEOUT, pipe.query_async::<()>(&mut conn))
+            .await
+            .map_err(|_| CoordError::Unavailable("Redis call timed out".into()))?
+            .map_err(unavailable)
+    }
+}
+
+#[async_trait]
+impl LeaseStore for RedisCoord {
+    fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    async fn heartbeat(&self) -> Result<usize, CoordError> {
+        let mut inv = self.scripts.heartbeat.prepare_invoke();
+        inv.key(format!("{}:workers", self.prefix))
+            .arg(&self.worker)
+            .arg(self.ttl.as_millis() as u64);
+        self.run(inv).await
+    }
+
+    async fn acquire(&self, shard: &Shard) -> Result<Option<Fence>, CoordError> {
+        let mut inv = self.scripts.acquire.prepare_invoke();
+        inv.key(self.key("lease", shard))
+            .key(self.key("fence", shard))
+            .arg(&self.worker)
+            .arg(self.ttl.as_millis() as u64);
+        let f: u64 = self.run(inv).await?;
+        Ok((f > 0).then_some(f))
+    }
+
+    async fn renew(
+        &self,
+        shard: &Shard,
+        fence: Fence,
+        cursor: Option<DateTime<Utc>>,
+    ) -> Result<Renewal, CoordError> {
+        let mut inv = self.scripts.renew.prepare_invoke();
+        inv.key(self.key("lease", shard))
+            .key(self.key("fence", shard))
+            .key(self.key("cursor", shard))
+            .arg(&self.worker)
+            .arg(fence)
+            .arg(self.ttl.as_millis() as u64)
+            .arg(
+                cursor
+                    .map(|c| c.timestamp_millis().to_string())
+                    .unwrap_or_default(),
+            );
+        let code: i64 = self.run(inv).await?;
+        Ok(match code {
+            1 => Renewal::Held,
+            2 => Renewal::Reclaimed,
+            _ => Renewal::Lost,
+        })
+    }
+
+    async fn release(&self, shard: &Shard, fence: Fence) -> Result<(), CoordError> {
+        let mut inv = self.scripts.release.prepare_invoke();
+        inv.key(self.key("lease", shard))
+            .arg(format!("{}:{fence}", self.worker));
+        self.run::<i64>(inv).await.map(|_| ())
+    }
+
+    async fn report(
+        &self,
+        shard: &Shard,
+        fence: Fence,
+        last_error: Option<&str>,
+    ) -> Result<(), CoordError> {
+        let key = self.key("status", shard);
+        let mut pipe = redis::pipe();
+        pipe.cmd("HSET")
+            .arg(&key)
+            .arg("owner")
+            .arg(&self.worker)
+            .arg("fence")
+            .arg(fence)
+            .arg("last_error")
+            .arg(last_error.unwrap_or(""))
+            .ignore();
+        pipe.cmd("PEXPIRE").arg(&key).arg(86_400_000u64).ignore();
+        let mut conn = self.conn.clone();
+        tokio::time::timeout(CALL_TIMEOUT, pipe.query_async::<()>(&mut conn))
+            .await
+            .map_err(|_| CoordError::Unavailable("Redis call timed out".into()))?
+            .map_err(unavailable)
+    }
+
+    async fn leave(&self) -> Result<(), CoordError> {
+        self.cmd::<i64>(
+            redis::cmd("ZREM")
+                .arg(format!("{}:workers", self.prefix))
+                .arg(&self.worker),
+        )
+        .await
+        .map(|_| ())
+    }
+}
