@@ -36,6 +36,12 @@ pub enum Command {
     Simulate(SimConfig),
     /// Print the effective configuration (token redacted) and check it.
     CheckConfig,
+    /// Show the fleet: each shard's owner, lease, fence, cursor, lag and last error; the budget; live workers.
+    Status {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -63,6 +69,7 @@ pub async fn main(cli: Cli) -> anyhow::Result<()> {
         Command::Demo(args) => demo(cli.config, args).await,
         Command::Simulate(cfg) => simulate(cfg).await,
         Command::CheckConfig => check_config(cli.config),
+        Command::Status { json } => status(cli.config, json).await,
     }
 }
 
@@ -106,16 +113,74 @@ async fn run(file: Option<PathBuf>) -> anyhow::Result<()> {
     init_logs(&cfg.log.format, &cfg.log.level);
     let token = cfg.api.resolved_token()?;
     let dup_window = cfg.window.overlap.get() + cfg.window.lag.get() + Duration::from_secs(60);
-    let sink = crate::sink::build(&cfg.sink, dup_window).await?;
-    let bridge = Arc::new(Bridge::new(
-        &cfg,
-        token,
-        sink,
-        Coordination::in_memory(&cfg),
-    )?);
     let cancel = CancellationToken::new();
     cancel_on_signals(cancel.clone());
+    let coord = if cfg.coord.redis_url.is_some() {
+        let mut attempt = 0u32;
+        loop {
+            match Coordination::redis(&cfg, &token).await {
+                Ok((c, rc)) => {
+                    tracing::info!(worker = rc.worker_id(), prefix = %cfg.coord.prefix, "joined the fleet through Redis");
+                    break c;
+                }
+                Err(e) => {
+                    let wait = Duration::from_secs(1 << attempt.min(5));
+                    tracing::error!(error = %e, retry_in = ?wait, "cannot reach Redis");
+                    attempt += 1;
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = cancel.cancelled() => return Ok(()),
+                    }
+                }
+            }
+        }
+    } else {
+        Coordination::in_memory(&cfg)
+    };
+    let sink = crate::sink::build(&cfg.sink, dup_window).await?;
+    let bridge = Arc::new(Bridge::new(&cfg, token, sink, coord)?);
     bridge.run(cancel).await;
+    Ok(())
+}
+
+async fn status(file: Option<PathBuf>, json: bool) -> anyhow::Result<()> {
+    let cfg = Config::load(file.as_deref())?;
+    if cfg.coord.redis_url.is_none() {
+        anyhow::bail!("status reads the fleet's state from Redis: set coord.redis_url (env CAS_BRIDGE__COORD__REDIS_URL)");
+    }
+    let token = cfg.api.resolved_token()?;
+    let mut quiet = cfg.clone();
+    quiet.coord.worker_id = Some("status".into());
+    let (_, rc) = Coordination::redis(&quiet, &token).await?;
+    let st = rc.status(&cfg.shards.shards()?).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&st)?);
+        return Ok(());
+    }
+    println!("workers ({}): {}", st.workers.len(), st.workers.join(", "));
+    println!(
+        "budget: {}/{} in the last minute, {}/{} today",
+        st.budget_last_minute, st.per_minute, st.budget_today, st.per_day
+    );
+    println!(
+        "{:<36} {:<28} {:>9} {:>6} {:<24} {:>8}  last error",
+        "shard", "owner", "lease ms", "fence", "cursor", "lag s"
+    );
+    let dash = || "-".to_string();
+    for s in &st.shards {
+        println!(
+            "{:<36} {:<28} {:>9} {:>6} {:<24} {:>8}  {}",
+            s.shard,
+            s.owner.as_deref().unwrap_or("-"),
+            s.lease_expires_in_ms
+                .map(|v| v.to_string())
+                .unwrap_or_else(dash),
+            s.fence.map(|v| v.to_string()).unwrap_or_else(dash),
+            s.cursor.map(crate::cas::format_time).unwrap_or_else(dash),
+            s.lag_seconds.map(|v| v.to_string()).unwrap_or_else(dash),
+            s.last_error.as_deref().unwrap_or("")
+        );
+    }
     Ok(())
 }
 

@@ -151,6 +151,14 @@ struct Held {
     lost: bool,
 }
 
+impl Drop for Held {
+    /// If the bridge's own task is dropped (aborted), its shard loops must
+    /// not outlive it.
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 /// Test hook: stop the whole bridge after this many windows were published,
 /// just before their checkpoint (as a crash there would).
 #[derive(Debug, Default)]
@@ -375,6 +383,7 @@ impl Bridge {
             .map(|(s, _)| s.clone())
             .collect();
         for shard in done {
+            lock(&self.held).retain(|s| *s != shard);
             if let Some(h) = held.remove(&shard) {
                 if !h.lost {
                     if let Err(e) = leases.release(&shard, h.fence).await {
@@ -389,6 +398,7 @@ impl Bridge {
             match leases.renew(shard, h.fence, p.cursor).await {
                 Ok(Renewal::Lost) => {
                     warn!(%shard, "lease lost to another worker; stopping the shard");
+                    lock(&self.held).retain(|s| s != shard);
                     h.cancel.cancel();
                     h.lost = true;
                     Stats::add(&self.stats.leases_lost, 1);
@@ -405,6 +415,7 @@ impl Bridge {
                 }
                 Err(e) => {
                     warn!(%shard, error = %e, "cannot renew the lease before it expires; stopping the shard");
+                    lock(&self.held).retain(|s| s != shard);
                     h.cancel.cancel();
                     h.lost = true;
                     Stats::add(&self.stats.leases_lost, 1);
@@ -467,6 +478,7 @@ impl Bridge {
                             lost: false,
                         },
                     );
+                    lock(&self.held).push(shard.clone());
                     want -= 1;
                 }
                 Ok(None) => {}

@@ -476,3 +476,240 @@ impl Drop for OwnNats {
         self.stop();
     }
 }
+
+pub const REDIS_URL: &str = "redis://127.0.0.1:6379";
+
+pub fn require_redis() {
+    require_server(
+        "127.0.0.1:6379",
+        "redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save \"\" --appendonly no (or ./scripts/test)",
+    );
+}
+
+/// A configuration for one fleet member on `redis_url`, sharing `prefix`.
+pub fn fleet_config(
+    sim: &SimHandle,
+    tag: &str,
+    kind: SinkKind,
+    redis_url: &str,
+    prefix: &str,
+) -> Config {
+    let mut c = bridge_config(sim, tag, kind);
+    c.coord.redis_url = Some(SecretString::from(redis_url.to_string()));
+    c.coord.prefix = prefix.into();
+    c.coord.lease_ttl = Dur::secs(3);
+    c.validate().unwrap();
+    c
+}
+
+/// A Redis coordinator seen from the test (to read cursors and leases).
+pub async fn observer(cfg: &Config) -> Arc<cas_bridge::coord::redis::RedisCoord> {
+    let mut c = cfg.clone();
+    c.coord.worker_id = Some("observer".into());
+    Coordination::redis(&c, &SecretString::from("sim-token"))
+        .await
+        .expect("redis")
+        .1
+}
+
+/// The oldest cursor in Redis over `cfg`'s shards.
+pub async fn min_cursor_in(
+    obs: &cas_bridge::coord::redis::RedisCoord,
+    cfg: &Config,
+) -> Option<DateTime<Utc>> {
+    use cas_bridge::coord::CheckpointStore;
+    let mut min: Option<DateTime<Utc>> = None;
+    for s in cfg.shards.shards().unwrap() {
+        let c = obs.load(&s).await.ok()??;
+        min = Some(min.map_or(c, |m| m.min(c)));
+    }
+    min
+}
+
+/// Waits until every shard's cursor in Redis reached `t`.
+pub async fn wait_cursor_in(
+    obs: &cas_bridge::coord::redis::RedisCoord,
+    cfg: &Config,
+    t: DateTime<Utc>,
+    timeout: Duration,
+) {
+    let deadline = tokio::time::Instant::now() + timeout;
+    while !min_cursor_in(obs, cfg).await.is_some_and(|c| c >= t) {
+        if tokio::time::Instant::now() > deadline {
+            let st = obs.status(&cfg.shards.shards().unwrap()).await;
+            panic!("cursors did not reach {t} within {timeout:?}: {st:#?}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A bridge process (the real binary), killed on drop.
+pub struct BridgeProcess {
+    pub child: std::process::Child,
+}
+
+impl BridgeProcess {
+    /// Starts `cas-bridge run` with `cfg` passed as `CAS_BRIDGE__*` variables.
+    pub fn spawn(cfg: &Config, worker: &str, log: &std::path::Path) -> Self {
+        use secrecy::ExposeSecret;
+        let mut env: Vec<(String, String)> = vec![
+            ("API__BASE_URL".into(), cfg.api.base_url.clone().unwrap()),
+            ("API__TOKEN".into(), "sim-token".into()),
+            (
+                "API__PAGE_LIMIT".into(),
+                cfg.api.effective_page_limit().to_string(),
+            ),
+            ("SHARDS__PAIRS".into(), cfg.shards.pairs.join(",")),
+            (
+                "WINDOW__START_FROM".into(),
+                match cfg.window.start_from {
+                    StartFrom::Ago(d) => format!("{}s", d.as_secs()),
+                    _ => "1h".into(),
+                },
+            ),
+            ("WINDOW__LAG".into(), cfg.window.lag.to_string()),
+            ("WINDOW__OVERLAP".into(), cfg.window.overlap.to_string()),
+            (
+                "WINDOW__MIN_INTERVAL".into(),
+                cfg.window.min_interval.to_string(),
+            ),
+            ("WINDOW__MAX".into(), cfg.window.max.to_string()),
+            (
+                "BUDGET__PER_MINUTE".into(),
+                cfg.budget.per_minute.to_string(),
+            ),
+            ("BUDGET__PER_DAY".into(), cfg.budget.per_day.to_string()),
+            (
+                "COORD__REDIS_URL".into(),
+                cfg.coord
+                    .redis_url
+                    .as_ref()
+                    .unwrap()
+                    .expose_secret()
+                    .to_string(),
+            ),
+            ("COORD__PREFIX".into(), cfg.coord.prefix.clone()),
+            ("COORD__LEASE_TTL".into(), cfg.coord.lease_ttl.to_string()),
+            ("COORD__WORKER_ID".into(), worker.into()),
+            (
+                "SINK__TOPIC_TEMPLATE".into(),
+                cfg.sink.topic_template.clone(),
+            ),
+            ("SINK__DEAD_LETTER".into(), cfg.sink.dead_letter.clone()),
+            ("LOG__LEVEL".into(), "warn".into()),
+        ];
+        match cfg.sink.kind {
+            SinkKind::Nats => {
+                env.push(("SINK__KIND".into(), "nats".into()));
+                env.push(("SINK__NATS__URL".into(), cfg.sink.nats.url.clone()));
+                env.push(("SINK__NATS__STREAM".into(), cfg.sink.nats.stream.clone()));
+            }
+            SinkKind::Jsonl => {
+                env.push(("SINK__KIND".into(), "jsonl".into()));
+                env.push(("SINK__JSONL__PATH".into(), cfg.sink.jsonl.path.clone()));
+            }
+            SinkKind::Kafka => {
+                env.push(("SINK__KIND".into(), "kafka".into()));
+                env.push((
+                    "SINK__KAFKA__BROKERS".into(),
+                    cfg.sink.kafka.brokers.clone(),
+                ));
+            }
+        }
+        let logf = std::fs::File::create(log).unwrap();
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_cas-bridge"))
+            .arg("run")
+            .env_clear()
+            .envs(
+                env.into_iter()
+                    .map(|(k, v)| (format!("CAS_BRIDGE__{k}"), v)),
+            )
+            .stdout(std::process::Stdio::null())
+            .stderr(logf)
+            .spawn()
+            .expect("the cas-bridge binary starts");
+        Self { child }
+    }
+
+    /// SIGKILL: no shutdown, no release.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM and wait for a graceful exit.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let _ = std::process::Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return st;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "bridge did not exit within 30 s of SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for BridgeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A redis-server the test owns, on its own port (stopped on drop).
+pub struct OwnRedis {
+    pub port: u16,
+    child: std::process::Child,
+}
+
+impl OwnRedis {
+    pub fn start() -> Self {
+        let port = free_port();
+        let child = std::process::Command::new("redis-server")
+            .args([
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                &port.to_string(),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot start redis-server ({e}); install it with apt-get install redis-server"
+                )
+            });
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "redis-server did not start on {port}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Self { port, child }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -3,6 +3,7 @@
 //! simulator's ground truth.
 
 mod faults;
+mod fleet;
 mod helpers;
 
 use std::time::Duration;

@@ -1,0 +1,369 @@
+//! Many workers through Redis: leases, fencing, the shared budget, kills
+//! and a Redis that forgets everything.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cas_bridge::config::{Config, Dur, SinkKind, StartFrom};
+use cas_bridge::coord::{CheckpointStore, CoordError, LeaseStore, Renewal};
+use cas_bridge::shard::Shard;
+use cas_bridge::sim::{SimConfig, ThrottleMode};
+use cas_bridge::worker::Coordination;
+use chrono::Utc;
+use secrecy::SecretString;
+
+use crate::helpers::*;
+
+fn sixteen_pairs() -> Vec<String> {
+    let services = ["exchange", "sharepoint", "onedrive", "box"];
+    let events = ["securityrisk", "virtualanalyzer", "ransomware", "dlp"];
+    services
+        .iter()
+        .flat_map(|s| events.iter().map(move |e| format!("{s}:{e}")))
+        .collect()
+}
+
+async fn member(cfg: &Config, worker: &str) -> Running {
+    let mut c = cfg.clone();
+    c.coord.worker_id = Some(worker.into());
+    let (coord, _) = Coordination::redis(&c, &SecretString::from("sim-token"))
+        .await
+        .expect("redis");
+    Running::start(build_bridge(&c, coord).await)
+}
+
+/// Every shard held by at most one member; returns how many are held.
+fn assert_exclusive(members: &[&Running]) -> usize {
+    let mut owner: HashMap<Shard, usize> = HashMap::new();
+    for (i, m) in members.iter().enumerate() {
+        for s in m.bridge.held() {
+            if let Some(j) = owner.insert(s.clone(), i) {
+                panic!("{s} held by members {j} and {i} at once");
+            }
+        }
+    }
+    owner.len()
+}
+
+/// Samples holdings until `cond` is true (asserting exclusivity all along)
+/// and returns how long it took.
+async fn until(
+    members: &[&Running],
+    timeout: Duration,
+    cond: impl Fn(&[usize]) -> bool,
+) -> Duration {
+    let start = tokio::time::Instant::now();
+    loop {
+        assert_exclusive(members);
+        let counts: Vec<usize> = members.iter().map(|m| m.bridge.held().len()).collect();
+        if cond(&counts) {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "not reached within {timeout:?}: holdings {counts:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_split_the_shards_fail_over_and_rebalance() {
+    require_redis();
+    let sim = start_sim(SimConfig {
+        events_per_hour: 60.0,
+        ..sim_config()
+    })
+    .await;
+    let tag = tag();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = fleet_config(&sim, &tag, SinkKind::Jsonl, REDIS_URL, &tag);
+    cfg.shards.pairs = sixteen_pairs();
+    cfg.sink.jsonl.path = dir.path().join("out.jsonl").display().to_string();
+    let ttl = cfg.coord.lease_ttl.get();
+    let renew = ttl / 3;
+
+    let mut members = Vec::new();
+    for i in 0..4 {
+        members.push(member(&cfg, &format!("w{i}")).await);
+    }
+    let all: Vec<&Running> = members.iter().collect();
+    let took = until(&all, ttl * 2, |c| c.iter().sum::<usize>() == 16).await;
+    println!("all 16 shards held after {took:?}");
+    // Each aims at ⌈16 ÷ 4⌉ = 4; while heartbeats arrive, the first may briefly hold more.
+    until(&all, ttl * 4, |c| c.iter().all(|n| (3..=5).contains(n))).await;
+
+    // A member dies without releasing anything.
+    let dead = members.remove(0);
+    dead.task.abort();
+    let _ = dead.task.await;
+    let rest: Vec<&Running> = members.iter().collect();
+    let took = until(&rest, ttl + renew + Duration::from_millis(1500), |c| {
+        c.iter().sum::<usize>() == 16
+    })
+    .await;
+    println!("shards of a killed member held again after {took:?} (TTL {ttl:?} + renew {renew:?})");
+    assert!(took <= ttl + renew + Duration::from_millis(1500));
+
+    // A new member joins: holdings converge to within ±1 of fair (4).
+    members.push(member(&cfg, "w4").await);
+    let all: Vec<&Running> = members.iter().collect();
+    let took = until(&all, ttl * 6, |c| {
+        c.iter().sum::<usize>() == 16 && c.iter().all(|n| (3..=5).contains(n))
+    })
+    .await;
+    println!("a joining member got its share after {took:?}");
+    for m in members {
+        m.stop().await;
+    }
+    // Graceful shutdown released every lease at once.
+    let obs = observer(&cfg).await;
+    let st = obs.status(&cfg.shards.shards().unwrap()).await.unwrap();
+    assert!(st.shards.iter().all(|s| s.owner.is_none()), "{st:#?}");
+    sim.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_whose_lease_was_taken_over_cannot_move_the_cursor() {
+    require_redis();
+    let sim = start_sim(sim_config()).await;
+    let tag = tag();
+    let cfg = fleet_config(&sim, &tag, SinkKind::Jsonl, REDIS_URL, &tag);
+    let token = SecretString::from("sim-token");
+    let mut a_cfg = cfg.clone();
+    a_cfg.coord.worker_id = Some("a".into());
+    let mut b_cfg = cfg.clone();
+    b_cfg.coord.worker_id = Some("b".into());
+    let (_, a) = Coordination::redis(&a_cfg, &token).await.unwrap();
+    let (_, b) = Coordination::redis(&b_cfg, &token).await.unwrap();
+    let shard = Shard::new("exchange", "dlp");
+    let fa = a.acquire(&shard).await.unwrap().expect("a gets the shard");
+    assert_eq!(b.acquire(&shard).await.unwrap(), None, "held");
+    let t1 = Utc::now() - chrono::Duration::minutes(10);
+    a.store(&shard, fa, t1).await.unwrap();
+
+    // A stalls past its TTL; B takes over.
+    tokio::time::sleep(cfg.coord.lease_ttl.get() + Duration::from_millis(200)).await;
+    let fb = b.acquire(&shard).await.unwrap().expect("b takes over");
+    assert!(fb > fa, "the fence grows: {fa} → {fb}");
+    let t2 = Utc::now() - chrono::Duration::minutes(5);
+    b.store(&shard, fb, t2).await.unwrap();
+
+    // A wakes up and tries to checkpoint a window it finished.
+    let err = a.store(&shard, fa, Utc::now()).await.unwrap_err();
+    assert!(
+        matches!(err, CoordError::Fenced { ours, current, .. } if ours == fa && current == fb),
+        "{err}"
+    );
+    assert_eq!(
+        a.renew(&shard, fa, Some(Utc::now())).await.unwrap(),
+        Renewal::Lost
+    );
+    let stored = a.load(&shard).await.unwrap().unwrap();
+    assert_eq!(
+        stored.timestamp_millis(),
+        t2.timestamp_millis(),
+        "the new holder's cursor stands"
+    );
+
+    // A lease that lapsed with no taker is reclaimed by its holder, same fence.
+    tokio::time::sleep(cfg.coord.lease_ttl.get() + Duration::from_millis(200)).await;
+    assert_eq!(b.renew(&shard, fb, None).await.unwrap(), Renewal::Reclaimed);
+    b.store(&shard, fb, Utc::now()).await.unwrap();
+    sim.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_processes_share_one_budget_without_exceeding_it() {
+    require_redis();
+    // 60 per minute in any sliding 60 s, counted by the simulator.
+    let sim = start_sim(SimConfig {
+        per_minute: 60,
+        per_day: 0,
+        throttle: ThrottleMode::Sliding,
+        events_per_hour: 6000.0,
+        ..sim_config()
+    })
+    .await;
+    let tag = tag();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = fleet_config(&sim, &tag, SinkKind::Jsonl, REDIS_URL, &tag);
+    cfg.shards.pairs = sixteen_pairs();
+    cfg.budget.per_minute = 60;
+    cfg.window.start_from = StartFrom::Ago(Duration::from_secs(3600));
+    let mut procs = Vec::new();
+    for i in 0..3 {
+        cfg.sink.jsonl.path = dir
+            .path()
+            .join(format!("out{i}.jsonl"))
+            .display()
+            .to_string();
+        procs.push(BridgeProcess::spawn(
+            &cfg,
+            &format!("p{i}"),
+            &dir.path().join(format!("p{i}.log")),
+        ));
+    }
+    // Two full budget minutes and a little more.
+    tokio::time::sleep(Duration::from_secs(125)).await;
+    for p in &mut procs {
+        assert!(p.terminate().success(), "graceful exit");
+    }
+    let s = sim.state.stats();
+    let served: Vec<i64> = s
+        .log
+        .iter()
+        .filter(|r| r.status != 429)
+        .map(|r| r.at_ms)
+        .collect();
+    let first = served[0];
+    let in_two_minutes = served.iter().filter(|t| **t < first + 121_000).count();
+    let max = s.max_in_any(Duration::from_secs(60));
+    println!(
+        "served {} (429: {}), max in any 60 s: {max}, in the first 121 s: {in_two_minutes} of 120",
+        s.served, s.throttled
+    );
+    assert_eq!(s.throttled, 0, "no 429");
+    assert!(max <= 60, "{max} requests in one sliding minute");
+    assert!(
+        in_two_minutes as f64 >= 0.95 * 120.0,
+        "budget use {in_two_minutes}/120"
+    );
+    sim.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_killed_mid_window_loses_nothing() {
+    require_redis();
+    require_nats();
+    // A slow API, so that the kill falls in the middle of the history.
+    let sim = start_sim(SimConfig {
+        events_per_hour: 3600.0,
+        latency: Duration::from_millis(100),
+        ..sim_config()
+    })
+    .await;
+    let tag = tag();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = fleet_config(&sim, &tag, SinkKind::Nats, REDIS_URL, &tag);
+    cfg.shards.pairs = sixteen_pairs()[..8].to_vec();
+    cfg.window.max = Dur::secs(60);
+    cfg.window.start_from = StartFrom::Ago(Duration::from_secs(1200));
+    // Create the stream first, so that three processes do not race to.
+    cas_bridge::sink::build(&cfg.sink, Duration::from_secs(600))
+        .await
+        .unwrap()
+        .prepare(&[])
+        .await
+        .unwrap();
+    let t0 = Utc::now();
+    let mut procs: Vec<BridgeProcess> = (0..3)
+        .map(|i| {
+            BridgeProcess::spawn(
+                &cfg,
+                &format!("k{i}"),
+                &dir.path().join(format!("k{i}.log")),
+            )
+        })
+        .collect();
+    let obs = observer(&cfg).await;
+    // Wait until the fleet is mid-history, then kill one member.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let st = obs.status(&cfg.shards.shards().unwrap()).await.unwrap();
+        let k0_behind = st
+            .shards
+            .iter()
+            .filter(|s| s.owner.as_deref() == Some("k0"))
+            .filter(|s| {
+                s.cursor
+                    .is_some_and(|c| c < t0 - chrono::Duration::minutes(2))
+            })
+            .count();
+        if k0_behind > 0 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{st:#?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    procs[0].kill9();
+    let check_to = Utc::now() - chrono::Duration::seconds(3);
+    wait_cursor_in(
+        &obs,
+        &cfg,
+        check_to + chrono::Duration::seconds(15),
+        Duration::from_secs(120),
+    )
+    .await;
+    for p in procs.iter_mut().skip(1) {
+        assert!(p.terminate().success());
+    }
+    let want = expected(&sim, &cfg, t0 - chrono::Duration::seconds(1190), check_to);
+    let got = read_nats(NATS_URL, &cfg.sink.nats.stream).await;
+    let r = check(&want, &got, &cfg);
+    println!(
+        "kill -9 mid-window: expected {}, delivered {}, duplicates {}",
+        r.expected, r.delivered, r.duplicated
+    );
+    assert!(r.expected > 1000, "{r:?}");
+    assert!(r.missing.is_empty(), "missing {}", r.missing.len());
+    assert_eq!(
+        (r.duplicated, r.wrong_routed),
+        (0, 0),
+        "every id once: {r:?}"
+    );
+    sim.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_losing_everything_mid_run_loses_no_event() {
+    require_nats();
+    let redis = OwnRedis::start();
+    let sim = start_sim(SimConfig {
+        events_per_hour: 3600.0,
+        ..sim_config()
+    })
+    .await;
+    let tag = tag();
+    let mut cfg = fleet_config(&sim, &tag, SinkKind::Nats, &redis.url(), &tag);
+    cfg.shards.pairs = sixteen_pairs()[..6].to_vec();
+    cfg.window.max = Dur::secs(60);
+    let t0 = Utc::now();
+    let a = member(&cfg, "fa").await;
+    let b = member(&cfg, "fb").await;
+    let obs = observer(&cfg).await;
+    // Mid-history: some cursors set, some still far behind.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while !min_cursor_in(&obs, &cfg)
+        .await
+        .is_some_and(|c| c > t0 - chrono::Duration::minutes(9))
+    {
+        assert!(tokio::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let _: () = redis::cmd("FLUSHALL").query_async(&mut conn).await.unwrap();
+    let check_to = Utc::now() - chrono::Duration::seconds(3);
+    wait_cursor_in(
+        &obs,
+        &cfg,
+        check_to + chrono::Duration::seconds(15),
+        Duration::from_secs(90),
+    )
+    .await;
+    // The holders wrote their cursors back: none restarted from start_from.
+    a.stop().await;
+    b.stop().await;
+    let want = expected(&sim, &cfg, t0 - chrono::Duration::seconds(590), check_to);
+    let got = read_nats(NATS_URL, &cfg.sink.nats.stream).await;
+    let r = check(&want, &got, &cfg);
+    println!(
+        "FLUSHALL mid-run: expected {}, delivered {}, duplicates in stream {}",
+        r.expected, r.delivered, r.duplicated
+    );
+    assert!(r.missing.is_empty(), "missing {}", r.missing.len());
+    assert_eq!((r.duplicated, r.wrong_routed), (0, 0), "{r:?}");
+    sim.stop().await;
+}
