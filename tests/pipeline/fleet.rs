@@ -2,7 +2,6 @@
 //! and a Redis that forgets everything.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use cas_bridge::config::{Config, Dur, SinkKind, StartFrom};
@@ -335,9 +334,9 @@ async fn redis_losing_everything_mid_run_loses_no_event() {
     let obs = observer(&cfg).await;
     // Mid-history: some cursors set, some still far behind.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while !min_cursor_in(&obs, &cfg)
+    while min_cursor_in(&obs, &cfg)
         .await
-        .is_some_and(|c| c > t0 - chrono::Duration::minutes(9))
+        .is_none_or(|c| c <= t0 - chrono::Duration::minutes(9))
     {
         assert!(tokio::time::Instant::now() < deadline);
         tokio::time::sleep(Duration::from_millis(100)).await;

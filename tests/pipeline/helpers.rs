@@ -534,7 +534,7 @@ pub async fn wait_cursor_in(
     timeout: Duration,
 ) {
     let deadline = tokio::time::Instant::now() + timeout;
-    while !min_cursor_in(obs, cfg).await.is_some_and(|c| c >= t) {
+    while min_cursor_in(obs, cfg).await.is_none_or(|c| c < t) {
         if tokio::time::Instant::now() > deadline {
             let st = obs.status(&cfg.shards.shards().unwrap()).await;
             panic!("cursors did not reach {t} within {timeout:?}: {st:#?}");
