@@ -139,7 +139,16 @@ async fn run(file: Option<PathBuf>) -> anyhow::Result<()> {
     };
     let sink = crate::sink::build(&cfg.sink, dup_window).await?;
     let bridge = Arc::new(Bridge::new(&cfg, token, sink, coord)?);
+    crate::telemetry::install();
+    crate::telemetry::register_all(bridge.shards());
+    let ops_cancel = CancellationToken::new();
+    let (addr, ops) = crate::ops::serve(cfg.ops.addr()?, bridge.clone(), ops_cancel.clone())
+        .await
+        .with_context(|| format!("ops.listen: cannot listen on {}", cfg.ops.listen))?;
+    tracing::info!(%addr, "ops server listening (/healthz, /readyz, /metrics)");
     bridge.run(cancel).await;
+    ops_cancel.cancel();
+    let _ = ops.await;
     Ok(())
 }
 

@@ -234,6 +234,34 @@ pub struct Config {
     pub shutdown: ShutdownConfig,
     /// Logging.
     pub log: LogConfig,
+    /// The health and metrics server.
+    pub ops: OpsConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OpsConfig {
+    /// Address of `/healthz`, `/readyz` and `/metrics`.
+    pub listen: String,
+}
+
+impl Default for OpsConfig {
+    fn default() -> Self {
+        Self {
+            listen: "0.0.0.0:9090".into(),
+        }
+    }
+}
+
+impl OpsConfig {
+    pub fn addr(&self) -> Result<std::net::SocketAddr, ConfigError> {
+        self.listen.parse().map_err(|_| {
+            ConfigError::new(
+                "ops.listen",
+                format!("`{}` is not an address such as 0.0.0.0:9090", self.listen),
+            )
+        })
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -821,6 +849,7 @@ impl Config {
         {
             return Err(ConfigError::new("shutdown.grace", "must be at most 1h"));
         }
+        self.ops.addr()?;
         if !matches!(self.log.format.as_str(), "json" | "text") {
             return Err(ConfigError::new(
                 "log.format",

@@ -12,6 +12,8 @@
 //! - [`sink`]: Kafka, NATS JetStream and JSON lines behind one trait; dead letters.
 //! - [`worker`]: the per-shard loop and the [`worker::Bridge`] that runs them.
 //! - [`sim`]: the built-in CAS API simulator.
+//! - [`ops`]: `/healthz`, `/readyz`, `/metrics`.
+//! - [`telemetry`]: metrics as typed events; the log set-up.
 //! - [`app`]: the commands of the binary (`run`, `demo`, `simulate`, `check-config`).
 //!
 //! # Invariants
@@ -30,9 +32,11 @@ pub mod cas;
 pub mod config;
 pub mod coord;
 pub mod identity;
+pub mod ops;
 pub mod shard;
 pub mod sim;
 pub mod sink;
+pub mod telemetry;
 pub mod validate;
 pub mod window;
 pub mod worker;

@@ -29,6 +29,7 @@ use crate::coord::{Budget, CheckpointStore, CoordError, DedupStore, Fence, Lease
 use crate::identity::event_id;
 use crate::shard::Shard;
 use crate::sink::{Record, Sink, Topics};
+use crate::telemetry;
 use crate::validate::Registry;
 use crate::window::{Plan, Planner, Window};
 
@@ -166,6 +167,27 @@ pub struct Faults {
     pub halt_before_checkpoint_after_windows: Option<u64>,
 }
 
+/// What `/readyz` reports.
+#[derive(Debug)]
+pub struct Health {
+    /// The coordination store answered the last heartbeat.
+    pub coord_ok: std::sync::atomic::AtomicBool,
+    /// The last publish was acknowledged (true until one fails).
+    pub sink_ok: std::sync::atomic::AtomicBool,
+    /// The API did not refuse the token at the last request.
+    pub token_ok: std::sync::atomic::AtomicBool,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Self {
+            coord_ok: true.into(),
+            sink_ok: true.into(),
+            token_ok: true.into(),
+        }
+    }
+}
+
 /// One bridge process: a loop per shard, sharing the client, schemas, sink
 /// and coordination.
 pub struct Bridge {
@@ -187,6 +209,8 @@ pub struct Bridge {
     faults: Faults,
     /// Fired by fault injection to stop the whole bridge.
     halt: CancellationToken,
+    /// Readiness signals.
+    pub health: Health,
 }
 
 /// How a window ended without being delivered.
@@ -247,7 +271,23 @@ impl Bridge {
             held: Mutex::new(Vec::new()),
             faults: Faults::default(),
             halt: CancellationToken::new(),
+            health: Health::default(),
         })
+    }
+
+    /// Whether the bridge is ready: `(ready, reasons it is not)`.
+    pub fn readiness(&self) -> (bool, Vec<&'static str>) {
+        let mut why = Vec::new();
+        if !self.health.coord_ok.load(Ordering::Relaxed) {
+            why.push("coordination store (Redis) unreachable");
+        }
+        if !self.health.sink_ok.load(Ordering::Relaxed) || !self.sink.connected() {
+            why.push("sink not connected");
+        }
+        if !self.health.token_ok.load(Ordering::Relaxed) {
+            why.push("the API refused the token");
+        }
+        (why.is_empty(), why)
     }
 
     pub fn with_faults(mut self, faults: Faults) -> Self {
@@ -325,6 +365,7 @@ impl Bridge {
         let mut held: HashMap<Shard, Held> = HashMap::new();
         loop {
             self.tend(&mut held, &order, &cancel).await;
+            telemetry::leases_held(lock(&self.held).len());
             *lock(&self.held) = order
                 .iter()
                 .filter(|s| held.get(*s).is_some_and(|h| !h.lost))
@@ -393,8 +434,12 @@ impl Bridge {
             }
         }
         let progress = self.progress();
+        let now = Utc::now();
         for (shard, h) in held.iter_mut().filter(|(_, h)| !h.lost) {
             let p = progress.get(shard).cloned().unwrap_or_default();
+            if let Some(c) = p.cursor {
+                telemetry::checkpoint_lag(shard, (now - c).num_milliseconds() as f64 / 1000.0);
+            }
             match leases.renew(shard, h.fence, p.cursor).await {
                 Ok(Renewal::Lost) => {
                     warn!(%shard, "lease lost to another worker; stopping the shard");
@@ -402,6 +447,7 @@ impl Bridge {
                     h.cancel.cancel();
                     h.lost = true;
                     Stats::add(&self.stats.leases_lost, 1);
+                    telemetry::lease_lost();
                 }
                 Ok(r) => {
                     if r == Renewal::Reclaimed {
@@ -419,6 +465,7 @@ impl Bridge {
                     h.cancel.cancel();
                     h.lost = true;
                     Stats::add(&self.stats.leases_lost, 1);
+                    telemetry::lease_lost();
                 }
             }
         }
@@ -426,8 +473,12 @@ impl Bridge {
             return;
         }
         let live = match leases.heartbeat().await {
-            Ok(n) => n.max(1),
+            Ok(n) => {
+                self.health.coord_ok.store(true, Ordering::Relaxed);
+                n.max(1)
+            }
             Err(e) => {
+                self.health.coord_ok.store(false, Ordering::Relaxed);
                 warn!(error = %e, "heartbeat failed; taking no new shards");
                 return;
             }
@@ -528,6 +579,7 @@ impl Bridge {
             if !gap.is_zero() {
                 warn!(%shard, gap_seconds = gap.as_secs(), cursor = %cursor, "skipping data beyond the API's 72h reach");
                 Stats::add(&self.stats.gap_seconds, gap.as_secs());
+                telemetry::window_gap(gap.as_secs());
             }
             match self.deliver_window(&shard, &window, &cancel).await {
                 Ok(()) => {}
@@ -575,6 +627,10 @@ impl Bridge {
             }
             cursor = window.end;
             parked = 0;
+            telemetry::checkpoint_lag(
+                &shard,
+                (Utc::now() - cursor).num_milliseconds() as f64 / 1000.0,
+            );
             self.set_progress(&shard, |p| {
                 p.cursor = Some(cursor);
                 p.last_error = None;
@@ -623,26 +679,38 @@ impl Bridge {
                 p = self.coord.budget.acquire(shard, urgent) => p,
                 _ = cancel.cancelled() => return Err(Abort::Cancelled),
             };
-            if let Err(e) = permit {
-                warn!(%shard, error = %e, "no permit; retrying");
-                if !sleep_or_cancel(backoff(RETRY_BASE, RETRY_CAP, attempt), cancel).await {
-                    return Err(Abort::Cancelled);
+            match permit {
+                Ok(p) => telemetry::permit(p.waited),
+                Err(e) => {
+                    warn!(%shard, error = %e, "no permit; retrying");
+                    if !sleep_or_cancel(backoff(RETRY_BASE, RETRY_CAP, attempt), cancel).await {
+                        return Err(Abort::Cancelled);
+                    }
+                    attempt += 1;
+                    continue;
                 }
-                attempt += 1;
-                continue;
             }
             Stats::add(&self.stats.requests, 1);
+            let started = std::time::Instant::now();
             let res = tokio::select! {
                 r = self.client.fetch(url) => r,
                 _ = cancel.cancelled() => return Err(Abort::Cancelled),
             };
             let e = match res {
                 Ok(page) => {
+                    telemetry::api_request("200", started.elapsed());
+                    self.health.token_ok.store(true, Ordering::Relaxed);
                     Stats::add(&self.stats.pages, 1);
                     return Ok(page);
                 }
                 Err(e) => e,
             };
+            match &e {
+                ApiError::Status { status, .. } => {
+                    telemetry::api_request(&status.to_string(), started.elapsed())
+                }
+                other => telemetry::api_request(other.kind(), started.elapsed()),
+            }
             Stats::add(&self.stats.api_errors, 1);
             let wait = match e.action() {
                 Action::Retry => {
@@ -652,12 +720,14 @@ impl Bridge {
                 }
                 Action::RateLimited(after) => {
                     Stats::add(&self.stats.rate_limited, 1);
+                    telemetry::rate_limited();
                     let w = after.unwrap_or(Duration::from_secs(60));
                     warn!(%shard, error = %e, pause = ?w, "rate limited by the API; every shard pauses");
                     self.coord.budget.pause(w).await;
                     Duration::ZERO
                 }
                 Action::Authentication => {
+                    self.health.token_ok.store(false, Ordering::Relaxed);
                     error!(%shard, error = %e, "the API refused the token; every shard backs off");
                     self.coord.budget.pause(AUTH_PAUSE).await;
                     Duration::ZERO
@@ -685,6 +755,7 @@ impl Bridge {
             return Ok(());
         }
         Stats::add(&self.stats.events_fetched, page.events.len() as u64);
+        telemetry::events_fetched(shard, page.events.len() as u64);
         let ids: Vec<String> = page.events.iter().map(|e| event_id(shard, e)).collect();
         let id_refs: Vec<&str> = ids.iter().map(String::as_str).collect();
         let seen = match self.coord.dedup.seen(shard, &id_refs).await {
@@ -702,6 +773,7 @@ impl Bridge {
         for ((event, id), seen) in page.events.iter().zip(&ids).zip(seen) {
             if seen || !batch_ids.insert(id.as_str()) {
                 Stats::add(&self.stats.duplicates_skipped, 1);
+                telemetry::duplicates_skipped(1);
                 continue;
             }
             let violations = self.registry.check(&shard.event, event);
@@ -732,13 +804,19 @@ impl Bridge {
         }
         let mut attempt = 0u32;
         loop {
+            let started = std::time::Instant::now();
             let res = tokio::select! {
                 r = self.sink.publish(&records) => r,
                 _ = cancel.cancelled() => return Err(Abort::Cancelled),
             };
             match res {
-                Ok(()) => break,
+                Ok(()) => {
+                    telemetry::sink_publish(started.elapsed());
+                    self.health.sink_ok.store(true, Ordering::Relaxed);
+                    break;
+                }
                 Err(e) => {
+                    self.health.sink_ok.store(false, Ordering::Relaxed);
                     Stats::add(&self.stats.sink_errors, 1);
                     let w = backoff(RETRY_BASE, Duration::from_secs(15), attempt);
                     warn!(%shard, error = %e, retry_in = ?w, "publish failed; the cursor stays");
@@ -756,6 +834,8 @@ impl Bridge {
         }
         Stats::add(&self.stats.events_published, records.len() as u64 - dead);
         Stats::add(&self.stats.dead_lettered, dead);
+        telemetry::events_published(shard, records.len() as u64 - dead);
+        telemetry::events_dead_lettered(shard, "schema", dead);
         Ok(())
     }
 }

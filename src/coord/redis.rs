@@ -168,8 +168,12 @@ fn unavailable(e: impl std::fmt::Display) -> CoordError {
 
 /// Redis coordination for one worker.
 pub struct RedisCoord {
-    /// A multiplexed connection that reconnects by itself.
-    conn: ConnectionManager,
+    /// Where to connect again.
+    client: redis::Client,
+    /// The connection; dropped after a connection-level failure and made
+    /// again at the next call (the manager's own reconnection does not
+    /// recover from every failure, e.g. a timed-out reconnect).
+    conn: tokio::sync::Mutex<Option<ConnectionManager>>,
     /// Key namespace.
     prefix: String,
     /// This worker's name.
@@ -261,19 +265,10 @@ impl RedisCoord {
     /// Connects (fails if Redis does not answer now; reconnects later by itself).
     pub async fn connect(s: RedisSettings<'_>) -> Result<Self, CoordError> {
         let client = redis::Client::open(s.url.expose_secret()).map_err(unavailable)?;
-        let cfg = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(CALL_TIMEOUT)
-            .set_response_timeout(CALL_TIMEOUT)
-            .set_number_of_retries(2);
-        let conn = tokio::time::timeout(
-            CALL_TIMEOUT * 2,
-            ConnectionManager::new_with_config(client, cfg),
-        )
-        .await
-        .map_err(|_| CoordError::Unavailable("connecting to Redis timed out".into()))?
-        .map_err(unavailable)?;
+        let conn = Self::open(&client).await?;
         Ok(Self {
-            conn,
+            client,
+            conn: tokio::sync::Mutex::new(Some(conn)),
             budget_key: format!("{}:budget:{}", s.prefix, token_key(s.token)),
             prefix: s.prefix.to_string(),
             worker: s.worker,
@@ -313,23 +308,72 @@ impl RedisCoord {
         }
     }
 
+    async fn open(client: &redis::Client) -> Result<ConnectionManager, CoordError> {
+        let cfg = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(CALL_TIMEOUT)
+            .set_response_timeout(CALL_TIMEOUT)
+            .set_number_of_retries(1);
+        tokio::time::timeout(
+            CALL_TIMEOUT * 2,
+            ConnectionManager::new_with_config(client.clone(), cfg),
+        )
+        .await
+        .map_err(|_| CoordError::Unavailable("connecting to Redis timed out".into()))?
+        .map_err(unavailable)
+    }
+
+    /// The connection, made again if the last one broke.
+    async fn connection(&self) -> Result<ConnectionManager, CoordError> {
+        let mut slot = self.conn.lock().await;
+        if let Some(c) = slot.as_ref() {
+            return Ok(c.clone());
+        }
+        let c = Self::open(&self.client).await?;
+        *slot = Some(c.clone());
+        Ok(c)
+    }
+
+    /// Maps a call's outcome; a connection-level failure drops the connection.
+    async fn settle<T>(
+        &self,
+        r: Result<redis::RedisResult<T>, tokio::time::error::Elapsed>,
+    ) -> Result<T, CoordError> {
+        let broken = match &r {
+            Err(_) => true,
+            Ok(Err(e)) => {
+                e.is_io_error()
+                    || e.is_timeout()
+                    || e.is_connection_dropped()
+                    || e.is_connection_refusal()
+            }
+            Ok(Ok(_)) => false,
+        };
+        if broken {
+            *self.conn.lock().await = None;
+        }
+        r.map_err(|_| CoordError::Unavailable("Redis call timed out".into()))?
+            .map_err(unavailable)
+    }
+
     async fn run<T: redis::FromRedisValue>(
         &self,
         inv: redis::ScriptInvocation<'_>,
     ) -> Result<T, CoordError> {
-        let mut conn = self.conn.clone();
-        tokio::time::timeout(CALL_TIMEOUT, inv.invoke_async(&mut conn))
-            .await
-            .map_err(|_| CoordError::Unavailable("Redis call timed out".into()))?
-            .map_err(unavailable)
+        let mut conn = self.connection().await?;
+        let r = tokio::time::timeout(CALL_TIMEOUT, inv.invoke_async(&mut conn)).await;
+        self.settle(r).await
     }
 
     async fn cmd<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, CoordError> {
-        let mut conn = self.conn.clone();
-        tokio::time::timeout(CALL_TIMEOUT, cmd.query_async(&mut conn))
-            .await
-            .map_err(|_| CoordError::Unavailable("Redis call timed out".into()))?
-            .map_err(unavailable)
+        let mut conn = self.connection().await?;
+        let r = tokio::time::timeout(CALL_TIMEOUT, cmd.query_async(&mut conn)).await;
+        self.settle(r).await
+    }
+
+    async fn pipe(&self, pipe: &redis::Pipeline) -> Result<(), CoordError> {
+        let mut conn = self.connection().await?;
+        let r = tokio::time::timeout(CALL_TIMEOUT, pipe.query_async::<()>(&mut conn)).await;
+        self.settle(r).await
     }
 
     /// Redis's own time, ms since the epoch.
@@ -525,11 +569,7 @@ impl DedupStore for RedisCoord {
             .arg(&key)
             .arg(self.horizon.as_millis() as u64)
             .ignore();
-        let mut conn = self.conn.clone();
-        tokio::time::timeout(CALL_TIMEOUT, pipe.query_async::<()>(&mut conn))
-            .await
-            .map_err(|_| CoordError::Unavailable("Redis call timed out".into()))?
-            .map_err(unavailable)
+        self.pipe(&pipe).await
     }
 }
 
@@ -608,11 +648,7 @@ impl LeaseStore for RedisCoord {
             .arg(last_error.unwrap_or(""))
             .ignore();
         pipe.cmd("PEXPIRE").arg(&key).arg(86_400_000u64).ignore();
-        let mut conn = self.conn.clone();
-        tokio::time::timeout(CALL_TIMEOUT, pipe.query_async::<()>(&mut conn))
-            .await
-            .map_err(|_| CoordError::Unavailable("Redis call timed out".into()))?
-            .map_err(unavailable)
+        self.pipe(&pipe).await
     }
 
     async fn leave(&self) -> Result<(), CoordError> {

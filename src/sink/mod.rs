@@ -147,6 +147,10 @@ pub trait Sink: Send + Sync {
     async fn publish(&self, records: &[Record]) -> Result<(), SinkError>;
     /// Flushes anything buffered (shutdown).
     async fn flush(&self) -> Result<(), SinkError>;
+    /// Whether the connection to the broker is up (readiness).
+    fn connected(&self) -> bool {
+        true
+    }
 }
 
 /// Topic / subject names from the template.

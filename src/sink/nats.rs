@@ -142,4 +142,8 @@ impl Sink for NatsSink {
     async fn flush(&self) -> Result<(), SinkError> {
         self.client.flush().await.map_err(err)
     }
+
+    fn connected(&self) -> bool {
+        self.client.connection_state() == async_nats::connection::State::Connected
+    }
 }

@@ -551,6 +551,16 @@ pub struct BridgeProcess {
 impl BridgeProcess {
     /// Starts `cas-bridge run` with `cfg` passed as `CAS_BRIDGE__*` variables.
     pub fn spawn(cfg: &Config, worker: &str, log: &std::path::Path) -> Self {
+        Self::spawn_with(cfg, worker, log, &[])
+    }
+
+    /// As [`BridgeProcess::spawn`], with extra `CAS_BRIDGE__*` variables (without the prefix).
+    pub fn spawn_with(
+        cfg: &Config,
+        worker: &str,
+        log: &std::path::Path,
+        extra: &[(&str, &str)],
+    ) -> Self {
         use secrecy::ExposeSecret;
         let mut env: Vec<(String, String)> = vec![
             ("API__BASE_URL".into(), cfg.api.base_url.clone().unwrap()),
@@ -597,6 +607,7 @@ impl BridgeProcess {
             ),
             ("SINK__DEAD_LETTER".into(), cfg.sink.dead_letter.clone()),
             ("LOG__LEVEL".into(), "warn".into()),
+            ("OPS__LISTEN".into(), "127.0.0.1:0".into()),
         ];
         match cfg.sink.kind {
             SinkKind::Nats => {
@@ -616,6 +627,7 @@ impl BridgeProcess {
                 ));
             }
         }
+        env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         let logf = std::fs::File::create(log).unwrap();
         let child = std::process::Command::new(env!("CARGO_BIN_EXE_cas-bridge"))
             .arg("run")
@@ -672,7 +684,17 @@ pub struct OwnRedis {
 
 impl OwnRedis {
     pub fn start() -> Self {
-        let port = free_port();
+        Self::start_on(free_port())
+    }
+
+    /// Stops the server (the port stays reserved for [`OwnRedis::start_on`]).
+    pub fn stop(mut self) -> u16 {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.port
+    }
+
+    pub fn start_on(port: u16) -> Self {
         let child = std::process::Command::new("redis-server")
             .args([
                 "--bind",

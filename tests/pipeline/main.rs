@@ -5,6 +5,7 @@
 mod faults;
 mod fleet;
 mod helpers;
+mod ops;
 
 use std::time::Duration;
 

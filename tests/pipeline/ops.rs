@@ -1,0 +1,281 @@
+//! The release-shaped binary as an operator sees it: metrics, readiness,
+//! logs without secrets, configuration errors that name the field.
+
+use std::time::Duration;
+
+use cas_bridge::config::SinkKind;
+use cas_bridge::sim::SimConfig;
+
+use crate::helpers::*;
+
+const METRICS: [&str; 14] = [
+    "cas_bridge_api_requests_total",
+    "cas_bridge_api_request_duration_seconds",
+    "cas_bridge_events_fetched_total",
+    "cas_bridge_events_published_total",
+    "cas_bridge_events_dead_lettered_total",
+    "cas_bridge_duplicates_skipped_total",
+    "cas_bridge_budget_permits_total",
+    "cas_bridge_budget_wait_seconds",
+    "cas_bridge_rate_limited_total",
+    "cas_bridge_leases_held",
+    "cas_bridge_leases_lost_total",
+    "cas_bridge_checkpoint_lag_seconds",
+    "cas_bridge_window_gap_seconds_total",
+    "cas_bridge_sink_publish_duration_seconds",
+];
+
+async fn get(url: &str) -> Option<(u16, String)> {
+    let r = reqwest::get(url).await.ok()?;
+    let status = r.status().as_u16();
+    Some((status, r.text().await.ok()?))
+}
+
+/// The sum of a counter over its label sets.
+fn counter(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+        .filter(|l| l[name.len()..].starts_with(['{', ' ']))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+async fn wait_for(what: &str, timeout: Duration, mut f: impl AsyncFnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + timeout;
+    while !f().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: not within {timeout:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_move_and_readiness_follows_redis() {
+    let redis = OwnRedis::start();
+    let sim = start_sim(SimConfig {
+        bad_fraction: 0.05,
+        ..sim_config()
+    })
+    .await;
+    let tag = tag();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = fleet_config(&sim, &tag, SinkKind::Jsonl, &redis.url(), &tag);
+    cfg.sink.jsonl.path = dir.path().join("out.jsonl").display().to_string();
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let log = dir.path().join("bridge.log");
+    let _bridge = BridgeProcess::spawn_with(&cfg, "ops", &log, &[("OPS__LISTEN", &listen)]);
+    let base = format!("http://{listen}");
+
+    wait_for("healthz", Duration::from_secs(30), async || {
+        get(&format!("{base}/healthz"))
+            .await
+            .is_some_and(|(s, _)| s == 200)
+    })
+    .await;
+    wait_for("readyz", Duration::from_secs(30), async || {
+        get(&format!("{base}/readyz"))
+            .await
+            .is_some_and(|(s, _)| s == 200)
+    })
+    .await;
+    let mut text = String::new();
+    wait_for("events published", Duration::from_secs(60), async || {
+        text = get(&format!("{base}/metrics"))
+            .await
+            .map(|(_, t)| t)
+            .unwrap_or_default();
+        counter(&text, "cas_bridge_events_published_total") > 100.0
+            && counter(&text, "cas_bridge_events_dead_lettered_total") > 0.0
+            && text.contains("cas_bridge_checkpoint_lag_seconds{")
+    })
+    .await;
+    for name in METRICS {
+        assert!(text.contains(name), "/metrics lacks {name}:\n{text}");
+    }
+    assert!(counter(&text, "cas_bridge_api_requests_total") > 0.0);
+    assert!(counter(&text, "cas_bridge_budget_permits_total") > 0.0);
+    assert!(counter(&text, "cas_bridge_leases_held") == 4.0, "{text}");
+    assert!(text.contains(r#"cas_bridge_events_published_total{service="exchange",event="dlp"}"#));
+    assert!(text.contains(r#"reason="schema""#));
+    let first = counter(&text, "cas_bridge_events_published_total");
+    wait_for(
+        "counters keep moving",
+        Duration::from_secs(30),
+        async || {
+            let t = get(&format!("{base}/metrics"))
+                .await
+                .map(|(_, t)| t)
+                .unwrap_or_default();
+            counter(&t, "cas_bridge_events_published_total") > first
+        },
+    )
+    .await;
+
+    // Redis goes away: not ready. It comes back: ready again.
+    let port = redis.stop();
+    wait_for(
+        "readyz false without Redis",
+        Duration::from_secs(20),
+        async || {
+            get(&format!("{base}/readyz"))
+                .await
+                .is_some_and(|(s, body)| s == 503 && body.contains("Redis"))
+        },
+    )
+    .await;
+    let _redis = OwnRedis::start_on(port);
+    wait_for(
+        "readyz true with Redis back",
+        Duration::from_secs(30),
+        async || {
+            get(&format!("{base}/readyz"))
+                .await
+                .is_some_and(|(s, _)| s == 200)
+        },
+    )
+    .await;
+    sim.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_token_appears_in_no_log_line_and_no_check_config_output() {
+    const TOKEN: &str = "tok-VERY-SECRET-4242";
+    // The simulator refuses this token, so the bridge logs 401s at length.
+    let sim = start_sim(SimConfig {
+        token: "another".into(),
+        ..sim_config()
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let bin = env!("CARGO_BIN_EXE_cas-bridge");
+    let env = [
+        ("CAS_BRIDGE__API__BASE_URL", sim.base_url()),
+        ("CAS_BRIDGE__API__TOKEN", TOKEN.to_string()),
+        (
+            "CAS_BRIDGE__COORD__REDIS_URL",
+            "redis://:pw-SECRET-99@127.0.0.1:1/0".to_string(),
+        ),
+        ("CAS_BRIDGE__LOG__LEVEL", "trace".to_string()),
+        ("CAS_BRIDGE__OPS__LISTEN", "127.0.0.1:0".to_string()),
+        (
+            "CAS_BRIDGE__SHARDS__PAIRS",
+            "exchange:dlp,box:ransomware".to_string(),
+        ),
+    ];
+    let out = std::process::Command::new(bin)
+        .arg("check-config")
+        .env_clear()
+        .envs(env.clone())
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("[REDACTED]"), "{text}");
+    assert!(
+        !text.contains(TOKEN) && !text.contains("pw-SECRET"),
+        "{text}"
+    );
+
+    // A run with in-process coordination (no Redis), logging at trace level.
+    let log = dir.path().join("run.log");
+    let mut child = std::process::Command::new(bin)
+        .arg("run")
+        .env_clear()
+        .envs(env.iter().filter(|(k, _)| !k.contains("REDIS")).cloned())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    wait_for("401s", Duration::from_secs(20), async || {
+        sim.state.stats().by_status.contains_key(&401)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let _ = std::process::Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
+    let st = child.wait().unwrap();
+    assert!(st.success(), "graceful exit on SIGTERM: {st}");
+    let logs = std::fs::read_to_string(&log).unwrap();
+    assert!(logs.contains("refused the token"), "{logs}");
+    assert!(logs.lines().count() > 5);
+    assert!(!logs.contains(TOKEN), "the token is in the logs");
+    sim.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_configuration_stops_the_start_naming_the_field_and_sends_nothing() {
+    let sim = start_sim(sim_config()).await;
+    let bin = env!("CARGO_BIN_EXE_cas-bridge");
+    let cases: &[(&str, &str, &str)] = &[
+        ("API__REGION", "mars", "api.region"),
+        ("API__DIALECT", "v2", "dialect"),
+        ("API__PAGE_LIMIT", "501", "api.page_limit"),
+        ("API__TIMEOUT", "soon", "timeout"),
+        ("API__MAX_BODY_BYTES", "10", "api.max_body_bytes"),
+        ("WINDOW__MAX", "4d", "window.max"),
+        ("WINDOW__START_FROM", "100h", "window.start_from"),
+        ("WINDOW__START_FROM", "yesterday", "start_from"),
+        ("WINDOW__OVERLAP", "2d", "window.overlap"),
+        ("WINDOW__LAG", "3w", "lag"),
+        ("SHARDS__PAIRS", "exchange", "shards.pairs"),
+        ("SHARDS__PAIRS", "exchange:dlp,exchange:dlp", "shards.pairs"),
+        ("BUDGET__PER_MINUTE", "0", "budget.per_minute"),
+        ("BUDGET__MODE", "bursty", "mode"),
+        ("SINK__KIND", "kinesis", "kind"),
+        (
+            "SINK__TOPIC_TEMPLATE",
+            "cas.{tenant}.{event}",
+            "sink.topic_template",
+        ),
+        ("SINK__DEAD_LETTER", "dead letter", "sink.dead_letter"),
+        ("SINK__NATS__STREAM", "has.dot", "sink.nats.stream"),
+        ("COORD__REDIS_URL", "http://redis", "coord.redis_url"),
+        ("COORD__LEASE_TTL", "1s", "coord.lease_ttl"),
+        ("OPS__LISTEN", "nowhere", "ops.listen"),
+        ("LOG__FORMAT", "xml", "log.format"),
+        ("WINDOW__LAGG", "5m", "lagg"),
+    ];
+    for (key, value, field) in cases {
+        let mut cmd = std::process::Command::new(bin);
+        cmd.arg("run")
+            .env_clear()
+            .env("CAS_BRIDGE__API__BASE_URL", sim.base_url())
+            .env("CAS_BRIDGE__API__TOKEN", "sim-token")
+            .env("CAS_BRIDGE__OPS__LISTEN", "127.0.0.1:0")
+            .env(format!("CAS_BRIDGE__{key}"), value);
+        if *key == "SINK__NATS__STREAM" {
+            cmd.env("CAS_BRIDGE__SINK__KIND", "nats");
+        }
+        let out = cmd.output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{key}={value} was accepted");
+        assert!(
+            err.contains(field),
+            "{key}={value}: the error does not name `{field}`: {err}"
+        );
+    }
+    // A missing token is a configuration error too.
+    let out = std::process::Command::new(bin)
+        .arg("run")
+        .env_clear()
+        .env("CAS_BRIDGE__API__BASE_URL", sim.base_url())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("api.token"));
+    assert_eq!(
+        sim.state.stats().served + sim.state.stats().throttled,
+        0,
+        "no request reached the API"
+    );
+    sim.stop().await;
+}
