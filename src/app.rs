@@ -36,6 +36,11 @@ pub enum Command {
     Simulate(SimConfig),
     /// Print the effective configuration (token redacted) and check it.
     CheckConfig,
+    /// GET a URL and exit 0 if it answers 2xx (container health checks; the image has no shell).
+    Probe {
+        /// e.g. http://127.0.0.1:9090/readyz
+        url: String,
+    },
     /// Show the fleet: each shard's owner, lease, fence, cursor, lag and last error; the budget; live workers.
     Status {
         /// Print JSON instead of a table.
@@ -70,6 +75,7 @@ pub async fn main(cli: Cli) -> anyhow::Result<()> {
         Command::Simulate(cfg) => simulate(cfg).await,
         Command::CheckConfig => check_config(cli.config),
         Command::Status { json } => status(cli.config, json).await,
+        Command::Probe { url } => probe(&url).await,
     }
 }
 
@@ -189,6 +195,20 @@ async fn status(file: Option<PathBuf>, json: bool) -> anyhow::Result<()> {
             s.lag_seconds.map(|v| v.to_string()).unwrap_or_else(dash),
             s.last_error.as_deref().unwrap_or("")
         );
+    }
+    Ok(())
+}
+
+async fn probe(url: &str) -> anyhow::Result<()> {
+    let resp = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()?
+        .get(url)
+        .send()
+        .await
+        .with_context(|| format!("GET {url}"))?;
+    if !resp.status().is_success() {
+        anyhow::bail!("GET {url}: {}", resp.status());
     }
     Ok(())
 }

@@ -2,6 +2,7 @@
 //! 127.0.0.1:4222, Kafka at 127.0.0.1:19092), checked against the
 //! simulator's ground truth.
 
+mod deploy;
 mod faults;
 mod fleet;
 mod helpers;

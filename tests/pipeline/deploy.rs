@@ -1,0 +1,187 @@
+//! The deployment files: the Helm chart lints, renders (with default values
+//! and with every optional object on) into manifests that validate against
+//! the Kubernetes schemas, and docker-compose.yml is a valid compose file.
+//! The tools come from `scripts/install-tools` (run by `./scripts/test`).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A tool from PATH or target/tools; fails with how to install it.
+fn tool(name: &str) -> PathBuf {
+    let local = root().join("target/tools").join(name);
+    if local.exists() {
+        return local;
+    }
+    let found = std::env::var_os("PATH").and_then(|p| {
+        std::env::split_paths(&p)
+            .map(|d| d.join(name))
+            .find(|c| c.exists())
+    });
+    found.unwrap_or_else(|| {
+        panic!("`{name}` is not installed: run ./scripts/install-tools (./scripts/test does)")
+    })
+}
+
+fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{cmd:?} failed:\n{text}");
+    text
+}
+
+fn render(values: Option<&Path>, dir: &Path, name: &str) -> PathBuf {
+    let mut cmd = Command::new(tool("helm"));
+    cmd.args(["template", "t"])
+        .arg(root().join("helm/cas-bridge"));
+    if let Some(v) = values {
+        cmd.arg("-f").arg(v);
+    }
+    let out = dir.join(name);
+    std::fs::write(&out, run(&mut cmd)).unwrap();
+    out
+}
+
+fn kinds(manifest: &Path) -> Vec<String> {
+    std::fs::read_to_string(manifest)
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.strip_prefix("kind: "))
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn helm_chart_lints_renders_and_validates() {
+    let chart = root().join("helm/cas-bridge");
+    let all_on = chart.join("ci/all-on-values.yaml");
+    run(Command::new(tool("helm"))
+        .args(["lint", "--strict"])
+        .arg(&chart));
+    run(Command::new(tool("helm"))
+        .args(["lint", "--strict"])
+        .arg(&chart)
+        .arg("-f")
+        .arg(&all_on));
+
+    let dir = tempfile::tempdir().unwrap();
+    let default = render(None, dir.path(), "default.yaml");
+    let mut k = kinds(&default);
+    k.sort();
+    assert_eq!(
+        k,
+        [
+            "ConfigMap",
+            "Deployment",
+            "PodDisruptionBudget",
+            "Secret",
+            "Service",
+            "ServiceAccount"
+        ]
+    );
+    let full = render(Some(&all_on), dir.path(), "all-on.yaml");
+    let k = kinds(&full);
+    for want in [
+        "HorizontalPodAutoscaler",
+        "NetworkPolicy",
+        "ServiceMonitor",
+        "PodDisruptionBudget",
+        "Deployment",
+    ] {
+        assert!(k.iter().any(|x| x == want), "{want} missing from {k:?}");
+    }
+    assert!(
+        !k.iter().any(|x| x == "Secret"),
+        "an existing Secret is used, none created"
+    );
+    for m in [&default, &full] {
+        let out = run(Command::new(tool("kubernetes-validate"))
+            .args(["--strict", "--quiet"])
+            .arg(m));
+        // ServiceMonitor is a CRD: its schema is not among Kubernetes' own.
+        for line in out.lines().filter(|l| !l.contains("ServiceMonitor")) {
+            assert!(!line.contains("ERROR") && !line.contains("FAIL"), "{line}");
+        }
+    }
+    let d = std::fs::read_to_string(&default).unwrap();
+    for must in [
+        "runAsNonRoot: true",
+        "readOnlyRootFilesystem: true",
+        "- ALL",
+        "type: RuntimeDefault",
+        "terminationGracePeriodSeconds: 30",
+        "path: /healthz",
+        "path: /readyz",
+        "replicas: 3",
+        "type: RollingUpdate",
+        "CAS_BRIDGE__API__TOKEN_FILE",
+    ] {
+        assert!(d.contains(must), "default manifest lacks `{must}`");
+    }
+    // A grace period shorter than the bridge's own is refused at render time.
+    let out = Command::new(tool("helm"))
+        .args(["template", "t"])
+        .arg(&chart)
+        .args(["--set", "terminationGracePeriodSeconds=10"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("terminationGracePeriodSeconds"));
+    // values.schema.json rejects a typo.
+    let out = Command::new(tool("helm"))
+        .args(["template", "t"])
+        .arg(&chart)
+        .args(["--set", "replicaCont=2"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "an unknown value is refused");
+}
+
+#[test]
+fn the_rendered_config_file_is_one_the_bridge_accepts() {
+    let dir = tempfile::tempdir().unwrap();
+    for (values, name) in [
+        (None, "d.yaml"),
+        (
+            Some(root().join("helm/cas-bridge/ci/all-on-values.yaml")),
+            "a.yaml",
+        ),
+    ] {
+        let m = render(values.as_deref(), dir.path(), name);
+        let text = std::fs::read_to_string(&m).unwrap();
+        // The ConfigMap's config.yaml, un-indented.
+        let body: String = text
+            .split("config.yaml: |")
+            .nth(1)
+            .unwrap()
+            .lines()
+            .skip(1)
+            .take_while(|l| l.starts_with("    "))
+            .map(|l| format!("{}\n", &l[4..]))
+            .collect();
+        let file = dir.path().join(format!("{name}.config.yaml"));
+        std::fs::write(&file, body).unwrap();
+        let cfg = cas_bridge::config::Config::load_from(Some(&file), Vec::new());
+        assert!(cfg.is_ok(), "{name}: {:?}", cfg.err());
+    }
+}
+
+#[test]
+fn docker_compose_file_is_valid() {
+    run(Command::new(tool("docker-compose"))
+        .arg("-f")
+        .arg(root().join("docker-compose.yml"))
+        .args(["config", "-q"]));
+    let text = std::fs::read_to_string(root().join("docker-compose.yml")).unwrap();
+    for service in ["redis:", "kafka:", "nats:", "simulator:", "bridge:"] {
+        assert!(text.contains(&format!("  {service}")), "{service} missing");
+    }
+    assert!(text.contains("replicas: 3"));
+}
