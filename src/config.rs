@@ -459,6 +459,10 @@ pub struct BudgetConfig {
     pub per_day: u32,
     /// `sliding` or `fixed`.
     pub mode: BudgetMode,
+    /// Added to the budget's minute (and day): a permit is taken on Redis's
+    /// clock, but the API counts the request when it arrives, up to this
+    /// much later.
+    pub margin: Dur,
 }
 
 impl Default for BudgetConfig {
@@ -467,6 +471,7 @@ impl Default for BudgetConfig {
             per_minute: 10,
             per_day: 14_400,
             mode: BudgetMode::Sliding,
+            margin: Dur::secs(1),
         }
     }
 }
@@ -747,6 +752,9 @@ impl Config {
         }
         if self.budget.per_day == 0 {
             return Err(ConfigError::new("budget.per_day", "must be at least 1"));
+        }
+        if self.budget.margin.get() > Duration::from_secs(30) {
+            return Err(ConfigError::new("budget.margin", "must be at most 30s"));
         }
         if let Some(u) = &self.coord.redis_url {
             match url::Url::parse(u.expose_secret()) {

@@ -141,9 +141,10 @@ impl MemoryBudget {
             let oldest = st.grants[st.grants.len() - self.limits.per_day as usize];
             return Err(DAY.saturating_sub(now.duration_since(oldest)).max(tiny));
         }
-        if st.in_last(now, MINUTE) >= self.limits.per_minute as usize {
+        let minute = MINUTE + self.limits.margin.get();
+        if st.in_last(now, minute) >= self.limits.per_minute as usize {
             let oldest = st.grants[st.grants.len() - self.limits.per_minute as usize];
-            return Err(MINUTE.saturating_sub(now.duration_since(oldest)).max(tiny));
+            return Err(minute.saturating_sub(now.duration_since(oldest)).max(tiny));
         }
         st.grants.push_back(now);
         Ok(())
@@ -348,8 +349,9 @@ mod tests {
                 "{in_window} permits within 60 s from {t:?}"
             );
         }
-        // 35 permits at 10/min: the last one comes after 3 minutes, not later.
-        assert!(times[34] >= Duration::from_secs(180) && times[34] < Duration::from_secs(181));
+        // 35 permits at 10/min, minutes of 61 s (the default 1 s margin):
+        // the last one comes after 3 such minutes, not later.
+        assert!(times[34] >= Duration::from_secs(183) && times[34] < Duration::from_secs(184));
     }
 
     #[tokio::test(start_paused = true)]

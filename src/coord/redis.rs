@@ -38,11 +38,11 @@ use crate::shard::Shard;
 
 /// Every Redis call gives up after this long (the caller retries later).
 const CALL_TIMEOUT: Duration = Duration::from_secs(3);
-/// The budget's minute, made a little longer than 60 s: a permit is taken
-/// on Redis's clock but counted by the API when the request arrives, and
-/// those two instants differ by a variable network delay.
-const MINUTE_MS: i64 = 60_500;
-const DAY_MS: i64 = 86_400_000 + 500;
+/// The budget's minute and day, before `budget.margin` is added: a permit
+/// is taken on Redis's clock but counted by the API when the request
+/// arrives, and those two instants differ by a variable delay.
+const MINUTE_MS: i64 = 60_000;
+const DAY_MS: i64 = 86_400_000;
 
 const ACQUIRE: &str = r#"
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
@@ -301,6 +301,10 @@ impl RedisCoord {
         ]
     }
 
+    fn margin_ms(&self) -> i64 {
+        self.budget.margin.get().as_millis() as i64
+    }
+
     fn mode(&self) -> &'static str {
         match self.budget.mode {
             BudgetMode::Sliding => "sliding",
@@ -492,8 +496,8 @@ impl Budget for RedisCoord {
             }
             inv.arg(self.budget.per_minute)
                 .arg(self.budget.per_day)
-                .arg(MINUTE_MS)
-                .arg(DAY_MS)
+                .arg(MINUTE_MS + self.margin_ms())
+                .arg(DAY_MS + self.margin_ms())
                 .arg(self.mode());
             let (ok, wait_ms): (i64, i64) = self.run(inv).await?;
             if ok == 1 {
@@ -519,8 +523,8 @@ impl Budget for RedisCoord {
         let mut inv = self.scripts.usage.prepare_invoke();
         inv.key(&keys[0])
             .key(&keys[1])
-            .arg(MINUTE_MS)
-            .arg(DAY_MS)
+            .arg(MINUTE_MS + self.margin_ms())
+            .arg(DAY_MS + self.margin_ms())
             .arg(self.mode());
         let (m, d): (u32, u32) = self.run(inv).await.unwrap_or((0, 0));
         BudgetUsage {

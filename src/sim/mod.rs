@@ -276,7 +276,7 @@ impl SimState {
         lock(&self.stats).clone()
     }
 
-    fn record(&self, status: u16, events: usize) {
+    fn record(&self, at_ms: i64, status: u16, events: usize) {
         let mut st = lock(&self.stats);
         if status == 429 {
             st.throttled += 1;
@@ -286,10 +286,7 @@ impl SimState {
         *st.by_status.entry(status).or_default() += 1;
         st.events_returned += events as u64;
         if st.log.len() < 2_000_000 {
-            st.log.push(Served {
-                at_ms: Utc::now().timestamp_millis(),
-                status,
-            });
+            st.log.push(Served { at_ms, status });
         }
     }
 
@@ -423,11 +420,13 @@ async fn security_events(
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Response {
+    // Counted at arrival, as the API counts; the added latency delays the answer.
+    let arrived = Utc::now().timestamp_millis();
+    let (resp, status, events) = answer(&st, method, &headers, query.as_deref().unwrap_or(""));
+    st.record(arrived, status, events);
     if !st.cfg.latency.is_zero() {
         tokio::time::sleep(st.cfg.latency).await;
     }
-    let (resp, status, events) = answer(&st, method, &headers, query.as_deref().unwrap_or(""));
-    st.record(status, events);
     resp
 }
 
