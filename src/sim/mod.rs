@@ -177,6 +177,8 @@ pub struct Served {
     /// When, ms since the epoch.
     pub at_ms: i64,
     pub status: u16,
+    /// Whether the request came from cas-bridge (by its User-Agent).
+    pub bridge: bool,
 }
 
 /// Counts of what the simulator answered.
@@ -196,12 +198,16 @@ pub struct SimStats {
 impl SimStats {
     /// The most requests served (non-429) in any sliding `span`.
     pub fn max_in_any(&self, span: Duration) -> usize {
-        let t: Vec<i64> = self
-            .log
-            .iter()
-            .filter(|s| s.status != 429)
-            .map(|s| s.at_ms)
-            .collect();
+        Self::max_of(self.log.iter().filter(|s| s.status != 429), span)
+    }
+
+    /// The most requests the bridge sent (whatever the answer) in any sliding `span`.
+    pub fn max_bridge_in_any(&self, span: Duration) -> usize {
+        Self::max_of(self.log.iter().filter(|s| s.bridge), span)
+    }
+
+    fn max_of<'a>(log: impl Iterator<Item = &'a Served>, span: Duration) -> usize {
+        let t: Vec<i64> = log.map(|s| s.at_ms).collect();
         let span = span.as_millis() as i64;
         let mut best = 0;
         let mut lo = 0;
@@ -257,6 +263,16 @@ impl SimState {
             .collect()
     }
 
+    /// The ids among [`SimState::truth`] that reach the API late.
+    pub fn late_ids(&self, shard: &Shard, start: DateTime<Utc>, end: DateTime<Utc>) -> Vec<String> {
+        self.plan
+            .stubs(shard, start.timestamp_millis(), end.timestamp_millis())
+            .iter()
+            .filter(|s| s.visible_ms - s.at_ms > 2_000)
+            .map(|s| self.plan.id(shard, s, self.cfg.dialect))
+            .collect()
+    }
+
     /// The ids among [`SimState::truth`] that violate the schema.
     pub fn bad_ids(&self, shard: &Shard, start: DateTime<Utc>, end: DateTime<Utc>) -> Vec<String> {
         self.plan
@@ -276,7 +292,7 @@ impl SimState {
         lock(&self.stats).clone()
     }
 
-    fn record(&self, at_ms: i64, status: u16, events: usize) {
+    fn record(&self, at_ms: i64, bridge: bool, status: u16, events: usize) {
         let mut st = lock(&self.stats);
         if status == 429 {
             st.throttled += 1;
@@ -286,7 +302,11 @@ impl SimState {
         *st.by_status.entry(status).or_default() += 1;
         st.events_returned += events as u64;
         if st.log.len() < 2_000_000 {
-            st.log.push(Served { at_ms, status });
+            st.log.push(Served {
+                at_ms,
+                status,
+                bridge,
+            });
         }
     }
 
@@ -422,8 +442,12 @@ async fn security_events(
 ) -> Response {
     // Counted at arrival, as the API counts; the added latency delays the answer.
     let arrived = Utc::now().timestamp_millis();
+    let bridge = headers
+        .get("user-agent")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ua| ua.starts_with("cas-bridge/"));
     let (resp, status, events) = answer(&st, method, &headers, query.as_deref().unwrap_or(""));
-    st.record(arrived, status, events);
+    st.record(arrived, bridge, status, events);
     if !st.cfg.latency.is_zero() {
         tokio::time::sleep(st.cfg.latency).await;
     }

@@ -2,6 +2,7 @@
 //! 127.0.0.1:4222, Kafka at 127.0.0.1:19092), checked against the
 //! simulator's ground truth.
 
+mod chaos;
 mod deploy;
 mod faults;
 mod fleet;
@@ -39,7 +40,19 @@ async fn jsonl_run(dialect: Dialect) {
     let stats = run.bridge.stats.clone();
     run.stop().await;
 
-    let want = expected(&sim, &cfg, t0 - chrono::Duration::seconds(590), check_to);
+    let from = t0 - chrono::Duration::seconds(590);
+    let want = expected(&sim, &cfg, from, check_to);
+    let late: usize = cfg
+        .shards
+        .shards()
+        .unwrap()
+        .iter()
+        .map(|s| sim.state.late_ids(s, from, check_to).len())
+        .sum();
+    assert!(
+        late > 10,
+        "the range holds late events (10 s late, lag 3 s): {late}"
+    );
     let got = read_jsonl(&out);
     let r = check(&want, &got, &cfg);
     assert!(r.expected > 500, "the range holds events: {r:?}");

@@ -1,0 +1,319 @@
+//! Breaking things on purpose: every scenario checks the simulator's ground
+//! truth against what the broker holds, and asserts missing = 0 and
+//! wrong-routed = 0. Duplicates: the broker's own dedup (JetStream
+//! `Nats-Msg-Id`) leaves none; a Kafka topic may hold a re-published window
+//! (at most the windows in flight at the fault), consumers dedup by key.
+
+use std::time::Duration;
+
+use cas_bridge::config::{Dur, SinkKind, StartFrom};
+use cas_bridge::sim::{SimConfig, ThrottleMode};
+use cas_bridge::worker::Coordination;
+use chrono::Utc;
+use rand::Rng;
+
+use crate::helpers::*;
+
+fn eight_pairs() -> Vec<String> {
+    ["exchange", "onedrive"]
+        .iter()
+        .flat_map(|s| {
+            ["securityrisk", "virtualanalyzer", "ransomware", "dlp"]
+                .iter()
+                .map(move |e| format!("{s}:{e}"))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_kill_9_of_one_of_three_processes_loses_nothing() {
+    require_redis();
+    require_nats();
+    let sim = start_sim(SimConfig {
+        events_per_hour: 3600.0,
+        latency: Duration::from_millis(100),
+        ..sim_config()
+    })
+    .await;
+    let tag = tag();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = fleet_config(&sim, &tag, SinkKind::Nats, REDIS_URL, &tag);
+    cfg.shards.pairs = eight_pairs();
+    cfg.window.max = Dur::secs(60);
+    cfg.window.start_from = StartFrom::Ago(Duration::from_secs(1200));
+    cas_bridge::sink::build(&cfg.sink, Duration::from_secs(600))
+        .await
+        .unwrap()
+        .prepare(&[])
+        .await
+        .unwrap();
+    let t0 = Utc::now();
+    let spawn = |n: usize| {
+        BridgeProcess::spawn(
+            &cfg,
+            &format!("r{n}"),
+            &dir.path().join(format!("r{n}.log")),
+        )
+    };
+    let mut procs: Vec<BridgeProcess> = (0..3).map(spawn).collect();
+    let mut next = 3;
+    for round in 0..3 {
+        let wait = rand::rng().random_range(1500..5000);
+        tokio::time::sleep(Duration::from_millis(wait)).await;
+        let victim = rand::rng().random_range(0..procs.len());
+        println!("round {round}: kill -9 of process {victim} after {wait} ms");
+        procs[victim].kill9();
+        procs[victim] = spawn(next);
+        next += 1;
+    }
+    let obs = observer(&cfg).await;
+    let check_to = Utc::now() - chrono::Duration::seconds(3);
+    wait_cursor_in(
+        &obs,
+        &cfg,
+        check_to + chrono::Duration::seconds(15),
+        Duration::from_secs(150),
+    )
+    .await;
+    for p in &mut procs {
+        assert!(p.terminate().success());
+    }
+    let want = expected(&sim, &cfg, t0 - chrono::Duration::seconds(1190), check_to);
+    let got = read_nats(NATS_URL, &cfg.sink.nats.stream).await;
+    let r = check(&want, &got, &cfg);
+    println!(
+        "repeated kill -9: expected {}, delivered {}, duplicates {}, dead-lettered {}",
+        r.expected, r.delivered, r.duplicated, r.dead_lettered
+    );
+    assert!(r.expected > 5000, "{r:?}");
+    assert!(r.missing.is_empty(), "missing {}", r.missing.len());
+    assert_eq!((r.duplicated, r.wrong_routed), (0, 0), "{r:?}");
+    sim.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restarted_empty_mid_run_loses_nothing() {
+    require_nats();
+    let redis = OwnRedis::start();
+    let sim = start_sim(SimConfig {
+        events_per_hour: 3600.0,
+        latency: Duration::from_millis(50),
+        ..sim_config()
+    })
+    .await;
+    let tag = tag();
+    let mut cfg = fleet_config(&sim, &tag, SinkKind::Nats, &redis.url(), &tag);
+    cfg.shards.pairs = eight_pairs()[..6].to_vec();
+    cfg.window.max = Dur::secs(60);
+    let t0 = Utc::now();
+    let mut members = Vec::new();
+    for w in ["ra", "rb"] {
+        let mut c = cfg.clone();
+        c.coord.worker_id = Some(w.into());
+        let (coord, _) = Coordination::redis(&c, &secrecy::SecretString::from("sim-token"))
+            .await
+            .unwrap();
+        members.push(Running::start(build_bridge(&c, coord).await));
+    }
+    let obs = observer(&cfg).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while min_cursor_in(&obs, &cfg)
+        .await
+        .is_none_or(|c| c <= t0 - chrono::Duration::minutes(8))
+    {
+        assert!(tokio::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let port = redis.stop();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let _redis = OwnRedis::start_on(port);
+    let check_to = Utc::now() - chrono::Duration::seconds(3);
+    wait_cursor_in(
+        &obs,
+        &cfg,
+        check_to + chrono::Duration::seconds(15),
+        Duration::from_secs(120),
+    )
+    .await;
+    for m in members {
+        m.stop().await;
+    }
+    let want = expected(&sim, &cfg, t0 - chrono::Duration::seconds(590), check_to);
+    let got = read_nats(NATS_URL, &cfg.sink.nats.stream).await;
+    let r = check(&want, &got, &cfg);
+    println!(
+        "Redis restarted empty: expected {}, delivered {}, duplicates {}",
+        r.expected, r.delivered, r.duplicated
+    );
+    assert!(r.missing.is_empty(), "missing {}", r.missing.len());
+    assert_eq!((r.duplicated, r.wrong_routed), (0, 0), "{r:?}");
+    sim.stop().await;
+}
+
+/// A tansu broker the test owns (killed on drop).
+struct OwnTansu {
+    port: u16,
+    child: std::process::Child,
+}
+
+impl OwnTansu {
+    fn start() -> Self {
+        let port = free_port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let bin = std::env::var("HOME")
+            .map(|h| format!("{h}/.cargo/bin/tansu"))
+            .ok()
+            .filter(|p| std::path::Path::new(p).exists())
+            .unwrap_or_else(|| "tansu".into());
+        let child = std::process::Command::new(bin)
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", "memory://tansu/"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start tansu ({e}): cargo install tansu --locked --no-default-features --features dynostore (./scripts/test does)"));
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(std::time::Instant::now() < deadline, "tansu did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Self { port, child }
+    }
+
+    fn signal(&self, sig: &str) {
+        std::process::Command::new("kill")
+            .arg(sig)
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+    }
+}
+
+impl Drop for OwnTansu {
+    fn drop(&mut self) {
+        self.signal("-CONT");
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kafka_broker_outage_of_30_s_keeps_the_cursor_and_loses_nothing() {
+    let tansu = OwnTansu::start();
+    let sim = start_sim(SimConfig {
+        events_per_hour: 36_000.0,
+        ..sim_config()
+    })
+    .await;
+    let tag = tag();
+    let mut cfg = bridge_config(&sim, &tag, SinkKind::Kafka);
+    cfg.sink.kafka.brokers = format!("127.0.0.1:{}", tansu.port);
+    cfg.api.page_limit = Some(500);
+    cfg.window.start_from = StartFrom::Ago(Duration::from_secs(120));
+    let t0 = Utc::now();
+    let run = Running::start(build_bridge(&cfg, Coordination::in_memory(&cfg)).await);
+    run.wait_cursor(t0 - chrono::Duration::seconds(3), Duration::from_secs(60))
+        .await;
+
+    // The broker stops answering (SIGSTOP: a hung broker, its data kept) for 30 s.
+    tansu.signal("-STOP");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let frozen = run.bridge.progress();
+    tokio::time::sleep(Duration::from_secs(25)).await;
+    let later = run.bridge.progress();
+    for (shard, p) in &frozen {
+        assert_eq!(
+            p.cursor, later[shard].cursor,
+            "{shard}: the cursor moved while the broker was down"
+        );
+    }
+    tansu.signal("-CONT");
+    let resumed = Utc::now();
+    run.wait_cursor(resumed, Duration::from_secs(120)).await;
+    let sink_errors = run
+        .bridge
+        .stats
+        .sink_errors
+        .load(std::sync::atomic::Ordering::Relaxed);
+    run.stop().await;
+    let check_to = resumed - chrono::Duration::seconds(20);
+    let want = expected(&sim, &cfg, t0 - chrono::Duration::seconds(110), check_to);
+    let topics = cas_bridge::sink::Topics::new(&cfg.sink.topic_template, &cfg.sink.dead_letter)
+        .unwrap()
+        .all(&cfg.shards.shards().unwrap());
+    let brokers = cfg.sink.kafka.brokers.clone();
+    let got = tokio::task::spawn_blocking(move || read_kafka(&brokers, &topics))
+        .await
+        .unwrap();
+    let r = check(&want, &got, &cfg);
+    println!("Kafka outage: expected {}, delivered {}, duplicates {}, publish errors retried {sink_errors}", r.expected, r.delivered, r.duplicated);
+    assert!(r.expected > 1000, "{r:?}");
+    assert!(r.missing.is_empty(), "missing {}", r.missing.len());
+    assert_eq!(r.wrong_routed, 0, "{r:?}");
+    // Re-published windows are bounded: at most the pages in flight at the stop.
+    assert!(r.duplicated <= 4 * 500, "{r:?}");
+    sim.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_429_storm_from_a_foreign_client_is_survived_within_the_budget() {
+    // The API allows 40 a minute, counted as the live API counts; the
+    // bridge's budget is 30; a foreign script on the same token takes the rest and more.
+    let sim = start_sim(SimConfig {
+        per_minute: 40,
+        throttle: ThrottleMode::Fixed,
+        ..sim_config()
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = bridge_config(&sim, &tag(), SinkKind::Jsonl);
+    cfg.sink.jsonl.path = dir.path().join("out.jsonl").display().to_string();
+    cfg.budget.per_minute = 30;
+    cfg.api.page_limit = Some(100);
+    cfg.window.start_from = StartFrom::Ago(Duration::from_secs(300));
+    let foreign = {
+        let url = format!(
+            "{}/v1/siem/security_events?service=box&event=dlp",
+            sim.base_url()
+        );
+        tokio::spawn(async move {
+            let c = reqwest::Client::new();
+            for _ in 0..200 {
+                let _ = c
+                    .get(&url)
+                    .bearer_auth("sim-token")
+                    .header("user-agent", "someone-else/1.0")
+                    .send()
+                    .await;
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        })
+    };
+    let t0 = Utc::now();
+    let run = Running::start(build_bridge(&cfg, Coordination::in_memory(&cfg)).await);
+    run.wait_cursor(t0 + chrono::Duration::seconds(20), Duration::from_secs(180))
+        .await;
+    let limited = run
+        .bridge
+        .stats
+        .rate_limited
+        .load(std::sync::atomic::Ordering::Relaxed);
+    run.stop().await;
+    foreign.abort();
+    let s = sim.state.stats();
+    let bridge_max = s.max_bridge_in_any(Duration::from_secs(60));
+    let bridge_429 = s.log.iter().filter(|r| r.bridge && r.status == 429).count();
+    println!("429 storm: bridge got {bridge_429} 429s ({limited} seen), at most {bridge_max} bridge requests in any 60 s (budget 30)");
+    assert!(
+        bridge_429 > 0 && limited > 0,
+        "the storm reached the bridge"
+    );
+    assert!(
+        bridge_max <= 30,
+        "the bridge exceeded its budget: {bridge_max}"
+    );
+    let want = expected(&sim, &cfg, t0 - chrono::Duration::seconds(290), t0);
+    let r = check(&want, &read_jsonl(&dir.path().join("out.jsonl")), &cfg);
+    assert!(r.missing.is_empty(), "{r:?}");
+    assert_eq!((r.duplicated, r.wrong_routed), (0, 0), "{r:?}");
+    sim.stop().await;
+}
