@@ -56,15 +56,13 @@ async fn repeated_kill_9_of_one_of_three_processes_loses_nothing() {
         )
     };
     let mut procs: Vec<BridgeProcess> = (0..3).map(spawn).collect();
-    let mut next = 3;
     for round in 0..3 {
         let wait = rand::rng().random_range(1500..5000);
         tokio::time::sleep(Duration::from_millis(wait)).await;
         let victim = rand::rng().random_range(0..procs.len());
         println!("round {round}: kill -9 of process {victim} after {wait} ms");
         procs[victim].kill9();
-        procs[victim] = spawn(next);
-        next += 1;
+        procs[victim] = spawn(3 + round);
     }
     let obs = observer(&cfg).await;
     let check_to = Utc::now() - chrono::Duration::seconds(3);
