@@ -15,7 +15,7 @@
 
 pub mod events;
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
@@ -237,6 +237,9 @@ pub struct SimState {
     plan: EventPlan,
     throttle: Mutex<Throttle>,
     stats: Mutex<SimStats>,
+    /// The visible stubs of recent (shard, start, end, as-of) queries: the
+    /// pages of one window share them instead of generating them again.
+    pages: Mutex<HashMap<(Shard, i64, i64, i64), Arc<Vec<Stub>>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -250,6 +253,7 @@ impl SimState {
             cfg,
             throttle: Mutex::new(Throttle::default()),
             stats: Mutex::new(SimStats::default()),
+            pages: Mutex::new(HashMap::new()),
         }
     }
 
@@ -575,12 +579,31 @@ fn answer(
             "internal error (injected)",
         );
     }
-    let stubs: Vec<Stub> = st
-        .plan
-        .stubs(&shard, start.timestamp_millis(), end.timestamp_millis())
-        .into_iter()
-        .filter(|s| s.visible_ms <= asof)
-        .collect();
+    let key = (
+        shard.clone(),
+        start.timestamp_millis(),
+        end.timestamp_millis(),
+        asof,
+    );
+    let cached = lock(&st.pages).get(&key).cloned();
+    let stubs = match cached {
+        Some(s) => s,
+        None => {
+            let s: Arc<Vec<Stub>> = Arc::new(
+                st.plan
+                    .stubs(&shard, key.1, key.2)
+                    .into_iter()
+                    .filter(|s| s.visible_ms <= asof)
+                    .collect(),
+            );
+            let mut pages = lock(&st.pages);
+            if pages.len() >= 512 {
+                pages.clear();
+            }
+            pages.insert(key, s.clone());
+            s
+        }
+    };
     let page: Vec<Value> = stubs
         .iter()
         .skip(offset)

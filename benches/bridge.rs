@@ -1,0 +1,387 @@
+//! End-to-end benchmarks against the physical limit (the API's request
+//! budget) and the machine (CPU, memory). Each prints its figures.
+//!
+//!   cargo bench --bench bridge -- throughput [jsonl|nats|kafka]
+//!   cargo bench --bench bridge -- backfill
+//!   cargo bench --bench bridge -- sweep
+//!   cargo bench --bench bridge -- budget <workers> [minutes] [margin]
+//!
+//! The simulator runs as its own process (`cas-bridge simulate`), so the
+//! bridge's CPU time is measured apart from the API's. NATS (4222), Kafka
+//! (tansu, 19092) and Redis (6379) are the ones `./scripts/test` starts.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cas_bridge::config::{Config, Dur, SinkKind, StartFrom};
+use cas_bridge::sim::SimStats;
+use cas_bridge::worker::{Bridge, Coordination, Stats};
+use chrono::Utc;
+use secrecy::SecretString;
+use tokio_util::sync::CancellationToken;
+
+const BIN: &str = env!("CARGO_BIN_EXE_cas-bridge");
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Child {
+    fn pid(&self) -> u32 {
+        self.0.id()
+    }
+    fn term(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .arg("-TERM")
+            .arg(self.pid().to_string())
+            .status();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `cas-bridge simulate` on a free port.
+fn simulator(args: &[&str]) -> (Child, String) {
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let child = std::process::Command::new(BIN)
+        .args(["simulate", "--listen", &listen, "--late-fraction", "0"])
+        .args(args)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("simulator");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "simulator did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (Child(child), format!("http://{listen}"))
+}
+
+async fn sim_stats(base: &str) -> SimStats {
+    let bytes = reqwest::get(format!("{base}/_sim/stats"))
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    serde_json::from_slice(&bytes).unwrap()
+}
+
+/// user+system CPU seconds of a process, from /proc.
+fn cpu_seconds(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // fields 14 and 15 of stat are the 12th and 13th after the command name
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// Peak and current resident memory (MiB) of a process, from /proc.
+fn rss_mib(pid: &str) -> (f64, f64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kb = |k: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(k))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+            / 1024.0
+    };
+    (kb("VmHWM:"), kb("VmRSS:"))
+}
+
+fn pairs(n: usize) -> Vec<String> {
+    let services = cas_bridge::config::DEFAULT_SERVICES;
+    let events = cas_bridge::config::DEFAULT_EVENTS;
+    let mut all: Vec<String> = services
+        .iter()
+        .flat_map(|s| events.iter().map(move |e| format!("{s}:{e}")))
+        .collect();
+    let extra = (0..n.saturating_sub(all.len())).map(|i| format!("svc{i}:dlp"));
+    all.extend(extra);
+    all.truncate(n);
+    all
+}
+
+fn base_config(api: &str, shards: usize) -> Config {
+    let mut c = Config::default();
+    c.api.base_url = Some(api.to_string());
+    c.api.region = None;
+    c.shards.pairs = pairs(shards);
+    c.budget.per_minute = 1_000_000;
+    c.budget.per_day = 100_000_000;
+    c.window.lag = Dur::secs(5);
+    c.window.min_interval = Dur::secs(30);
+    c.sink.kind = SinkKind::Jsonl;
+    c.sink.jsonl.path = "/dev/null".into();
+    c.log.level = "warn".into();
+    c
+}
+
+async fn in_process_bridge(cfg: &Config) -> Arc<Bridge> {
+    let sink = cas_bridge::sink::build(&cfg.sink, Duration::from_secs(600))
+        .await
+        .expect("sink");
+    Arc::new(
+        Bridge::new(
+            cfg,
+            SecretString::from("sim-token"),
+            sink,
+            Coordination::in_memory(cfg),
+        )
+        .expect("bridge"),
+    )
+}
+
+/// Runs a bridge until every cursor reached `until`; returns (elapsed, bridge CPU s, peak RSS MiB).
+async fn run_until(bridge: Arc<Bridge>, until: chrono::DateTime<Utc>) -> (Duration, f64, f64) {
+    let cpu0 = cpu_seconds("self");
+    let start = Instant::now();
+    let cancel = CancellationToken::new();
+    let task = tokio::spawn(bridge.clone().run(cancel.clone()));
+    while bridge.min_cursor().is_none_or(|c| c < until) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(
+            start.elapsed() < Duration::from_secs(1800),
+            "no progress: {:?}",
+            bridge.progress()
+        );
+    }
+    let elapsed = start.elapsed();
+    let cpu = cpu_seconds("self") - cpu0;
+    cancel.cancel();
+    let _ = task.await;
+    (elapsed, cpu, rss_mib("self").0)
+}
+
+async fn throughput(sink: &str) {
+    // 48 shards × 2 h × 12,000 events/h = 1.15 M events, no throttling.
+    let (sim, api) = simulator(&[
+        "--per-minute",
+        "0",
+        "--per-day",
+        "0",
+        "--events-per-hour",
+        "12000",
+    ]);
+    let mut cfg = base_config(&api, 48);
+    cfg.window.start_from = StartFrom::Ago(Duration::from_secs(7200));
+    let tag = format!("bench{}", std::process::id());
+    cfg.sink.topic_template = format!("{tag}.{{service}}.{{event}}");
+    cfg.sink.dead_letter = format!("{tag}.deadletter");
+    match sink {
+        "nats" => {
+            cfg.sink.kind = SinkKind::Nats;
+            cfg.sink.nats.stream = tag.to_uppercase();
+        }
+        "kafka" => {
+            cfg.sink.kind = SinkKind::Kafka;
+            cfg.sink.kafka.brokers = "127.0.0.1:19092".into();
+        }
+        _ => {}
+    }
+    let bridge = in_process_bridge(&cfg).await;
+    let sim_cpu0 = cpu_seconds(&sim.pid().to_string());
+    let until = Utc::now() - chrono::Duration::seconds(5);
+    let (elapsed, cpu, peak) = run_until(bridge.clone(), until).await;
+    let sim_cpu = cpu_seconds(&sim.pid().to_string()) - sim_cpu0;
+    let n = Stats::get(&bridge.stats.events_published) + Stats::get(&bridge.stats.dead_lettered);
+    println!(
+        "throughput → {sink}: {n} events in {:.1} s = {:.0} events/s",
+        elapsed.as_secs_f64(),
+        n as f64 / elapsed.as_secs_f64()
+    );
+    println!(
+        "  bridge CPU {cpu:.1} s = {:.0} events per CPU-second; simulator CPU {sim_cpu:.1} s",
+        n as f64 / cpu.max(0.001)
+    );
+    println!("  bridge peak RSS (VmHWM) {peak:.1} MiB");
+    println!(
+        "  requests {}, pages {}",
+        Stats::get(&bridge.stats.requests),
+        Stats::get(&bridge.stats.pages)
+    );
+    // Steady state: caught up, polling 48 shards with little to fetch.
+    let cancel = CancellationToken::new();
+    let task = tokio::spawn(bridge.clone().run(cancel.clone()));
+    tokio::time::sleep(Duration::from_secs(40)).await;
+    println!(
+        "  steady-state RSS after 40 s caught up: {:.1} MiB",
+        rss_mib("self").1
+    );
+    cancel.cancel();
+    let _ = task.await;
+}
+
+async fn backfill() {
+    // 72 h of history on 48 pairs: 200 events/h each.
+    let (sim, api) = simulator(&[
+        "--per-minute",
+        "0",
+        "--per-day",
+        "0",
+        "--events-per-hour",
+        "200",
+    ]);
+    let mut cfg = base_config(&api, 48);
+    cfg.window.start_from = StartFrom::Ago(Duration::from_secs(72 * 3600));
+    let bridge = in_process_bridge(&cfg).await;
+    let until = Utc::now() - chrono::Duration::seconds(5);
+    let (elapsed, cpu, peak) = run_until(bridge.clone(), until).await;
+    let stats = sim_stats(&api).await;
+    let events =
+        Stats::get(&bridge.stats.events_published) + Stats::get(&bridge.stats.dead_lettered);
+    // The minimum: every pair's events in pages of 500, at least one request per pair.
+    let per_pair = events as f64 / 48.0;
+    let minimum = 48.0 * (per_pair / 500.0).ceil().max(1.0);
+    let used = stats.served as f64;
+    println!("backfill 72 h × 48 pairs: {events} events, {used} requests, minimum {minimum} → ratio {:.3}", used / minimum);
+    println!(
+        "  {:.1} s, bridge CPU {cpu:.1} s, peak RSS (VmHWM) {peak:.1} MiB",
+        elapsed.as_secs_f64()
+    );
+    drop(sim);
+}
+
+async fn sweep() {
+    // No backlog: 48 shards, rate 60/min. How long does it take to poll all once?
+    let rate = 60u32;
+    let (sim, api) = simulator(&[
+        "--per-minute",
+        &rate.to_string(),
+        "--throttle",
+        "sliding",
+        "--events-per-hour",
+        "60",
+    ]);
+    let mut cfg = base_config(&api, 48);
+    cfg.budget.per_minute = rate;
+    cfg.window.start_from = StartFrom::Now;
+    cfg.window.min_interval = Dur::secs(1);
+    let bridge = in_process_bridge(&cfg).await;
+    let cancel = CancellationToken::new();
+    let task = tokio::spawn(bridge.clone().run(cancel.clone()));
+    tokio::time::sleep(Duration::from_secs(240)).await;
+    cancel.cancel();
+    let _ = task.await;
+    let stats = sim_stats(&api).await;
+    // Sweeps: from the second minute on (past the initial burst), the time
+    // between the 48 requests of consecutive sweeps.
+    let t: Vec<i64> = stats
+        .log
+        .iter()
+        .filter(|s| s.status == 200)
+        .map(|s| s.at_ms)
+        .collect();
+    let first = t[0];
+    let steady: Vec<i64> = t.into_iter().filter(|x| *x > first + 61_000).collect();
+    let sweeps = (steady.len() / 48).max(1);
+    let span = (steady[sweeps * 48 - 1] - steady[0]) as f64 / 1000.0;
+    let per_sweep = span / sweeps as f64;
+    let ideal = 48.0 / (rate as f64 / 60.0);
+    println!("sweep 48 shards at {rate}/min: {per_sweep:.1} s per sweep over {sweeps} sweeps; ideal {ideal:.1} s → ratio {:.3}; 429s {}", per_sweep / ideal, stats.throttled);
+    drop(sim);
+}
+
+async fn budget(workers: usize, minutes: u64, margin: &str) {
+    let limit = 60u32;
+    let (sim, api) = simulator(&[
+        "--per-minute",
+        &limit.to_string(),
+        "--throttle",
+        "sliding",
+        "--events-per-hour",
+        "30000",
+    ]);
+    let prefix = format!("bench-budget-{}", std::process::id());
+    let mut procs = Vec::new();
+    for i in 0..workers {
+        let env = [
+            ("API__BASE_URL", api.clone()),
+            ("API__TOKEN", "sim-token".into()),
+            ("SHARDS__PAIRS", pairs(48).join(",")),
+            ("WINDOW__START_FROM", "6h".into()),
+            ("BUDGET__PER_MINUTE", limit.to_string()),
+            ("BUDGET__MARGIN", margin.into()),
+            ("COORD__REDIS_URL", "redis://127.0.0.1:6379".into()),
+            ("COORD__PREFIX", prefix.clone()),
+            ("COORD__WORKER_ID", format!("b{i}")),
+            ("SINK__KIND", "jsonl".into()),
+            ("SINK__JSONL__PATH", "/dev/null".into()),
+            ("OPS__LISTEN", "127.0.0.1:0".into()),
+            ("LOG__LEVEL", "error".into()),
+        ];
+        let child = std::process::Command::new(BIN)
+            .arg("run")
+            .env_clear()
+            .envs(env.iter().map(|(k, v)| (format!("CAS_BRIDGE__{k}"), v)))
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        procs.push(Child(child));
+    }
+    tokio::time::sleep(Duration::from_secs(minutes * 60)).await;
+    let mut rss = Vec::new();
+    for p in &mut procs {
+        rss.push(rss_mib(&p.pid().to_string()).0);
+        p.term();
+    }
+    let s = sim_stats(&api).await;
+    let t: Vec<i64> = s
+        .log
+        .iter()
+        .filter(|r| r.status != 429)
+        .map(|r| r.at_ms)
+        .collect();
+    let first = t[0];
+    let last = first + minutes as i64 * 60_000 - 5_000;
+    let n = t.iter().filter(|x| **x <= last).count();
+    let per_min = n as f64 / ((last - first) as f64 / 60_000.0);
+    println!(
+        "budget: {workers} worker(s), L = {limit}/min, margin {margin}, {minutes} min: {:.1}/min = {:.1} % of L; max in any 60 s {}; 429s {}; worker peak RSS {:?} MiB",
+        per_min,
+        100.0 * per_min / limit as f64,
+        s.max_in_any(Duration::from_secs(60)),
+        s.throttled,
+        rss.iter().map(|r| format!("{r:.1}")).collect::<Vec<_>>()
+    );
+    drop(sim);
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let what = args.first().map(String::as_str).unwrap_or("help");
+    rt.block_on(async {
+        match what {
+            "throughput" => throughput(args.get(1).map(String::as_str).unwrap_or("jsonl")).await,
+            "backfill" => backfill().await,
+            "sweep" => sweep().await,
+            "budget" => {
+                let n = args.get(1).and_then(|v| v.parse().ok()).unwrap_or(3);
+                let m = args.get(2).and_then(|v| v.parse().ok()).unwrap_or(3);
+                let margin = args.get(3).cloned().unwrap_or_else(|| "1s".into());
+                budget(n, m, &margin).await
+            }
+            _ => eprintln!("usage: cargo bench --bench bridge -- throughput [jsonl|nats|kafka] | backfill | sweep | budget <workers> [minutes] [margin]"),
+        }
+    });
+}

@@ -1,0 +1,73 @@
+//! Where the time of one event goes: parse → id → validate → serialize, for
+//! one event of each type (as the simulator renders them, messy values and all).
+//!
+//!   cargo bench --bench per_event
+
+use cas_bridge::cas::Dialect;
+use cas_bridge::identity::event_id;
+use cas_bridge::shard::Shard;
+use cas_bridge::sim::EventPlan;
+use cas_bridge::sink::Record;
+use cas_bridge::validate::Registry;
+use cas_bridge::window::Window;
+use criterion::{black_box, criterion_group, criterion_main, Criterion};
+
+fn per_event(c: &mut Criterion) {
+    let plan = EventPlan {
+        seed: 3,
+        events_per_hour: 600.0,
+        late_fraction: 0.0,
+        late_by_ms: 0,
+        bad_fraction: 0.0,
+    };
+    let registry = Registry::load(None).unwrap();
+    let window = Window {
+        start: chrono::DateTime::from_timestamp(1_700_000_000, 0).unwrap(),
+        end: chrono::DateTime::from_timestamp(1_700_003_600, 0).unwrap(),
+    };
+    for event in ["dlp", "securityrisk", "virtualanalyzer", "ransomware"] {
+        let shard = Shard::new("exchange", event);
+        let stub = plan.stubs(&shard, 0, 600_000)[0];
+        let raw = serde_json::to_vec(&plan.render(&shard, &stub, Dialect::V1)).unwrap();
+        let value: serde_json::Value = serde_json::from_slice(&raw).unwrap();
+        let id = event_id(&shard, &value);
+        let mut g = c.benchmark_group(event);
+        g.bench_function("parse", |b| {
+            b.iter(|| serde_json::from_slice::<serde_json::Value>(black_box(&raw)).unwrap())
+        });
+        g.bench_function("id", |b| b.iter(|| event_id(&shard, black_box(&value))));
+        g.bench_function("id_hashed", |b| {
+            let mut v = value.clone();
+            v.as_object_mut().unwrap().remove("log_item_id");
+            v["message"].as_object_mut().unwrap().remove("log_item_id");
+            b.iter(|| event_id(&shard, black_box(&v)))
+        });
+        g.bench_function("validate", |b| {
+            b.iter(|| registry.check(event, black_box(&value)))
+        });
+        g.bench_function("serialize", |b| {
+            b.iter(|| {
+                Record::event(
+                    "cas.exchange.dlp".into(),
+                    id.clone(),
+                    &shard,
+                    &window,
+                    black_box(&value),
+                )
+            })
+        });
+        g.bench_function("all", |b| {
+            b.iter(|| {
+                let v: serde_json::Value = serde_json::from_slice(black_box(&raw)).unwrap();
+                let id = event_id(&shard, &v);
+                let bad = registry.check(event, &v);
+                assert!(bad.is_empty());
+                Record::event("cas.exchange.dlp".into(), id, &shard, &window, &v)
+            })
+        });
+        g.finish();
+    }
+}
+
+criterion_group!(benches, per_event);
+criterion_main!(benches);
