@@ -7,6 +7,7 @@ WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
 COPY schemas ./schemas
+COPY benches ./benches
 RUN cargo build --release --locked --bin cas-bridge \
  && strip target/release/cas-bridge
 

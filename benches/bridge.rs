@@ -5,6 +5,7 @@
 //!   cargo bench --bench bridge -- backfill
 //!   cargo bench --bench bridge -- sweep
 //!   cargo bench --bench bridge -- budget <workers> [minutes] [margin]
+//!   cargo bench --bench bridge -- soak [minutes] [shards] [workers]
 //!
 //! The simulator runs as its own process (`cas-bridge simulate`), so the
 //! bridge's CPU time is measured apart from the API's. NATS (4222), Kafka
@@ -363,6 +364,102 @@ async fn budget(workers: usize, minutes: u64, margin: &str) {
     drop(sim);
 }
 
+/// A long run: `workers` processes on `shards` shards with the NATS sink,
+/// memory sampled every 30 s; at the end every id the simulator generated
+/// for the checked range must be in the stream once.
+async fn soak(minutes: u64, shards: usize, workers: usize) {
+    use futures::StreamExt;
+    let (sim, api) = simulator(&["--per-minute", "600", "--throttle", "sliding", "--events-per-hour", "3000", "--late-fraction", "0.05", "--late-by", "90s"]);
+    let tag = format!("soak{}", std::process::id());
+    let stream = tag.to_uppercase();
+    let pairs = pairs(shards);
+    let mut procs = Vec::new();
+    let start = Utc::now();
+    for i in 0..workers {
+        let env = [
+            ("API__BASE_URL", api.clone()),
+            ("API__TOKEN", "sim-token".into()),
+            ("SHARDS__PAIRS", pairs.join(",")),
+            ("WINDOW__START_FROM", "10m".into()),
+            ("WINDOW__MIN_INTERVAL", "15s".into()),
+            ("BUDGET__PER_MINUTE", "600".into()),
+            ("COORD__REDIS_URL", "redis://127.0.0.1:6379".into()),
+            ("COORD__PREFIX", tag.clone()),
+            ("COORD__WORKER_ID", format!("s{i}")),
+            ("SINK__KIND", "nats".into()),
+            ("SINK__NATS__STREAM", stream.clone()),
+            ("SINK__TOPIC_TEMPLATE", format!("{tag}.{{service}}.{{event}}")),
+            ("SINK__DEAD_LETTER", format!("{tag}.deadletter")),
+            ("OPS__LISTEN", "127.0.0.1:0".into()),
+            ("LOG__LEVEL", "error".into()),
+        ];
+        let child = std::process::Command::new(BIN)
+            .arg("run")
+            .env_clear()
+            .envs(env.iter().map(|(k, v)| (format!("CAS_BRIDGE__{k}"), v)))
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        procs.push(Child(child));
+        // Staggered starts exercise the rebalancing too.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    println!("soak: {minutes} min, {shards} shards, {workers} workers; RSS MiB per worker every 30 s:");
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(minutes * 60) {
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        let rss: Vec<String> = procs.iter().map(|p| format!("{:.1}", rss_mib(&p.pid().to_string()).1)).collect();
+        println!("  t={:>5}s  {}", t0.elapsed().as_secs(), rss.join(" "));
+    }
+    let check_to = Utc::now() - chrono::Duration::minutes(3);
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    let peaks: Vec<String> = procs.iter().map(|p| format!("{:.1}", rss_mib(&p.pid().to_string()).0)).collect();
+    for p in &mut procs {
+        p.term();
+    }
+    // Ground truth from the simulator, then the stream.
+    let mut want = std::collections::HashSet::new();
+    for p in &pairs {
+        let (svc, ev) = p.split_once(':').unwrap();
+        let url = format!(
+            "{api}/_sim/truth?service={svc}&event={ev}&start={}&end={}",
+            cas_bridge::cas::format_time(start - chrono::Duration::minutes(9)),
+            cas_bridge::cas::format_time(check_to)
+        );
+        let body: serde_json::Value = serde_json::from_slice(&reqwest::get(url).await.unwrap().bytes().await.unwrap()).unwrap();
+        for id in body["ids"].as_array().unwrap() {
+            want.insert(id.as_str().unwrap().to_string());
+        }
+    }
+    let js = async_nats::jetstream::new(async_nats::connect("127.0.0.1:4222").await.unwrap());
+    let mut st = js.get_stream(&stream).await.unwrap();
+    let total = st.info().await.unwrap().state.messages as usize;
+    let consumer = st
+        .create_consumer(async_nats::jetstream::consumer::pull::Config {
+            deliver_policy: async_nats::jetstream::consumer::DeliverPolicy::All,
+            ack_policy: async_nats::jetstream::consumer::AckPolicy::None,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut seen = std::collections::HashMap::<String, usize>::new();
+    let mut read = 0;
+    while read < total {
+        let mut batch = consumer.fetch().max_messages(5000).expires(Duration::from_secs(2)).messages().await.unwrap();
+        while let Some(m) = batch.next().await {
+            let m = m.unwrap();
+            let id = m.headers.as_ref().and_then(|h| h.get(async_nats::header::NATS_MESSAGE_ID)).map(|v| v.to_string()).unwrap_or_default();
+            *seen.entry(id).or_default() += 1;
+            read += 1;
+        }
+    }
+    let missing = want.iter().filter(|id| !seen.contains_key(*id)).count();
+    let dups: usize = seen.values().map(|n| n - 1).sum();
+    println!("soak result: expected {}, missing {missing}, duplicates in stream {dups}, messages {total}; worker peak RSS {peaks:?} MiB", want.len());
+    let _ = js.delete_stream(&stream).await;
+    drop(sim);
+}
+
 fn main() {
     let args: Vec<String> = std::env::args()
         .skip(1)
@@ -375,6 +472,12 @@ fn main() {
             "throughput" => throughput(args.get(1).map(String::as_str).unwrap_or("jsonl")).await,
             "backfill" => backfill().await,
             "sweep" => sweep().await,
+            "soak" => {
+                let m = args.get(1).and_then(|v| v.parse().ok()).unwrap_or(30);
+                let s = args.get(2).and_then(|v| v.parse().ok()).unwrap_or(64);
+                let w = args.get(3).and_then(|v| v.parse().ok()).unwrap_or(8);
+                soak(m, s, w).await
+            }
             "budget" => {
                 let n = args.get(1).and_then(|v| v.parse().ok()).unwrap_or(3);
                 let m = args.get(2).and_then(|v| v.parse().ok()).unwrap_or(3);
