@@ -71,6 +71,18 @@ fn simulator(args: &[&str]) -> (Child, String) {
     (Child(child), format!("http://{listen}"))
 }
 
+/// Starts `cas-bridge run` with `CAS_BRIDGE__<key>` variables.
+fn worker(env: &[(&str, String)]) -> Child {
+    let child = std::process::Command::new(BIN)
+        .arg("run")
+        .env_clear()
+        .envs(env.iter().map(|(k, v)| (format!("CAS_BRIDGE__{k}"), v)))
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("cas-bridge run");
+    Child(child)
+}
+
 async fn sim_stats(base: &str) -> SimStats {
     let bytes = reqwest::get(format!("{base}/_sim/stats"))
         .await
@@ -327,14 +339,7 @@ async fn budget(workers: usize, minutes: u64, margin: &str) {
             ("OPS__LISTEN", "127.0.0.1:0".into()),
             ("LOG__LEVEL", "error".into()),
         ];
-        let child = std::process::Command::new(BIN)
-            .arg("run")
-            .env_clear()
-            .envs(env.iter().map(|(k, v)| (format!("CAS_BRIDGE__{k}"), v)))
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        procs.push(Child(child));
+        procs.push(worker(&env));
     }
     tokio::time::sleep(Duration::from_secs(minutes * 60)).await;
     let mut rss = Vec::new();
@@ -369,7 +374,18 @@ async fn budget(workers: usize, minutes: u64, margin: &str) {
 /// for the checked range must be in the stream once.
 async fn soak(minutes: u64, shards: usize, workers: usize) {
     use futures::StreamExt;
-    let (sim, api) = simulator(&["--per-minute", "600", "--throttle", "sliding", "--events-per-hour", "3000", "--late-fraction", "0.05", "--late-by", "90s"]);
+    let (sim, api) = simulator(&[
+        "--per-minute",
+        "600",
+        "--throttle",
+        "sliding",
+        "--events-per-hour",
+        "3000",
+        "--late-fraction",
+        "0.05",
+        "--late-by",
+        "90s",
+    ]);
     let tag = format!("soak{}", std::process::id());
     let stream = tag.to_uppercase();
     let pairs = pairs(shards);
@@ -388,32 +404,36 @@ async fn soak(minutes: u64, shards: usize, workers: usize) {
             ("COORD__WORKER_ID", format!("s{i}")),
             ("SINK__KIND", "nats".into()),
             ("SINK__NATS__STREAM", stream.clone()),
-            ("SINK__TOPIC_TEMPLATE", format!("{tag}.{{service}}.{{event}}")),
+            (
+                "SINK__TOPIC_TEMPLATE",
+                format!("{tag}.{{service}}.{{event}}"),
+            ),
             ("SINK__DEAD_LETTER", format!("{tag}.deadletter")),
             ("OPS__LISTEN", "127.0.0.1:0".into()),
             ("LOG__LEVEL", "error".into()),
         ];
-        let child = std::process::Command::new(BIN)
-            .arg("run")
-            .env_clear()
-            .envs(env.iter().map(|(k, v)| (format!("CAS_BRIDGE__{k}"), v)))
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        procs.push(Child(child));
+        procs.push(worker(&env));
         // Staggered starts exercise the rebalancing too.
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
-    println!("soak: {minutes} min, {shards} shards, {workers} workers; RSS MiB per worker every 30 s:");
+    println!(
+        "soak: {minutes} min, {shards} shards, {workers} workers; RSS MiB per worker every 30 s:"
+    );
     let t0 = Instant::now();
     while t0.elapsed() < Duration::from_secs(minutes * 60) {
         tokio::time::sleep(Duration::from_secs(30)).await;
-        let rss: Vec<String> = procs.iter().map(|p| format!("{:.1}", rss_mib(&p.pid().to_string()).1)).collect();
+        let rss: Vec<String> = procs
+            .iter()
+            .map(|p| format!("{:.1}", rss_mib(&p.pid().to_string()).1))
+            .collect();
         println!("  t={:>5}s  {}", t0.elapsed().as_secs(), rss.join(" "));
     }
     let check_to = Utc::now() - chrono::Duration::minutes(3);
     tokio::time::sleep(Duration::from_secs(60)).await;
-    let peaks: Vec<String> = procs.iter().map(|p| format!("{:.1}", rss_mib(&p.pid().to_string()).0)).collect();
+    let peaks: Vec<String> = procs
+        .iter()
+        .map(|p| format!("{:.1}", rss_mib(&p.pid().to_string()).0))
+        .collect();
     for p in &mut procs {
         p.term();
     }
@@ -426,7 +446,9 @@ async fn soak(minutes: u64, shards: usize, workers: usize) {
             cas_bridge::cas::format_time(start - chrono::Duration::minutes(9)),
             cas_bridge::cas::format_time(check_to)
         );
-        let body: serde_json::Value = serde_json::from_slice(&reqwest::get(url).await.unwrap().bytes().await.unwrap()).unwrap();
+        let body: serde_json::Value =
+            serde_json::from_slice(&reqwest::get(url).await.unwrap().bytes().await.unwrap())
+                .unwrap();
         for id in body["ids"].as_array().unwrap() {
             want.insert(id.as_str().unwrap().to_string());
         }
@@ -445,10 +467,21 @@ async fn soak(minutes: u64, shards: usize, workers: usize) {
     let mut seen = std::collections::HashMap::<String, usize>::new();
     let mut read = 0;
     while read < total {
-        let mut batch = consumer.fetch().max_messages(5000).expires(Duration::from_secs(2)).messages().await.unwrap();
+        let mut batch = consumer
+            .fetch()
+            .max_messages(5000)
+            .expires(Duration::from_secs(2))
+            .messages()
+            .await
+            .unwrap();
         while let Some(m) = batch.next().await {
             let m = m.unwrap();
-            let id = m.headers.as_ref().and_then(|h| h.get(async_nats::header::NATS_MESSAGE_ID)).map(|v| v.to_string()).unwrap_or_default();
+            let id = m
+                .headers
+                .as_ref()
+                .and_then(|h| h.get(async_nats::header::NATS_MESSAGE_ID))
+                .map(|v| v.to_string())
+                .unwrap_or_default();
             *seen.entry(id).or_default() += 1;
             read += 1;
         }

@@ -301,6 +301,26 @@ impl RedisCoord {
         ]
     }
 
+    /// A call of a script over a shard's lease, fence and cursor keys, with
+    /// the worker, fence, TTL and a cursor (ms, or empty) as arguments.
+    fn shard_call<'a>(
+        &self,
+        script: &'a Script,
+        shard: &Shard,
+        fence: Fence,
+        cursor_ms: String,
+    ) -> redis::ScriptInvocation<'a> {
+        let mut inv = script.prepare_invoke();
+        inv.key(self.key("lease", shard))
+            .key(self.key("fence", shard))
+            .key(self.key("cursor", shard))
+            .arg(&self.worker)
+            .arg(fence)
+            .arg(self.ttl.as_millis() as u64)
+            .arg(cursor_ms);
+        inv
+    }
+
     fn margin_ms(&self) -> i64 {
         self.budget.margin.get().as_millis() as i64
     }
@@ -459,14 +479,12 @@ impl CheckpointStore for RedisCoord {
         fence: Fence,
         cursor: DateTime<Utc>,
     ) -> Result<(), CoordError> {
-        let mut inv = self.scripts.checkpoint.prepare_invoke();
-        inv.key(self.key("lease", shard))
-            .key(self.key("fence", shard))
-            .key(self.key("cursor", shard))
-            .arg(&self.worker)
-            .arg(fence)
-            .arg(self.ttl.as_millis() as u64)
-            .arg(cursor.timestamp_millis());
+        let inv = self.shard_call(
+            &self.scripts.checkpoint,
+            shard,
+            fence,
+            cursor.timestamp_millis().to_string(),
+        );
         let (code, current): (i64, u64) = self.run(inv).await?;
         match code {
             1 => Ok(()),
@@ -607,18 +625,10 @@ impl LeaseStore for RedisCoord {
         fence: Fence,
         cursor: Option<DateTime<Utc>>,
     ) -> Result<Renewal, CoordError> {
-        let mut inv = self.scripts.renew.prepare_invoke();
-        inv.key(self.key("lease", shard))
-            .key(self.key("fence", shard))
-            .key(self.key("cursor", shard))
-            .arg(&self.worker)
-            .arg(fence)
-            .arg(self.ttl.as_millis() as u64)
-            .arg(
-                cursor
-                    .map(|c| c.timestamp_millis().to_string())
-                    .unwrap_or_default(),
-            );
+        let cursor = cursor
+            .map(|c| c.timestamp_millis().to_string())
+            .unwrap_or_default();
+        let inv = self.shard_call(&self.scripts.renew, shard, fence, cursor);
         let code: i64 = self.run(inv).await?;
         Ok(match code {
             1 => Renewal::Held,
