@@ -23,15 +23,15 @@ pub fn event_id(shard: &Shard, event: &Value) -> String {
         return id.to_string();
     }
     let message = event.get("message").unwrap_or(event);
-    let mut canon = String::with_capacity(256);
-    canon.push('[');
-    write_canonical(&Value::String(shard.service.clone()), &mut canon);
-    canon.push(',');
-    write_canonical(&Value::String(shard.event.clone()), &mut canon);
-    canon.push(',');
-    write_canonical(message, &mut canon);
-    canon.push(']');
-    hex::encode(Sha256::digest(canon.as_bytes()))
+    let mut h = Sha256::new();
+    h.update(b"[");
+    write_str(&shard.service, &mut h);
+    h.update(b",");
+    write_str(&shard.event, &mut h);
+    h.update(b",");
+    write_canonical(message, &mut h);
+    h.update(b"]");
+    hex::encode(h.finalize())
 }
 
 /// A natural id must be safe as a Kafka key and a NATS header value.
@@ -40,42 +40,50 @@ fn usable_id(s: &str) -> bool {
 }
 
 /// Canonical JSON: object keys sorted by their UTF-8 bytes, no whitespace,
-/// strings escaped as serde_json escapes them. Independent of whether the
-/// map type preserves insertion order.
-pub fn write_canonical(v: &Value, out: &mut String) {
+/// strings and numbers written as serde_json writes them. Independent of
+/// whether the map type preserves insertion order.
+pub fn canonical_json(v: &Value) -> String {
+    let mut out = Vec::with_capacity(256);
+    write_canonical(v, &mut out);
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// Writes `v` canonically into any byte sink (a hasher, a buffer).
+fn write_canonical<W: std::io::Write>(v: &Value, out: &mut W) {
+    // Writing to a hasher or a Vec cannot fail.
     match v {
         Value::Object(map) => {
             let mut keys: Vec<&String> = map.keys().collect();
             keys.sort_unstable();
-            out.push('{');
+            let _ = out.write_all(b"{");
             for (i, k) in keys.into_iter().enumerate() {
                 if i > 0 {
-                    out.push(',');
+                    let _ = out.write_all(b",");
                 }
-                write_string(k, out);
-                out.push(':');
+                write_str(k, out);
+                let _ = out.write_all(b":");
                 write_canonical(&map[k], out);
             }
-            out.push('}');
+            let _ = out.write_all(b"}");
         }
         Value::Array(items) => {
-            out.push('[');
+            let _ = out.write_all(b"[");
             for (i, item) in items.iter().enumerate() {
                 if i > 0 {
-                    out.push(',');
+                    let _ = out.write_all(b",");
                 }
                 write_canonical(item, out);
             }
-            out.push(']');
+            let _ = out.write_all(b"]");
         }
-        Value::String(s) => write_string(s, out),
-        other => out.push_str(&other.to_string()),
+        other => {
+            let _ = serde_json::to_writer(&mut *out, other);
+        }
     }
 }
 
-fn write_string(s: &str, out: &mut String) {
-    // serde_json's string serializer is the reference escaping.
-    out.push_str(&Value::String(s.to_string()).to_string());
+fn write_str<W: std::io::Write>(s: &str, out: &mut W) {
+    let _ = serde_json::to_writer(&mut *out, s);
 }
 
 #[cfg(test)]
@@ -108,8 +116,7 @@ mod tests {
 
     #[test]
     fn canonical_form() {
-        let mut s = String::new();
-        write_canonical(&json!({"z": "\"q\"", "a": {"y": null, "b": true}}), &mut s);
-        assert_eq!(s, r#"{"a":{"b":true,"y":null},"z":"\"q\""}"#);
+        let s = canonical_json(&json!({"z": "\"q\"", "a": {"y": null, "b": true}, "n": [1, 2.5]}));
+        assert_eq!(s, r#"{"a":{"b":true,"y":null},"n":[1,2.5],"z":"\"q\""}"#);
     }
 }

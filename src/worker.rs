@@ -17,6 +17,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use rand::Rng;
 use secrecy::SecretString;
+use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 use url::Url;
@@ -30,7 +31,7 @@ use crate::identity::event_id;
 use crate::shard::Shard;
 use crate::sink::{Record, Sink, Topics};
 use crate::telemetry;
-use crate::validate::Registry;
+use crate::validate::{Registry, Violation};
 use crate::window::{Plan, Planner, Window};
 
 /// Counters of one bridge process.
@@ -211,7 +212,13 @@ pub struct Bridge {
     halt: CancellationToken,
     /// Readiness signals.
     pub health: Health,
+    /// Pages fetched and not yet published: bounds memory whatever the
+    /// number of shards.
+    in_flight: tokio::sync::Semaphore,
 }
+
+/// At most this many pages are between request and acknowledgement at once.
+const PAGES_IN_FLIGHT: usize = 8;
 
 /// How a window ended without being delivered.
 enum Abort {
@@ -272,6 +279,7 @@ impl Bridge {
             faults: Faults::default(),
             halt: CancellationToken::new(),
             health: Health::default(),
+            in_flight: tokio::sync::Semaphore::new(PAGES_IN_FLIGHT),
         })
     }
 
@@ -649,9 +657,10 @@ impl Bridge {
         let mut url = self.client.first_page_url(shard, window);
         let mut urgent = false;
         loop {
-            let page = self.fetch(shard, &url, urgent, cancel).await?;
+            let (page, slot) = self.fetch(shard, &url, urgent, cancel).await?;
             let next = page.next_link.clone();
             self.publish_page(shard, window, page, cancel).await?;
+            drop(slot);
             match next {
                 None => return Ok(()),
                 Some(raw) => {
@@ -672,9 +681,15 @@ impl Bridge {
         url: &Url,
         urgent: bool,
         cancel: &CancellationToken,
-    ) -> Result<Page, Abort> {
+    ) -> Result<(Page, tokio::sync::SemaphorePermit<'_>), Abort> {
         let mut attempt = 0u32;
         loop {
+            // A slot before the budget permit: the permit's time must stay
+            // close to the request's, so no waiting comes between them.
+            let slot = tokio::select! {
+                s = self.in_flight.acquire() => s.map_err(|_| Abort::Cancelled)?,
+                _ = cancel.cancelled() => return Err(Abort::Cancelled),
+            };
             let permit = tokio::select! {
                 p = self.coord.budget.acquire(shard, urgent) => p,
                 _ = cancel.cancelled() => return Err(Abort::Cancelled),
@@ -682,6 +697,7 @@ impl Bridge {
             match permit {
                 Ok(p) => telemetry::permit(p.waited),
                 Err(e) => {
+                    drop(slot);
                     warn!(%shard, error = %e, "no permit; retrying");
                     if !sleep_or_cancel(backoff(RETRY_BASE, RETRY_CAP, attempt), cancel).await {
                         return Err(Abort::Cancelled);
@@ -701,7 +717,7 @@ impl Bridge {
                     telemetry::api_request("200", started.elapsed());
                     self.health.token_ok.store(true, Ordering::Relaxed);
                     Stats::add(&self.stats.pages, 1);
-                    return Ok(page);
+                    return Ok((page, slot));
                 }
                 Err(e) => e,
             };
@@ -712,6 +728,7 @@ impl Bridge {
                 other => telemetry::api_request(other.kind(), started.elapsed()),
             }
             Stats::add(&self.stats.api_errors, 1);
+            drop(slot);
             let wait = match e.action() {
                 Action::Retry => {
                     let w = backoff(RETRY_BASE, RETRY_CAP, attempt);
@@ -756,35 +773,44 @@ impl Bridge {
         }
         Stats::add(&self.stats.events_fetched, page.events.len() as u64);
         telemetry::events_fetched(shard, page.events.len() as u64);
-        let ids: Vec<String> = page.events.iter().map(|e| event_id(shard, e)).collect();
-        let id_refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+        // Each event is parsed on its own, checked, and dropped: only its raw
+        // text, id and verdict stay, so a page costs little more than its body.
+        let checked: Vec<(String, Vec<Violation>)> = page
+            .events
+            .iter()
+            .map(|raw| match serde_json::from_str::<Value>(raw.get()) {
+                Ok(v) => (event_id(shard, &v), self.registry.check(&shard.event, &v)),
+                // Unreachable (the page parsed), but never a panic.
+                Err(e) => (
+                    event_id(shard, &Value::String(raw.get().to_string())),
+                    vec![Violation {
+                        path: String::new(),
+                        message: format!("not JSON: {e}"),
+                    }],
+                ),
+            })
+            .collect();
+        let id_refs: Vec<&str> = checked.iter().map(|(id, _)| id.as_str()).collect();
         let seen = match self.coord.dedup.seen(shard, &id_refs).await {
             Ok(s) => s,
             Err(e) => {
                 // Publishing a duplicate is safe; skipping an event is not.
                 warn!(%shard, error = %e, "dedup memory unavailable; publishing without it");
-                vec![false; ids.len()]
+                vec![false; checked.len()]
             }
         };
         let topic = self.topics.topic(shard);
-        let mut batch_ids = HashSet::with_capacity(ids.len());
-        let mut records = Vec::with_capacity(ids.len());
+        let mut batch_ids = HashSet::with_capacity(checked.len());
+        let mut records = Vec::with_capacity(checked.len());
         let mut dead = 0u64;
-        for ((event, id), seen) in page.events.iter().zip(&ids).zip(seen) {
+        for ((raw, (id, violations)), seen) in page.events.iter().zip(&checked).zip(seen) {
             if seen || !batch_ids.insert(id.as_str()) {
                 Stats::add(&self.stats.duplicates_skipped, 1);
                 telemetry::duplicates_skipped(1);
                 continue;
             }
-            let violations = self.registry.check(&shard.event, event);
             if violations.is_empty() {
-                records.push(Record::event(
-                    topic.clone(),
-                    id.clone(),
-                    shard,
-                    window,
-                    event,
-                ));
+                records.push(Record::event(topic.clone(), id.clone(), shard, window, raw));
             } else {
                 dead += 1;
                 warn!(%shard, id = %id, reason = %violations[0].message, path = %violations[0].path, "event failed validation; dead-lettered");
@@ -794,11 +820,12 @@ impl Bridge {
                     id.clone(),
                     shard,
                     window,
-                    event,
-                    &violations,
+                    raw,
+                    violations,
                 ));
             }
         }
+        drop(page);
         if records.is_empty() {
             return Ok(());
         }

@@ -1,4 +1,5 @@
 use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::Value;
 use url::Url;
 
@@ -7,8 +8,9 @@ use super::{ApiError, Dialect};
 /// One page of security events.
 #[derive(Debug, Default)]
 pub struct Page {
-    /// The vendor's event objects, whole and untouched.
-    pub events: Vec<Value>,
+    /// The vendor's event objects, whole and untouched: their JSON text
+    /// exactly as received, parsed again one at a time by the worker.
+    pub events: Vec<Box<RawValue>>,
     /// The next link exactly as returned; `None` when the pages end.
     pub next_link: Option<String>,
 }
@@ -18,7 +20,7 @@ pub struct Page {
 #[derive(Deserialize)]
 struct Envelope {
     #[serde(default, alias = "securityEvents")]
-    security_events: Option<Vec<Value>>,
+    security_events: Option<Vec<Box<RawValue>>>,
     #[serde(default, alias = "nextLink")]
     next_link: Option<Value>,
 }

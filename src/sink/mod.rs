@@ -15,7 +15,7 @@ pub use nats::NatsSink;
 
 use async_trait::async_trait;
 use serde::Serialize;
-use serde_json::Value;
+use serde_json::value::RawValue;
 
 use crate::config::{ConfigError, SinkConfig, SinkKind};
 use crate::shard::Shard;
@@ -48,12 +48,19 @@ struct Envelope<'a> {
     topic: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     reasons: Option<&'a [Violation]>,
-    data: &'a Value,
+    /// Written verbatim: the bytes the API sent.
+    data: &'a RawValue,
 }
 
 impl Record {
     /// A record for an event that passed validation.
-    pub fn event(topic: String, id: String, shard: &Shard, window: &Window, data: &Value) -> Self {
+    pub fn event(
+        topic: String,
+        id: String,
+        shard: &Shard,
+        window: &Window,
+        data: &RawValue,
+    ) -> Self {
         Self::build(topic, id, shard, window, data, None)
     }
 
@@ -64,7 +71,7 @@ impl Record {
         id: String,
         shard: &Shard,
         window: &Window,
-        data: &Value,
+        data: &RawValue,
         reasons: &[Violation],
     ) -> Self {
         Self::build(
@@ -82,7 +89,7 @@ impl Record {
         id: String,
         shard: &Shard,
         window: &Window,
-        data: &Value,
+        data: &RawValue,
         dead: Option<(&str, &[Violation])>,
     ) -> Self {
         let ws = crate::cas::format_time(window.start);
@@ -282,11 +289,13 @@ mod tests {
             start: chrono::DateTime::from_timestamp(0, 0).unwrap(),
             end: chrono::DateTime::from_timestamp(60, 0).unwrap(),
         };
-        let data =
-            serde_json::json!({"service": "Exchange", "message": {"weird": [" <a> ", null]}});
+        let text = r#"{"service": "Exchange", "message": {"weird": [" <a> ", null], "n": 1.50}}"#;
+        let data = RawValue::from_string(text.to_string()).unwrap();
         let r = Record::event("cas.exchange.dlp".into(), "id1".into(), &s, &w, &data);
-        let doc: Value = serde_json::from_slice(&r.payload).unwrap();
-        assert_eq!(doc["data"], data);
+        // The vendor's bytes, verbatim (spacing, number forms, key order).
+        assert!(String::from_utf8_lossy(&r.payload).contains(text));
+        let doc: serde_json::Value = serde_json::from_slice(&r.payload).unwrap();
+        assert_eq!(doc["data"]["message"]["weird"][0], " <a> ");
         assert_eq!(doc["service"], "exchange");
         assert_eq!(doc["window_end"], "1970-01-01T00:01:00.000Z");
         assert!(r.headers.contains(&("cas-event-id", "id1".to_string())));
