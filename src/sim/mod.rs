@@ -231,6 +231,9 @@ struct Throttle {
     today: VecDeque<i64>,
 }
 
+/// (shard, start ms, end ms, as-of ms): what a window's pages share.
+type PageKey = (Shard, i64, i64, i64);
+
 /// The simulator's shared state.
 pub struct SimState {
     cfg: SimConfig,
@@ -239,7 +242,7 @@ pub struct SimState {
     stats: Mutex<SimStats>,
     /// The visible stubs of recent (shard, start, end, as-of) queries: the
     /// pages of one window share them instead of generating them again.
-    pages: Mutex<HashMap<(Shard, i64, i64, i64), Arc<Vec<Stub>>>>,
+    pages: Mutex<HashMap<PageKey, Arc<Vec<Stub>>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
