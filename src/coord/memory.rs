@@ -253,43 +253,91 @@ impl FairQueue {
     }
 }
 
-/// Delivered ids with the time they expire, as 64-bit hashes (a collision
-/// would at worst drop a duplicate check, never an event: the hash includes
-/// the shard, and 2^-64 per pair).
+/// Delivered ids as 128-bit hashes of (shard, id) — a collision would skip
+/// an event, so the hash is wide enough that none happens (2^-128 a pair) —
+/// kept in one set per minute of marking: expiry drops whole sets, and an id
+/// costs about 17 bytes.
 #[derive(Debug)]
 pub struct MemoryDedup {
     horizon: Duration,
-    seen: Mutex<DedupState>,
+    /// Sets of ids by the minute they were marked in, oldest first.
+    buckets: Mutex<VecDeque<(Instant, std::collections::HashSet<u128, PreHashed>)>>,
+}
+
+/// The keys are already hashes: use them as they are.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct PreHashed;
+
+impl std::hash::BuildHasher for PreHashed {
+    type Hasher = PreHashedHasher;
+    fn build_hasher(&self) -> PreHashedHasher {
+        PreHashedHasher(0)
+    }
 }
 
 #[derive(Debug, Default)]
-struct DedupState {
-    expiry: HashMap<u64, Instant>,
-    marks_since_prune: usize,
+pub struct PreHashedHasher(u64);
+
+impl Hasher for PreHashedHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+    fn write_u128(&mut self, n: u128) {
+        self.0 = (n as u64) ^ ((n >> 64) as u64);
+    }
 }
+
+const BUCKET: Duration = Duration::from_secs(60);
 
 impl MemoryDedup {
     pub fn new(horizon: Duration) -> Self {
         Self {
             horizon,
-            seen: Mutex::new(DedupState::default()),
+            buckets: Mutex::new(VecDeque::new()),
         }
     }
 
-    fn key(shard: &Shard, id: &str) -> u64 {
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        shard.hash(&mut h);
-        id.hash(&mut h);
-        h.finish()
+    fn key(shard: &Shard, id: &str) -> u128 {
+        let half = |salt: u8| {
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            salt.hash(&mut h);
+            shard.hash(&mut h);
+            id.hash(&mut h);
+            h.finish()
+        };
+        (u128::from(half(1)) << 64) | u128::from(half(2))
     }
 
     /// Number of ids remembered.
     pub fn len(&self) -> usize {
-        lock(&self.seen).expiry.len()
+        lock(&self.buckets).iter().map(|(_, b)| b.len()).sum()
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Drops the sets older than the horizon (a set lives one bucket longer,
+    /// so an id is kept at least `horizon`).
+    fn expire(
+        &self,
+        buckets: &mut VecDeque<(Instant, std::collections::HashSet<u128, PreHashed>)>,
+        now: Instant,
+    ) {
+        while buckets
+            .front()
+            .is_some_and(|(started, _)| now.duration_since(*started) >= self.horizon + BUCKET)
+        {
+            buckets.pop_front();
+        }
     }
 }
 
@@ -297,28 +345,29 @@ impl MemoryDedup {
 impl DedupStore for MemoryDedup {
     async fn seen(&self, shard: &Shard, ids: &[&str]) -> Result<Vec<bool>, CoordError> {
         let now = Instant::now();
-        let st = lock(&self.seen);
+        let mut buckets = lock(&self.buckets);
+        self.expire(&mut buckets, now);
         Ok(ids
             .iter()
             .map(|id| {
-                st.expiry
-                    .get(&Self::key(shard, id))
-                    .is_some_and(|t| *t > now)
+                let k = Self::key(shard, id);
+                buckets.iter().any(|(_, b)| b.contains(&k))
             })
             .collect())
     }
 
     async fn mark(&self, shard: &Shard, ids: &[&str]) -> Result<(), CoordError> {
         let now = Instant::now();
-        let until = now + self.horizon;
-        let mut st = lock(&self.seen);
-        for id in ids {
-            st.expiry.insert(Self::key(shard, id), until);
+        let mut buckets = lock(&self.buckets);
+        self.expire(&mut buckets, now);
+        if buckets
+            .back()
+            .is_none_or(|(started, _)| now.duration_since(*started) >= BUCKET)
+        {
+            buckets.push_back((now, std::collections::HashSet::with_hasher(PreHashed)));
         }
-        st.marks_since_prune += ids.len();
-        if st.marks_since_prune > st.expiry.len() / 2 + 1024 {
-            st.expiry.retain(|_, t| *t > now);
-            st.marks_since_prune = 0;
+        if let Some((_, b)) = buckets.back_mut() {
+            b.extend(ids.iter().map(|id| Self::key(shard, id)));
         }
         Ok(())
     }
@@ -412,7 +461,14 @@ mod tests {
             d.seen(&Shard::new("s", "x"), &["a"]).await.unwrap(),
             vec![false]
         );
-        tokio::time::advance(Duration::from_secs(61)).await;
+        tokio::time::advance(Duration::from_secs(59)).await;
+        assert_eq!(
+            d.seen(&s, &["a"]).await.unwrap(),
+            vec![true],
+            "kept at least the horizon"
+        );
+        tokio::time::advance(Duration::from_secs(62)).await;
         assert_eq!(d.seen(&s, &["a"]).await.unwrap(), vec![false]);
+        assert!(d.is_empty());
     }
 }
