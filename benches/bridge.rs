@@ -300,7 +300,12 @@ async fn sweep() {
     // Permits come in bursts (a sliding window frees its grants as they age
     // out), so count whole budget periods (60 s + the 1 s margin) after
     // the first: requests per second, and one sweep of 48 shards takes 48 ÷ that.
-    let t: Vec<i64> = stats.log.iter().filter(|s| s.status == 200).map(|s| s.at_ms).collect();
+    let t: Vec<i64> = stats
+        .log
+        .iter()
+        .filter(|s| s.status == 200)
+        .map(|s| s.at_ms)
+        .collect();
     let first = t[0];
     let (from, periods) = (first + 61_000, 2);
     let to = from + periods * 61_000;
@@ -359,10 +364,19 @@ async fn budget(workers: usize, minutes: u64, margin: &str) {
         .filter(|r| r.status != 429)
         .map(|r| r.at_ms)
         .collect();
+    // Whole budget periods (60 s + margin) from the first request: the
+    // grants of a sliding window come in bursts, so partial periods mislead.
     let first = t[0];
-    let last = first + minutes as i64 * 60_000 - 5_000;
-    let n = t.iter().filter(|x| **x <= last).count();
-    let per_min = n as f64 / ((last - first) as f64 / 60_000.0);
+    let period_ms = 60_000
+        + cas_bridge::config::parse_duration(margin)
+            .unwrap()
+            .as_millis() as i64;
+    let periods = (minutes as i64 * 60_000) / period_ms;
+    let n = t
+        .iter()
+        .filter(|x| **x < first + periods * period_ms)
+        .count();
+    let per_min = n as f64 / (periods * period_ms) as f64 * 60_000.0;
     println!(
         "budget: {workers} worker(s), L = {limit}/min, margin {margin}, {minutes} min: {:.1}/min = {:.1} % of L; max in any 60 s {}; 429s {}; worker peak RSS {:?} MiB",
         per_min,
