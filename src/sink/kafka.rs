@@ -114,7 +114,7 @@ impl Sink for KafkaSink {
             }
             let rec = FutureRecord::to(&r.topic)
                 .key(r.id.as_bytes())
-                .payload(&r.payload)
+                .payload(r.payload.as_ref())
                 .headers(headers);
             self.producer.send(rec, Timeout::After(DELIVERY_TIMEOUT))
         });

@@ -32,7 +32,7 @@ pub struct Record {
     /// `cas-*` headers.
     pub headers: Vec<(&'static str, String)>,
     /// The JSON document.
-    pub payload: Vec<u8>,
+    pub payload: bytes::Bytes,
 }
 
 /// The document a consumer receives: the vendor's event whole, with the
@@ -121,7 +121,7 @@ impl Record {
             topic,
             id,
             headers,
-            payload,
+            payload: payload.into(),
         }
     }
 }

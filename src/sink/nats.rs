@@ -114,7 +114,7 @@ impl Sink for NatsSink {
             }
             let ack = self
                 .js
-                .publish_with_headers(r.topic.clone(), headers, r.payload.clone().into())
+                .publish_with_headers(r.topic.clone(), headers, r.payload.clone())
                 .await
                 .map_err(|e| SinkError::new("nats", format!("publish to {}: {e}", r.topic)))?;
             acks.push(ack);
