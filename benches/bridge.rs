@@ -61,8 +61,12 @@ impl Child {
 fn simulator(args: &[&str]) -> (Child, String) {
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
-    let child = std::process::Command::new(BIN)
-        .args(["simulate", "--listen", &listen, "--late-fraction", "0"])
+    let mut cmd = std::process::Command::new(BIN);
+    cmd.args(["simulate", "--listen", &listen]);
+    if !args.contains(&"--late-fraction") {
+        cmd.args(["--late-fraction", "0"]);
+    }
+    let child = cmd
         .args(args)
         .stderr(std::process::Stdio::null())
         .spawn()
