@@ -7,7 +7,7 @@ use cas_bridge::cas::Dialect;
 use cas_bridge::identity::event_id;
 use cas_bridge::shard::Shard;
 use cas_bridge::sim::EventPlan;
-use cas_bridge::sink::Record;
+use cas_bridge::sink::{Record, WindowText};
 use cas_bridge::validate::Registry;
 use cas_bridge::window::Window;
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
@@ -25,6 +25,7 @@ fn per_event(c: &mut Criterion) {
         start: chrono::DateTime::from_timestamp(1_700_000_000, 0).unwrap(),
         end: chrono::DateTime::from_timestamp(1_700_003_600, 0).unwrap(),
     };
+    let window = WindowText::from(&window);
     for event in ["dlp", "securityrisk", "virtualanalyzer", "ransomware"] {
         let shard = Shard::new("exchange", event);
         let stub = plan.stubs(&shard, 0, 600_000)[0];

@@ -29,7 +29,7 @@ use crate::coord::redis::{RedisCoord, RedisSettings};
 use crate::coord::{Budget, CheckpointStore, CoordError, DedupStore, Fence, LeaseStore, Renewal};
 use crate::identity::event_id;
 use crate::shard::Shard;
-use crate::sink::{Record, Sink, Topics};
+use crate::sink::{Record, Sink, Topics, WindowText};
 use crate::telemetry;
 use crate::validate::{Registry, Violation};
 use crate::window::{Plan, Planner, Window};
@@ -800,6 +800,7 @@ impl Bridge {
             }
         };
         let topic = self.topics.topic(shard);
+        let window = &WindowText::from(window);
         let mut batch_ids = HashSet::with_capacity(checked.len());
         let mut records = Vec::with_capacity(checked.len());
         let mut dead = 0u64;

@@ -58,7 +58,7 @@ impl Record {
         topic: String,
         id: String,
         shard: &Shard,
-        window: &Window,
+        window: &WindowText,
         data: &RawValue,
     ) -> Self {
         Self::build(topic, id, shard, window, data, None)
@@ -70,7 +70,7 @@ impl Record {
         intended_topic: &str,
         id: String,
         shard: &Shard,
-        window: &Window,
+        window: &WindowText,
         data: &RawValue,
         reasons: &[Violation],
     ) -> Self {
@@ -88,12 +88,11 @@ impl Record {
         topic: String,
         id: String,
         shard: &Shard,
-        window: &Window,
+        window: &WindowText,
         data: &RawValue,
         dead: Option<(&str, &[Violation])>,
     ) -> Self {
-        let ws = crate::cas::format_time(window.start);
-        let we = crate::cas::format_time(window.end);
+        let (ws, we) = (window.start.clone(), window.end.clone());
         let payload = serde_json::to_vec(&Envelope {
             id: &id,
             service: &shard.service,
@@ -122,6 +121,23 @@ impl Record {
             id,
             headers,
             payload: payload.into(),
+        }
+    }
+}
+
+/// A window's bounds as the API's time format, written once per page
+/// rather than once per record.
+#[derive(Debug, Clone)]
+pub struct WindowText {
+    pub start: String,
+    pub end: String,
+}
+
+impl From<&Window> for WindowText {
+    fn from(w: &Window) -> Self {
+        Self {
+            start: crate::cas::format_time(w.start),
+            end: crate::cas::format_time(w.end),
         }
     }
 }
@@ -291,7 +307,13 @@ mod tests {
         };
         let text = r#"{"service": "Exchange", "message": {"weird": [" <a> ", null], "n": 1.50}}"#;
         let data = RawValue::from_string(text.to_string()).unwrap();
-        let r = Record::event("cas.exchange.dlp".into(), "id1".into(), &s, &w, &data);
+        let r = Record::event(
+            "cas.exchange.dlp".into(),
+            "id1".into(),
+            &s,
+            &(&w).into(),
+            &data,
+        );
         // The vendor's bytes, verbatim (spacing, number forms, key order).
         assert!(String::from_utf8_lossy(&r.payload).contains(text));
         let doc: serde_json::Value = serde_json::from_slice(&r.payload).unwrap();
