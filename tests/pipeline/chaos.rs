@@ -104,15 +104,7 @@ async fn redis_restarted_empty_mid_run_loses_nothing() {
     cfg.shards.pairs = eight_pairs()[..6].to_vec();
     cfg.window.max = Dur::secs(60);
     let t0 = Utc::now();
-    let mut members = Vec::new();
-    for w in ["ra", "rb"] {
-        let mut c = cfg.clone();
-        c.coord.worker_id = Some(w.into());
-        let (coord, _) = Coordination::redis(&c, &secrecy::SecretString::from("sim-token"))
-            .await
-            .unwrap();
-        members.push(Running::start(build_bridge(&c, coord).await));
-    }
+    let members = vec![member(&cfg, "ra").await, member(&cfg, "rb").await];
     let obs = observer(&cfg).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     while min_cursor_in(&obs, &cfg)
@@ -235,13 +227,7 @@ async fn a_kafka_broker_outage_of_30_s_keeps_the_cursor_and_loses_nothing() {
     run.stop().await;
     let check_to = resumed - chrono::Duration::seconds(20);
     let want = expected(&sim, &cfg, t0 - chrono::Duration::seconds(110), check_to);
-    let topics = cas_bridge::sink::Topics::new(&cfg.sink.topic_template, &cfg.sink.dead_letter)
-        .unwrap()
-        .all(&cfg.shards.shards().unwrap());
-    let brokers = cfg.sink.kafka.brokers.clone();
-    let got = tokio::task::spawn_blocking(move || read_kafka(&brokers, &topics))
-        .await
-        .unwrap();
+    let got = read_sink(&cfg).await;
     let r = check(&want, &got, &cfg);
     println!("Kafka outage: expected {}, delivered {}, duplicates {}, publish errors retried {sink_errors}", r.expected, r.delivered, r.duplicated);
     assert!(r.expected > 1000, "{r:?}");

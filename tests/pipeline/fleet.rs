@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use cas_bridge::config::{Config, Dur, SinkKind, StartFrom};
+use cas_bridge::config::{Dur, SinkKind, StartFrom};
 use cas_bridge::coord::{CheckpointStore, CoordError, LeaseStore, Renewal};
 use cas_bridge::shard::Shard;
 use cas_bridge::sim::{SimConfig, ThrottleMode};
@@ -21,15 +21,6 @@ fn sixteen_pairs() -> Vec<String> {
         .iter()
         .flat_map(|s| events.iter().map(move |e| format!("{s}:{e}")))
         .collect()
-}
-
-async fn member(cfg: &Config, worker: &str) -> Running {
-    let mut c = cfg.clone();
-    c.coord.worker_id = Some(worker.into());
-    let (coord, _) = Coordination::redis(&c, &SecretString::from("sim-token"))
-        .await
-        .expect("redis");
-    Running::start(build_bridge(&c, coord).await)
 }
 
 /// Every shard held by at most one member; returns how many are held.

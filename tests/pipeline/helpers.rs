@@ -502,6 +502,34 @@ pub fn fleet_config(
     c
 }
 
+/// A fleet member in this process, named `worker`, coordinated through `cfg`'s Redis.
+pub async fn member(cfg: &Config, worker: &str) -> Running {
+    let mut c = cfg.clone();
+    c.coord.worker_id = Some(worker.into());
+    let (coord, _) = Coordination::redis(&c, &SecretString::from("sim-token"))
+        .await
+        .expect("redis");
+    Running::start(build_bridge(&c, coord).await)
+}
+
+/// Everything the sink `cfg` names received: the JSON-lines file, the
+/// JetStream stream, or every Kafka topic of its shards.
+pub async fn read_sink(cfg: &Config) -> Vec<Received> {
+    match cfg.sink.kind {
+        SinkKind::Jsonl => read_jsonl(std::path::Path::new(&cfg.sink.jsonl.path)),
+        SinkKind::Nats => read_nats(&cfg.sink.nats.url, &cfg.sink.nats.stream).await,
+        SinkKind::Kafka => {
+            let topics = Topics::new(&cfg.sink.topic_template, &cfg.sink.dead_letter)
+                .unwrap()
+                .all(&cfg.shards.shards().unwrap());
+            let brokers = cfg.sink.kafka.brokers.clone();
+            tokio::task::spawn_blocking(move || read_kafka(&brokers, &topics))
+                .await
+                .unwrap()
+        }
+    }
+}
+
 /// A Redis coordinator seen from the test (to read cursors and leases).
 pub async fn observer(cfg: &Config) -> Arc<cas_bridge::coord::redis::RedisCoord> {
     let mut c = cfg.clone();

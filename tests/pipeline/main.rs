@@ -137,13 +137,7 @@ async fn kafka_delivers_every_id_once_on_its_topic() {
         .await;
     run.stop().await;
     let want = expected(&sim, &cfg, t0 - chrono::Duration::seconds(590), check_to);
-    let topics = cas_bridge::sink::Topics::new(&cfg.sink.topic_template, &cfg.sink.dead_letter)
-        .unwrap()
-        .all(run_shards(&cfg).as_slice());
-    let brokers = kafka_brokers();
-    let got = tokio::task::spawn_blocking(move || read_kafka(&brokers, &topics))
-        .await
-        .unwrap();
+    let got = read_sink(&cfg).await;
     let r = check(&want, &got, &cfg);
     assert!(r.expected > 500, "{r:?}");
     assert!(r.missing.is_empty(), "missing {}: {r:?}", r.missing.len());
