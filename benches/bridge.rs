@@ -368,19 +368,12 @@ async fn budget(workers: usize, minutes: u64, margin: &str) {
         .filter(|r| r.status != 429)
         .map(|r| r.at_ms)
         .collect();
-    // Whole budget periods (60 s + margin) from the first request: the
-    // grants of a sliding window come in bursts, so partial periods mislead.
-    let first = t[0];
-    let period_ms = 60_000
-        + cas_bridge::config::parse_duration(margin)
-            .unwrap()
-            .as_millis() as i64;
-    let periods = (minutes as i64 * 60_000) / period_ms;
-    let n = t
-        .iter()
-        .filter(|x| **x < first + periods * period_ms)
-        .count();
-    let per_min = n as f64 / (periods * period_ms) as f64 * 60_000.0;
+    // The rate over the whole run: requests after the first ÷ the time
+    // from the first to the last (grants are paced, so no partial-period
+    // effects).
+    let (first, last) = (t[0], t[t.len() - 1]);
+    let n = t.len() - 1;
+    let per_min = n as f64 / (last - first) as f64 * 60_000.0;
     println!(
         "budget: {workers} worker(s), L = {limit}/min, margin {margin}, {minutes} min: {:.1}/min = {:.1} % of L; max in any 60 s {}; 429s {}; worker peak RSS {:?} MiB",
         per_min,
@@ -537,7 +530,7 @@ fn main() {
             "budget" => {
                 let n = args.get(1).and_then(|v| v.parse().ok()).unwrap_or(3);
                 let m = args.get(2).and_then(|v| v.parse().ok()).unwrap_or(3);
-                let margin = args.get(3).cloned().unwrap_or_else(|| "1s".into());
+                let margin = args.get(3).cloned().unwrap_or_else(|| "250ms".into());
                 budget(n, m, &margin).await
             }
             _ => eprintln!("usage: cargo bench --bench bridge -- throughput [jsonl|nats|kafka] | backfill | sweep | budget <workers> [minutes] [margin]"),

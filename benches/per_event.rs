@@ -7,10 +7,11 @@ use cas_bridge::cas::Dialect;
 use cas_bridge::identity::event_id;
 use cas_bridge::shard::Shard;
 use cas_bridge::sim::EventPlan;
-use cas_bridge::sink::{Record, WindowText};
+use cas_bridge::sink::{PageMeta, Record};
 use cas_bridge::validate::Registry;
 use cas_bridge::window::Window;
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
+use std::sync::Arc;
 
 fn per_event(c: &mut Criterion) {
     let plan = EventPlan {
@@ -25,13 +26,14 @@ fn per_event(c: &mut Criterion) {
         start: chrono::DateTime::from_timestamp(1_700_000_000, 0).unwrap(),
         end: chrono::DateTime::from_timestamp(1_700_003_600, 0).unwrap(),
     };
-    let window = WindowText::from(&window);
     for event in ["dlp", "securityrisk", "virtualanalyzer", "ransomware"] {
         let shard = Shard::new("exchange", event);
         let stub = plan.stubs(&shard, 0, 600_000)[0];
         let raw = serde_json::to_vec(&plan.render(&shard, &stub, Dialect::V1)).unwrap();
         let value: serde_json::Value = serde_json::from_slice(&raw).unwrap();
         let id = event_id(&shard, &value);
+        let meta = Arc::new(PageMeta::new(&shard, &window));
+        let topic: Arc<str> = "cas.exchange.dlp".into();
         let mut g = c.benchmark_group(event);
         g.bench_function("parse", |b| {
             b.iter(|| serde_json::from_slice::<serde_json::Value>(black_box(&raw)).unwrap())
@@ -50,15 +52,7 @@ fn per_event(c: &mut Criterion) {
             serde_json::value::RawValue::from_string(String::from_utf8(raw.clone()).unwrap())
                 .unwrap();
         g.bench_function("serialize", |b| {
-            b.iter(|| {
-                Record::event(
-                    "cas.exchange.dlp".into(),
-                    id.clone(),
-                    &shard,
-                    &window,
-                    black_box(&raw_value),
-                )
-            })
+            b.iter(|| Record::event(topic.clone(), id.clone(), &meta, black_box(&raw_value)))
         });
         g.bench_function("all", |b| {
             b.iter(|| {
@@ -67,7 +61,7 @@ fn per_event(c: &mut Criterion) {
                 let id = event_id(&shard, &v);
                 let bad = registry.check(event, &v);
                 assert!(bad.is_empty());
-                Record::event("cas.exchange.dlp".into(), id, &shard, &window, &raw_value)
+                Record::event(topic.clone(), id, &meta, &raw_value)
             })
         });
         g.finish();

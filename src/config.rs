@@ -465,13 +465,21 @@ pub struct BudgetConfig {
     pub margin: Dur,
 }
 
+impl BudgetConfig {
+    /// The least time between two permits: the minute spread evenly over
+    /// `per_minute` requests.
+    pub fn pace(&self) -> Duration {
+        Duration::from_millis(60_000 / u64::from(self.per_minute.max(1)))
+    }
+}
+
 impl Default for BudgetConfig {
     fn default() -> Self {
         Self {
             per_minute: 10,
             per_day: 14_400,
             mode: BudgetMode::Sliding,
-            margin: Dur::secs(1),
+            margin: Dur(Duration::from_millis(250)),
         }
     }
 }

@@ -29,7 +29,7 @@ use crate::coord::redis::{RedisCoord, RedisSettings};
 use crate::coord::{Budget, CheckpointStore, CoordError, DedupStore, Fence, LeaseStore, Renewal};
 use crate::identity::event_id;
 use crate::shard::Shard;
-use crate::sink::{Record, Sink, Topics, WindowText};
+use crate::sink::{PageMeta, Record, Sink, Topics};
 use crate::telemetry;
 use crate::validate::{Registry, Violation};
 use crate::window::{Plan, Planner, Window};
@@ -799,8 +799,9 @@ impl Bridge {
                 vec![false; checked.len()]
             }
         };
-        let topic = self.topics.topic(shard);
-        let window = &WindowText::from(window);
+        let topic: Arc<str> = self.topics.topic(shard).into();
+        let meta = Arc::new(PageMeta::new(shard, window));
+        let mut dead_letter_topic: Option<Arc<str>> = None;
         let mut batch_ids = HashSet::with_capacity(checked.len());
         let mut records = Vec::with_capacity(checked.len());
         let mut dead = 0u64;
@@ -811,16 +812,18 @@ impl Bridge {
                 continue;
             }
             if violations.is_empty() {
-                records.push(Record::event(topic.clone(), id.clone(), shard, window, raw));
+                records.push(Record::event(topic.clone(), id.clone(), &meta, raw));
             } else {
                 dead += 1;
                 warn!(%shard, id = %id, reason = %violations[0].message, path = %violations[0].path, "event failed validation; dead-lettered");
+                let dlt = dead_letter_topic
+                    .get_or_insert_with(|| self.topics.dead_letter().into())
+                    .clone();
                 records.push(Record::dead_letter(
-                    self.topics.dead_letter().to_string(),
+                    dlt,
                     &topic,
                     id.clone(),
-                    shard,
-                    window,
+                    &meta,
                     raw,
                     violations,
                 ));

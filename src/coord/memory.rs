@@ -141,6 +141,13 @@ impl MemoryBudget {
             let oldest = st.grants[st.grants.len() - self.limits.per_day as usize];
             return Err(DAY.saturating_sub(now.duration_since(oldest)).max(tiny));
         }
+        if let Some(last) = st.grants.back() {
+            let since = now.duration_since(*last);
+            let pace = self.limits.pace();
+            if since < pace {
+                return Err(pace - since);
+            }
+        }
         let minute = MINUTE + self.limits.margin.get();
         if st.in_last(now, minute) >= self.limits.per_minute as usize {
             let oldest = st.grants[st.grants.len() - self.limits.per_minute as usize];
@@ -398,9 +405,19 @@ mod tests {
                 "{in_window} permits within 60 s from {t:?}"
             );
         }
-        // 35 permits at 10/min, minutes of 61 s (the default 1 s margin):
-        // the last one comes after 3 such minutes, not later.
-        assert!(times[34] >= Duration::from_secs(183) && times[34] < Duration::from_secs(184));
+        // Paced 6 s apart (the minute spread over 10 permits), never closer.
+        for w in times.windows(2) {
+            assert!(
+                w[1] - w[0] >= Duration::from_secs(6),
+                "{:?} then {:?}",
+                w[0],
+                w[1]
+            );
+        }
+        // 35 permits at 10/min, minutes of 60.25 s (the default margin):
+        // the 31st opens the fourth minute at 180.75 s, four more follow 6 s
+        // apart.
+        assert_eq!(times[34], Duration::from_millis(204_750));
     }
 
     #[tokio::test(start_paused = true)]

@@ -100,8 +100,11 @@ redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 return redis.call('ZCARD', KEYS[1])
 "#;
 
-// KEYS: minute, day, pause, seq. ARGV: per_minute, per_day, minute_ms,
-// day_ms, mode. Returns {1, 0} for a permit or {0, ms to wait}.
+// KEYS: minute, day, pause, seq, last grant. ARGV: per_minute, per_day,
+// minute_ms, day_ms, mode, pace_ms. Returns {1, 0} for a permit or
+// {0, ms to wait}. Grants are paced `pace_ms` apart, so a backlog spends the
+// minute evenly instead of in one burst whose requests reach the API
+// spread over an unknown delay.
 const TAKE: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -109,6 +112,9 @@ local p = redis.call('PTTL', KEYS[3])
 if p > 0 then return {0, p} end
 local pm, pd = tonumber(ARGV[1]), tonumber(ARGV[2])
 local span, dspan = tonumber(ARGV[3]), tonumber(ARGV[4])
+local pace = tonumber(ARGV[6])
+local last = tonumber(redis.call('GET', KEYS[5]) or '0')
+if now - last < pace then return {0, last + pace - now} end
 if ARGV[5] == 'sliding' then
   redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - span)
   redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - dspan)
@@ -128,6 +134,7 @@ if ARGV[5] == 'sliding' then
   redis.call('PEXPIRE', KEYS[1], span)
   redis.call('PEXPIRE', KEYS[2], dspan)
   redis.call('PEXPIRE', KEYS[4], dspan)
+  redis.call('SET', KEYS[5], now, 'PX', span)
   return {1, 0}
 end
 local m = tonumber(redis.call('GET', KEYS[1]) or '0')
@@ -136,6 +143,7 @@ local d = tonumber(redis.call('GET', KEYS[2]) or '0')
 if d >= pd then return {0, math.max(1, redis.call('PTTL', KEYS[2]))} end
 if m == 0 then redis.call('SET', KEYS[1], 1, 'PX', span) else redis.call('INCR', KEYS[1]) end
 if d == 0 then redis.call('SET', KEYS[2], 1, 'PX', dspan) else redis.call('INCR', KEYS[2]) end
+redis.call('SET', KEYS[5], now, 'PX', span)
 return {1, 0}
 "#;
 
@@ -288,7 +296,7 @@ impl RedisCoord {
         format!("{}:{kind}:{}:{}", self.prefix, shard.service, shard.event)
     }
 
-    fn budget_keys(&self) -> [String; 4] {
+    fn budget_keys(&self) -> [String; 5] {
         let mode = match self.budget.mode {
             BudgetMode::Sliding => "sliding",
             BudgetMode::Fixed => "fixed",
@@ -298,6 +306,7 @@ impl RedisCoord {
             format!("{}:{mode}:day", self.budget_key),
             format!("{}:pause", self.budget_key),
             format!("{}:seq", self.budget_key),
+            format!("{}:last", self.budget_key),
         ]
     }
 
@@ -516,7 +525,8 @@ impl Budget for RedisCoord {
                 .arg(self.budget.per_day)
                 .arg(MINUTE_MS + self.margin_ms())
                 .arg(DAY_MS + self.margin_ms())
-                .arg(self.mode());
+                .arg(self.mode())
+                .arg(self.budget.pace().as_millis() as u64);
             let (ok, wait_ms): (i64, i64) = self.run(inv).await?;
             if ok == 1 {
                 return Ok(Permit {

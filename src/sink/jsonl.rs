@@ -47,7 +47,7 @@ impl Sink for JsonlSink {
         for r in records {
             // {"topic":"…", + the payload without its opening brace.
             buf.extend_from_slice(b"{\"topic\":");
-            serde_json::to_writer(&mut buf, &r.topic)
+            serde_json::to_writer(&mut buf, &*r.topic)
                 .map_err(|e| SinkError::new("jsonl", e.to_string()))?;
             buf.push(b',');
             buf.extend_from_slice(r.payload.get(1..).unwrap_or_default());

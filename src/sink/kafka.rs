@@ -105,8 +105,8 @@ impl Sink for KafkaSink {
 
     async fn publish(&self, records: &[Record]) -> Result<(), SinkError> {
         let sends = records.iter().map(|r| {
-            let mut headers = OwnedHeaders::new_with_capacity(r.headers.len());
-            for (k, v) in &r.headers {
+            let mut headers = OwnedHeaders::new_with_capacity(6);
+            for (k, v) in r.headers() {
                 headers = headers.insert(Header {
                     key: k,
                     value: Some(v.as_bytes()),

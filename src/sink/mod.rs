@@ -13,6 +13,8 @@ pub use jsonl::JsonlSink;
 pub use kafka::KafkaSink;
 pub use nats::NatsSink;
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use serde::Serialize;
 use serde_json::value::RawValue;
@@ -25,14 +27,35 @@ use crate::window::Window;
 /// One message for the broker.
 #[derive(Debug, Clone)]
 pub struct Record {
-    /// Topic or subject.
-    pub topic: String,
+    /// Topic or subject (shared by the records of a page).
+    pub topic: Arc<str>,
     /// The event id: Kafka key and `Nats-Msg-Id`.
     pub id: String,
-    /// `cas-*` headers.
-    pub headers: Vec<(&'static str, String)>,
+    /// The request pair and window (shared by the records of a page).
+    pub page: Arc<PageMeta>,
+    /// Why it was dead-lettered (the first violation's path), if it was.
+    pub dead_reason: Option<String>,
     /// The JSON document.
     pub payload: bytes::Bytes,
+}
+
+/// What every record of one page has in common.
+#[derive(Debug, Clone)]
+pub struct PageMeta {
+    pub service: String,
+    pub event: String,
+    /// The window's bounds in the API's time format.
+    pub window: WindowText,
+}
+
+impl PageMeta {
+    pub fn new(shard: &Shard, window: &Window) -> Self {
+        Self {
+            service: shard.service.clone(),
+            event: shard.event.clone(),
+            window: WindowText::from(window),
+        }
+    }
 }
 
 /// The document a consumer receives: the vendor's event whole, with the
@@ -54,74 +77,80 @@ struct Envelope<'a> {
 
 impl Record {
     /// A record for an event that passed validation.
-    pub fn event(
-        topic: String,
-        id: String,
-        shard: &Shard,
-        window: &WindowText,
-        data: &RawValue,
-    ) -> Self {
-        Self::build(topic, id, shard, window, data, None)
+    pub fn event(topic: Arc<str>, id: String, page: &Arc<PageMeta>, data: &RawValue) -> Self {
+        Self::build(topic, id, page, data, None)
     }
 
     /// A dead-letter record: the raw event, its shard, window and the reasons.
     pub fn dead_letter(
-        dead_letter_topic: String,
+        dead_letter_topic: Arc<str>,
         intended_topic: &str,
         id: String,
-        shard: &Shard,
-        window: &WindowText,
+        page: &Arc<PageMeta>,
         data: &RawValue,
         reasons: &[Violation],
     ) -> Self {
         Self::build(
             dead_letter_topic,
             id,
-            shard,
-            window,
+            page,
             data,
             Some((intended_topic, reasons)),
         )
     }
 
     fn build(
-        topic: String,
+        topic: Arc<str>,
         id: String,
-        shard: &Shard,
-        window: &WindowText,
+        page: &Arc<PageMeta>,
         data: &RawValue,
         dead: Option<(&str, &[Violation])>,
     ) -> Self {
-        let (ws, we) = (window.start.clone(), window.end.clone());
-        let payload = serde_json::to_vec(&Envelope {
-            id: &id,
-            service: &shard.service,
-            event: &shard.event,
-            window_start: &ws,
-            window_end: &we,
-            topic: dead.map(|d| d.0),
-            reasons: dead.map(|d| d.1),
-            data,
-        })
-        // Serializing a `Value` and strings cannot fail.
+        // Sized once: the event's text is most of the document.
+        let mut payload = Vec::with_capacity(data.get().len() + 192 + id.len());
+        serde_json::to_writer(
+            &mut payload,
+            &Envelope {
+                id: &id,
+                service: &page.service,
+                event: &page.event,
+                window_start: &page.window.start,
+                window_end: &page.window.end,
+                topic: dead.map(|d| d.0),
+                reasons: dead.map(|d| d.1),
+                data,
+            },
+        )
+        // Serializing strings and raw JSON into a Vec cannot fail.
         .unwrap_or_default();
-        let mut headers = vec![
-            ("cas-event-id", id.clone()),
-            ("cas-service", shard.service.clone()),
-            ("cas-event", shard.event.clone()),
-            ("cas-window-start", ws),
-            ("cas-window-end", we),
-        ];
-        if let Some((_, reasons)) = dead {
+        let dead_reason = dead.map(|(_, reasons)| {
             let first = reasons.first().map(|v| v.path.as_str()).unwrap_or("");
-            headers.push(("cas-dead-letter-reason", format!("schema: {first}")));
-        }
+            format!("schema: {first}")
+        });
         Self {
             topic,
             id,
-            headers,
+            page: Arc::clone(page),
+            dead_reason,
             payload: payload.into(),
         }
+    }
+
+    /// The `cas-*` headers, in order.
+    pub fn headers(&self) -> impl Iterator<Item = (&'static str, &str)> {
+        [
+            ("cas-event-id", self.id.as_str()),
+            ("cas-service", self.page.service.as_str()),
+            ("cas-event", self.page.event.as_str()),
+            ("cas-window-start", self.page.window.start.as_str()),
+            ("cas-window-end", self.page.window.end.as_str()),
+        ]
+        .into_iter()
+        .chain(
+            self.dead_reason
+                .as_deref()
+                .map(|r| ("cas-dead-letter-reason", r)),
+        )
     }
 }
 
@@ -307,19 +336,44 @@ mod tests {
         };
         let text = r#"{"service": "Exchange", "message": {"weird": [" <a> ", null], "n": 1.50}}"#;
         let data = RawValue::from_string(text.to_string()).unwrap();
-        let r = Record::event(
-            "cas.exchange.dlp".into(),
-            "id1".into(),
-            &s,
-            &(&w).into(),
-            &data,
-        );
+        let page = Arc::new(PageMeta::new(&s, &w));
+        let r = Record::event("cas.exchange.dlp".into(), "id1".into(), &page, &data);
         // The vendor's bytes, verbatim (spacing, number forms, key order).
         assert!(String::from_utf8_lossy(&r.payload).contains(text));
         let doc: serde_json::Value = serde_json::from_slice(&r.payload).unwrap();
         assert_eq!(doc["data"]["message"]["weird"][0], " <a> ");
         assert_eq!(doc["service"], "exchange");
         assert_eq!(doc["window_end"], "1970-01-01T00:01:00.000Z");
-        assert!(r.headers.contains(&("cas-event-id", "id1".to_string())));
+        let headers: Vec<_> = r.headers().collect();
+        assert_eq!(
+            headers,
+            vec![
+                ("cas-event-id", "id1"),
+                ("cas-service", "exchange"),
+                ("cas-event", "dlp"),
+                ("cas-window-start", "1970-01-01T00:00:00.000Z"),
+                ("cas-window-end", "1970-01-01T00:01:00.000Z"),
+            ]
+        );
+        let bad = [Violation {
+            path: "/message/n".into(),
+            message: "1.50 is not an integer".into(),
+        }];
+        let d = Record::dead_letter(
+            "cas.deadletter".into(),
+            "cas.exchange.dlp",
+            "id1".into(),
+            &page,
+            &data,
+            &bad,
+        );
+        assert_eq!(&*d.topic, "cas.deadletter");
+        assert_eq!(
+            d.headers().last(),
+            Some(("cas-dead-letter-reason", "schema: /message/n"))
+        );
+        let doc: serde_json::Value = serde_json::from_slice(&d.payload).unwrap();
+        assert_eq!(doc["topic"], "cas.exchange.dlp");
+        assert_eq!(doc["reasons"][0]["path"], "/message/n");
     }
 }

@@ -109,12 +109,12 @@ impl Sink for NatsSink {
         for r in records {
             let mut headers = async_nats::HeaderMap::new();
             headers.insert("Nats-Msg-Id", r.id.as_str());
-            for (k, v) in &r.headers {
-                headers.insert(*k, v.as_str());
+            for (k, v) in r.headers() {
+                headers.insert(k, v);
             }
             let ack = self
                 .js
-                .publish_with_headers(r.topic.clone(), headers, r.payload.clone())
+                .publish_with_headers(r.topic.to_string(), headers, r.payload.clone())
                 .await
                 .map_err(|e| SinkError::new("nats", format!("publish to {}: {e}", r.topic)))?;
             acks.push(ack);
