@@ -4,6 +4,7 @@ use clap::Parser;
 
 /// mimalloc returns freed memory to the system far better than glibc's
 /// per-thread arenas, which kept the resident size near its backfill peak.
+#[cfg(feature = "mimalloc")]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -143,7 +143,7 @@ fn collect(schema: &Validator, instance: &Value, prefix: &str, out: &mut Vec<Vio
             message.push('…');
         }
         out.push(Violation {
-            path: format!("{prefix}{}", err.instance_path),
+            path: format!("{prefix}{}", err.instance_path()),
             message,
         });
     }
