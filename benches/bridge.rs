@@ -302,24 +302,24 @@ async fn sweep() {
     cancel.cancel();
     let _ = task.await;
     let stats = sim_stats(&api).await;
-    // Permits come in bursts (a sliding window frees its grants as they age
-    // out), so count whole budget periods (60 s + the 1 s margin) after
-    // the first: requests per second, and one sweep of 48 shards takes 48 ÷ that.
+    // Requests per second after the first minute (start-up excluded), from
+    // the first to the last request served in that span; one sweep of 48
+    // shards takes 48 ÷ that.
     let t: Vec<i64> = stats
         .log
         .iter()
         .filter(|s| s.status == 200)
         .map(|s| s.at_ms)
+        .filter(|at| *at >= stats.log[0].at_ms + 60_000)
         .collect();
-    let first = t[0];
-    let (from, periods) = (first + 61_000, 2);
-    let to = from + periods * 61_000;
-    let n = t.iter().filter(|x| **x >= from && **x < to).count();
+    let (from, to) = (t[0], t[t.len() - 1]);
+    let n = t.len() - 1;
+    let periods = format!("{:.0} s", (to - from) as f64 / 1000.0);
     let rate_seen = n as f64 / ((to - from) as f64 / 1000.0);
     let per_sweep = 48.0 / rate_seen;
     let ideal = 48.0 / (rate as f64 / 60.0);
     println!(
-        "sweep 48 shards at {rate}/min: {n} requests in {periods} budget periods = {rate_seen:.3}/s → {per_sweep:.1} s per sweep; ideal {ideal:.1} s → ratio {:.3}; 429s {}",
+        "sweep 48 shards at {rate}/min: {n} requests in {periods} = {rate_seen:.3}/s → {per_sweep:.1} s per sweep; ideal {ideal:.1} s → ratio {:.3}; 429s {}",
         per_sweep / ideal,
         stats.throttled
     );
