@@ -312,18 +312,24 @@ async fn sweep() {
         .map(|s| s.at_ms)
         .filter(|at| *at >= stats.log[0].at_ms + 60_000)
         .collect();
-    let (from, to) = (t[0], t[t.len() - 1]);
-    let n = t.len() - 1;
-    let periods = format!("{:.0} s", (to - from) as f64 / 1000.0);
-    let rate_seen = n as f64 / ((to - from) as f64 / 1000.0);
+    let (n, span_s) = steady_rate(&t);
+    let rate_seen = n as f64 / span_s;
     let per_sweep = 48.0 / rate_seen;
     let ideal = 48.0 / (rate as f64 / 60.0);
     println!(
-        "sweep 48 shards at {rate}/min: {n} requests in {periods} = {rate_seen:.3}/s → {per_sweep:.1} s per sweep; ideal {ideal:.1} s → ratio {:.3}; 429s {}",
+        "sweep 48 shards at {rate}/min: {n} requests in {span_s:.0} s = {rate_seen:.3}/s → {per_sweep:.1} s per sweep; ideal {ideal:.1} s → ratio {:.3}; 429s {}",
         per_sweep / ideal,
         stats.throttled
     );
     drop(sim);
+}
+
+/// Requests served after the first, and the seconds from the first to the
+/// last: grants are paced, so their ratio is the steady rate with no
+/// partial-period effects.
+fn steady_rate(at_ms: &[i64]) -> (usize, f64) {
+    let span_ms = at_ms[at_ms.len() - 1] - at_ms[0];
+    (at_ms.len() - 1, span_ms as f64 / 1000.0)
 }
 
 async fn budget(workers: usize, minutes: u64, margin: &str) {
@@ -369,12 +375,8 @@ async fn budget(workers: usize, minutes: u64, margin: &str) {
         .filter(|r| r.status != 429)
         .map(|r| r.at_ms)
         .collect();
-    // The rate over the whole run: requests after the first ÷ the time
-    // from the first to the last (grants are paced, so no partial-period
-    // effects).
-    let (first, last) = (t[0], t[t.len() - 1]);
-    let n = t.len() - 1;
-    let per_min = n as f64 / (last - first) as f64 * 60_000.0;
+    let (n, span_s) = steady_rate(&t);
+    let per_min = n as f64 / span_s * 60.0;
     println!(
         "budget: {workers} worker(s), L = {limit}/min, margin {margin}, {minutes} min: {:.1}/min = {:.1} % of L; max in any 60 s {}; 429s {}; worker peak RSS {:?} MiB",
         per_min,

@@ -23,12 +23,14 @@ pub fn router(bridge: Arc<Bridge>) -> Router {
 }
 
 async fn readyz(State(b): State<Arc<Bridge>>) -> impl IntoResponse {
-    match b.readiness() {
-        (true, _) => (StatusCode::OK, "ready\n".to_string()),
-        (false, why) => (
+    let why = b.not_ready();
+    if why.is_empty() {
+        (StatusCode::OK, "ready\n".to_string())
+    } else {
+        (
             StatusCode::SERVICE_UNAVAILABLE,
             format!("not ready: {}\n", why.join("; ")),
-        ),
+        )
     }
 }
 

@@ -283,8 +283,8 @@ impl Bridge {
         })
     }
 
-    /// Whether the bridge is ready: `(ready, reasons it is not)`.
-    pub fn readiness(&self) -> (bool, Vec<&'static str>) {
+    /// Why the bridge is not ready; empty when it is.
+    pub fn not_ready(&self) -> Vec<&'static str> {
         let mut why = Vec::new();
         if !self.health.coord_ok.load(Ordering::Relaxed) {
             why.push("coordination store (Redis) unreachable");
@@ -295,7 +295,7 @@ impl Bridge {
         if !self.health.token_ok.load(Ordering::Relaxed) {
             why.push("the API refused the token");
         }
-        (why.is_empty(), why)
+        why
     }
 
     pub fn with_faults(mut self, faults: Faults) -> Self {
@@ -373,12 +373,13 @@ impl Bridge {
         let mut held: HashMap<Shard, Held> = HashMap::new();
         loop {
             self.tend(&mut held, &order, &cancel).await;
-            telemetry::leases_held(lock(&self.held).len());
-            *lock(&self.held) = order
+            let holding: Vec<Shard> = order
                 .iter()
                 .filter(|s| held.get(*s).is_some_and(|h| !h.lost))
                 .cloned()
                 .collect();
+            telemetry::leases_held(holding.len());
+            *lock(&self.held) = holding;
             if !sleep_or_cancel(period, &cancel).await {
                 break;
             }
@@ -801,7 +802,7 @@ impl Bridge {
         };
         let topic: Arc<str> = self.topics.topic(shard).into();
         let meta = Arc::new(PageMeta::new(shard, window));
-        let mut dead_letter_topic: Option<Arc<str>> = None;
+        let dead_letter_topic: Arc<str> = self.topics.dead_letter().into();
         let mut batch_ids = HashSet::with_capacity(checked.len());
         let mut records = Vec::with_capacity(checked.len());
         let mut dead = 0u64;
@@ -816,11 +817,8 @@ impl Bridge {
             } else {
                 dead += 1;
                 warn!(%shard, id = %id, reason = %violations[0].message, path = %violations[0].path, "event failed validation; dead-lettered");
-                let dlt = dead_letter_topic
-                    .get_or_insert_with(|| self.topics.dead_letter().into())
-                    .clone();
                 records.push(Record::dead_letter(
-                    dlt,
+                    dead_letter_topic.clone(),
                     &topic,
                     id.clone(),
                     &meta,

@@ -297,10 +297,7 @@ impl RedisCoord {
     }
 
     fn budget_keys(&self) -> [String; 5] {
-        let mode = match self.budget.mode {
-            BudgetMode::Sliding => "sliding",
-            BudgetMode::Fixed => "fixed",
-        };
+        let mode = self.mode();
         [
             format!("{}:{mode}:minute", self.budget_key),
             format!("{}:{mode}:day", self.budget_key),

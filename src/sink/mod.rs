@@ -44,8 +44,10 @@ pub struct Record {
 pub struct PageMeta {
     pub service: String,
     pub event: String,
-    /// The window's bounds in the API's time format.
-    pub window: WindowText,
+    /// The window's bounds in the API's time format, written once per page
+    /// rather than once per record.
+    pub window_start: String,
+    pub window_end: String,
 }
 
 impl PageMeta {
@@ -53,7 +55,8 @@ impl PageMeta {
         Self {
             service: shard.service.clone(),
             event: shard.event.clone(),
-            window: WindowText::from(window),
+            window_start: crate::cas::format_time(window.start),
+            window_end: crate::cas::format_time(window.end),
         }
     }
 }
@@ -114,8 +117,8 @@ impl Record {
                 id: &id,
                 service: &page.service,
                 event: &page.event,
-                window_start: &page.window.start,
-                window_end: &page.window.end,
+                window_start: &page.window_start,
+                window_end: &page.window_end,
                 topic: dead.map(|d| d.0),
                 reasons: dead.map(|d| d.1),
                 data,
@@ -142,8 +145,8 @@ impl Record {
             ("cas-event-id", self.id.as_str()),
             ("cas-service", self.page.service.as_str()),
             ("cas-event", self.page.event.as_str()),
-            ("cas-window-start", self.page.window.start.as_str()),
-            ("cas-window-end", self.page.window.end.as_str()),
+            ("cas-window-start", self.page.window_start.as_str()),
+            ("cas-window-end", self.page.window_end.as_str()),
         ]
         .into_iter()
         .chain(
@@ -151,23 +154,6 @@ impl Record {
                 .as_deref()
                 .map(|r| ("cas-dead-letter-reason", r)),
         )
-    }
-}
-
-/// A window's bounds as the API's time format, written once per page
-/// rather than once per record.
-#[derive(Debug, Clone)]
-pub struct WindowText {
-    pub start: String,
-    pub end: String,
-}
-
-impl From<&Window> for WindowText {
-    fn from(w: &Window) -> Self {
-        Self {
-            start: crate::cas::format_time(w.start),
-            end: crate::cas::format_time(w.end),
-        }
     }
 }
 

@@ -289,20 +289,16 @@ async fn a_process_killed_mid_window_loses_nothing() {
     for p in procs.iter_mut().skip(1) {
         assert!(p.terminate().success());
     }
-    let want = expected(&sim, &cfg, t0 - chrono::Duration::seconds(1190), check_to);
-    let got = read_nats(NATS_URL, &cfg.sink.nats.stream).await;
-    let r = check(&want, &got, &cfg);
-    println!(
-        "kill -9 mid-window: expected {}, delivered {}, duplicates {}",
-        r.expected, r.delivered, r.duplicated
-    );
+    let r = assert_delivered(
+        "kill -9 mid-window",
+        &sim,
+        &cfg,
+        t0 - chrono::Duration::seconds(1190),
+        check_to,
+    )
+    .await;
     assert!(r.expected > 1000, "{r:?}");
-    assert!(r.missing.is_empty(), "missing {}", r.missing.len());
-    assert_eq!(
-        (r.duplicated, r.wrong_routed),
-        (0, 0),
-        "every id once: {r:?}"
-    );
+    assert_eq!(r.duplicated, 0, "every id once: {r:?}");
     sim.stop().await;
 }
 
@@ -324,14 +320,13 @@ async fn redis_losing_everything_mid_run_loses_no_event() {
     let b = member(&cfg, "fb").await;
     let obs = observer(&cfg).await;
     // Mid-history: some cursors set, some still far behind.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while min_cursor_in(&obs, &cfg)
-        .await
-        .is_none_or(|c| c <= t0 - chrono::Duration::minutes(9))
-    {
-        assert!(tokio::time::Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_cursor_in(
+        &obs,
+        &cfg,
+        t0 - chrono::Duration::minutes(9),
+        Duration::from_secs(60),
+    )
+    .await;
     let client = redis::Client::open(redis.url()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
     let _: () = redis::cmd("FLUSHALL").query_async(&mut conn).await.unwrap();
@@ -346,14 +341,14 @@ async fn redis_losing_everything_mid_run_loses_no_event() {
     // The holders wrote their cursors back: none restarted from start_from.
     a.stop().await;
     b.stop().await;
-    let want = expected(&sim, &cfg, t0 - chrono::Duration::seconds(590), check_to);
-    let got = read_nats(NATS_URL, &cfg.sink.nats.stream).await;
-    let r = check(&want, &got, &cfg);
-    println!(
-        "FLUSHALL mid-run: expected {}, delivered {}, duplicates in stream {}",
-        r.expected, r.delivered, r.duplicated
-    );
-    assert!(r.missing.is_empty(), "missing {}", r.missing.len());
-    assert_eq!((r.duplicated, r.wrong_routed), (0, 0), "{r:?}");
+    let r = assert_delivered(
+        "FLUSHALL mid-run",
+        &sim,
+        &cfg,
+        t0 - chrono::Duration::seconds(590),
+        check_to,
+    )
+    .await;
+    assert_eq!(r.duplicated, 0, "duplicates in the stream: {r:?}");
     sim.stop().await;
 }

@@ -257,6 +257,27 @@ pub fn check(expected: &HashMap<String, String>, received: &[Received], cfg: &Co
     r
 }
 
+/// Reads the run's sink, checks it against the ids the simulator generated
+/// in `[from, to]`, prints the counts under `what`, and asserts that none is
+/// missing or on the wrong topic. Duplicates are bounded by the caller.
+pub async fn assert_delivered(
+    what: &str,
+    sim: &SimHandle,
+    cfg: &Config,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> Report {
+    let want = expected(sim, cfg, from, to);
+    let r = check(&want, &read_sink(cfg).await, cfg);
+    println!(
+        "{what}: expected {}, delivered {}, duplicates {}, dead-lettered {}",
+        r.expected, r.delivered, r.duplicated, r.dead_lettered
+    );
+    assert!(r.missing.is_empty(), "{what}: missing {}", r.missing.len());
+    assert_eq!(r.wrong_routed, 0, "{what}: {r:?}");
+    r
+}
+
 /// Reads a JSON-lines sink file.
 pub fn read_jsonl(path: &std::path::Path) -> Vec<Received> {
     let text = std::fs::read_to_string(path).unwrap_or_default();
