@@ -14,9 +14,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use cas_bridge::bridge::{Bridge, Coordination};
 use cas_bridge::config::{Config, Dur, SinkKind, StartFrom};
 use cas_bridge::sim::SimStats;
-use cas_bridge::worker::{Bridge, Coordination, Stats};
+use cas_bridge::telemetry::Stats;
 use chrono::Utc;
 use secrecy::SecretString;
 use tokio_util::sync::CancellationToken;
@@ -160,7 +161,7 @@ async fn in_process_bridge(cfg: &Config) -> Arc<Bridge> {
         .await
         .expect("sink");
     Arc::new(
-        Bridge::new(
+        Bridge::build(
             cfg,
             SecretString::from("sim-token"),
             sink,
@@ -222,7 +223,8 @@ async fn throughput(sink: &str) {
     let until = Utc::now() - chrono::Duration::seconds(5);
     let (elapsed, cpu, peak) = run_until(bridge.clone(), until).await;
     let sim_cpu = cpu_seconds(&sim.pid().to_string()) - sim_cpu0;
-    let n = Stats::get(&bridge.stats.events_published) + Stats::get(&bridge.stats.dead_lettered);
+    let n =
+        Stats::get(&bridge.stats().events_published) + Stats::get(&bridge.stats().dead_lettered);
     println!(
         "throughput → {sink}: {n} events in {:.1} s = {:.0} events/s",
         elapsed.as_secs_f64(),
@@ -235,8 +237,8 @@ async fn throughput(sink: &str) {
     println!("  bridge peak RSS (VmHWM) {peak:.1} MiB");
     println!(
         "  requests {}, pages {}",
-        Stats::get(&bridge.stats.requests),
-        Stats::get(&bridge.stats.pages)
+        Stats::get(&bridge.stats().requests),
+        Stats::get(&bridge.stats().pages)
     );
     // Steady state: caught up, polling 48 shards with little to fetch.
     let cancel = CancellationToken::new();
@@ -267,7 +269,7 @@ async fn backfill() {
     let (elapsed, cpu, peak) = run_until(bridge.clone(), until).await;
     let stats = sim_stats(&api).await;
     let events =
-        Stats::get(&bridge.stats.events_published) + Stats::get(&bridge.stats.dead_lettered);
+        Stats::get(&bridge.stats().events_published) + Stats::get(&bridge.stats().dead_lettered);
     // The minimum: every pair's events in pages of 500, at least one request per pair.
     let per_pair = events as f64 / 48.0;
     let minimum = 48.0 * (per_pair / 500.0).ceil().max(1.0);

@@ -11,9 +11,10 @@ use clap::{Parser, Subcommand};
 use secrecy::SecretString;
 use tokio_util::sync::CancellationToken;
 
+use crate::bridge::{Bridge, Coordination};
 use crate::config::{Config, Dur, SinkKind, StartFrom};
 use crate::sim::{self, SimConfig};
-use crate::worker::{Bridge, Coordination, Stats};
+use crate::telemetry::Stats;
 
 /// Streams Trend Micro Cloud App Security SIEM events into Kafka or NATS JetStream.
 #[derive(Debug, Parser)]
@@ -34,8 +35,14 @@ pub enum Command {
     Demo(DemoArgs),
     /// Serve the built-in CAS API simulator.
     Simulate(SimConfig),
-    /// Print the effective configuration (token redacted) and check it.
-    CheckConfig,
+    /// Print the effective configuration (token redacted) and check it;
+    /// exits non-zero when `run` would refuse to start.
+    CheckConfig {
+        /// Check the file without its secret: a missing or unreadable token
+        /// is reported but does not fail.
+        #[arg(long)]
+        without_secret: bool,
+    },
     /// GET a URL and exit 0 if it answers 2xx (container health checks; the image has no shell).
     Probe {
         /// e.g. http://127.0.0.1:9090/readyz
@@ -73,7 +80,7 @@ pub async fn main(cli: Cli) -> anyhow::Result<()> {
         Command::Run => run(cli.config).await,
         Command::Demo(args) => demo(cli.config, args).await,
         Command::Simulate(cfg) => simulate(cfg).await,
-        Command::CheckConfig => check_config(cli.config),
+        Command::CheckConfig { without_secret } => check_config(cli.config, without_secret),
         Command::Status { json } => status(cli.config, json).await,
         Command::Probe { url } => probe(&url).await,
     }
@@ -144,13 +151,12 @@ async fn run(file: Option<PathBuf>) -> anyhow::Result<()> {
         Coordination::in_memory(&cfg)
     };
     let sink = crate::sink::build(&cfg.sink, dup_window).await?;
-    let bridge = Arc::new(Bridge::new(&cfg, token, sink, coord)?);
-    crate::telemetry::install();
-    crate::telemetry::register_all(bridge.shards());
+    let bridge = Arc::new(Bridge::build(&cfg, token, sink, coord)?);
     let ops_cancel = CancellationToken::new();
-    let (addr, ops) = crate::ops::serve(cfg.ops.addr()?, bridge.clone(), ops_cancel.clone())
-        .await
-        .with_context(|| format!("ops.listen: cannot listen on {}", cfg.ops.listen))?;
+    let (addr, ops) =
+        crate::ops::serve(cfg.ops.addr()?, bridge.status().clone(), ops_cancel.clone())
+            .await
+            .with_context(|| format!("ops.listen: cannot listen on {}", cfg.ops.listen))?;
     tracing::info!(%addr, "ops server listening (/healthz, /readyz, /metrics)");
     bridge.run(cancel).await;
     ops_cancel.cancel();
@@ -213,12 +219,15 @@ async fn probe(url: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn check_config(file: Option<PathBuf>) -> anyhow::Result<()> {
+fn check_config(file: Option<PathBuf>, without_secret: bool) -> anyhow::Result<()> {
     let cfg = Config::load(file.as_deref())?;
     println!("{}", cfg.redacted_json());
-    match cfg.api.resolved_token() {
-        Ok(_) => eprintln!("configuration is valid; a token is set"),
-        Err(e) => eprintln!("configuration is valid, but `run` will refuse to start: {e}"),
+    match cfg.runnable() {
+        Ok(()) => eprintln!("configuration is valid; a token is set"),
+        Err(e) if without_secret => {
+            eprintln!("configuration is valid (checked without its secret: {e})")
+        }
+        Err(e) => anyhow::bail!("`run` would refuse to start: {e}"),
     }
     Ok(())
 }
@@ -262,7 +271,7 @@ async fn demo(file: Option<PathBuf>, args: DemoArgs) -> anyhow::Result<()> {
     cfg.validate()?;
     let token = SecretString::from(sim_cfg.token.clone());
     let sink = crate::sink::build(&cfg.sink, Duration::from_secs(600)).await?;
-    let bridge = Arc::new(Bridge::new(
+    let bridge = Arc::new(Bridge::build(
         &cfg,
         token,
         sink,
@@ -281,7 +290,7 @@ async fn demo(file: Option<PathBuf>, args: DemoArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let caught_up_at = Utc::now() - chrono::Duration::from_std(cfg.window.lag.get())?;
     let runner = tokio::spawn(bridge.clone().run(cancel.clone()));
-    let s = &bridge.stats;
+    let s = bridge.stats().clone();
     let mut tick = tokio::time::interval(Duration::from_secs(2));
     let finished = loop {
         tokio::select! {

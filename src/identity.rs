@@ -119,4 +119,49 @@ mod tests {
         let s = canonical_json(&json!({"z": "\"q\"", "a": {"y": null, "b": true}, "n": [1, 2.5]}));
         assert_eq!(s, r#"{"a":{"b":true,"y":null},"n":[1,2.5],"z":"\"q\""}"#);
     }
+
+    /// Fixed ids for fixed events, worked out outside the bridge (SHA-256
+    /// of the sorted, compact JSON of `[service, event, message]`). A
+    /// change here changes every id in every consumer's topic: never edit
+    /// these to make a test pass.
+    #[test]
+    fn golden_ids() {
+        let cases = [
+            (
+                Shard::new("exchange", "dlp"),
+                json!({"service": "Exchange", "message": {"b": 1, "a": [1, "x"]}}),
+                "cac4f04d36a972a5dcc48717c317bfef168ec3d91ffea8066073a612df00ccc6",
+            ),
+            (
+                Shard::new("onedrive", "securityrisk"),
+                json!({"message": "unparsed: x"}),
+                "6be77563cb908c6500083ab7c8dd84bc627fa57923198941597d556321b54ffa",
+            ),
+            (
+                Shard::new("box", "ransomware"),
+                json!({"message": {"z": null, "n": 2.5, "k": {"y": true, "b": false}, "f": "é <a>"}}),
+                "da3786881e67c35ddc629e6fc2b745fff71a4b7ed4c15319f0acdd803f416a90",
+            ),
+            (
+                Shard::new("box", "ransomware"),
+                json!({"log_item_id": "0f8fad5b-d9cb-469f-a165-70867728950e", "message": {}}),
+                "0f8fad5b-d9cb-469f-a165-70867728950e",
+            ),
+        ];
+        for (shard, event, want) in cases {
+            assert_eq!(event_id(&shard, &event), want, "{event}");
+        }
+    }
+
+    #[test]
+    fn an_event_without_message_hashes_itself() {
+        let s = Shard::new("exchange", "dlp");
+        let a = json!({"x": 1});
+        let b = json!({"x": 2});
+        assert_ne!(event_id(&s, &a), event_id(&s, &b));
+        assert_eq!(event_id(&s, &a).len(), 64);
+        // An over-long natural id is not used.
+        let long = json!({"log_item_id": "x".repeat(129), "message": {"a": 1}});
+        assert_eq!(event_id(&s, &long).len(), 64);
+    }
 }

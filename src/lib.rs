@@ -28,15 +28,25 @@
 #![forbid(unsafe_code)]
 
 pub mod app;
+pub mod bridge;
 pub mod cas;
 pub mod config;
 pub mod coord;
+#[cfg(test)]
+mod fakes;
+pub mod field;
+pub mod fleet;
 pub mod identity;
 pub mod ops;
+pub mod publish;
+pub mod retry;
+pub mod runner;
+pub mod schedule;
 pub mod shard;
 pub mod sim;
 pub mod sink;
+pub mod source;
+pub mod status;
 pub mod telemetry;
 pub mod validate;
 pub mod window;
-pub mod worker;

@@ -1,6 +1,8 @@
-//! The ops server: `/healthz` (the process is alive), `/readyz` (Redis
-//! reachable when configured, sink connected, token not refused at the last
-//! request), `/metrics` (Prometheus text format).
+//! The ops server: `/healthz` (the process is alive), `/readyz` (what the
+//! [`StatusBoard`] says: Redis reachable when configured, sink connected,
+//! token not refused, no shard stopped, not every shard failing to
+//! publish), `/metrics` (Prometheus text format). It reads the status
+//! board, never the engine.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -10,20 +12,49 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
+use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
-use crate::worker::Bridge;
+use crate::field::ConfigError;
+use crate::status::StatusBoard;
 
-pub fn router(bridge: Arc<Bridge>) -> Router {
+/// The `ops` section.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OpsConfig {
+    /// Address of `/healthz`, `/readyz` and `/metrics`.
+    pub listen: String,
+}
+
+impl Default for OpsConfig {
+    fn default() -> Self {
+        Self {
+            listen: "0.0.0.0:9090".into(),
+        }
+    }
+}
+
+impl OpsConfig {
+    pub fn addr(&self) -> Result<std::net::SocketAddr, ConfigError> {
+        self.listen.parse().map_err(|_| {
+            ConfigError::new(
+                "ops.listen",
+                format!("`{}` is not an address such as 0.0.0.0:9090", self.listen),
+            )
+        })
+    }
+}
+
+pub fn router(status: Arc<StatusBoard>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .with_state(bridge)
+        .with_state(status)
 }
 
-async fn readyz(State(b): State<Arc<Bridge>>) -> impl IntoResponse {
-    let why = b.not_ready();
+async fn readyz(State(status): State<Arc<StatusBoard>>) -> impl IntoResponse {
+    let why = status.not_ready();
     if why.is_empty() {
         (StatusCode::OK, "ready\n".to_string())
     } else {
@@ -44,12 +75,12 @@ async fn metrics() -> impl IntoResponse {
 /// Serves until `cancel` fires. Returns the bound address at once.
 pub async fn serve(
     listen: SocketAddr,
-    bridge: Arc<Bridge>,
+    status: Arc<StatusBoard>,
     cancel: CancellationToken,
 ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let listener = tokio::net::TcpListener::bind(listen).await?;
     let addr = listener.local_addr()?;
-    let app = router(bridge);
+    let app = router(status);
     let task = tokio::spawn(async move {
         let _ = axum::serve(listener, app)
             .with_graceful_shutdown(async move { cancel.cancelled().await })

@@ -5,6 +5,69 @@
 use std::fmt;
 use std::str::FromStr;
 
+use serde::{Deserialize, Serialize};
+
+use crate::field::ConfigError;
+
+/// The 12 services every current integration polls.
+pub const DEFAULT_SERVICES: [&str; 12] = [
+    "exchange",
+    "sharepoint",
+    "onedrive",
+    "dropbox",
+    "box",
+    "googledrive",
+    "gmail",
+    "teams",
+    "exchangeserver",
+    "salesforce_sandbox",
+    "salesforce_production",
+    "teams_chat",
+];
+/// The 4 event types every current integration polls.
+pub const DEFAULT_EVENTS: [&str; 4] = ["securityrisk", "virtualanalyzer", "ransomware", "dlp"];
+
+/// The `shards` section: which pairs to collect.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShardsConfig {
+    /// `service:event` pairs; default 12 services × 4 events.
+    pub pairs: Vec<String>,
+}
+
+impl Default for ShardsConfig {
+    fn default() -> Self {
+        let pairs = DEFAULT_SERVICES
+            .iter()
+            .flat_map(|s| DEFAULT_EVENTS.iter().map(move |e| format!("{s}:{e}")))
+            .collect();
+        Self { pairs }
+    }
+}
+
+impl ShardsConfig {
+    /// The configured shards, parsed and checked for duplicates.
+    pub fn shards(&self) -> Result<Vec<Shard>, ConfigError> {
+        let mut out: Vec<Shard> = Vec::with_capacity(self.pairs.len());
+        for p in &self.pairs {
+            let shard: Shard = p
+                .parse()
+                .map_err(|e: String| ConfigError::new("shards.pairs", e))?;
+            if out.contains(&shard) {
+                return Err(ConfigError::new(
+                    "shards.pairs",
+                    format!("`{p}` is listed twice"),
+                ));
+            }
+            out.push(shard);
+        }
+        if out.is_empty() {
+            return Err(ConfigError::new("shards.pairs", "no pair configured"));
+        }
+        Ok(out)
+    }
+}
+
 /// One (service, event) pair as requested from the API.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Shard {
@@ -66,5 +129,25 @@ mod tests {
         assert!("exchange".parse::<Shard>().is_err());
         assert!("ex change:dlp".parse::<Shard>().is_err());
         assert!(":dlp".parse::<Shard>().is_err());
+    }
+
+    #[test]
+    fn default_pairs_are_12_by_4_and_unique() {
+        let shards = ShardsConfig::default().shards().unwrap();
+        assert_eq!(shards.len(), 48);
+        assert_eq!(shards[0], Shard::new("exchange", "securityrisk"));
+        assert!(shards.contains(&Shard::new("teams_chat", "dlp")));
+    }
+
+    #[test]
+    fn duplicate_or_no_pairs_are_refused() {
+        let c = ShardsConfig {
+            pairs: vec!["box:dlp".into(), " box:dlp".into()],
+        };
+        assert!(c.shards().unwrap_err().problem.contains("listed twice"));
+        let c = ShardsConfig { pairs: vec![] };
+        assert_eq!(c.shards().unwrap_err().field, "shards.pairs");
+        let long = format!("{}:dlp", "x".repeat(65));
+        assert!(long.parse::<Shard>().is_err());
     }
 }

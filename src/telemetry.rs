@@ -1,15 +1,111 @@
-//! Telemetry: Prometheus metrics (all prefixed `cas_bridge_`) as small typed
-//! events, each bumping its metric with a fixed label set; and the log set-up.
+//! Telemetry: one typed call per thing that happens. Each call logs it,
+//! counts it in Prometheus (all names prefixed `cas_bridge_`) and in the
+//! process's [`Stats`] (what `demo`, tests and benchmarks read), so the
+//! three can never drift apart. A shard's label set is built once, when its
+//! [`ShardTelemetry`] is made; the calls only bump handles.
+//!
 //! The token never reaches a log line: it lives in `SecretString`s whose
-//! `Debug` is redacted, and no event takes it.
+//! `Debug` is redacted, and no call takes it.
 
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use metrics::{counter, gauge, histogram};
+use chrono::{DateTime, Utc};
+use metrics::{counter, gauge, histogram, Counter, Gauge, Histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use serde::{Deserialize, Serialize};
+use tracing::{debug, error, info, warn};
 
+use crate::field::ConfigError;
 use crate::shard::Shard;
+
+/// The `log` section.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `json` or `text`.
+    pub format: String,
+    /// A tracing filter, e.g. `info` or `cas_bridge=debug`.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: "json".into(),
+            level: "info".into(),
+        }
+    }
+}
+
+impl LogConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !matches!(self.format.as_str(), "json" | "text") {
+            return Err(ConfigError::new(
+                "log.format",
+                format!("`{}` is not json or text", self.format),
+            ));
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.level).is_err() {
+            return Err(ConfigError::new(
+                "log.level",
+                format!("`{}` is not a tracing filter", self.level),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Counters of one bridge process (the in-process side of every call).
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub requests: AtomicU64,
+    pub pages: AtomicU64,
+    pub windows: AtomicU64,
+    pub events_fetched: AtomicU64,
+    pub events_published: AtomicU64,
+    pub dead_lettered: AtomicU64,
+    pub duplicates_skipped: AtomicU64,
+    pub api_errors: AtomicU64,
+    pub rate_limited: AtomicU64,
+    pub sink_errors: AtomicU64,
+    pub gap_seconds: AtomicU64,
+    pub leases_lost: AtomicU64,
+}
+
+impl Stats {
+    fn add(c: &AtomicU64, n: u64) {
+        c.fetch_add(n, Ordering::Relaxed);
+    }
+    pub fn get(c: &AtomicU64) -> u64 {
+        c.load(Ordering::Relaxed)
+    }
+}
+
+/// Why a record went to the dead-letter topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeadReason {
+    /// It failed the JSON Schemas.
+    Schema,
+    /// The broker refused it for good (size, topic).
+    Rejected,
+    /// Even its dead letter was refused; a truncated one was sent.
+    Truncated,
+}
+
+impl DeadReason {
+    pub fn label(self) -> &'static str {
+        match self {
+            DeadReason::Schema => "schema",
+            DeadReason::Rejected => "rejected",
+            DeadReason::Truncated => "truncated",
+        }
+    }
+}
+
+/// The kinds of sink failure (see [`crate::sink::SinkError`]).
+pub const SINK_ERROR_KINDS: [&str; 3] = ["unavailable", "rejected", "misconfigured"];
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -50,136 +146,366 @@ pub fn render() -> String {
 
 fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
-    describe_counter!(
-        "cas_bridge_api_requests_total",
-        "Requests to the CAS API, by HTTP status (or error kind)"
-    );
+    let counters: [(&'static str, &'static str); 14] = [
+        (
+            "cas_bridge_api_requests_total",
+            "Requests to the CAS API, by HTTP status (or error kind)",
+        ),
+        (
+            "cas_bridge_pages_fetched_total",
+            "Pages fetched from the API",
+        ),
+        (
+            "cas_bridge_events_fetched_total",
+            "Events fetched from the API",
+        ),
+        (
+            "cas_bridge_events_published_total",
+            "Events acknowledged by the sink on their topic",
+        ),
+        (
+            "cas_bridge_events_dead_lettered_total",
+            "Events acknowledged on the dead-letter topic, by reason (schema, rejected, truncated)",
+        ),
+        (
+            "cas_bridge_duplicates_skipped_total",
+            "Events already delivered (overlap, retries)",
+        ),
+        (
+            "cas_bridge_budget_permits_total",
+            "Permits taken from the token's budget",
+        ),
+        ("cas_bridge_rate_limited_total", "429 answers from the API"),
+        (
+            "cas_bridge_leases_lost_total",
+            "Leases lost to another worker or to a missed renewal",
+        ),
+        (
+            "cas_bridge_window_gap_seconds_total",
+            "Seconds of data skipped beyond the API's 72 h reach",
+        ),
+        (
+            "cas_bridge_windows_checkpointed_total",
+            "Windows whose cursor moved after every event was acknowledged",
+        ),
+        (
+            "cas_bridge_sink_errors_total",
+            "Failed publishes, by kind (unavailable, rejected, misconfigured)",
+        ),
+        (
+            "cas_bridge_shards_parked_total",
+            "Times a shard was parked after an error retrying cannot fix",
+        ),
+        (
+            "cas_bridge_shards_stopped_total",
+            "Shards stopped because the sink is misconfigured",
+        ),
+    ];
+    for (name, help) in counters {
+        describe_counter!(name, help);
+    }
     describe_histogram!(
         "cas_bridge_api_request_duration_seconds",
         Unit::Seconds,
         "Duration of API requests"
-    );
-    describe_counter!(
-        "cas_bridge_events_fetched_total",
-        "Events fetched from the API"
-    );
-    describe_counter!(
-        "cas_bridge_events_published_total",
-        "Events acknowledged by the sink on their topic"
-    );
-    describe_counter!(
-        "cas_bridge_events_dead_lettered_total",
-        "Events acknowledged on the dead-letter topic"
-    );
-    describe_counter!(
-        "cas_bridge_duplicates_skipped_total",
-        "Events already delivered (overlap, retries)"
-    );
-    describe_counter!(
-        "cas_bridge_budget_permits_total",
-        "Permits taken from the token's budget"
     );
     describe_histogram!(
         "cas_bridge_budget_wait_seconds",
         Unit::Seconds,
         "Time waited for a permit"
     );
-    describe_counter!("cas_bridge_rate_limited_total", "429 answers from the API");
-    describe_gauge!("cas_bridge_leases_held", "Shard leases this process holds");
-    describe_counter!(
-        "cas_bridge_leases_lost_total",
-        "Leases lost to another worker or to a missed renewal"
+    describe_histogram!(
+        "cas_bridge_sink_publish_duration_seconds",
+        Unit::Seconds,
+        "Time until the sink acknowledged a page's records"
     );
+    describe_gauge!("cas_bridge_leases_held", "Shard leases this process holds");
     describe_gauge!(
         "cas_bridge_checkpoint_lag_seconds",
         "now − cursor, per shard: how late data is"
     );
-    describe_counter!(
-        "cas_bridge_window_gap_seconds_total",
-        "Seconds of data skipped beyond the API's 72 h reach"
-    );
-    describe_histogram!(
-        "cas_bridge_sink_publish_duration_seconds",
-        Unit::Seconds,
-        "Time until the sink acknowledged a batch"
-    );
 }
 
-fn pair(shard: &Shard) -> [(&'static str, String); 2] {
-    [
-        ("service", shard.service.clone()),
-        ("event", shard.event.clone()),
-    ]
+/// The process's telemetry: its [`Stats`] and the calls that are not about
+/// one shard.
+#[derive(Debug, Clone, Default)]
+pub struct Telemetry {
+    stats: Arc<Stats>,
 }
 
-/// An API request ended with `status` (an HTTP status, or an error kind).
-pub fn api_request(status: &str, took: Duration) {
-    counter!("cas_bridge_api_requests_total", "status" => status.to_string()).increment(1);
-    histogram!("cas_bridge_api_request_duration_seconds").record(took.as_secs_f64());
+impl Telemetry {
+    /// Installs the Prometheus recorder (once per process) first, so every
+    /// handle made afterwards records.
+    pub fn new() -> Self {
+        install();
+        Self::default()
+    }
+
+    pub fn stats(&self) -> &Arc<Stats> {
+        &self.stats
+    }
+
+    /// The handles of one shard, its label set built here once.
+    pub fn shard(&self, shard: &Shard) -> ShardTelemetry {
+        ShardTelemetry::new(shard, self.stats.clone())
+    }
+
+    pub fn leases_held(&self, n: usize) {
+        gauge!("cas_bridge_leases_held").set(n as f64);
+    }
+
+    pub fn lease_acquired(&self, shard: &Shard, fence: u64) {
+        info!(%shard, fence, "lease acquired");
+    }
+
+    pub fn lease_lost(&self, shard: &Shard, why: &str) {
+        warn!(%shard, why, "lease lost; stopping the shard");
+        Stats::add(&self.stats.leases_lost, 1);
+        counter!("cas_bridge_leases_lost_total").increment(1);
+    }
+
+    /// Touches every process-wide metric once so `/metrics` lists them all
+    /// from the start.
+    pub fn register_all(&self) {
+        for name in [
+            "cas_bridge_duplicates_skipped_total",
+            "cas_bridge_budget_permits_total",
+            "cas_bridge_rate_limited_total",
+            "cas_bridge_leases_lost_total",
+            "cas_bridge_window_gap_seconds_total",
+        ] {
+            counter!(name).increment(0);
+        }
+        counter!("cas_bridge_api_requests_total", "status" => "200").increment(0);
+        for kind in SINK_ERROR_KINDS {
+            counter!("cas_bridge_sink_errors_total", "kind" => kind).increment(0);
+        }
+        gauge!("cas_bridge_leases_held").increment(0.0);
+    }
 }
 
-pub fn events_fetched(shard: &Shard, n: u64) {
-    counter!("cas_bridge_events_fetched_total", &pair(shard)).increment(n);
+/// One shard's telemetry: the handles with its labels, and the shard for
+/// the log lines.
+#[derive(Debug, Clone)]
+pub struct ShardTelemetry {
+    shard: Shard,
+    stats: Arc<Stats>,
+    fetched: Counter,
+    pages: Counter,
+    published: Counter,
+    dead: [Counter; 3],
+    windows: Counter,
+    lag: Gauge,
+    duplicates: Counter,
+    gap: Counter,
+    permits: Counter,
+    budget_wait: Histogram,
+    api_duration: Histogram,
+    publish_duration: Histogram,
+    rate_limited: Counter,
+    sink_errors: [Counter; 3],
+    parked: Counter,
+    stopped: Counter,
 }
 
-pub fn events_published(shard: &Shard, n: u64) {
-    counter!("cas_bridge_events_published_total", &pair(shard)).increment(n);
+impl ShardTelemetry {
+    fn new(shard: &Shard, stats: Arc<Stats>) -> Self {
+        let l = [
+            ("service", shard.service.clone()),
+            ("event", shard.event.clone()),
+        ];
+        let dead = |reason: DeadReason| {
+            let [s, e] = l.clone();
+            counter!(
+                "cas_bridge_events_dead_lettered_total",
+                &[s, e, ("reason", reason.label().to_string())]
+            )
+        };
+        let sink = |kind: &'static str| counter!("cas_bridge_sink_errors_total", "kind" => kind);
+        Self {
+            shard: shard.clone(),
+            stats,
+            fetched: counter!("cas_bridge_events_fetched_total", &l),
+            pages: counter!("cas_bridge_pages_fetched_total", &l),
+            published: counter!("cas_bridge_events_published_total", &l),
+            dead: [
+                dead(DeadReason::Schema),
+                dead(DeadReason::Rejected),
+                dead(DeadReason::Truncated),
+            ],
+            windows: counter!("cas_bridge_windows_checkpointed_total", &l),
+            lag: gauge!("cas_bridge_checkpoint_lag_seconds", &l),
+            duplicates: counter!("cas_bridge_duplicates_skipped_total"),
+            gap: counter!("cas_bridge_window_gap_seconds_total"),
+            permits: counter!("cas_bridge_budget_permits_total"),
+            budget_wait: histogram!("cas_bridge_budget_wait_seconds"),
+            api_duration: histogram!("cas_bridge_api_request_duration_seconds"),
+            publish_duration: histogram!("cas_bridge_sink_publish_duration_seconds"),
+            rate_limited: counter!("cas_bridge_rate_limited_total"),
+            sink_errors: SINK_ERROR_KINDS.map(sink),
+            parked: counter!("cas_bridge_shards_parked_total", &l),
+            stopped: counter!("cas_bridge_shards_stopped_total", &l),
+        }
+    }
+
+    /// Makes the shard's series visible before anything happened.
+    pub fn register(&self) {
+        self.fetched.increment(0);
+        self.published.increment(0);
+        self.dead[0].increment(0);
+        self.windows.increment(0);
+    }
+
+    /// A permit was granted after `waited`.
+    pub fn permit(&self, waited: Duration) {
+        Stats::add(&self.stats.requests, 1);
+        self.permits.increment(1);
+        self.budget_wait.record(waited.as_secs_f64());
+    }
+
+    /// A page arrived with `events` events.
+    pub fn page_fetched(&self, events: usize, took: Duration) {
+        Stats::add(&self.stats.pages, 1);
+        Stats::add(&self.stats.events_fetched, events as u64);
+        counter!("cas_bridge_api_requests_total", "status" => "200").increment(1);
+        self.api_duration.record(took.as_secs_f64());
+        self.pages.increment(1);
+        self.fetched.increment(events as u64);
+        debug!(shard = %self.shard, events, "page fetched");
+    }
+
+    /// A request failed with `status` (an HTTP status or an error kind).
+    pub fn request_failed(
+        &self,
+        status: &str,
+        took: Duration,
+        error: &dyn std::fmt::Display,
+        retry_in: Option<Duration>,
+    ) {
+        Stats::add(&self.stats.api_errors, 1);
+        counter!("cas_bridge_api_requests_total", "status" => status.to_string()).increment(1);
+        self.api_duration.record(took.as_secs_f64());
+        warn!(shard = %self.shard, %error, status, ?retry_in, "request failed");
+    }
+
+    /// The API throttled us; every shard pauses for `pause`.
+    pub fn rate_limited(&self, pause: Duration, asked: Option<Duration>) {
+        Stats::add(&self.stats.rate_limited, 1);
+        self.rate_limited.increment(1);
+        warn!(shard = %self.shard, ?pause, ?asked, "rate limited by the API; every shard pauses");
+    }
+
+    /// A page's records were acknowledged: `published` on their topic.
+    pub fn page_published(&self, published: u64, took: Duration) {
+        Stats::add(&self.stats.events_published, published);
+        self.published.increment(published);
+        self.publish_duration.record(took.as_secs_f64());
+    }
+
+    /// One record was acknowledged on the dead-letter topic.
+    pub fn dead_lettered(&self, id: &str, reason: DeadReason, detail: &str) {
+        Stats::add(&self.stats.dead_lettered, 1);
+        self.dead[reason as usize].increment(1);
+        warn!(shard = %self.shard, id, reason = reason.label(), detail, "event dead-lettered");
+    }
+
+    /// `n` events were already delivered and were not published again.
+    pub fn duplicates_skipped(&self, n: u64) {
+        if n == 0 {
+            return;
+        }
+        Stats::add(&self.stats.duplicates_skipped, n);
+        self.duplicates.increment(n);
+        debug!(shard = %self.shard, n, "duplicates skipped");
+    }
+
+    /// The cursor moved to `cursor`.
+    pub fn window_checkpointed(&self, cursor: DateTime<Utc>) {
+        Stats::add(&self.stats.windows, 1);
+        self.windows.increment(1);
+        self.checkpoint_lag(cursor);
+        debug!(shard = %self.shard, %cursor, "checkpoint");
+    }
+
+    /// How far behind now the cursor is.
+    pub fn checkpoint_lag(&self, cursor: DateTime<Utc>) {
+        self.lag
+            .set((Utc::now() - cursor).num_milliseconds() as f64 / 1000.0);
+    }
+
+    /// Data beyond the API's reach was skipped: never silent.
+    pub fn gap_skipped(&self, seconds: u64, cursor: DateTime<Utc>) {
+        Stats::add(&self.stats.gap_seconds, seconds);
+        self.gap.increment(seconds);
+        warn!(shard = %self.shard, gap_seconds = seconds, %cursor, "skipping data beyond the API's 72h reach");
+    }
+
+    /// A publish failed; `kind` is one of [`SINK_ERROR_KINDS`].
+    pub fn sink_error(
+        &self,
+        kind: &'static str,
+        error: &dyn std::fmt::Display,
+        retry_in: Option<Duration>,
+    ) {
+        Stats::add(&self.stats.sink_errors, 1);
+        if let Some(i) = SINK_ERROR_KINDS.iter().position(|k| *k == kind) {
+            self.sink_errors[i].increment(1);
+        }
+        warn!(shard = %self.shard, %error, kind, ?retry_in, "publish failed; the cursor stays");
+    }
+
+    /// The shard waits `retry_in` before trying its window again.
+    pub fn parked(&self, error: &dyn std::fmt::Display, retry_in: Duration) {
+        self.parked.increment(1);
+        error!(shard = %self.shard, %error, ?retry_in, "shard parked");
+    }
+
+    /// The shard stopped for good (until restart): nothing it can do helps.
+    pub fn stopped(&self, error: &dyn std::fmt::Display) {
+        self.stopped.increment(1);
+        error!(shard = %self.shard, %error, "shard stopped: the sink refuses its records as configured; fix the configuration and restart");
+    }
 }
 
-pub fn events_dead_lettered(shard: &Shard, reason: &'static str, n: u64) {
-    let [s, e] = pair(shard);
-    counter!(
-        "cas_bridge_events_dead_lettered_total",
-        &[s, e, ("reason", reason.to_string())]
-    )
-    .increment(n);
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-pub fn duplicates_skipped(n: u64) {
-    counter!("cas_bridge_duplicates_skipped_total").increment(n);
-}
+    #[test]
+    fn one_call_counts_in_stats() {
+        let t = Telemetry::default();
+        let s = t.shard(&Shard::new("box", "dlp"));
+        s.permit(Duration::from_millis(5));
+        s.page_fetched(7, Duration::from_millis(3));
+        s.page_published(5, Duration::from_millis(1));
+        s.dead_lettered("x", DeadReason::Rejected, "too big");
+        s.duplicates_skipped(2);
+        s.duplicates_skipped(0);
+        s.window_checkpointed(Utc::now());
+        s.gap_skipped(30, Utc::now());
+        s.sink_error("unavailable", &"down", None);
+        t.lease_lost(&Shard::new("box", "dlp"), "test");
+        let st = t.stats();
+        assert_eq!(Stats::get(&st.requests), 1);
+        assert_eq!(Stats::get(&st.pages), 1);
+        assert_eq!(Stats::get(&st.events_fetched), 7);
+        assert_eq!(Stats::get(&st.events_published), 5);
+        assert_eq!(Stats::get(&st.dead_lettered), 1);
+        assert_eq!(Stats::get(&st.duplicates_skipped), 2);
+        assert_eq!(Stats::get(&st.windows), 1);
+        assert_eq!(Stats::get(&st.gap_seconds), 30);
+        assert_eq!(Stats::get(&st.sink_errors), 1);
+        assert_eq!(Stats::get(&st.leases_lost), 1);
+    }
 
-pub fn permit(waited: Duration) {
-    counter!("cas_bridge_budget_permits_total").increment(1);
-    histogram!("cas_bridge_budget_wait_seconds").record(waited.as_secs_f64());
-}
-
-pub fn rate_limited() {
-    counter!("cas_bridge_rate_limited_total").increment(1);
-}
-
-pub fn leases_held(n: usize) {
-    gauge!("cas_bridge_leases_held").set(n as f64);
-}
-
-pub fn lease_lost() {
-    counter!("cas_bridge_leases_lost_total").increment(1);
-}
-
-pub fn checkpoint_lag(shard: &Shard, lag_seconds: f64) {
-    gauge!("cas_bridge_checkpoint_lag_seconds", &pair(shard)).set(lag_seconds);
-}
-
-pub fn window_gap(seconds: u64) {
-    counter!("cas_bridge_window_gap_seconds_total").increment(seconds);
-}
-
-pub fn sink_publish(took: Duration) {
-    histogram!("cas_bridge_sink_publish_duration_seconds").record(took.as_secs_f64());
-}
-
-/// Touches every metric once so that `/metrics` lists them all from the start.
-pub fn register_all(shards: &[Shard]) {
-    counter!("cas_bridge_api_requests_total", "status" => "200").increment(0);
-    counter!("cas_bridge_duplicates_skipped_total").increment(0);
-    counter!("cas_bridge_budget_permits_total").increment(0);
-    counter!("cas_bridge_rate_limited_total").increment(0);
-    counter!("cas_bridge_leases_lost_total").increment(0);
-    counter!("cas_bridge_window_gap_seconds_total").increment(0);
-    gauge!("cas_bridge_leases_held").increment(0.0);
-    for s in shards {
-        events_fetched(s, 0);
-        events_published(s, 0);
-        events_dead_lettered(s, "schema", 0);
+    #[test]
+    fn log_config_rules() {
+        let mut c = LogConfig::default();
+        assert!(c.validate().is_ok());
+        c.format = "xml".into();
+        assert_eq!(c.validate().unwrap_err().field, "log.format");
+        c.format = "text".into();
+        c.level = "[[".into();
+        assert_eq!(c.validate().unwrap_err().field, "log.level");
     }
 }

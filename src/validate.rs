@@ -5,16 +5,24 @@
 //! exists, `<request event>.json`. Schemas are compiled once at start. The
 //! built-in schemas are embedded in the binary; `schemas.dir` replaces any of
 //! them by file name. An event that fails is never dropped: the worker sends
-//! it to the dead-letter destination with the [`Violation`]s.
+//! it to the dead-letter destination (see [`crate::publish`]) with the [`Violation`]s.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use jsonschema::Validator;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::config::ConfigError;
+use crate::field::ConfigError;
+
+/// The `schemas` section.
+#[derive(Debug, Clone, Deserialize, Serialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct SchemasConfig {
+    /// A directory replacing the built-in schemas (same file names).
+    pub dir: Option<PathBuf>,
+}
 
 const BUILT_IN: [(&str, &str); 6] = [
     ("envelope", include_str!("../schemas/envelope.json")),

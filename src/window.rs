@@ -11,13 +11,128 @@
 //!   the caller logs and counts it; it is never silent.
 //!
 //! The cursor moves to a window's end only after every event of the window
-//! was acknowledged by the sink (see `worker`).
+//! was acknowledged by the sink (see [`crate::runner`]).
 
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::config::{WindowConfig, API_REACH};
+use crate::field::{parse_duration, ConfigError, Dur};
+
+/// The API's reach into the past, counted from the time of the request.
+pub const API_REACH: Duration = Duration::from_secs(72 * 3600);
+/// The longest window the API accepts in one request.
+pub const API_MAX_WINDOW: Duration = Duration::from_secs(3 * 24 * 3600);
+
+/// The `window` section.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WindowConfig {
+    /// Where a shard without a cursor starts: `now`, a duration back, or an RFC 3339 time.
+    pub start_from: StartFrom,
+    /// How far behind now a window ends (events reach the API late).
+    pub lag: Dur,
+    /// How far back each window re-reads before the cursor (late events).
+    pub overlap: Dur,
+    /// The longest window (at most 3 days).
+    pub max: Dur,
+    /// A shard is polled again only when its cursor is this far behind `now − lag`.
+    pub min_interval: Dur,
+}
+
+impl Default for WindowConfig {
+    fn default() -> Self {
+        Self {
+            start_from: StartFrom::Ago(Duration::from_secs(3600)),
+            lag: Dur::secs(60),
+            overlap: Dur::secs(120),
+            max: Dur(API_MAX_WINDOW),
+            min_interval: Dur::secs(30),
+        }
+    }
+}
+
+impl WindowConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.max.get().is_zero() || self.max.get() > API_MAX_WINDOW {
+            return Err(ConfigError::new(
+                "window.max",
+                format!("{} is out of range: more than 0 and at most 3d", self.max),
+            ));
+        }
+        if self.lag.get() > Duration::from_secs(24 * 3600) {
+            return Err(ConfigError::new("window.lag", "must be at most 1d"));
+        }
+        if self.overlap.get() >= API_REACH / 2 {
+            return Err(ConfigError::new("window.overlap", "must be less than 36h"));
+        }
+        if self.min_interval.get() > Duration::from_secs(24 * 3600) {
+            return Err(ConfigError::new(
+                "window.min_interval",
+                "must be at most 1d",
+            ));
+        }
+        if let StartFrom::Ago(d) = self.start_from {
+            if d > API_REACH {
+                return Err(ConfigError::new(
+                    "window.start_from",
+                    format!("{} reaches past the API's 72h limit", Dur(d)),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Where a shard with no cursor starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartFrom {
+    /// The current time: only new events.
+    Now,
+    /// This long before the start of the process.
+    Ago(Duration),
+    /// A fixed time (clamped to the API's reach at run time, the gap logged).
+    At(DateTime<Utc>),
+}
+
+impl StartFrom {
+    /// The initial cursor for a shard that has none.
+    pub fn resolve(self, now: DateTime<Utc>) -> DateTime<Utc> {
+        match self {
+            StartFrom::Now => now,
+            StartFrom::Ago(d) => now - chrono::Duration::from_std(d).unwrap_or_default(),
+            StartFrom::At(t) => t,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for StartFrom {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        if s.trim() == "now" {
+            return Ok(StartFrom::Now);
+        }
+        if let Ok(t) = DateTime::parse_from_rfc3339(s.trim()) {
+            return Ok(StartFrom::At(t.with_timezone(&Utc)));
+        }
+        parse_duration(&s).map(StartFrom::Ago).map_err(|_| {
+            serde::de::Error::custom(format!(
+                "`{s}` is not `now`, a duration back (e.g. 2h) or an RFC 3339 time"
+            ))
+        })
+    }
+}
+
+impl Serialize for StartFrom {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            StartFrom::Now => s.serialize_str("now"),
+            StartFrom::Ago(d) => s.collect_str(&Dur(*d)),
+            StartFrom::At(t) => s.collect_str(&t.to_rfc3339()),
+        }
+    }
+}
 
 /// Kept between the oldest start we ask for and the API's 72 h reach, so a
 /// request that waits for a permit is not refused with a 400.
@@ -108,7 +223,6 @@ impl Planner {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Dur, WindowConfig};
 
     fn t(s: &str) -> DateTime<Utc> {
         DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
@@ -193,8 +307,77 @@ mod tests {
         }
         // The default max is 3 days: a window never exceeds it even with the overlap.
         let cursor = now - chrono::Duration::hours(71);
-        if let Plan::Due { window, .. } = planner().plan(cursor, now) {
-            assert!(window.duration() <= crate::config::API_MAX_WINDOW);
+        match planner().plan(cursor, now) {
+            Plan::Due { window, .. } => assert!(window.duration() <= API_MAX_WINDOW),
+            p => panic!("{p:?}"),
         }
+    }
+
+    #[test]
+    fn start_from_forms() {
+        let now = t("2026-01-10T12:00:00Z");
+        let p = |s: &str| serde_json::from_str::<StartFrom>(&format!("\"{s}\"")).unwrap();
+        assert_eq!(p("now").resolve(now), now);
+        assert_eq!(p("2h").resolve(now), t("2026-01-10T10:00:00Z"));
+        assert_eq!(
+            p("2026-01-09T00:00:00Z").resolve(now),
+            t("2026-01-09T00:00:00Z")
+        );
+        assert!(serde_json::from_str::<StartFrom>("\"yesterday\"").is_err());
+        assert_eq!(serde_json::to_string(&p("90m")).unwrap(), "\"90m\"");
+    }
+
+    #[test]
+    fn config_rules_name_their_field() {
+        let bad = |f: fn(&mut WindowConfig)| {
+            let mut c = WindowConfig::default();
+            f(&mut c);
+            c.validate().unwrap_err().field
+        };
+        assert_eq!(bad(|c| c.max = Dur::secs(4 * 86_400)), "window.max");
+        assert_eq!(bad(|c| c.max = Dur::secs(0)), "window.max");
+        assert_eq!(bad(|c| c.lag = Dur::secs(2 * 86_400)), "window.lag");
+        assert_eq!(bad(|c| c.overlap = Dur::secs(36 * 3600)), "window.overlap");
+        assert_eq!(
+            bad(|c| c.min_interval = Dur::secs(2 * 86_400)),
+            "window.min_interval"
+        );
+        assert_eq!(
+            bad(|c| c.start_from = StartFrom::Ago(Duration::from_secs(73 * 3600))),
+            "window.start_from"
+        );
+        assert!(WindowConfig::default().validate().is_ok());
+    }
+
+    #[test]
+    fn dedup_horizon_covers_overlap_and_lag() {
+        let h = planner().dedup_horizon();
+        // (120 s + 60 s) × 2 + 30 s + 600 s
+        assert_eq!(h, Duration::from_secs(990));
+    }
+
+    #[test]
+    fn successive_windows_cover_time_without_holes() {
+        // Windows planned from each other's end re-read the overlap and
+        // never leave a second between them unrequested.
+        let p = planner();
+        let mut now = t("2026-01-10T12:00:00Z");
+        let mut cursor = t("2026-01-10T09:00:00Z");
+        for _ in 0..5 {
+            match p.plan(cursor, now) {
+                Plan::Due { window, gap } => {
+                    assert_eq!(gap, Duration::ZERO);
+                    assert!(window.start <= cursor);
+                    assert!(window.end > cursor);
+                    cursor = window.end;
+                }
+                Plan::NotDue(_) => {}
+            }
+            now += chrono::Duration::minutes(7);
+        }
+        assert_eq!(
+            cursor,
+            now - chrono::Duration::minutes(7) - chrono::Duration::seconds(60)
+        );
     }
 }

@@ -4,8 +4,10 @@ use chrono::{DateTime, Utc};
 use secrecy::{ExposeSecret, SecretString};
 use url::Url;
 
+use super::ApiConfig;
 use super::{parse_page, resolve_next_link, ApiError, Dialect, ErrorBody, Page};
-use crate::config::ApiConfig;
+use crate::coord::Permit;
+use crate::field::ConfigError;
 use crate::shard::Shard;
 use crate::window::Window;
 
@@ -42,7 +44,7 @@ impl std::fmt::Debug for Client {
 }
 
 impl Client {
-    pub fn new(cfg: &ApiConfig, token: SecretString) -> Result<Self, crate::config::ConfigError> {
+    pub fn new(cfg: &ApiConfig, token: SecretString) -> Result<Self, ConfigError> {
         let base = cfg.resolved_base_url()?;
         let http = reqwest::Client::builder()
             .timeout(cfg.timeout.get())
@@ -50,7 +52,7 @@ impl Client {
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("cas-bridge/", env!("CARGO_PKG_VERSION")))
             .build()
-            .map_err(|e| crate::config::ConfigError::new("api", format!("HTTP client: {e}")))?;
+            .map_err(|e| ConfigError::new("api", format!("HTTP client: {e}")))?;
         Ok(Self {
             http,
             base,
@@ -93,9 +95,11 @@ impl Client {
         resolve_next_link(raw, &self.base)
     }
 
-    /// Fetches one page. `url` must come from [`Client::first_page_url`] or
-    /// [`Client::next_page_url`]; anything else is refused before sending.
-    pub async fn fetch(&self, url: &Url) -> Result<Page, ApiError> {
+    /// Fetches one page, spending `permit`. `url` must come from
+    /// [`Client::first_page_url`] or [`Client::next_page_url`]; anything
+    /// else is refused before sending.
+    pub async fn fetch(&self, permit: Permit, url: &Url) -> Result<Page, ApiError> {
+        drop(permit);
         if url.host_str() != self.base.host_str()
             || url.port_or_known_default() != self.base.port_or_known_default()
         {
@@ -161,11 +165,12 @@ fn transport(e: reqwest::Error) -> ApiError {
     }
 }
 
-/// `Retry-After` as seconds or an HTTP date.
+/// `Retry-After` as seconds or an HTTP date, as the API said it. The
+/// engine caps it (`budget.max_pause`) in both forms.
 pub fn parse_retry_after(v: &str) -> Option<Duration> {
     let v = v.trim();
     if let Ok(secs) = v.parse::<u64>() {
-        return Some(Duration::from_secs(secs.min(24 * 3600)));
+        return Some(Duration::from_secs(secs));
     }
     let when = DateTime::parse_from_rfc2822(v).ok()?.with_timezone(&Utc);
     Some((when - Utc::now()).to_std().unwrap_or(Duration::ZERO))
@@ -191,5 +196,10 @@ mod tests {
             Some(Duration::ZERO)
         );
         assert_eq!(parse_retry_after("soon"), None);
+        // A far-future date is returned as said: the engine caps it.
+        assert!(
+            parse_retry_after("Fri, 31 Dec 9999 23:59:59 GMT").unwrap()
+                > Duration::from_secs(365 * 86_400)
+        );
     }
 }

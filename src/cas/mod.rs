@@ -10,10 +10,12 @@
 //!   error that tells the caller what to do, never a panic.
 
 mod client;
+mod config;
 mod error;
 mod page;
 
-pub use client::{format_time, Client};
+pub use client::{format_time, parse_retry_after, Client};
+pub use config::{ApiConfig, REGIONS};
 pub use error::{Action, ApiError, ErrorBody};
 pub use page::{parse_page, resolve_next_link, Page};
 

@@ -9,11 +9,11 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use tokio::time::Instant;
 
+use super::BudgetConfig;
 use super::{
     Budget, BudgetUsage, CheckpointStore, CoordError, DedupStore, Fence, LeaseStore, Permit,
     Renewal,
 };
-use crate::config::BudgetConfig;
 use crate::shard::Shard;
 
 const MINUTE: Duration = Duration::from_secs(60);
@@ -83,16 +83,13 @@ impl LeaseStore for SoleWorker {
 }
 
 /// A sliding-window budget: at most `per_minute` permits in any 60 s and
-/// `per_day` in any 24 h. Waiters are served through a [`FairQueue`]:
-/// urgent ones first, otherwise in arrival order, so every shard gets its
-/// turn within one sweep.
+/// `per_day` in any 24 h. Who asks next is the scheduler's business
+/// ([`crate::schedule`]); the budget only counts.
 #[derive(Debug)]
 pub struct MemoryBudget {
     limits: BudgetConfig,
     /// Grant times within the last day, oldest first, and any pause.
     state: Mutex<BudgetState>,
-    /// Who is next.
-    queue: FairQueue,
 }
 
 #[derive(Debug, Default)]
@@ -115,7 +112,6 @@ impl MemoryBudget {
         Self {
             limits,
             state: Mutex::new(BudgetState::default()),
-            queue: FairQueue::default(),
         }
     }
 
@@ -160,19 +156,15 @@ impl MemoryBudget {
 
 #[async_trait]
 impl Budget for MemoryBudget {
-    async fn acquire(&self, _shard: &Shard, urgent: bool) -> Result<Permit, CoordError> {
+    async fn acquire(&self) -> Result<Permit, CoordError> {
         let started = Instant::now();
-        let turn = self.queue.wait_turn(urgent).await;
         loop {
             match self.try_take() {
                 Ok(()) => break,
                 Err(wait) => tokio::time::sleep(wait).await,
             }
         }
-        drop(turn);
-        Ok(Permit {
-            waited: started.elapsed(),
-        })
+        Ok(Permit::new(started.elapsed()))
     }
 
     async fn pause(&self, for_: Duration) {
@@ -187,75 +179,6 @@ impl Budget for MemoryBudget {
         BudgetUsage {
             last_minute: st.in_last(now, MINUTE) as u32,
             last_day: st.in_last(now, DAY) as u32,
-        }
-    }
-}
-
-/// Orders the waiters for a permit in one process: urgent waiters (a shard
-/// with pages left in its window) first, then everyone else in arrival
-/// order. Only the head of the queue may take a permit. A waiter that is
-/// cancelled leaves the queue (its [`Turn`] is dropped).
-#[derive(Debug, Default)]
-pub struct FairQueue {
-    inner: Mutex<QueueState>,
-    changed: tokio::sync::Notify,
-}
-
-#[derive(Debug, Default)]
-struct QueueState {
-    next_ticket: u64,
-    urgent: VecDeque<u64>,
-    normal: VecDeque<u64>,
-}
-
-impl QueueState {
-    fn head(&self) -> Option<u64> {
-        self.urgent.front().or(self.normal.front()).copied()
-    }
-}
-
-/// Being at the head of a [`FairQueue`]; dropping it lets the next one go.
-#[derive(Debug)]
-pub struct Turn<'a> {
-    queue: &'a FairQueue,
-    ticket: u64,
-}
-
-impl Drop for Turn<'_> {
-    fn drop(&mut self) {
-        let mut st = lock(&self.queue.inner);
-        st.urgent.retain(|t| *t != self.ticket);
-        st.normal.retain(|t| *t != self.ticket);
-        drop(st);
-        self.queue.changed.notify_waiters();
-    }
-}
-
-impl FairQueue {
-    /// Waits until this caller is at the head of the queue.
-    pub async fn wait_turn(&self, urgent: bool) -> Turn<'_> {
-        let turn = {
-            let mut st = lock(&self.inner);
-            let ticket = st.next_ticket;
-            st.next_ticket += 1;
-            if urgent {
-                st.urgent.push_back(ticket);
-            } else {
-                st.normal.push_back(ticket);
-            }
-            Turn {
-                queue: self,
-                ticket,
-            }
-        };
-        loop {
-            let notified = self.changed.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if lock(&self.inner).head() == Some(turn.ticket) {
-                return turn;
-            }
-            notified.await;
         }
     }
 }
@@ -391,11 +314,10 @@ mod tests {
             per_day: 1000,
             ..BudgetConfig::default()
         }));
-        let shard = Shard::new("s", "e");
         let start = Instant::now();
         let mut times = Vec::new();
         for _ in 0..35 {
-            let _p = b.acquire(&shard, false).await.unwrap();
+            let _p = b.acquire().await.unwrap();
             times.push(Instant::now() - start);
         }
         for (i, t) in times.iter().enumerate() {
@@ -427,45 +349,21 @@ mod tests {
             per_day: 3,
             ..BudgetConfig::default()
         });
-        let s = Shard::new("s", "e");
         for _ in 0..3 {
-            let _ = b.acquire(&s, false).await.unwrap();
+            let _ = b.acquire().await.unwrap();
         }
-        assert!(
-            tokio::time::timeout(Duration::from_secs(3600), b.acquire(&s, false))
-                .await
-                .is_err()
-        );
+        assert!(tokio::time::timeout(Duration::from_secs(3600), b.acquire())
+            .await
+            .is_err());
         let b = MemoryBudget::new(BudgetConfig {
             per_minute: 100,
             per_day: 100,
             ..BudgetConfig::default()
         });
         b.pause(Duration::from_secs(30)).await;
-        let p = b.acquire(&s, true).await.unwrap();
-        assert!(p.waited >= Duration::from_secs(30));
+        let p = b.acquire().await.unwrap();
+        assert!(p.waited() >= Duration::from_secs(30));
         assert_eq!(b.usage().await.last_minute, 1);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn urgent_waiters_go_first() {
-        let q = std::sync::Arc::new(FairQueue::default());
-        let head = q.wait_turn(false).await;
-        let order = std::sync::Arc::new(Mutex::new(Vec::new()));
-        let mut tasks = Vec::new();
-        for (name, urgent) in [("n1", false), ("n2", false), ("u1", true)] {
-            let (q, order) = (q.clone(), order.clone());
-            tasks.push(tokio::spawn(async move {
-                let _t = q.wait_turn(urgent).await;
-                lock(&order).push(name);
-            }));
-            tokio::task::yield_now().await;
-        }
-        drop(head);
-        for t in tasks {
-            t.await.unwrap();
-        }
-        assert_eq!(*lock(&order), vec!["u1", "n1", "n2"]);
     }
 
     #[tokio::test(start_paused = true)]

@@ -9,8 +9,11 @@
 //!   budget's per-minute and per-day limits in any sliding window;
 //! - a 429 pauses every caller of the budget, not just the one that saw it.
 
+mod config;
 pub mod memory;
 pub mod redis;
+
+pub use config::{BudgetConfig, BudgetMode, CoordConfig};
 
 use std::time::Duration;
 
@@ -39,12 +42,25 @@ pub enum CoordError {
     Unavailable(String),
 }
 
-/// Granted by a [`Budget`]: the right to send one request.
+/// Granted by a [`Budget`]: the right to send one request. Only a budget
+/// can make one, and the page source consumes one per request, so no
+/// request can be sent without it.
 #[derive(Debug)]
 #[must_use]
 pub struct Permit {
     /// How long the caller waited for it.
-    pub waited: Duration,
+    waited: Duration,
+}
+
+impl Permit {
+    pub(crate) fn new(waited: Duration) -> Self {
+        Self { waited }
+    }
+
+    /// How long the caller waited for it.
+    pub fn waited(&self) -> Duration {
+        self.waited
+    }
 }
 
 /// How much of the budget is spent.
@@ -71,9 +87,9 @@ pub trait CheckpointStore: Send + Sync {
 /// The token's request budget, shared by every worker.
 #[async_trait]
 pub trait Budget: Send + Sync {
-    /// Waits for a permit. `urgent` is set when the shard is in the middle of
-    /// a window (pages left): it goes before shards starting a new one.
-    async fn acquire(&self, shard: &Shard, urgent: bool) -> Result<Permit, CoordError>;
+    /// Waits for a permit. Callers are ordered by the scheduler
+    /// ([`crate::schedule`]), which lets one caller at a time wait here.
+    async fn acquire(&self) -> Result<Permit, CoordError>;
     /// Every caller waits this long before the next permit (429, 401).
     async fn pause(&self, for_: Duration);
     /// What was spent.

@@ -28,12 +28,11 @@ use redis::Script;
 use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
 
-use super::memory::FairQueue;
 use super::{
     Budget, BudgetUsage, CheckpointStore, CoordError, DedupStore, Fence, LeaseStore, Permit,
     Renewal,
 };
-use crate::config::{BudgetConfig, BudgetMode};
+use super::{BudgetConfig, BudgetMode};
 use crate::shard::Shard;
 
 /// Every Redis call gives up after this long (the caller retries later).
@@ -194,8 +193,6 @@ pub struct RedisCoord {
     budget_key: String,
     /// How long delivered ids are remembered.
     horizon: Duration,
-    /// Orders this process's waiters for a permit.
-    queue: FairQueue,
     /// The Lua scripts (hashed once; sent by SHA, loaded again when Redis forgot them).
     scripts: Scripts,
 }
@@ -283,7 +280,6 @@ impl RedisCoord {
             ttl: s.lease_ttl,
             budget: s.budget,
             horizon: s.dedup_horizon,
-            queue: FairQueue::default(),
             scripts: Scripts::new(),
         })
     }
@@ -509,9 +505,8 @@ impl CheckpointStore for RedisCoord {
 
 #[async_trait]
 impl Budget for RedisCoord {
-    async fn acquire(&self, _shard: &Shard, urgent: bool) -> Result<Permit, CoordError> {
+    async fn acquire(&self) -> Result<Permit, CoordError> {
         let started = tokio::time::Instant::now();
-        let _turn = self.queue.wait_turn(urgent).await;
         let keys = self.budget_keys();
         loop {
             let mut inv = self.scripts.take.prepare_invoke();
@@ -526,9 +521,7 @@ impl Budget for RedisCoord {
                 .arg(self.budget.pace().as_millis() as u64);
             let (ok, wait_ms): (i64, i64) = self.run(inv).await?;
             if ok == 1 {
-                return Ok(Permit {
-                    waited: started.elapsed(),
-                });
+                return Ok(Permit::new(started.elapsed()));
             }
             tokio::time::sleep(Duration::from_millis(wait_ms.clamp(1, 10_000) as u64)).await;
         }

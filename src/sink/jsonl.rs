@@ -23,7 +23,9 @@ impl JsonlSink {
                     .append(true)
                     .open(path)
                     .await
-                    .map_err(|e| SinkError::new("jsonl", format!("cannot open {path}: {e}")))?,
+                    .map_err(|e| {
+                        SinkError::unavailable("jsonl", format!("cannot open {path}: {e}"))
+                    })?,
             )
         };
         Ok(Self {
@@ -48,7 +50,7 @@ impl Sink for JsonlSink {
             // {"topic":"…", + the payload without its opening brace.
             buf.extend_from_slice(b"{\"topic\":");
             serde_json::to_writer(&mut buf, &*r.topic)
-                .map_err(|e| SinkError::new("jsonl", e.to_string()))?;
+                .map_err(|e| SinkError::unavailable("jsonl", e.to_string()))?;
             buf.push(b',');
             buf.extend_from_slice(r.payload.get(1..).unwrap_or_default());
             buf.push(b'\n');
@@ -56,10 +58,10 @@ impl Sink for JsonlSink {
         let mut out = self.out.lock().await;
         out.write_all(&buf)
             .await
-            .map_err(|e| SinkError::new("jsonl", format!("write: {e}")))?;
+            .map_err(|e| SinkError::unavailable("jsonl", format!("write: {e}")))?;
         out.flush()
             .await
-            .map_err(|e| SinkError::new("jsonl", format!("flush: {e}")))
+            .map_err(|e| SinkError::unavailable("jsonl", format!("flush: {e}")))
     }
 
     async fn flush(&self) -> Result<(), SinkError> {
@@ -68,6 +70,6 @@ impl Sink for JsonlSink {
             .await
             .flush()
             .await
-            .map_err(|e| SinkError::new("jsonl", format!("flush: {e}")))
+            .map_err(|e| SinkError::unavailable("jsonl", format!("flush: {e}")))
     }
 }

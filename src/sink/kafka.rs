@@ -12,8 +12,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::util::Timeout;
 
-use super::{Record, Sink, SinkError};
-use crate::config::KafkaConfig;
+use super::{KafkaConfig, Record, Refusal, Sink, SinkError};
 
 /// How long librdkafka tries to deliver one message before reporting a
 /// failure (the worker then publishes the batch again).
@@ -28,10 +27,49 @@ pub struct KafkaSink {
     create_topics: bool,
     partitions: i32,
     replication: i32,
+    /// The producer's `message.max.bytes`: larger records are refused
+    /// before sending.
+    max_message: usize,
+}
+
+/// What a delivery error means for the record.
+enum Outcome {
+    Transient,
+    Refused,
+    Misconfigured,
+}
+
+fn classify(code: Option<RDKafkaErrorCode>) -> Outcome {
+    use RDKafkaErrorCode as C;
+    match code {
+        Some(
+            C::MessageSizeTooLarge
+            | C::InvalidMessageSize
+            | C::InvalidMessage
+            | C::InvalidRecord
+            | C::InvalidTopic
+            | C::InvalidRequiredAcks,
+        ) => Outcome::Refused,
+        Some(
+            C::TopicAuthorizationFailed
+            | C::ClusterAuthorizationFailed
+            | C::SaslAuthenticationFailed,
+        ) => Outcome::Misconfigured,
+        _ => Outcome::Transient,
+    }
+}
+
+/// The bytes a record takes against `message.max.bytes`.
+pub fn record_size(r: &Record) -> usize {
+    let headers: usize = r.headers().map(|(k, v)| k.len() + v.len()).sum();
+    r.payload.len() + r.id.len() + headers
 }
 
 impl KafkaSink {
     pub fn new(cfg: &KafkaConfig) -> Result<Self, SinkError> {
+        let max_message = cfg
+            .max_message_bytes()
+            .map_err(|e| SinkError::misconfigured("kafka", e.to_string()))?;
         let mut client = ClientConfig::new();
         client.set("bootstrap.servers", &cfg.brokers);
         for (k, v) in &cfg.properties {
@@ -46,15 +84,16 @@ impl KafkaSink {
                 DELIVERY_TIMEOUT.as_millis().to_string(),
             )
             .set("linger.ms", "5");
-        let producer: FutureProducer = producer_cfg
-            .create()
-            .map_err(|e| SinkError::new("kafka", format!("cannot create the producer: {e}")))?;
+        let producer: FutureProducer = producer_cfg.create().map_err(|e| {
+            SinkError::misconfigured("kafka", format!("cannot create the producer: {e}"))
+        })?;
         Ok(Self {
             producer,
             client,
             create_topics: cfg.create_topics,
             partitions: cfg.partitions,
             replication: cfg.replication,
+            max_message,
         })
     }
 }
@@ -69,10 +108,9 @@ impl Sink for KafkaSink {
         if !self.create_topics {
             return Ok(());
         }
-        let admin: AdminClient<DefaultClientContext> = self
-            .client
-            .create()
-            .map_err(|e| SinkError::new("kafka", format!("cannot create the admin client: {e}")))?;
+        let admin: AdminClient<DefaultClientContext> = self.client.create().map_err(|e| {
+            SinkError::misconfigured("kafka", format!("cannot create the admin client: {e}"))
+        })?;
         let new: Vec<NewTopic<'_>> = topics
             .iter()
             .map(|t| {
@@ -88,12 +126,12 @@ impl Sink for KafkaSink {
         let results = admin
             .create_topics(&new, &opts)
             .await
-            .map_err(|e| SinkError::new("kafka", format!("create topics: {e}")))?;
+            .map_err(|e| SinkError::unavailable("kafka", format!("create topics: {e}")))?;
         for r in results {
             match r {
                 Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
                 Err((topic, code)) => {
-                    return Err(SinkError::new(
+                    return Err(SinkError::unavailable(
                         "kafka",
                         format!("create topic {topic}: {code}"),
                     ))
@@ -104,7 +142,24 @@ impl Sink for KafkaSink {
     }
 
     async fn publish(&self, records: &[Record]) -> Result<(), SinkError> {
-        let sends = records.iter().map(|r| {
+        let mut refused = Vec::new();
+        let mut sent = Vec::with_capacity(records.len());
+        for (index, r) in records.iter().enumerate() {
+            let size = record_size(r);
+            if size > self.max_message {
+                refused.push(Refusal {
+                    index,
+                    reason: format!(
+                        "record of {size} bytes exceeds message.max.bytes of {} bytes",
+                        self.max_message
+                    ),
+                });
+            } else {
+                sent.push(index);
+            }
+        }
+        let sends = sent.iter().map(|&i| {
+            let r = &records[i];
             let mut headers = OwnedHeaders::new_with_capacity(6);
             for (k, v) in r.headers() {
                 headers = headers.insert(Header {
@@ -118,31 +173,33 @@ impl Sink for KafkaSink {
                 .headers(headers);
             self.producer.send(rec, Timeout::After(DELIVERY_TIMEOUT))
         });
-        let mut first_error = None;
-        let mut failed = 0usize;
-        for res in join_all(sends).await {
+        let mut transient = Vec::new();
+        for (res, &index) in join_all(sends).await.into_iter().zip(&sent) {
             if let Err((e, _msg)) = res {
-                failed += 1;
-                first_error.get_or_insert(e);
+                match classify(e.rdkafka_error_code()) {
+                    Outcome::Transient => transient.push(e.to_string()),
+                    Outcome::Refused => refused.push(Refusal {
+                        index,
+                        reason: e.to_string(),
+                    }),
+                    Outcome::Misconfigured => {
+                        return Err(SinkError::misconfigured(
+                            "kafka",
+                            format!("publish to {}: {e}", records[index].topic),
+                        ))
+                    }
+                }
             }
         }
-        match first_error {
-            None => Ok(()),
-            Some(e) => Err(SinkError::new(
-                "kafka",
-                format!(
-                    "{failed} of {} records not acknowledged: {e}",
-                    records.len()
-                ),
-            )),
-        }
+        refused.sort_by_key(|r| r.index);
+        SinkError::from_outcomes("kafka", records.len(), transient, refused)
     }
 
     async fn flush(&self) -> Result<(), SinkError> {
         let p = self.producer.clone();
         tokio::task::spawn_blocking(move || p.flush(Timeout::After(Duration::from_secs(10))))
             .await
-            .map_err(|e| SinkError::new("kafka", e.to_string()))?
-            .map_err(|e| SinkError::new("kafka", format!("flush: {e}")))
+            .map_err(|e| SinkError::unavailable("kafka", e.to_string()))?
+            .map_err(|e| SinkError::unavailable("kafka", format!("flush: {e}")))
     }
 }

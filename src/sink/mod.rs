@@ -2,174 +2,107 @@
 //!
 //! What must stay true here: [`Sink::publish`] returns `Ok` only when the
 //! broker acknowledged **every** record of the batch (Kafka delivery reports
-//! with `acks=all`, JetStream publish acks, a flushed file). The worker moves
-//! no cursor before that.
+//! with `acks=all`, JetStream publish acks, a flushed file). A record the
+//! broker will never take is reported as a [`Refusal`] (checked before
+//! sending where the limit is known: NATS tells its `max_payload`, Kafka's
+//! `message.max.bytes` is configured), never retried forever and never
+//! dropped: the publisher dead-letters it. The engine moves no cursor
+//! before every record is acknowledged somewhere.
 
+mod config;
 mod jsonl;
 mod kafka;
 mod nats;
+mod record;
 
+pub use config::{JsonlConfig, KafkaConfig, NatsConfig, SinkConfig, SinkKind};
 pub use jsonl::JsonlSink;
 pub use kafka::KafkaSink;
 pub use nats::NatsSink;
-
-use std::sync::Arc;
+pub use record::{PageMeta, Record, RecordKind};
 
 use async_trait::async_trait;
-use serde::Serialize;
-use serde_json::value::RawValue;
 
-use crate::config::{ConfigError, SinkConfig, SinkKind};
+use crate::field::ConfigError;
 use crate::shard::Shard;
-use crate::validate::Violation;
-use crate::window::Window;
 
-/// One message for the broker.
-#[derive(Debug, Clone)]
-pub struct Record {
-    /// Topic or subject (shared by the records of a page).
-    pub topic: Arc<str>,
-    /// The event id: Kafka key and `Nats-Msg-Id`.
-    pub id: String,
-    /// The request pair and window (shared by the records of a page).
-    pub page: Arc<PageMeta>,
-    /// Why it was dead-lettered (the first violation's path), if it was.
-    pub dead_reason: Option<String>,
-    /// The JSON document.
-    pub payload: bytes::Bytes,
-}
-
-/// What every record of one page has in common.
-#[derive(Debug, Clone)]
-pub struct PageMeta {
-    pub service: String,
-    pub event: String,
-    /// The window's bounds in the API's time format, written once per page
-    /// rather than once per record.
-    pub window_start: String,
-    pub window_end: String,
-}
-
-impl PageMeta {
-    pub fn new(shard: &Shard, window: &Window) -> Self {
-        Self {
-            service: shard.service.clone(),
-            event: shard.event.clone(),
-            window_start: crate::cas::format_time(window.start),
-            window_end: crate::cas::format_time(window.end),
-        }
-    }
-}
-
-/// The document a consumer receives: the vendor's event whole, with the
-/// request pair, id and window beside it.
-#[derive(Serialize)]
-struct Envelope<'a> {
-    id: &'a str,
-    service: &'a str,
-    event: &'a str,
-    window_start: &'a str,
-    window_end: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    topic: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    reasons: Option<&'a [Violation]>,
-    /// Written verbatim: the bytes the API sent.
-    data: &'a RawValue,
-}
-
-impl Record {
-    /// A record for an event that passed validation.
-    pub fn event(topic: Arc<str>, id: String, page: &Arc<PageMeta>, data: &RawValue) -> Self {
-        Self::build(topic, id, page, data, None)
-    }
-
-    /// A dead-letter record: the raw event, its shard, window and the reasons.
-    pub fn dead_letter(
-        dead_letter_topic: Arc<str>,
-        intended_topic: &str,
-        id: String,
-        page: &Arc<PageMeta>,
-        data: &RawValue,
-        reasons: &[Violation],
-    ) -> Self {
-        Self::build(
-            dead_letter_topic,
-            id,
-            page,
-            data,
-            Some((intended_topic, reasons)),
-        )
-    }
-
-    fn build(
-        topic: Arc<str>,
-        id: String,
-        page: &Arc<PageMeta>,
-        data: &RawValue,
-        dead: Option<(&str, &[Violation])>,
-    ) -> Self {
-        // Sized once: the event's text is most of the document.
-        let mut payload = Vec::with_capacity(data.get().len() + 192 + id.len());
-        serde_json::to_writer(
-            &mut payload,
-            &Envelope {
-                id: &id,
-                service: &page.service,
-                event: &page.event,
-                window_start: &page.window_start,
-                window_end: &page.window_end,
-                topic: dead.map(|d| d.0),
-                reasons: dead.map(|d| d.1),
-                data,
-            },
-        )
-        // Serializing strings and raw JSON into a Vec cannot fail.
-        .unwrap_or_default();
-        let dead_reason = dead.map(|(_, reasons)| {
-            let first = reasons.first().map(|v| v.path.as_str()).unwrap_or("");
-            format!("schema: {first}")
-        });
-        Self {
-            topic,
-            id,
-            page: Arc::clone(page),
-            dead_reason,
-            payload: payload.into(),
-        }
-    }
-
-    /// The `cas-*` headers, in order.
-    pub fn headers(&self) -> impl Iterator<Item = (&'static str, &str)> {
-        [
-            ("cas-event-id", self.id.as_str()),
-            ("cas-service", self.page.service.as_str()),
-            ("cas-event", self.page.event.as_str()),
-            ("cas-window-start", self.page.window_start.as_str()),
-            ("cas-window-end", self.page.window_end.as_str()),
-        ]
-        .into_iter()
-        .chain(
-            self.dead_reason
-                .as_deref()
-                .map(|r| ("cas-dead-letter-reason", r)),
-        )
-    }
-}
-
-/// A failed publish. The cursor stays; the batch is published again.
+/// A failed publish, and what to do about it.
 #[derive(Debug, thiserror::Error)]
-#[error("sink {sink}: {message}")]
-pub struct SinkError {
-    pub sink: &'static str,
-    pub message: String,
+pub enum SinkError {
+    /// The broker cannot be reached or did not acknowledge: publish the
+    /// same records again later; the cursor stays.
+    #[error("sink {sink} unavailable: {message}")]
+    Unavailable { sink: &'static str, message: String },
+    /// The broker will never take these records (size, topic); **every
+    /// other record of the batch was acknowledged**. Each refused one goes
+    /// to the dead-letter topic with the broker's reason.
+    #[error("sink {sink} refused {} record(s) for good: {}", .refused.len(), .refused.first().map(|r| r.reason.as_str()).unwrap_or(""))]
+    Rejected {
+        sink: &'static str,
+        refused: Vec<Refusal>,
+    },
+    /// The configuration cannot work (permissions, a topic that may not
+    /// exist): stop the shard with a clear error; readiness goes false.
+    #[error("sink {sink} misconfigured: {message}")]
+    Misconfigured { sink: &'static str, message: String },
+}
+
+/// One record the broker refused for good.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// Its index in the batch.
+    pub index: usize,
+    /// The broker's reason.
+    pub reason: String,
 }
 
 impl SinkError {
-    pub fn new(sink: &'static str, message: impl Into<String>) -> Self {
-        Self {
+    pub fn unavailable(sink: &'static str, message: impl Into<String>) -> Self {
+        Self::Unavailable {
             sink,
             message: message.into(),
+        }
+    }
+
+    pub fn misconfigured(sink: &'static str, message: impl Into<String>) -> Self {
+        Self::Misconfigured {
+            sink,
+            message: message.into(),
+        }
+    }
+
+    /// `unavailable`, `rejected` or `misconfigured` (metrics, logs).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SinkError::Unavailable { .. } => "unavailable",
+            SinkError::Rejected { .. } => "rejected",
+            SinkError::Misconfigured { .. } => "misconfigured",
+        }
+    }
+
+    /// Sorts the outcome of a batch: `Ok` when nothing failed; any record
+    /// not acknowledged for a transient reason makes the whole batch
+    /// unavailable (it is published again, refusals included); otherwise
+    /// the refusals.
+    pub fn from_outcomes(
+        sink: &'static str,
+        total: usize,
+        transient: Vec<String>,
+        refused: Vec<Refusal>,
+    ) -> Result<(), SinkError> {
+        if let Some(first) = transient.first() {
+            return Err(SinkError::unavailable(
+                sink,
+                format!(
+                    "{} of {total} records not acknowledged: {first}",
+                    transient.len()
+                ),
+            ));
+        }
+        if refused.is_empty() {
+            Ok(())
+        } else {
+            Err(SinkError::Rejected { sink, refused })
         }
     }
 }
@@ -286,7 +219,7 @@ pub async fn build(
     dup_window: std::time::Duration,
 ) -> Result<std::sync::Arc<dyn Sink>, SinkError> {
     let topics = Topics::new(&cfg.topic_template, &cfg.dead_letter)
-        .map_err(|e| SinkError::new("config", e.to_string()))?;
+        .map_err(|e| SinkError::misconfigured("config", e.to_string()))?;
     Ok(match cfg.kind {
         SinkKind::Kafka => std::sync::Arc::new(KafkaSink::new(&cfg.kafka)?),
         SinkKind::Nats => {
@@ -311,55 +244,5 @@ mod tests {
         assert!(Topics::new("cas..{event}", "d").is_err());
         assert!(Topics::new("cas.{service}.{event}", "dead letter").is_err());
         assert!(Topics::new("cas.all", "cas.all").is_err());
-    }
-
-    #[test]
-    fn record_carries_the_event_whole() {
-        let s = Shard::new("exchange", "dlp");
-        let w = Window {
-            start: chrono::DateTime::from_timestamp(0, 0).unwrap(),
-            end: chrono::DateTime::from_timestamp(60, 0).unwrap(),
-        };
-        let text = r#"{"service": "Exchange", "message": {"weird": [" <a> ", null], "n": 1.50}}"#;
-        let data = RawValue::from_string(text.to_string()).unwrap();
-        let page = Arc::new(PageMeta::new(&s, &w));
-        let r = Record::event("cas.exchange.dlp".into(), "id1".into(), &page, &data);
-        // The vendor's bytes, verbatim (spacing, number forms, key order).
-        assert!(String::from_utf8_lossy(&r.payload).contains(text));
-        let doc: serde_json::Value = serde_json::from_slice(&r.payload).unwrap();
-        assert_eq!(doc["data"]["message"]["weird"][0], " <a> ");
-        assert_eq!(doc["service"], "exchange");
-        assert_eq!(doc["window_end"], "1970-01-01T00:01:00.000Z");
-        let headers: Vec<_> = r.headers().collect();
-        assert_eq!(
-            headers,
-            vec![
-                ("cas-event-id", "id1"),
-                ("cas-service", "exchange"),
-                ("cas-event", "dlp"),
-                ("cas-window-start", "1970-01-01T00:00:00.000Z"),
-                ("cas-window-end", "1970-01-01T00:01:00.000Z"),
-            ]
-        );
-        let bad = [Violation {
-            path: "/message/n".into(),
-            message: "1.50 is not an integer".into(),
-        }];
-        let d = Record::dead_letter(
-            "cas.deadletter".into(),
-            "cas.exchange.dlp",
-            "id1".into(),
-            &page,
-            &data,
-            &bad,
-        );
-        assert_eq!(&*d.topic, "cas.deadletter");
-        assert_eq!(
-            d.headers().last(),
-            Some(("cas-dead-letter-reason", "schema: /message/n"))
-        );
-        let doc: serde_json::Value = serde_json::from_slice(&d.payload).unwrap();
-        assert_eq!(doc["topic"], "cas.exchange.dlp");
-        assert_eq!(doc["reasons"][0]["path"], "/message/n");
     }
 }

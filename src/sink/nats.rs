@@ -9,8 +9,7 @@ use async_nats::jetstream::{self, stream};
 use async_trait::async_trait;
 use futures::future::join_all;
 
-use super::{Record, Sink, SinkError, Topics};
-use crate::config::NatsConfig;
+use super::{NatsConfig, Record, Refusal, Sink, SinkError, Topics};
 
 pub struct NatsSink {
     /// The connection (flushed at shutdown).
@@ -26,7 +25,19 @@ pub struct NatsSink {
 }
 
 fn err(e: impl std::fmt::Display) -> SinkError {
-    SinkError::new("nats", e.to_string())
+    SinkError::unavailable("nats", e.to_string())
+}
+
+/// The bytes a message takes against the server's `max_payload`: the
+/// payload and the header block (`NATS/1.0\r\n`, one `k: v\r\n` a header,
+/// a closing `\r\n`).
+pub fn message_size(r: &Record) -> usize {
+    let headers: usize = r
+        .headers()
+        .chain(std::iter::once(("Nats-Msg-Id", r.id.as_str())))
+        .map(|(k, v)| k.len() + v.len() + 4)
+        .sum();
+    r.payload.len() + headers + 12
 }
 
 impl NatsSink {
@@ -40,17 +51,16 @@ impl NatsSink {
             .retry_on_initial_connect()
             .connection_timeout(Duration::from_secs(5));
         if let Some(c) = &cfg.credentials {
-            opts = opts
-                .credentials_file(c)
-                .await
-                .map_err(|e| SinkError::new("nats", format!("credentials {}: {e}", c.display())))?;
+            opts = opts.credentials_file(c).await.map_err(|e| {
+                SinkError::misconfigured("nats", format!("credentials {}: {e}", c.display()))
+            })?;
         }
         let urls: Vec<async_nats::ServerAddr> = cfg
             .url
             .split(',')
             .map(|u| u.trim().parse())
             .collect::<Result<_, _>>()
-            .map_err(|e| SinkError::new("nats", format!("sink.nats.url: {e}")))?;
+            .map_err(|e| SinkError::misconfigured("nats", format!("sink.nats.url: {e}")))?;
         let client = opts.connect(urls).await.map_err(err)?;
         let js = jetstream::new(client.clone());
         Ok(Self {
@@ -77,11 +87,10 @@ impl Sink for NatsSink {
             storage: stream::StorageType::File,
             ..Default::default()
         };
-        let mut s = self
-            .js
-            .get_or_create_stream(wanted)
-            .await
-            .map_err(|e| SinkError::new("nats", format!("stream {}: {e}", self.stream)))?;
+        let mut s =
+            self.js.get_or_create_stream(wanted).await.map_err(|e| {
+                SinkError::unavailable("nats", format!("stream {}: {e}", self.stream))
+            })?;
         // An existing stream keeps its settings, but must cover our subjects
         // and dedup at least as long as the overlap re-reads.
         let mut cfg = s.info().await.map_err(err)?.config.clone();
@@ -98,15 +107,28 @@ impl Sink for NatsSink {
         }
         if changed {
             self.js.update_stream(cfg).await.map_err(|e| {
-                SinkError::new("nats", format!("update stream {}: {e}", self.stream))
+                SinkError::unavailable("nats", format!("update stream {}: {e}", self.stream))
             })?;
         }
         Ok(())
     }
 
     async fn publish(&self, records: &[Record]) -> Result<(), SinkError> {
+        let max = self.client.server_info().max_payload;
+        let mut refused = Vec::new();
         let mut acks = Vec::with_capacity(records.len());
-        for r in records {
+        for (index, r) in records.iter().enumerate() {
+            let size = message_size(r);
+            if max > 0 && size > max {
+                // The server would close the connection on it: never sent.
+                refused.push(Refusal {
+                    index,
+                    reason: format!(
+                        "message of {size} bytes exceeds the server's max_payload of {max} bytes"
+                    ),
+                });
+                continue;
+            }
             let mut headers = async_nats::HeaderMap::new();
             headers.insert("Nats-Msg-Id", r.id.as_str());
             for (k, v) in r.headers() {
@@ -116,27 +138,17 @@ impl Sink for NatsSink {
                 .js
                 .publish_with_headers(r.topic.to_string(), headers, r.payload.clone())
                 .await
-                .map_err(|e| SinkError::new("nats", format!("publish to {}: {e}", r.topic)))?;
+                .map_err(|e| {
+                    SinkError::unavailable("nats", format!("publish to {}: {e}", r.topic))
+                })?;
             acks.push(ack);
         }
-        let mut failed = 0usize;
-        let mut first = None;
-        for res in join_all(acks.into_iter().map(|a| a.into_future())).await {
-            if let Err(e) = res {
-                failed += 1;
-                first.get_or_insert(e);
-            }
-        }
-        match first {
-            None => Ok(()),
-            Some(e) => Err(SinkError::new(
-                "nats",
-                format!(
-                    "{failed} of {} publishes not acknowledged: {e}",
-                    records.len()
-                ),
-            )),
-        }
+        let transient: Vec<String> = join_all(acks.into_iter().map(|a| a.into_future()))
+            .await
+            .into_iter()
+            .filter_map(|res| res.err().map(|e| e.to_string()))
+            .collect();
+        SinkError::from_outcomes("nats", records.len(), transient, refused)
     }
 
     async fn flush(&self) -> Result<(), SinkError> {

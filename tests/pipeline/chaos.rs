@@ -6,9 +6,9 @@
 
 use std::time::Duration;
 
+use cas_bridge::bridge::Coordination;
 use cas_bridge::config::{Dur, SinkKind, StartFrom};
 use cas_bridge::sim::{SimConfig, ThrottleMode};
-use cas_bridge::worker::Coordination;
 use chrono::Utc;
 use rand::Rng;
 
@@ -220,7 +220,7 @@ async fn a_kafka_broker_outage_of_30_s_keeps_the_cursor_and_loses_nothing() {
     run.wait_cursor(resumed, Duration::from_secs(120)).await;
     let sink_errors = run
         .bridge
-        .stats
+        .stats()
         .sink_errors
         .load(std::sync::atomic::Ordering::Relaxed);
     run.stop().await;
@@ -280,7 +280,7 @@ async fn a_429_storm_from_a_foreign_client_is_survived_within_the_budget() {
         .await;
     let limited = run
         .bridge
-        .stats
+        .stats()
         .rate_limited
         .load(std::sync::atomic::Ordering::Relaxed);
     run.stop().await;

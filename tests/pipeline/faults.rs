@@ -3,9 +3,9 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use cas_bridge::bridge::Coordination;
 use cas_bridge::config::SinkKind;
 use cas_bridge::sim::SimConfig;
-use cas_bridge::worker::Coordination;
 use chrono::Utc;
 
 use crate::helpers::*;
@@ -32,7 +32,7 @@ async fn a_sink_that_is_down_keeps_the_cursor_and_delivery_resumes() {
     // Let the publishes in flight at the stop fail, then watch the cursors.
     tokio::time::sleep(Duration::from_secs(7)).await;
     let frozen = run.bridge.progress();
-    let errors_before = run.bridge.stats.sink_errors.load(Ordering::Relaxed);
+    let errors_before = run.bridge.stats().sink_errors.load(Ordering::Relaxed);
     tokio::time::sleep(Duration::from_secs(8)).await;
     let later = run.bridge.progress();
     for (shard, p) in &frozen {
@@ -42,7 +42,7 @@ async fn a_sink_that_is_down_keeps_the_cursor_and_delivery_resumes() {
         );
     }
     assert!(
-        run.bridge.stats.sink_errors.load(Ordering::Relaxed) > errors_before,
+        run.bridge.stats().sink_errors.load(Ordering::Relaxed) > errors_before,
         "publishes failed and were retried"
     );
     assert!(
@@ -222,7 +222,7 @@ async fn server_errors_and_truncated_bodies_are_retried_until_everything_arrives
         Duration::from_secs(120),
     )
     .await;
-    let errors = run.bridge.stats.api_errors.load(Ordering::Relaxed);
+    let errors = run.bridge.stats().api_errors.load(Ordering::Relaxed);
     run.stop().await;
     let want = expected(&sim, &cfg, t0 - chrono::Duration::seconds(590), check_to);
     let r = check(&want, &read_jsonl(&dir.path().join("out.jsonl")), &cfg);
@@ -257,7 +257,7 @@ async fn a_429_pauses_every_shard_and_nothing_is_lost() {
     // Past the first minute's allowance: at least one 429 and its pause.
     run.wait_cursor(t0 + chrono::Duration::seconds(20), Duration::from_secs(150))
         .await;
-    let limited = run.bridge.stats.rate_limited.load(Ordering::Relaxed);
+    let limited = run.bridge.stats().rate_limited.load(Ordering::Relaxed);
     run.stop().await;
     let s = sim.state.stats();
     assert!(

@@ -4,11 +4,11 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use cas_bridge::bridge::Coordination;
 use cas_bridge::config::{Dur, SinkKind, StartFrom};
 use cas_bridge::coord::{CheckpointStore, CoordError, LeaseStore, Renewal};
 use cas_bridge::shard::Shard;
 use cas_bridge::sim::{SimConfig, ThrottleMode};
-use cas_bridge::worker::Coordination;
 use chrono::Utc;
 use secrecy::SecretString;
 

@@ -6,11 +6,12 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
+use cas_bridge::bridge::{Bridge, Coordination};
 use cas_bridge::config::{Config, Dur, SinkKind, StartFrom};
+use cas_bridge::runner::Faults;
 use cas_bridge::shard::Shard;
 use cas_bridge::sim::{self, SimConfig, SimHandle};
 use cas_bridge::sink::Topics;
-use cas_bridge::worker::{Bridge, Coordination, Faults};
 use chrono::{DateTime, Utc};
 use secrecy::SecretString;
 use serde_json::Value;
@@ -117,7 +118,7 @@ pub async fn build_bridge_with_faults(
         .await
         .expect("sink");
     Arc::new(
-        Bridge::new(cfg, SecretString::from("sim-token"), sink, coord)
+        Bridge::build(cfg, SecretString::from("sim-token"), sink, coord)
             .expect("bridge")
             .with_faults(faults),
     )
@@ -593,12 +594,35 @@ pub async fn wait_cursor_in(
 }
 
 /// A bridge process (the real binary), killed on drop.
+/// Writes `cfg` as the file a bridge process reads (YAML, in its JSON
+/// form), with this worker's id, quiet logs, an ephemeral ops port and the
+/// simulator's token in a token file. Returns the file's path.
+pub fn write_config(cfg: &Config, worker: &str, log: &std::path::Path) -> std::path::PathBuf {
+    let token = log.with_extension("token");
+    std::fs::write(&token, "sim-token").unwrap();
+    let mut c = cfg.clone();
+    c.api.token = None;
+    c.api.token_file = Some(token);
+    c.coord.worker_id = Some(worker.into());
+    c.log.level = "warn".into();
+    c.ops.listen = "127.0.0.1:0".into();
+    let file = log.with_extension("yaml");
+    std::fs::write(&file, c.redacted_json()).unwrap();
+    // The file is read back by the bridge's own loader: what it holds is
+    // what the test configured.
+    let back = Config::load_from(Some(&file), Vec::new()).expect("the written config loads");
+    assert_eq!(back.redacted_json(), c.redacted_json());
+    file
+}
+
 pub struct BridgeProcess {
     pub child: std::process::Child,
 }
 
 impl BridgeProcess {
-    /// Starts `cas-bridge run` with `cfg` passed as `CAS_BRIDGE__*` variables.
+    /// Starts `cas-bridge run` with `cfg` written to a configuration file
+    /// beside `log` (the token in a token file): every field reaches the
+    /// binary, none is mapped by hand.
     pub fn spawn(cfg: &Config, worker: &str, log: &std::path::Path) -> Self {
         Self::spawn_with(cfg, worker, log, &[])
     }
@@ -610,76 +634,16 @@ impl BridgeProcess {
         log: &std::path::Path,
         extra: &[(&str, &str)],
     ) -> Self {
-        use secrecy::ExposeSecret;
-        let mut env: Vec<(String, String)> = vec![
-            ("API__BASE_URL".into(), cfg.api.base_url.clone().unwrap()),
-            ("API__TOKEN".into(), "sim-token".into()),
-            (
-                "API__PAGE_LIMIT".into(),
-                cfg.api.effective_page_limit().to_string(),
-            ),
-            ("SHARDS__PAIRS".into(), cfg.shards.pairs.join(",")),
-            (
-                "WINDOW__START_FROM".into(),
-                match cfg.window.start_from {
-                    StartFrom::Ago(d) => format!("{}s", d.as_secs()),
-                    _ => "1h".into(),
-                },
-            ),
-            ("WINDOW__LAG".into(), cfg.window.lag.to_string()),
-            ("WINDOW__OVERLAP".into(), cfg.window.overlap.to_string()),
-            (
-                "WINDOW__MIN_INTERVAL".into(),
-                cfg.window.min_interval.to_string(),
-            ),
-            ("WINDOW__MAX".into(), cfg.window.max.to_string()),
-            (
-                "BUDGET__PER_MINUTE".into(),
-                cfg.budget.per_minute.to_string(),
-            ),
-            ("BUDGET__PER_DAY".into(), cfg.budget.per_day.to_string()),
-            (
-                "COORD__REDIS_URL".into(),
-                cfg.coord
-                    .redis_url
-                    .as_ref()
-                    .unwrap()
-                    .expose_secret()
-                    .to_string(),
-            ),
-            ("COORD__PREFIX".into(), cfg.coord.prefix.clone()),
-            ("COORD__LEASE_TTL".into(), cfg.coord.lease_ttl.to_string()),
-            ("COORD__WORKER_ID".into(), worker.into()),
-            (
-                "SINK__TOPIC_TEMPLATE".into(),
-                cfg.sink.topic_template.clone(),
-            ),
-            ("SINK__DEAD_LETTER".into(), cfg.sink.dead_letter.clone()),
-            ("LOG__LEVEL".into(), "warn".into()),
-            ("OPS__LISTEN".into(), "127.0.0.1:0".into()),
-        ];
-        match cfg.sink.kind {
-            SinkKind::Nats => {
-                env.push(("SINK__KIND".into(), "nats".into()));
-                env.push(("SINK__NATS__URL".into(), cfg.sink.nats.url.clone()));
-                env.push(("SINK__NATS__STREAM".into(), cfg.sink.nats.stream.clone()));
-            }
-            SinkKind::Jsonl => {
-                env.push(("SINK__KIND".into(), "jsonl".into()));
-                env.push(("SINK__JSONL__PATH".into(), cfg.sink.jsonl.path.clone()));
-            }
-            SinkKind::Kafka => {
-                env.push(("SINK__KIND".into(), "kafka".into()));
-                env.push((
-                    "SINK__KAFKA__BROKERS".into(),
-                    cfg.sink.kafka.brokers.clone(),
-                ));
-            }
-        }
-        env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        let file = write_config(cfg, worker, log);
+        let env: Vec<(String, String)> = extra
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         let logf = std::fs::File::create(log).unwrap();
         let child = std::process::Command::new(env!("CARGO_BIN_EXE_cas-bridge"))
             .arg("run")
+            .arg("--config")
+            .arg(&file)
             .env_clear()
             .envs(
                 env.into_iter()

@@ -11,9 +11,10 @@ mod ops;
 
 use std::time::Duration;
 
+use cas_bridge::bridge::Coordination;
 use cas_bridge::cas::Dialect;
 use cas_bridge::config::SinkKind;
-use cas_bridge::worker::{Coordination, Faults};
+use cas_bridge::runner::Faults;
 use chrono::Utc;
 use helpers::*;
 
@@ -37,7 +38,7 @@ async fn jsonl_run(dialect: Dialect) {
     let check_to = t0 - chrono::Duration::seconds(3);
     run.wait_cursor(check_to + SETTLE, Duration::from_secs(90))
         .await;
-    let stats = run.bridge.stats.clone();
+    let stats = run.bridge.stats().clone();
     run.stop().await;
 
     let from = t0 - chrono::Duration::seconds(590);
@@ -233,7 +234,7 @@ async fn a_run_stopped_between_publish_and_checkpoint_loses_nothing() {
         .unwrap();
     let published_first = run
         .bridge
-        .stats
+        .stats()
         .events_published
         .load(std::sync::atomic::Ordering::Relaxed);
     assert!(published_first > 0);

@@ -1,0 +1,251 @@
+//! The composition root: [`Bridge::build`] wires the stages — page source,
+//! scheduler, publisher, shard runners, lease keeper, status — from one
+//! [`Config`]. `run`, `demo`, the tests and the benchmarks all build the
+//! bridge here.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use rand::Rng;
+use secrecy::SecretString;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info};
+
+use crate::cas::Client;
+use crate::config::Config;
+use crate::coord::memory::{MemoryBudget, MemoryCheckpoints, MemoryDedup, SoleWorker};
+use crate::coord::redis::{RedisCoord, RedisSettings};
+use crate::coord::{Budget, BudgetUsage, CheckpointStore, CoordError, DedupStore, LeaseStore};
+use crate::field::ConfigError;
+use crate::fleet::LeaseKeeper;
+use crate::publish::Publisher;
+use crate::retry::Backoff;
+use crate::runner::{Engine, Faults};
+use crate::schedule::{Scheduler, PAGES_IN_FLIGHT};
+use crate::shard::Shard;
+use crate::sink::{Sink, Topics};
+use crate::source::PageSource;
+use crate::status::{ShardProgress, StatusBoard};
+use crate::telemetry::{Stats, Telemetry};
+use crate::validate::Registry;
+use crate::window::Planner;
+
+/// The coordination stores a bridge uses.
+#[derive(Clone)]
+pub struct Coordination {
+    pub checkpoints: Arc<dyn CheckpointStore>,
+    pub budget: Arc<dyn Budget>,
+    pub dedup: Arc<dyn DedupStore>,
+    pub leases: Arc<dyn LeaseStore>,
+}
+
+impl Coordination {
+    /// The embedded mode: one process, everything in memory.
+    pub fn in_memory(cfg: &Config) -> Self {
+        let horizon = Planner::new(&cfg.window).dedup_horizon();
+        Self {
+            checkpoints: Arc::new(MemoryCheckpoints::default()),
+            budget: Arc::new(MemoryBudget::new(cfg.budget.clone())),
+            dedup: Arc::new(MemoryDedup::new(horizon)),
+            leases: Arc::new(SoleWorker),
+        }
+    }
+
+    /// A fleet member: everything in Redis (`coord.redis_url` must be set).
+    pub async fn redis(
+        cfg: &Config,
+        token: &SecretString,
+    ) -> Result<(Self, Arc<RedisCoord>), CoordError> {
+        let url = cfg
+            .coord
+            .redis_url
+            .as_ref()
+            .ok_or_else(|| CoordError::Unavailable("coord.redis_url is not set".into()))?;
+        let rc = Arc::new(
+            RedisCoord::connect(RedisSettings {
+                url,
+                prefix: &cfg.coord.prefix,
+                worker: cfg
+                    .coord
+                    .worker_id
+                    .clone()
+                    .unwrap_or_else(default_worker_id),
+                lease_ttl: cfg.coord.lease_ttl.get(),
+                budget: cfg.budget.clone(),
+                token,
+                dedup_horizon: Planner::new(&cfg.window).dedup_horizon(),
+            })
+            .await?,
+        );
+        Ok((
+            Self {
+                checkpoints: rc.clone(),
+                budget: rc.clone(),
+                dedup: rc.clone(),
+                leases: rc.clone(),
+            },
+            rc,
+        ))
+    }
+}
+
+/// `<host>-<pid>-<random>`: unique even when pods share a host name.
+pub fn default_worker_id() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().replace([':', ' '], "-"))
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "worker".into());
+    let r: u16 = rand::rng().random();
+    format!("{host}-{}-{r:04x}", std::process::id())
+}
+
+/// One bridge process.
+pub struct Bridge {
+    /// What the shard runners share.
+    engine: Arc<Engine>,
+    /// Leases and membership.
+    leases: Arc<dyn LeaseStore>,
+    /// Every configured shard.
+    shards: Vec<Shard>,
+    /// How long shutdown may take.
+    grace: std::time::Duration,
+}
+
+impl Bridge {
+    /// A bridge over the given sink and coordination, with the HTTP client
+    /// as its page source.
+    pub fn build(
+        cfg: &Config,
+        token: SecretString,
+        sink: Arc<dyn Sink>,
+        coord: Coordination,
+    ) -> Result<Self, ConfigError> {
+        let client = Client::new(&cfg.api, token)?;
+        Self::with_source(cfg, Arc::new(client), sink, coord)
+    }
+
+    /// As [`Bridge::build`] with any page source (tests use a fake).
+    pub fn with_source(
+        cfg: &Config,
+        source: Arc<dyn PageSource>,
+        sink: Arc<dyn Sink>,
+        coord: Coordination,
+    ) -> Result<Self, ConfigError> {
+        let registry = Registry::load(cfg.schemas.dir.as_deref())?;
+        let topics = Topics::new(&cfg.sink.topic_template, &cfg.sink.dead_letter)?;
+        let status = Arc::new(StatusBoard::new(Some(sink.clone())));
+        let engine = Engine::new(
+            source,
+            Scheduler::new(coord.budget.clone(), PAGES_IN_FLIGHT),
+            Publisher::new(registry, sink, topics, coord.dedup.clone()),
+            coord.checkpoints.clone(),
+            Planner::new(&cfg.window),
+            cfg.window.start_from,
+            cfg.budget.max_pause.get(),
+            status,
+            Telemetry::new(),
+        );
+        Ok(Self {
+            engine: Arc::new(engine),
+            leases: coord.leases,
+            shards: cfg.shards.shards()?,
+            grace: cfg.shutdown.grace.get(),
+        })
+    }
+
+    /// Sets the fault hooks (tests). Only before [`Bridge::run`].
+    pub fn with_faults(mut self, faults: Faults) -> Self {
+        if let Some(e) = Arc::get_mut(&mut self.engine) {
+            e.faults = faults;
+        }
+        self
+    }
+
+    pub fn shards(&self) -> &[Shard] {
+        &self.shards
+    }
+
+    /// The process's counters.
+    pub fn stats(&self) -> &Arc<Stats> {
+        self.engine.telemetry.stats()
+    }
+
+    /// The status board (`/readyz`, `demo`, tests).
+    pub fn status(&self) -> &Arc<StatusBoard> {
+        &self.engine.status
+    }
+
+    /// Each shard's progress.
+    pub fn progress(&self) -> HashMap<Shard, ShardProgress> {
+        self.engine.status.progress()
+    }
+
+    /// The shards this process holds leases on (and works) now.
+    pub fn held(&self) -> Vec<Shard> {
+        self.engine.status.held()
+    }
+
+    /// The oldest cursor over all shards (`None` while any shard has none).
+    pub fn min_cursor(&self) -> Option<DateTime<Utc>> {
+        self.engine.status.min_cursor(&self.shards)
+    }
+
+    /// Why the bridge is not ready; empty when it is.
+    pub fn not_ready(&self) -> Vec<String> {
+        self.engine.status.not_ready()
+    }
+
+    pub async fn budget_usage(&self) -> BudgetUsage {
+        self.engine.scheduler.usage().await
+    }
+
+    /// Runs until `cancel` fires: prepares the sink, keeps a fair share of
+    /// the leases (all of them when alone) with a runner per held shard.
+    /// Then shuts down within the grace period: no new requests, the page
+    /// in flight abandoned without moving its cursor, the sink flushed, the
+    /// leases released.
+    pub async fn run(self: Arc<Self>, cancel: CancellationToken) {
+        let cancel = cancel.child_token();
+        let (halt, c) = (self.engine.halt.clone(), cancel.clone());
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = halt.cancelled() => c.cancel(),
+                _ = c.cancelled() => {}
+            }
+        });
+        let sink = self.engine.publisher.sink().clone();
+        let all = self.engine.publisher.topics().all(&self.shards);
+        let mut retry = Backoff::request();
+        loop {
+            match sink.prepare(&all).await {
+                Ok(()) => break,
+                Err(e) => {
+                    error!(error = %e, "cannot prepare the sink; retrying");
+                    if !retry.wait(&cancel).await {
+                        return;
+                    }
+                }
+            }
+        }
+        for s in &self.shards {
+            self.engine.telemetry.shard(s).register();
+        }
+        self.engine.telemetry.register_all();
+        info!(shards = self.shards.len(), sink = sink.name(), api = %self.engine.source.describe(), "bridge started");
+        let mut keeper = LeaseKeeper::new(
+            self.leases.clone(),
+            self.engine.clone(),
+            &self.shards,
+            self.grace,
+        );
+        keeper.run(&cancel).await;
+        if let Err(e) = sink.flush().await {
+            error!(error = %e, "flushing the sink at shutdown");
+        }
+        keeper.release_all().await;
+        info!("bridge stopped");
+    }
+}

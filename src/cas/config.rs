@@ -1,0 +1,229 @@
+//! The `api` section: where the API is, how to speak to it, the token.
+
+use std::path::PathBuf;
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize, Serializer};
+
+use super::Dialect;
+use crate::field::{ConfigError, Dur};
+
+/// Regions and their API hosts.
+pub const REGIONS: [(&str, &str); 8] = [
+    ("us", "https://api.tmcas.trendmicro.com"),
+    ("eu", "https://api-eu.tmcas.trendmicro.com"),
+    ("jp", "https://api.tmcas.trendmicro.co.jp"),
+    ("au", "https://api-au.tmcas.trendmicro.com"),
+    ("uk", "https://api.tmcas.trendmicro.co.uk"),
+    ("ca", "https://api-ca.tmcas.trendmicro.com"),
+    ("sg", "https://api.tmcas.trendmicro.com.sg"),
+    ("in", "https://api-in.tmcas.trendmicro.com"),
+];
+
+fn redact<S: Serializer>(v: &Option<SecretString>, s: S) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(_) => s.serialize_str("[REDACTED]"),
+        None => s.serialize_none(),
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// Explicit base URL, e.g. `https://api.tmcas.trendmicro.com`.
+    pub base_url: Option<String>,
+    /// A region name (us, eu, jp, au, uk, ca, sg, in), instead of `base_url`.
+    pub region: Option<String>,
+    /// `v1` (live API shape) or `legacy` (the seed page's shape).
+    pub dialect: Dialect,
+    /// The bearer token. Never logged.
+    #[serde(serialize_with = "redact")]
+    pub token: Option<SecretString>,
+    /// A file holding the token (e.g. a mounted Kubernetes secret).
+    pub token_file: Option<PathBuf>,
+    /// Timeout of one HTTP request.
+    pub timeout: Dur,
+    /// Page size; default 500 for `v1`, 200 for `legacy`.
+    pub page_limit: Option<u32>,
+    /// Largest response body accepted, in bytes.
+    pub max_body_bytes: u64,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            base_url: None,
+            region: None,
+            dialect: Dialect::V1,
+            token: None,
+            token_file: None,
+            timeout: Dur::secs(30),
+            page_limit: None,
+            max_body_bytes: 32 * 1024 * 1024,
+        }
+    }
+}
+
+impl ApiConfig {
+    /// The base URL from `base_url` or `region` (default: the US host).
+    pub fn resolved_base_url(&self) -> Result<url::Url, ConfigError> {
+        let raw = match (&self.base_url, &self.region) {
+            (Some(_), Some(_)) => {
+                return Err(ConfigError::new(
+                    "api.base_url",
+                    "set api.base_url or api.region, not both",
+                ))
+            }
+            (Some(b), None) => b.clone(),
+            (None, Some(r)) => REGIONS
+                .iter()
+                .find(|(name, _)| name.eq_ignore_ascii_case(r))
+                .map(|(_, host)| host.to_string())
+                .ok_or_else(|| {
+                    ConfigError::new(
+                        "api.region",
+                        format!("unknown region `{r}` (allowed: us, eu, jp, au, uk, ca, sg, in)"),
+                    )
+                })?,
+            (None, None) => REGIONS[0].1.to_string(),
+        };
+        let url = url::Url::parse(&raw)
+            .map_err(|e| ConfigError::new("api.base_url", format!("`{raw}` is not a URL: {e}")))?;
+        if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+            return Err(ConfigError::new(
+                "api.base_url",
+                format!("`{raw}` must be an http(s) URL with a host"),
+            ));
+        }
+        Ok(url)
+    }
+
+    /// The page size in force.
+    pub fn effective_page_limit(&self) -> u32 {
+        self.page_limit.unwrap_or(self.dialect.max_page_limit())
+    }
+
+    /// The token, from `token` or `token_file`.
+    pub fn resolved_token(&self) -> Result<SecretString, ConfigError> {
+        match (&self.token, &self.token_file) {
+            (Some(_), Some(_)) => Err(ConfigError::new(
+                "api.token",
+                "set api.token or api.token_file, not both",
+            )),
+            (Some(t), None) if t.expose_secret().trim().is_empty() => {
+                Err(ConfigError::new("api.token", "is empty"))
+            }
+            (Some(t), None) => Ok(t.clone()),
+            (None, Some(p)) => {
+                let s = std::fs::read_to_string(p).map_err(|e| {
+                    ConfigError::new(
+                        "api.token_file",
+                        format!("cannot read {}: {e}", p.display()),
+                    )
+                })?;
+                let s = s.trim();
+                if s.is_empty() {
+                    return Err(ConfigError::new("api.token_file", "the file is empty"));
+                }
+                Ok(SecretString::from(s.to_string()))
+            }
+            (None, None) => Err(ConfigError::new(
+                "api.token",
+                "a token is required: set api.token or api.token_file (env CAS_BRIDGE__API__TOKEN)",
+            )),
+        }
+    }
+
+    /// Checks the section without reading the token file.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.resolved_base_url()?;
+        if self.timeout.get().is_zero() {
+            return Err(ConfigError::new("api.timeout", "must be greater than 0"));
+        }
+        let max = self.dialect.max_page_limit();
+        if let Some(l) = self.page_limit {
+            if l == 0 || l > max {
+                return Err(ConfigError::new(
+                    "api.page_limit",
+                    format!(
+                        "{l} is out of range: 1..={max} for dialect {}",
+                        self.dialect
+                    ),
+                ));
+            }
+        }
+        if self.max_body_bytes < 64 * 1024 {
+            return Err(ConfigError::new(
+                "api.max_body_bytes",
+                "must be at least 65536",
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn region_or_base_url_not_both() {
+        let mut c = ApiConfig::default();
+        assert_eq!(
+            c.resolved_base_url().unwrap().as_str(),
+            "https://api.tmcas.trendmicro.com/"
+        );
+        c.region = Some("EU".into());
+        assert_eq!(
+            c.resolved_base_url().unwrap().host_str(),
+            Some("api-eu.tmcas.trendmicro.com")
+        );
+        c.base_url = Some("https://x.example".into());
+        assert_eq!(c.resolved_base_url().unwrap_err().field, "api.base_url");
+        c.region = None;
+        c.base_url = Some("ftp://x.example".into());
+        assert_eq!(c.validate().unwrap_err().field, "api.base_url");
+    }
+
+    #[test]
+    fn token_from_file_trimmed_and_never_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("token");
+        std::fs::write(&f, "  abc\n").unwrap();
+        let c = ApiConfig {
+            token_file: Some(f.clone()),
+            ..ApiConfig::default()
+        };
+        assert_eq!(c.resolved_token().unwrap().expose_secret(), "abc");
+        std::fs::write(&f, "\n").unwrap();
+        assert_eq!(c.resolved_token().unwrap_err().field, "api.token_file");
+        let missing = ApiConfig {
+            token_file: Some(dir.path().join("nope")),
+            ..ApiConfig::default()
+        };
+        assert!(missing
+            .resolved_token()
+            .unwrap_err()
+            .problem
+            .contains("cannot read"));
+        assert_eq!(
+            ApiConfig::default().resolved_token().unwrap_err().field,
+            "api.token"
+        );
+    }
+
+    #[test]
+    fn page_limit_follows_the_dialect() {
+        let mut c = ApiConfig {
+            dialect: Dialect::Legacy,
+            ..ApiConfig::default()
+        };
+        assert_eq!(c.effective_page_limit(), 200);
+        c.page_limit = Some(201);
+        assert_eq!(c.validate().unwrap_err().field, "api.page_limit");
+        c.page_limit = Some(0);
+        assert_eq!(c.validate().unwrap_err().field, "api.page_limit");
+        c.page_limit = Some(50);
+        assert!(c.validate().is_ok());
+    }
+}

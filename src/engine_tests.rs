@@ -1,0 +1,518 @@
+//! The engine's logic with fakes at its seams, under paused time: retry,
+//! park, 429 pause, 401 back-off, fenced checkpoint, sink unavailable vs
+//! rejected vs misconfigured, drain and cancel.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use tokio_util::sync::CancellationToken;
+
+use super::*;
+use crate::coord::memory::{MemoryBudget, MemoryCheckpoints, MemoryDedup};
+use crate::coord::{BudgetConfig, CheckpointStore, CoordError, Fence};
+use crate::fakes::{event, page, status, FakeSink, FakeSource};
+use crate::publish::Publisher;
+use crate::schedule::Scheduler;
+use crate::sink::{RecordKind, Topics};
+use crate::status::StatusBoard;
+use crate::telemetry::{Stats, Telemetry};
+use crate::validate::Registry;
+use crate::window::{StartFrom, WindowConfig};
+
+const TOPIC: &str = "cas.exchange.dlp";
+const DLQ: &str = "cas.deadletter";
+
+struct Harness {
+    engine: Arc<Engine>,
+    source: Arc<FakeSource>,
+    sink: Arc<FakeSink>,
+    checkpoints: Arc<dyn CheckpointStore>,
+    shard: Shard,
+}
+
+fn harness_with(
+    script: Vec<Result<Page, ApiError>>,
+    sink: FakeSink,
+    checkpoints: Arc<dyn CheckpointStore>,
+) -> Harness {
+    let source = FakeSource::new(script);
+    let sink = Arc::new(sink);
+    let budget = Arc::new(MemoryBudget::new(BudgetConfig {
+        per_minute: 600,
+        per_day: 100_000,
+        ..BudgetConfig::default()
+    }));
+    let topics = Topics::new("cas.{service}.{event}", DLQ).unwrap();
+    let engine = Engine::new(
+        source.clone(),
+        Scheduler::new(budget, 8),
+        Publisher::new(
+            Registry::load(None).unwrap(),
+            sink.clone(),
+            topics,
+            Arc::new(MemoryDedup::new(Duration::from_secs(3600))),
+        ),
+        checkpoints.clone(),
+        crate::window::Planner::new(&WindowConfig::default()),
+        StartFrom::Ago(Duration::from_secs(3600)),
+        Duration::from_secs(300),
+        Arc::new(StatusBoard::default()),
+        Telemetry::default(),
+    );
+    Harness {
+        engine: Arc::new(engine),
+        source,
+        sink,
+        checkpoints,
+        shard: Shard::new("exchange", "dlp"),
+    }
+}
+
+fn harness(script: Vec<Result<Page, ApiError>>, sink: FakeSink) -> Harness {
+    harness_with(script, sink, Arc::new(MemoryCheckpoints::default()))
+}
+
+impl Harness {
+    fn stats(&self) -> &Stats {
+        self.engine.telemetry.stats()
+    }
+
+    /// Runs the shard until `done` holds (checked every virtual second, at
+    /// most `secs` of them), then cancels it. Returns whether `done` held.
+    async fn run_until(&self, secs: u64, done: impl Fn(&Harness) -> bool) -> bool {
+        let cancel = CancellationToken::new();
+        let e = self.engine.clone();
+        let (s, c) = (self.shard.clone(), cancel.clone());
+        let task = tokio::spawn(async move {
+            e.run_shard(s, 1, c, CancellationToken::new()).await;
+        });
+        let mut ok = false;
+        for _ in 0..secs {
+            if done(self) {
+                ok = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        cancel.cancel();
+        let _ = task.await;
+        ok
+    }
+
+    async fn cursor(&self) -> Option<DateTime<Utc>> {
+        self.checkpoints.load(&self.shard).await.unwrap()
+    }
+}
+
+fn events(
+    shard: &Shard,
+    keys: std::ops::Range<u64>,
+    pad: usize,
+) -> (Vec<Box<serde_json::value::RawValue>>, Vec<String>) {
+    keys.map(|k| event(shard, k, pad)).unzip()
+}
+
+fn shard() -> Shard {
+    Shard::new("exchange", "dlp")
+}
+
+#[tokio::test(start_paused = true)]
+async fn every_page_is_published_before_the_cursor_moves() {
+    let (p1, mut ids) = events(&shard(), 0..3, 0);
+    let (p2, ids2) = events(&shard(), 3..5, 0);
+    ids.extend(ids2);
+    let h = harness(
+        vec![
+            Ok(page(p1, Some("/v1/siem/security_events?page=2"))),
+            Ok(page(p2, None)),
+        ],
+        FakeSink::default(),
+    );
+    assert!(
+        h.run_until(30, |h| Stats::get(&h.stats().windows) >= 1)
+            .await
+    );
+    assert_eq!(h.sink.ids_on(TOPIC), ids);
+    let cursor = h.cursor().await.expect("the cursor moved");
+    assert!(cursor > Utc::now() - chrono::Duration::seconds(120));
+    let urls = h.source.requested();
+    assert_eq!(
+        urls[1].as_str(),
+        "https://api.test/v1/siem/security_events?page=2"
+    );
+    assert_eq!(Stats::get(&h.stats().pages), urls.len() as u64);
+    assert_eq!(Stats::get(&h.stats().events_published), 5);
+    assert_eq!(h.engine.status.shard(&h.shard).cursor, Some(cursor));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_server_error_is_retried_and_nothing_is_lost() {
+    let (p1, ids) = events(&shard(), 0..4, 0);
+    let h = harness(
+        vec![
+            Err(status(500, None)),
+            Err(ApiError::Timeout),
+            Ok(page(p1, None)),
+        ],
+        FakeSink::default(),
+    );
+    assert!(
+        h.run_until(60, |h| Stats::get(&h.stats().windows) >= 1)
+            .await
+    );
+    assert_eq!(h.sink.ids_on(TOPIC), ids);
+    assert_eq!(Stats::get(&h.stats().api_errors), 2);
+    // The same page was asked for three times.
+    let urls = h.source.requested();
+    assert_eq!(urls[0], urls[1]);
+    assert_eq!(urls[1], urls[2]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_bad_request_parks_the_shard_then_it_tries_again() {
+    let (p1, ids) = events(&shard(), 0..2, 0);
+    let h = harness(
+        vec![Err(status(400, None)), Ok(page(p1, None))],
+        FakeSink::default(),
+    );
+    let started = tokio::time::Instant::now();
+    // Parked 30..60 s (the park backoff), then the window is read again.
+    assert!(
+        h.run_until(120, |h| Stats::get(&h.stats().windows) >= 1)
+            .await
+    );
+    assert!(
+        started.elapsed() >= Duration::from_secs(30),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(h.source.requested().len(), 2);
+    assert_eq!(Stats::get(&h.stats().api_errors), 1);
+    assert_eq!(h.sink.ids_on(TOPIC), ids);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_retry_after_date_in_year_9999_pauses_no_longer_than_max_pause() {
+    let far = Duration::from_secs(8000 * 365 * 86_400);
+    let (p1, ids) = events(&shard(), 0..1, 0);
+    let h = harness(
+        vec![Err(status(429, Some(far))), Ok(page(p1, None))],
+        FakeSink::default(),
+    );
+    let started = tokio::time::Instant::now();
+    assert!(
+        h.run_until(900, |h| Stats::get(&h.stats().windows) >= 1)
+            .await
+    );
+    let took = started.elapsed();
+    assert!(took >= Duration::from_secs(300), "paused {took:?}");
+    assert!(
+        took <= Duration::from_secs(302),
+        "paused {took:?}: not capped"
+    );
+    assert_eq!(Stats::get(&h.stats().rate_limited), 1);
+    assert_eq!(h.sink.ids_on(TOPIC), ids);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_429_without_retry_after_pauses_a_minute() {
+    let h = harness(vec![Err(status(429, None))], FakeSink::default());
+    let started = tokio::time::Instant::now();
+    assert!(h.run_until(300, |h| h.source.requested().len() >= 2).await);
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_secs(60) && took <= Duration::from_secs(62),
+        "{took:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_refused_token_backs_off_and_shows_in_readiness() {
+    let h = harness(vec![Err(status(401, None))], FakeSink::default());
+    assert!(
+        h.run_until(5, |h| !h.engine.status.not_ready().is_empty())
+            .await
+    );
+    assert!(h.engine.status.not_ready().join(" ").contains("token"));
+    assert_eq!(
+        h.source.requested().len(),
+        1,
+        "no second request within the pause"
+    );
+    let last = h.engine.status.shard(&h.shard).last_error.unwrap();
+    assert!(last.contains("401") && !last.contains("Bearer"));
+    // After the pause the next request succeeds and readiness returns.
+    assert!(
+        h.run_until(120, |h| Stats::get(&h.stats().windows) >= 1)
+            .await
+    );
+    assert!(h.engine.status.not_ready().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_foreign_next_link_parks_without_a_request_there() {
+    let (p1, ids) = events(&shard(), 0..2, 0);
+    let h = harness(
+        vec![Ok(page(
+            p1,
+            Some("https://evil.test/v1/siem/security_events?x=1"),
+        ))],
+        FakeSink::default(),
+    );
+    assert!(
+        h.run_until(10, |h| h.engine.status.shard(&h.shard).last_error.is_some())
+            .await
+    );
+    assert!(h
+        .source
+        .requested()
+        .iter()
+        .all(|u| u.host_str() == Some("api.test")));
+    assert!(h.cursor().await.is_none(), "the window is not complete");
+    // The first page's events were published (the overlap re-read dedups them).
+    assert_eq!(h.sink.ids_on(TOPIC), ids);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_unavailable_sink_keeps_the_cursor_until_it_acknowledges() {
+    let (p1, ids) = events(&shard(), 0..3, 0);
+    let sink = FakeSink::default();
+    sink.unavailable.store(3, Ordering::Relaxed);
+    let h = harness(vec![Ok(page(p1, None))], sink);
+    assert!(
+        h.run_until(120, |h| Stats::get(&h.stats().windows) >= 1)
+            .await
+    );
+    assert_eq!(h.sink.ids_on(TOPIC), ids);
+    assert_eq!(Stats::get(&h.stats().sink_errors), 3);
+    assert!(!h.engine.status.shard(&h.shard).sink_failing);
+    assert_eq!(
+        h.source.requested().len(),
+        1,
+        "the page is not fetched again"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_record_the_broker_refuses_is_dead_lettered_and_the_window_completes() {
+    let (mut evs, mut ids) = events(&shard(), 0..4, 0);
+    let (big, big_id) = event(&shard(), 99, 20_000);
+    evs.insert(2, big);
+    let sink = FakeSink {
+        max_size: Some(12_000),
+        ..FakeSink::default()
+    };
+    let h = harness(vec![Ok(page(evs, None))], sink);
+    assert!(
+        h.run_until(30, |h| Stats::get(&h.stats().windows) >= 1)
+            .await
+    );
+    let on_topic = h.sink.ids_on(TOPIC);
+    ids.sort();
+    let mut sorted = on_topic.clone();
+    sorted.sort();
+    assert_eq!(sorted, ids, "every other event delivered");
+    let dead: Vec<_> = h
+        .sink
+        .accepted()
+        .into_iter()
+        .filter(|r| &*r.topic == DLQ)
+        .collect();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].id, big_id);
+    assert_eq!(dead[0].kind, RecordKind::DeadLetter);
+    let doc: serde_json::Value = serde_json::from_slice(&dead[0].payload).unwrap();
+    assert!(doc["reasons"][0]["message"]
+        .as_str()
+        .unwrap()
+        .starts_with("broker: "));
+    assert_eq!(doc["topic"], TOPIC);
+    assert_eq!(Stats::get(&h.stats().dead_lettered), 1);
+    assert!(h.cursor().await.is_some());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_dead_letter_too_large_for_the_broker_goes_truncated() {
+    let (big, big_id) = event(&shard(), 7, 20_000);
+    let sink = FakeSink {
+        max_size: Some(4_000),
+        limit_dead_letters: true,
+        ..FakeSink::default()
+    };
+    let h = harness(vec![Ok(page(vec![big], None))], sink);
+    assert!(
+        h.run_until(30, |h| Stats::get(&h.stats().windows) >= 1)
+            .await
+    );
+    let acc = h.sink.accepted();
+    assert_eq!(acc.len(), 1);
+    assert_eq!(acc[0].kind, RecordKind::Truncated);
+    assert_eq!(acc[0].id, big_id);
+    let doc: serde_json::Value = serde_json::from_slice(&acc[0].payload).unwrap();
+    assert_eq!(doc["service"], "exchange");
+    assert!(doc["size"].as_u64().unwrap() > 20_000);
+    assert!(doc["window_start"].is_string());
+    assert!(doc["reasons"][0]["message"]
+        .as_str()
+        .unwrap()
+        .contains("over 4000"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_misconfigured_sink_stops_the_shard_and_readiness_says_why() {
+    let (p1, _) = events(&shard(), 0..2, 0);
+    let sink = FakeSink::default();
+    sink.misconfigured.store(true, Ordering::Relaxed);
+    let h = harness(vec![Ok(page(p1, None))], sink);
+    let cancel = CancellationToken::new();
+    // The runner returns by itself: stopped, not retrying.
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        h.engine
+            .run_shard(h.shard.clone(), 1, cancel, CancellationToken::new()),
+    )
+    .await
+    .expect("the shard stops");
+    assert!(h.cursor().await.is_none());
+    let why = h.engine.status.not_ready().join("; ");
+    assert!(
+        why.contains("exchange/dlp stopped") && why.contains("not authorised"),
+        "{why}"
+    );
+    assert_eq!(h.sink.calls.load(Ordering::Relaxed), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn schema_violations_and_duplicates() {
+    let (mut evs, ids) = events(&shard(), 0..3, 0);
+    // The same event twice in a page, and one that breaks the schema.
+    evs.push(evs[0].clone());
+    let bad = serde_json::value::RawValue::from_string(
+        r#"{"service":"Exchange","event":"dlp","log_item_id":"bad-1","message":"unparsed"}"#.into(),
+    )
+    .unwrap();
+    evs.push(bad);
+    let (again, _) = events(&shard(), 1..2, 0);
+    let h = harness(
+        vec![
+            Ok(page(evs, Some("/v1/siem/security_events?p=2"))),
+            Ok(page(again, None)),
+        ],
+        FakeSink::default(),
+    );
+    assert!(
+        h.run_until(30, |h| Stats::get(&h.stats().windows) >= 1)
+            .await
+    );
+    assert_eq!(h.sink.ids_on(TOPIC), ids);
+    assert_eq!(h.sink.ids_on(DLQ), vec!["bad-1".to_string()]);
+    assert_eq!(Stats::get(&h.stats().duplicates_skipped), 2);
+    assert_eq!(Stats::get(&h.stats().dead_lettered), 1);
+}
+
+/// A store that says another worker took the shard.
+struct Fenced;
+
+#[async_trait]
+impl CheckpointStore for Fenced {
+    async fn load(&self, _: &Shard) -> Result<Option<DateTime<Utc>>, CoordError> {
+        Ok(None)
+    }
+    async fn store(&self, s: &Shard, f: Fence, _: DateTime<Utc>) -> Result<(), CoordError> {
+        Err(CoordError::Fenced {
+            shard: s.to_string(),
+            ours: f,
+            current: f + 1,
+        })
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stale_fence_stops_the_runner_without_moving_a_cursor() {
+    let (p1, _) = events(&shard(), 0..2, 0);
+    let h = harness_with(
+        vec![Ok(page(p1, None))],
+        FakeSink::default(),
+        Arc::new(Fenced),
+    );
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        h.engine.run_shard(
+            h.shard.clone(),
+            4,
+            CancellationToken::new(),
+            CancellationToken::new(),
+        ),
+    )
+    .await
+    .expect("the runner stops at a stale fence");
+    assert_eq!(
+        h.engine
+            .status
+            .shard(&h.shard)
+            .cursor
+            .map(|c| c < Utc::now() - chrono::Duration::minutes(59)),
+        Some(true),
+        "only the start cursor"
+    );
+    assert!(h
+        .engine
+        .status
+        .shard(&h.shard)
+        .last_error
+        .unwrap()
+        .contains("stale"));
+    assert_eq!(Stats::get(&h.stats().windows), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn drain_ends_after_the_window_in_flight() {
+    let (p1, _) = events(&shard(), 0..2, 0);
+    let (p2, _) = events(&shard(), 2..4, 0);
+    let h = harness(
+        vec![
+            Ok(page(p1, Some("/v1/siem/security_events?p=2"))),
+            Ok(page(p2, None)),
+        ],
+        FakeSink::default(),
+    );
+    let drain = CancellationToken::new();
+    drain.cancel();
+    // Draining before the first plan: nothing is fetched.
+    h.engine
+        .run_shard(h.shard.clone(), 1, CancellationToken::new(), drain)
+        .await;
+    assert!(h.source.requested().is_empty());
+    // Draining while the window is in flight: it completes, then stops.
+    let drain = CancellationToken::new();
+    let e = h.engine.clone();
+    let (s, d) = (h.shard.clone(), drain.clone());
+    let task = tokio::spawn(async move { e.run_shard(s, 1, CancellationToken::new(), d).await });
+    while h.source.requested().is_empty() {
+        tokio::task::yield_now().await;
+    }
+    drain.cancel();
+    tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(h.source.requested().len(), 2);
+    assert!(h.cursor().await.is_some());
+}
+
+#[tokio::test(start_paused = true)]
+async fn cancel_mid_window_moves_no_cursor() {
+    let (p1, _) = events(&shard(), 0..2, 0);
+    let sink = FakeSink::default();
+    sink.unavailable.store(1000, Ordering::Relaxed);
+    let h = harness(vec![Ok(page(p1, None))], sink);
+    assert!(
+        h.run_until(30, |h| h.sink.calls.load(Ordering::Relaxed) >= 2)
+            .await
+    );
+    assert!(h.cursor().await.is_none());
+    assert!(h.sink.accepted().is_empty());
+}

@@ -1,0 +1,184 @@
+//! The leaf every configuration section builds on: the error that names a
+//! field, and the duration type written `30s`, `5m`, `2h`, `3d`, `250ms`.
+//! It imports nothing from the crate, so any stage can own its section
+//! without depending on [`crate::config`].
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// A configuration that could not be loaded or is not allowed.
+#[derive(Debug, thiserror::Error)]
+#[error("configuration: {field}: {problem}")]
+pub struct ConfigError {
+    /// The dotted name of the offending field, e.g. `window.max`.
+    pub field: String,
+    /// What is wrong and what is allowed.
+    pub problem: String,
+}
+
+impl ConfigError {
+    pub fn new(field: impl Into<String>, problem: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            problem: problem.into(),
+        }
+    }
+}
+
+/// A duration written as `30s`, `5m`, `2h`, `3d` or `250ms` (a bare number is seconds).
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Dur(pub Duration);
+
+impl Dur {
+    pub const fn secs(s: u64) -> Self {
+        Self(Duration::from_secs(s))
+    }
+    pub fn get(self) -> Duration {
+        self.0
+    }
+}
+
+impl fmt::Debug for Dur {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl fmt::Display for Dur {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ms = self.0.as_millis();
+        let (n, unit) = if ms % 86_400_000 == 0 && ms > 0 {
+            (ms / 86_400_000, "d")
+        } else if ms % 3_600_000 == 0 && ms > 0 {
+            (ms / 3_600_000, "h")
+        } else if ms % 60_000 == 0 && ms > 0 {
+            (ms / 60_000, "m")
+        } else if ms % 1000 == 0 {
+            (ms / 1000, "s")
+        } else {
+            (ms, "ms")
+        };
+        write!(f, "{n}{unit}")
+    }
+}
+
+/// Parses `30s`, `5m`, `2h`, `3d`, `250ms`, or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration (use e.g. 30s, 5m, 2h, 3d)"))?;
+    let ms = match unit.trim() {
+        "" | "s" => n.checked_mul(1000),
+        "ms" => Some(n),
+        "m" => n.checked_mul(60_000),
+        "h" => n.checked_mul(3_600_000),
+        "d" => n.checked_mul(86_400_000),
+        other => {
+            return Err(format!(
+                "`{s}`: unknown unit `{other}` (use ms, s, m, h or d)"
+            ))
+        }
+    };
+    ms.map(Duration::from_millis)
+        .ok_or_else(|| format!("`{s}` is too long"))
+}
+
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            N(u64),
+            S(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::N(n) => Ok(Dur(Duration::from_secs(n))),
+            Raw::S(s) => parse_duration(&s)
+                .map(Dur)
+                .map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+impl Serialize for Dur {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// Checks that `d` lies in `min..=max`, naming `field` when it does not.
+pub fn check_range(field: &str, d: Dur, min: Duration, max: Duration) -> Result<(), ConfigError> {
+    if d.get() < min || d.get() > max {
+        return Err(ConfigError::new(
+            field,
+            format!("{d} is out of range: {} to {}", Dur(min), Dur(max)),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
+        assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
+        assert_eq!(parse_duration("2h").unwrap(), Duration::from_secs(7200));
+        assert_eq!(parse_duration("3d").unwrap(), Duration::from_secs(259_200));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration(" 42 ").unwrap(), Duration::from_secs(42));
+    }
+
+    #[test]
+    fn bad_durations_say_why() {
+        assert!(parse_duration("3w").unwrap_err().contains("unknown unit"));
+        assert!(parse_duration("abc")
+            .unwrap_err()
+            .contains("not a duration"));
+        assert!(parse_duration("").is_err());
+        assert!(parse_duration("99999999999999999d")
+            .unwrap_err()
+            .contains("too long"));
+    }
+
+    #[test]
+    fn durations_print_in_their_largest_whole_unit() {
+        assert_eq!(Dur::secs(86_400).to_string(), "1d");
+        assert_eq!(Dur::secs(7200).to_string(), "2h");
+        assert_eq!(Dur::secs(300).to_string(), "5m");
+        assert_eq!(Dur::secs(90).to_string(), "90s");
+        assert_eq!(Dur(Duration::from_millis(250)).to_string(), "250ms");
+        assert_eq!(Dur::secs(0).to_string(), "0s");
+    }
+
+    #[test]
+    fn durations_round_trip_through_serde() {
+        let d: Dur = serde_json::from_str("\"2h\"").unwrap();
+        assert_eq!(d, Dur::secs(7200));
+        let n: Dur = serde_json::from_str("15").unwrap();
+        assert_eq!(n, Dur::secs(15));
+        assert_eq!(serde_json::to_string(&Dur::secs(120)).unwrap(), "\"2m\"");
+        assert!(serde_json::from_str::<Dur>("\"2 fortnights\"").is_err());
+    }
+
+    #[test]
+    fn range_check_names_the_field() {
+        let e = check_range(
+            "a.b",
+            Dur::secs(1),
+            Duration::from_secs(3),
+            Duration::from_secs(9),
+        )
+        .unwrap_err();
+        assert_eq!(e.field, "a.b");
+        assert!(e.to_string().contains("1s is out of range: 3s to 9s"));
+        assert!(check_range("a", Dur::secs(3), Duration::ZERO, Duration::from_secs(3)).is_ok());
+    }
+}

@@ -1,0 +1,303 @@
+//! The lease keeper: fleet membership, the fair share, hand-over. Every
+//! third of the lease TTL it reaps finished runners, renews the leases it
+//! holds, announces itself, and takes or gives up shards towards
+//! ⌈shards ÷ live workers⌉. It publishes the shards it holds on the status
+//! board's one channel; nothing else keeps that list.
+//!
+//! What must stay true here: a shard is worked only under a lease; a lease
+//! that cannot be renewed before it expires stops its runner at once; a
+//! surplus shard is given up after its window in flight (drain), never in
+//! the middle of one; shutdown abandons the page in flight without moving
+//! its cursor and releases the leases within the grace period.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::coord::{Fence, LeaseStore, Renewal};
+use crate::field::{ConfigError, Dur};
+use crate::retry::sleep_or_cancel;
+use crate::runner::Engine;
+use crate::shard::Shard;
+
+/// The `shutdown` section.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShutdownConfig {
+    /// How long shutdown may take before in-flight work is abandoned.
+    pub grace: Dur,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        Self {
+            grace: Dur::secs(20),
+        }
+    }
+}
+
+impl ShutdownConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.grace.get() > Duration::from_secs(3600) {
+            return Err(ConfigError::new("shutdown.grace", "must be at most 1h"));
+        }
+        Ok(())
+    }
+}
+
+/// A shard this process holds a lease on.
+struct Held {
+    fence: Fence,
+    /// Stops the runner at once (lease lost, shutdown).
+    cancel: CancellationToken,
+    /// Stops it after the window in flight (rebalancing).
+    drain: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+    last_renewed: tokio::time::Instant,
+    /// The lease is gone: the runner was cancelled and must not be released.
+    lost: bool,
+}
+
+impl Drop for Held {
+    /// If the keeper's own task is dropped (aborted), its runners must not
+    /// outlive it.
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Keeps this process's share of the leases and a runner per held shard.
+pub struct LeaseKeeper {
+    /// Leases and membership.
+    leases: Arc<dyn LeaseStore>,
+    /// Runs each held shard.
+    engine: Arc<Engine>,
+    /// Every configured shard, in this worker's search order.
+    order: Vec<Shard>,
+    /// How long shutdown may take.
+    grace: Duration,
+    /// The shards held, by shard.
+    held: HashMap<Shard, Held>,
+}
+
+impl LeaseKeeper {
+    pub fn new(
+        leases: Arc<dyn LeaseStore>,
+        engine: Arc<Engine>,
+        shards: &[Shard],
+        grace: Duration,
+    ) -> Self {
+        // Workers start their search for free shards at different places.
+        let mut order = shards.to_vec();
+        let offset = rand::rng().random_range(0..order.len().max(1));
+        order.rotate_left(offset);
+        Self {
+            leases,
+            engine,
+            order,
+            grace,
+            held: HashMap::new(),
+        }
+    }
+
+    /// Keeps leases until `cancel` fires, then shuts down within the grace
+    /// period. The caller flushes the sink and then calls
+    /// [`LeaseKeeper::release_all`].
+    pub async fn run(&mut self, cancel: &CancellationToken) {
+        let period = self.leases.ttl() / 3;
+        loop {
+            self.tend(cancel).await;
+            self.publish_held();
+            if !sleep_or_cancel(period, cancel).await {
+                break;
+            }
+        }
+        info!(grace = ?self.grace, "shutting down");
+        for h in self.held.values() {
+            h.cancel.cancel();
+        }
+        let deadline = tokio::time::Instant::now() + self.grace;
+        for (shard, h) in self.held.iter_mut() {
+            if tokio::time::timeout_at(deadline, &mut h.task)
+                .await
+                .is_err()
+            {
+                warn!(%shard, "grace period over; abandoning work in flight (its cursor stays)");
+                h.task.abort();
+            }
+        }
+    }
+
+    /// Gives every lease back and leaves the fleet.
+    pub async fn release_all(&mut self) {
+        for (shard, h) in self.held.drain() {
+            if !h.lost {
+                if let Err(e) = self.leases.release(&shard, h.fence).await {
+                    warn!(%shard, error = %e, "cannot release the lease; it expires by itself");
+                }
+            }
+        }
+        if let Err(e) = self.leases.leave().await {
+            warn!(error = %e, "cannot leave the fleet; the heartbeat expires by itself");
+        }
+        self.publish_held();
+    }
+
+    fn publish_held(&self) {
+        let holding: Vec<Shard> = self
+            .order
+            .iter()
+            .filter(|s| self.held.get(*s).is_some_and(|h| !h.lost))
+            .cloned()
+            .collect();
+        self.engine.telemetry.leases_held(holding.len());
+        self.engine.status.set_held(holding);
+    }
+
+    /// One round: reap finished runners, renew, announce, and take or give
+    /// up shards towards the fair share.
+    async fn tend(&mut self, cancel: &CancellationToken) {
+        self.reap().await;
+        self.renew().await;
+        self.publish_held();
+        if cancel.is_cancelled() {
+            return;
+        }
+        let live = match self.leases.heartbeat().await {
+            Ok(n) => {
+                self.engine.status.set_coord_ok(true);
+                n.max(1)
+            }
+            Err(e) => {
+                self.engine.status.set_coord_ok(false);
+                warn!(error = %e, "heartbeat failed; taking no new shards");
+                return;
+            }
+        };
+        self.rebalance(live, cancel).await;
+    }
+
+    /// Runners that ended (drained, lost, fenced, stopped): their leases go back.
+    async fn reap(&mut self) {
+        let done: Vec<Shard> = self
+            .held
+            .iter()
+            .filter(|(_, h)| h.task.is_finished())
+            .map(|(s, _)| s.clone())
+            .collect();
+        for shard in done {
+            if let Some(h) = self.held.remove(&shard) {
+                if !h.lost {
+                    if let Err(e) = self.leases.release(&shard, h.fence).await {
+                        warn!(%shard, error = %e, "cannot release the lease; it expires by itself");
+                    }
+                }
+            }
+        }
+    }
+
+    async fn renew(&mut self) {
+        let ttl = self.leases.ttl();
+        let period = ttl / 3;
+        for (shard, h) in self.held.iter_mut().filter(|(_, h)| !h.lost) {
+            let p = self.engine.status.shard(shard);
+            let tel = self.engine.telemetry.shard(shard);
+            if let Some(c) = p.cursor {
+                tel.checkpoint_lag(c);
+            }
+            let lost = match self.leases.renew(shard, h.fence, p.cursor).await {
+                Ok(Renewal::Lost) => Some("another worker holds it"),
+                Ok(r) => {
+                    if r == Renewal::Reclaimed {
+                        warn!(%shard, fence = h.fence, "lease had lapsed or Redis lost it; reclaimed (cursor written back if missing)");
+                    }
+                    h.last_renewed = tokio::time::Instant::now();
+                    let _ = self
+                        .leases
+                        .report(shard, h.fence, p.last_error.as_deref())
+                        .await;
+                    None
+                }
+                Err(e) if h.last_renewed.elapsed() + period < ttl => {
+                    warn!(%shard, error = %e, "cannot renew the lease; trying again");
+                    None
+                }
+                Err(_) => Some("cannot renew it before it expires"),
+            };
+            if let Some(why) = lost {
+                h.cancel.cancel();
+                h.lost = true;
+                self.engine.telemetry.lease_lost(shard, why);
+            }
+        }
+    }
+
+    async fn rebalance(&mut self, live: usize, cancel: &CancellationToken) {
+        let fair = self.order.len().div_ceil(live);
+        let active: Vec<Shard> = self
+            .order
+            .iter()
+            .filter(|s| {
+                self.held
+                    .get(*s)
+                    .is_some_and(|h| !h.lost && !h.drain.is_cancelled())
+            })
+            .cloned()
+            .collect();
+        if active.len() > fair {
+            // Give up the surplus at a window boundary.
+            for shard in active.iter().rev().take(active.len() - fair) {
+                if let Some(h) = self.held.get(shard) {
+                    info!(%shard, fair, live, "over the fair share; releasing after the window in flight");
+                    h.drain.cancel();
+                }
+            }
+            return;
+        }
+        let mut want = fair - active.len();
+        for shard in self.order.clone() {
+            if want == 0 {
+                break;
+            }
+            if self.held.contains_key(&shard) {
+                continue;
+            }
+            match self.leases.acquire(&shard).await {
+                Ok(Some(fence)) => {
+                    self.engine.telemetry.lease_acquired(&shard, fence);
+                    self.spawn(shard, fence, cancel);
+                    want -= 1;
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    warn!(%shard, error = %e, "cannot acquire a lease");
+                    break;
+                }
+            }
+        }
+    }
+
+    fn spawn(&mut self, shard: Shard, fence: Fence, cancel: &CancellationToken) {
+        let h_cancel = cancel.child_token();
+        let drain = CancellationToken::new();
+        let engine = self.engine.clone();
+        let (s2, c2, d2) = (shard.clone(), h_cancel.clone(), drain.clone());
+        let task = tokio::spawn(async move { engine.run_shard(s2, fence, c2, d2).await });
+        self.held.insert(
+            shard,
+            Held {
+                fence,
+                cancel: h_cancel,
+                drain,
+                task,
+                last_renewed: tokio::time::Instant::now(),
+                lost: false,
+            },
+        );
+    }
+}

@@ -1,0 +1,242 @@
+//! The publisher: validate → dedup → records → sink → mark delivered.
+//!
+//! What must stay true here: [`Publisher::publish_page`] returns `Ok` only
+//! when every event of the page is acknowledged by the sink, on its topic
+//! or on the dead-letter topic (whole, or truncated when even the whole
+//! dead letter is refused). A sink that is unavailable is retried without
+//! end (the cursor stays); a record the broker refuses for good is
+//! dead-lettered with the broker's reason, so one record never stalls its
+//! shard; a misconfigured sink stops the shard with a clear error.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+use tracing::warn;
+
+use crate::cas::Page;
+use crate::coord::DedupStore;
+use crate::identity::event_id;
+use crate::retry::Backoff;
+use crate::shard::Shard;
+use crate::sink::{PageMeta, Record, RecordKind, Sink, SinkError, Topics};
+use crate::status::StatusBoard;
+use crate::telemetry::{DeadReason, ShardTelemetry};
+use crate::validate::{Registry, Violation};
+use crate::window::Window;
+
+/// Why a page was not delivered.
+#[derive(Debug, PartialEq, Eq)]
+pub enum PublishError {
+    /// Shutdown or lease loss: the cursor stays.
+    Cancelled,
+    /// The sink refuses this shard's records as configured: stop the shard.
+    Stopped(String),
+}
+
+/// Shared by every shard of a process.
+pub struct Publisher {
+    /// The compiled schemas.
+    registry: Registry,
+    /// Where records go.
+    sink: Arc<dyn Sink>,
+    /// Topic names.
+    topics: Topics,
+    /// Ids already delivered.
+    dedup: Arc<dyn DedupStore>,
+    /// The dead-letter topic, shared by the records that go there.
+    dead_letter_topic: Arc<str>,
+}
+
+impl Publisher {
+    pub fn new(
+        registry: Registry,
+        sink: Arc<dyn Sink>,
+        topics: Topics,
+        dedup: Arc<dyn DedupStore>,
+    ) -> Self {
+        let dead_letter_topic = topics.dead_letter().into();
+        Self {
+            registry,
+            sink,
+            topics,
+            dedup,
+            dead_letter_topic,
+        }
+    }
+
+    pub fn sink(&self) -> &Arc<dyn Sink> {
+        &self.sink
+    }
+
+    pub fn topics(&self) -> &Topics {
+        &self.topics
+    }
+
+    /// The records of one page: each event parsed on its own, checked and
+    /// dropped (only its raw text, id and verdict stay, so a page costs
+    /// little more than its body); duplicates left out.
+    async fn records(
+        &self,
+        shard: &Shard,
+        window: &Window,
+        page: &Page,
+        tel: &ShardTelemetry,
+    ) -> Vec<Record> {
+        let checked: Vec<(String, Vec<Violation>)> = page
+            .events
+            .iter()
+            .map(|raw| match serde_json::from_str::<Value>(raw.get()) {
+                Ok(v) => (event_id(shard, &v), self.registry.check(&shard.event, &v)),
+                // Unreachable (the page parsed), but never a panic.
+                Err(e) => (
+                    event_id(shard, &Value::String(raw.get().to_string())),
+                    vec![Violation {
+                        path: String::new(),
+                        message: format!("not JSON: {e}"),
+                    }],
+                ),
+            })
+            .collect();
+        let id_refs: Vec<&str> = checked.iter().map(|(id, _)| id.as_str()).collect();
+        let seen = match self.dedup.seen(shard, &id_refs).await {
+            Ok(s) => s,
+            Err(e) => {
+                // Publishing a duplicate is safe; skipping an event is not.
+                warn!(%shard, error = %e, "dedup memory unavailable; publishing without it");
+                vec![false; checked.len()]
+            }
+        };
+        let topic: Arc<str> = self.topics.topic(shard).into();
+        let meta = Arc::new(PageMeta::new(shard, window));
+        let mut batch_ids = HashSet::with_capacity(checked.len());
+        let mut records = Vec::with_capacity(checked.len());
+        let mut duplicates = 0;
+        for ((raw, (id, violations)), seen) in page.events.iter().zip(&checked).zip(seen) {
+            if seen || !batch_ids.insert(id.as_str()) {
+                duplicates += 1;
+                continue;
+            }
+            if violations.is_empty() {
+                records.push(Record::event(topic.clone(), id.clone(), &meta, raw));
+            } else {
+                records.push(Record::dead_letter(
+                    self.dead_letter_topic.clone(),
+                    &topic,
+                    id.clone(),
+                    &meta,
+                    raw,
+                    violations,
+                ));
+            }
+        }
+        tel.duplicates_skipped(duplicates);
+        records
+    }
+
+    /// Validates, dedups and publishes one page; returns when the sink
+    /// acknowledged every record somewhere.
+    pub async fn publish_page(
+        &self,
+        shard: &Shard,
+        window: &Window,
+        page: Page,
+        tel: &ShardTelemetry,
+        status: &StatusBoard,
+        cancel: &CancellationToken,
+    ) -> Result<(), PublishError> {
+        if page.events.is_empty() {
+            return Ok(());
+        }
+        let records = self.records(shard, window, &page, tel).await;
+        drop(page);
+        if records.is_empty() {
+            return Ok(());
+        }
+        let started = std::time::Instant::now();
+        let mut delivered: Vec<String> = Vec::with_capacity(records.len());
+        let mut published = 0u64;
+        let mut pending = records;
+        let mut retry = Backoff::publish();
+        while !pending.is_empty() {
+            let res = tokio::select! {
+                r = self.sink.publish(&pending) => r,
+                _ = cancel.cancelled() => return Err(PublishError::Cancelled),
+            };
+            let refused = match res {
+                Ok(()) => Vec::new(),
+                Err(e @ SinkError::Unavailable { .. }) => {
+                    let wait = retry.next_delay();
+                    tel.sink_error(e.kind(), &e, Some(wait));
+                    status.set_error(shard, &e);
+                    status.set_sink_failing(shard, true);
+                    if !crate::retry::sleep_or_cancel(wait, cancel).await {
+                        return Err(PublishError::Cancelled);
+                    }
+                    continue;
+                }
+                Err(e @ SinkError::Misconfigured { .. }) => {
+                    tel.sink_error(e.kind(), &e, None);
+                    return Err(PublishError::Stopped(e.to_string()));
+                }
+                Err(ref e @ SinkError::Rejected { ref refused, .. }) => {
+                    tel.sink_error(e.kind(), e, None);
+                    refused.clone()
+                }
+            };
+            status.set_sink_failing(shard, false);
+            retry.reset();
+            // Everything not refused was acknowledged.
+            let mut replacements = Vec::with_capacity(refused.len());
+            let mut refused_at = refused.iter().peekable();
+            for (i, r) in pending.into_iter().enumerate() {
+                match refused_at.next_if(|f| f.index == i) {
+                    None => {
+                        match r.kind {
+                            RecordKind::Event => published += 1,
+                            RecordKind::DeadLetter => tel.dead_lettered(
+                                &r.id,
+                                if r.dead_reason
+                                    .as_deref()
+                                    .is_some_and(|d| d.starts_with("schema"))
+                                {
+                                    DeadReason::Schema
+                                } else {
+                                    DeadReason::Rejected
+                                },
+                                r.dead_reason.as_deref().unwrap_or(""),
+                            ),
+                            RecordKind::Truncated => tel.dead_lettered(
+                                &r.id,
+                                DeadReason::Truncated,
+                                r.dead_reason.as_deref().unwrap_or(""),
+                            ),
+                        }
+                        delivered.push(r.id);
+                    }
+                    Some(f) if r.kind == RecordKind::Truncated => {
+                        // Not even a few hundred bytes go through: nothing
+                        // the bridge can send will.
+                        return Err(PublishError::Stopped(format!(
+                            "the dead-letter topic `{}` refuses even a truncated dead letter: {}",
+                            r.topic, f.reason
+                        )));
+                    }
+                    Some(f) => replacements.push(Record::rejected(
+                        self.dead_letter_topic.clone(),
+                        &r,
+                        &f.reason,
+                    )),
+                }
+            }
+            pending = replacements;
+        }
+        let ids: Vec<&str> = delivered.iter().map(String::as_str).collect();
+        if let Err(e) = self.dedup.mark(shard, &ids).await {
+            warn!(%shard, error = %e, "cannot record delivered ids; duplicates may follow");
+        }
+        tel.page_published(published, started.elapsed());
+        Ok(())
+    }
+}

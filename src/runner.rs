@@ -1,0 +1,340 @@
+//! The shard runner: one shard's loop of windows — plan, fetch every page,
+//! publish it, then move the cursor (fenced).
+//!
+//! What must stay true here (the delivery invariant): a shard's cursor moves
+//! to a window's end only after **every** event fetched for that window was
+//! acknowledged by the sink, either on its topic or on the dead-letter
+//! topic. An event that cannot be published keeps the cursor where it is; a
+//! crash at any point re-reads at most the window in flight, and the
+//! duplicates that causes carry the same id (Kafka key, `Nats-Msg-Id`) and
+//! are removed by the dedup memory. A runner whose fence is stale cannot
+//! move the cursor: the checkpoint store refuses it and the runner stops.
+//!
+//! The API's errors say what to do ([`Action`]): retry the page with
+//! backoff, pause every shard on the token (429, capped at
+//! `budget.max_pause`; 401/403), or park the shard with a long backoff.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tokio_util::sync::CancellationToken;
+use url::Url;
+
+use crate::cas::{Action, ApiError, Page};
+use crate::coord::{CheckpointStore, CoordError, Fence};
+use crate::publish::{PublishError, Publisher};
+use crate::retry::{sleep_or_cancel, Backoff};
+use crate::schedule::{Priority, Scheduler, Slot};
+use crate::shard::Shard;
+use crate::source::PageSource;
+use crate::status::StatusBoard;
+use crate::telemetry::{ShardTelemetry, Telemetry};
+use crate::window::{Plan, Planner, StartFrom, Window};
+
+/// How long every shard backs off after the API refused the token.
+pub const AUTH_PAUSE: Duration = Duration::from_secs(60);
+/// The pause after a 429 without `Retry-After`.
+pub const DEFAULT_RATE_LIMIT_PAUSE: Duration = Duration::from_secs(60);
+
+/// Test hook: stop the whole bridge after this many windows were published,
+/// just before their checkpoint (as a crash there would).
+#[derive(Debug, Default)]
+pub struct Faults {
+    pub halt_before_checkpoint_after_windows: Option<u64>,
+}
+
+/// How a window ended without being delivered.
+#[derive(Debug)]
+enum Abort {
+    Cancelled,
+    Park(ApiError),
+    Stop(String),
+}
+
+/// What every shard runner of one process shares.
+pub struct Engine {
+    /// Where pages come from.
+    pub source: Arc<dyn PageSource>,
+    /// Who asks the budget next.
+    pub scheduler: Scheduler,
+    /// Validate, dedup, publish.
+    pub publisher: Publisher,
+    /// Cursors (fenced).
+    pub checkpoints: Arc<dyn CheckpointStore>,
+    /// Window planning.
+    pub planner: Planner,
+    /// Where a shard without a cursor starts.
+    pub start_from: StartFrom,
+    /// When the process started (`window.start_from` counts from here).
+    pub started: DateTime<Utc>,
+    /// The longest pause a 429 may impose.
+    pub max_pause: Duration,
+    /// What every stage reports.
+    pub status: Arc<StatusBoard>,
+    /// Logs, metrics, stats.
+    pub telemetry: Telemetry,
+    /// Fault injection (tests).
+    pub faults: Faults,
+    /// Fired by fault injection to stop the whole bridge.
+    pub halt: CancellationToken,
+    /// Windows delivered (for the fault hook).
+    delivered: AtomicU64,
+}
+
+impl Engine {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        source: Arc<dyn PageSource>,
+        scheduler: Scheduler,
+        publisher: Publisher,
+        checkpoints: Arc<dyn CheckpointStore>,
+        planner: Planner,
+        start_from: StartFrom,
+        max_pause: Duration,
+        status: Arc<StatusBoard>,
+        telemetry: Telemetry,
+    ) -> Self {
+        Self {
+            source,
+            scheduler,
+            publisher,
+            checkpoints,
+            planner,
+            start_from,
+            started: Utc::now(),
+            max_pause,
+            status,
+            telemetry,
+            faults: Faults::default(),
+            halt: CancellationToken::new(),
+            delivered: AtomicU64::new(0),
+        }
+    }
+
+    /// The loop of one shard held with `fence`. `cancel` stops it at once;
+    /// `drain` after the window in flight.
+    pub async fn run_shard(
+        &self,
+        shard: Shard,
+        fence: Fence,
+        cancel: CancellationToken,
+        drain: CancellationToken,
+    ) {
+        let tel = self.telemetry.shard(&shard);
+        let Some(mut cursor) = self.load_cursor(&shard, &cancel).await else {
+            return;
+        };
+        self.status.set_cursor(&shard, cursor);
+        let mut park = Backoff::park();
+        while !cancel.is_cancelled() && !drain.is_cancelled() {
+            let (window, gap) = match self.planner.plan(cursor, Utc::now()) {
+                Plan::NotDue(wait) => {
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = cancel.cancelled() => return,
+                        _ = drain.cancelled() => return,
+                    }
+                    continue;
+                }
+                Plan::Due { window, gap } => (window, gap),
+            };
+            if !gap.is_zero() {
+                tel.gap_skipped(gap.as_secs(), cursor);
+            }
+            match self.deliver_window(&shard, &window, &tel, &cancel).await {
+                Ok(()) => {}
+                Err(Abort::Cancelled) => return,
+                Err(Abort::Stop(why)) => {
+                    tel.stopped(&why);
+                    self.status.set_stopped(&shard, why);
+                    return;
+                }
+                Err(Abort::Park(e)) => {
+                    let wait = park.next_delay();
+                    tel.parked(&e, wait);
+                    self.status.set_error(&shard, &e);
+                    if !sleep_or_cancel(wait, &cancel).await {
+                        return;
+                    }
+                    continue;
+                }
+            }
+            let n = self.delivered.fetch_add(1, Ordering::Relaxed) + 1;
+            if self.faults.halt_before_checkpoint_after_windows == Some(n) {
+                tracing::warn!(%shard, "fault injection: halting before the checkpoint");
+                self.halt.cancel();
+                return;
+            }
+            if !self.checkpoint(&shard, fence, window.end, &cancel).await {
+                return;
+            }
+            cursor = window.end;
+            park.reset();
+            tel.window_checkpointed(cursor);
+            self.status.set_cursor(&shard, cursor);
+        }
+    }
+
+    /// The stored cursor, or the configured start; `None` if cancelled.
+    async fn load_cursor(
+        &self,
+        shard: &Shard,
+        cancel: &CancellationToken,
+    ) -> Option<DateTime<Utc>> {
+        let mut retry = Backoff::request();
+        loop {
+            match self.checkpoints.load(shard).await {
+                Ok(Some(c)) => return Some(c),
+                Ok(None) => return Some(self.start_from.resolve(self.started)),
+                Err(e) => {
+                    tracing::warn!(%shard, error = %e, "cannot load the cursor; retrying");
+                    if !retry.wait(cancel).await {
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Moves the cursor; `false` when the shard must stop (fenced, cancelled).
+    async fn checkpoint(
+        &self,
+        shard: &Shard,
+        fence: Fence,
+        end: DateTime<Utc>,
+        cancel: &CancellationToken,
+    ) -> bool {
+        let mut retry = Backoff::request();
+        loop {
+            match self.checkpoints.store(shard, fence, end).await {
+                Ok(()) => return true,
+                Err(e @ CoordError::Fenced { .. }) => {
+                    tracing::warn!(%shard, error = %e, "checkpoint refused: lost the shard");
+                    self.status.set_error(shard, &e);
+                    return false;
+                }
+                Err(e) => {
+                    tracing::warn!(%shard, error = %e, "checkpoint failed; retrying");
+                    if !retry.wait(cancel).await {
+                        return false;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Fetches every page of `window` and publishes its events.
+    async fn deliver_window(
+        &self,
+        shard: &Shard,
+        window: &Window,
+        tel: &ShardTelemetry,
+        cancel: &CancellationToken,
+    ) -> Result<(), Abort> {
+        let mut url = self.source.first_page(shard, window);
+        let mut priority = Priority::NewWindow;
+        loop {
+            let (page, slot) = self.fetch(shard, &url, priority, tel, cancel).await?;
+            let next = page.next_link.clone();
+            self.publisher
+                .publish_page(shard, window, page, tel, &self.status, cancel)
+                .await
+                .map_err(|e| match e {
+                    PublishError::Cancelled => Abort::Cancelled,
+                    PublishError::Stopped(why) => Abort::Stop(why),
+                })?;
+            drop(slot);
+            match next {
+                None => return Ok(()),
+                Some(raw) => {
+                    url = self.source.next_page(&raw).map_err(Abort::Park)?;
+                    priority = Priority::PagesLeft;
+                }
+            }
+        }
+    }
+
+    /// One page, retried until it arrives, the shard must park, or cancel.
+    async fn fetch(
+        &self,
+        shard: &Shard,
+        url: &Url,
+        priority: Priority,
+        tel: &ShardTelemetry,
+        cancel: &CancellationToken,
+    ) -> Result<(Page, Slot), Abort> {
+        let mut retry = Backoff::request();
+        loop {
+            let grant = tokio::select! {
+                g = self.scheduler.grant(shard, priority) => g,
+                _ = cancel.cancelled() => return Err(Abort::Cancelled),
+            };
+            let grant = match grant {
+                Ok(g) => g,
+                Err(e) => {
+                    tracing::warn!(%shard, error = %e, "no permit; retrying");
+                    if !retry.wait(cancel).await {
+                        return Err(Abort::Cancelled);
+                    }
+                    continue;
+                }
+            };
+            tel.permit(grant.permit.waited());
+            let started = std::time::Instant::now();
+            let res = tokio::select! {
+                r = self.source.fetch(grant.permit, url) => r,
+                _ = cancel.cancelled() => return Err(Abort::Cancelled),
+            };
+            let e = match res {
+                Ok(page) => {
+                    tel.page_fetched(page.events.len(), started.elapsed());
+                    self.status.set_token_ok(true);
+                    return Ok((page, grant.slot));
+                }
+                Err(e) => e,
+            };
+            drop(grant.slot);
+            let status = match &e {
+                ApiError::Status { status, .. } => status.to_string(),
+                other => other.kind().to_string(),
+            };
+            let wait = match e.action() {
+                Action::Retry => {
+                    let w = retry.next_delay();
+                    tel.request_failed(&status, started.elapsed(), &e, Some(w));
+                    w
+                }
+                Action::RateLimited(asked) => {
+                    tel.request_failed(&status, started.elapsed(), &e, None);
+                    let pause = asked
+                        .unwrap_or(DEFAULT_RATE_LIMIT_PAUSE)
+                        .min(self.max_pause);
+                    tel.rate_limited(pause, asked);
+                    self.scheduler.pause(pause).await;
+                    Duration::ZERO
+                }
+                Action::Authentication => {
+                    tel.request_failed(&status, started.elapsed(), &e, Some(AUTH_PAUSE));
+                    self.status.set_token_ok(false);
+                    tracing::error!(%shard, error = %e, "the API refused the token; every shard backs off");
+                    self.scheduler.pause(AUTH_PAUSE).await;
+                    Duration::ZERO
+                }
+                Action::Park => {
+                    tel.request_failed(&status, started.elapsed(), &e, None);
+                    return Err(Abort::Park(e));
+                }
+            };
+            self.status.set_error(shard, &e);
+            if !sleep_or_cancel(wait, cancel).await {
+                return Err(Abort::Cancelled);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "engine_tests.rs"]
+mod tests;

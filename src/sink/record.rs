@@ -1,0 +1,343 @@
+//! The records a sink publishes: the vendor's event whole, with the request
+//! pair, id and window beside it; dead letters carry the reasons.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::shard::Shard;
+use crate::validate::Violation;
+use crate::window::Window;
+
+/// One message for the broker.
+#[derive(Debug, Clone)]
+pub struct Record {
+    /// Topic or subject (shared by the records of a page).
+    pub topic: Arc<str>,
+    /// The event id: Kafka key and `Nats-Msg-Id`.
+    pub id: String,
+    /// The request pair and window (shared by the records of a page).
+    pub page: Arc<PageMeta>,
+    /// What it is: an event, a dead letter, a truncated dead letter.
+    pub kind: RecordKind,
+    /// Why it was dead-lettered (the first violation's path, or the
+    /// broker's reason), if it was.
+    pub dead_reason: Option<String>,
+    /// The JSON document.
+    pub payload: bytes::Bytes,
+}
+
+/// What a record is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordKind {
+    /// An event on its topic.
+    Event,
+    /// An event on the dead-letter topic, whole, with the reasons.
+    DeadLetter,
+    /// A dead letter without the event (the broker refused the whole one):
+    /// id, pair, window, size and reason.
+    Truncated,
+}
+
+/// What every record of one page has in common.
+#[derive(Debug, Clone)]
+pub struct PageMeta {
+    pub service: String,
+    pub event: String,
+    /// The window's bounds in the API's time format, written once per page
+    /// rather than once per record.
+    pub window_start: String,
+    pub window_end: String,
+}
+
+impl PageMeta {
+    pub fn new(shard: &Shard, window: &Window) -> Self {
+        Self {
+            service: shard.service.clone(),
+            event: shard.event.clone(),
+            window_start: crate::cas::format_time(window.start),
+            window_end: crate::cas::format_time(window.end),
+        }
+    }
+}
+
+/// The document a consumer receives: the vendor's event whole, with the
+/// request pair, id and window beside it.
+#[derive(Serialize)]
+struct Envelope<'a> {
+    id: &'a str,
+    service: &'a str,
+    event: &'a str,
+    window_start: &'a str,
+    window_end: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    topic: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reasons: Option<&'a [Violation]>,
+    /// The size of the refused record (truncated dead letters only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    size: Option<usize>,
+    /// Written verbatim: the bytes the API sent (absent when truncated).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data: Option<&'a RawValue>,
+}
+
+/// The part of a published document a dead letter needs back.
+#[derive(Deserialize)]
+struct Published<'a> {
+    #[serde(borrow)]
+    data: &'a RawValue,
+}
+
+impl Record {
+    /// A record for an event that passed validation.
+    pub fn event(topic: Arc<str>, id: String, page: &Arc<PageMeta>, data: &RawValue) -> Self {
+        Self::build(topic, id, page, Some(data), None, RecordKind::Event, None)
+    }
+
+    /// A dead-letter record: the raw event, its shard, window and the reasons.
+    pub fn dead_letter(
+        dead_letter_topic: Arc<str>,
+        intended_topic: &str,
+        id: String,
+        page: &Arc<PageMeta>,
+        data: &RawValue,
+        reasons: &[Violation],
+    ) -> Self {
+        let first = reasons.first().map(|v| v.path.as_str()).unwrap_or("");
+        Self::build(
+            dead_letter_topic,
+            id,
+            page,
+            Some(data),
+            Some((intended_topic, reasons)),
+            RecordKind::DeadLetter,
+            Some(format!("schema: {first}")),
+        )
+    }
+
+    /// The dead letter of a record the broker refused for good: the event
+    /// whole, the broker's reason. For a record that was already a dead
+    /// letter (or whose event cannot be recovered), the truncated form.
+    pub fn rejected(dead_letter_topic: Arc<str>, refused: &Record, reason: &str) -> Self {
+        let data = match refused.kind {
+            RecordKind::Event => serde_json::from_slice::<Published<'_>>(&refused.payload).ok(),
+            RecordKind::DeadLetter | RecordKind::Truncated => None,
+        };
+        let Some(data) = data else {
+            return Self::truncated(dead_letter_topic, refused, reason);
+        };
+        let reasons = [Violation {
+            path: String::new(),
+            message: format!("broker: {reason}"),
+        }];
+        Self::build(
+            dead_letter_topic,
+            refused.id.clone(),
+            &refused.page,
+            Some(data.data),
+            Some((&refused.topic, &reasons)),
+            RecordKind::DeadLetter,
+            Some(short(&format!("broker: {reason}"))),
+        )
+    }
+
+    /// A dead letter without the event: id, pair, window, the refused
+    /// record's size and the reason. Small enough for any broker.
+    pub fn truncated(dead_letter_topic: Arc<str>, refused: &Record, reason: &str) -> Self {
+        let reasons = [Violation {
+            path: String::new(),
+            message: format!("broker: {}", short(reason)),
+        }];
+        let mut r = Self::build(
+            dead_letter_topic,
+            refused.id.clone(),
+            &refused.page,
+            None,
+            Some((&refused.topic, &reasons)),
+            RecordKind::Truncated,
+            Some(short(&format!("truncated; broker: {reason}"))),
+        );
+        // The size of the event as it was refused.
+        let mut doc: serde_json::Value =
+            serde_json::from_slice(&r.payload).unwrap_or(serde_json::Value::Null);
+        doc["size"] = refused.payload.len().into();
+        doc["truncated"] = true.into();
+        r.payload = serde_json::to_vec(&doc).unwrap_or_default().into();
+        r
+    }
+
+    fn build(
+        topic: Arc<str>,
+        id: String,
+        page: &Arc<PageMeta>,
+        data: Option<&RawValue>,
+        dead: Option<(&str, &[Violation])>,
+        kind: RecordKind,
+        dead_reason: Option<String>,
+    ) -> Self {
+        // Sized once: the event's text is most of the document.
+        let len = data.map_or(0, |d| d.get().len());
+        let mut payload = Vec::with_capacity(len + 192 + id.len());
+        serde_json::to_writer(
+            &mut payload,
+            &Envelope {
+                id: &id,
+                service: &page.service,
+                event: &page.event,
+                window_start: &page.window_start,
+                window_end: &page.window_end,
+                topic: dead.map(|d| d.0),
+                reasons: dead.map(|d| d.1),
+                size: None,
+                data,
+            },
+        )
+        // Serializing strings and raw JSON into a Vec cannot fail.
+        .unwrap_or_default();
+        Self {
+            topic,
+            id,
+            page: Arc::clone(page),
+            kind,
+            dead_reason,
+            payload: payload.into(),
+        }
+    }
+
+    /// The `cas-*` headers, in order.
+    pub fn headers(&self) -> impl Iterator<Item = (&'static str, &str)> {
+        [
+            ("cas-event-id", self.id.as_str()),
+            ("cas-service", self.page.service.as_str()),
+            ("cas-event", self.page.event.as_str()),
+            ("cas-window-start", self.page.window_start.as_str()),
+            ("cas-window-end", self.page.window_end.as_str()),
+        ]
+        .into_iter()
+        .chain(
+            self.dead_reason
+                .as_deref()
+                .map(|r| ("cas-dead-letter-reason", r)),
+        )
+    }
+}
+
+/// A header value: one line, at most 200 bytes.
+fn short(s: &str) -> String {
+    let line: String = s
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    if line.len() <= 200 {
+        return line;
+    }
+    let mut end = 200;
+    while !line.is_char_boundary(end) {
+        end -= 1;
+    }
+    line[..end].to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn record_carries_the_event_whole() {
+        let s = Shard::new("exchange", "dlp");
+        let w = Window {
+            start: chrono::DateTime::from_timestamp(0, 0).unwrap(),
+            end: chrono::DateTime::from_timestamp(60, 0).unwrap(),
+        };
+        let text = r#"{"service": "Exchange", "message": {"weird": [" <a> ", null], "n": 1.50}}"#;
+        let data = RawValue::from_string(text.to_string()).unwrap();
+        let page = Arc::new(PageMeta::new(&s, &w));
+        let r = Record::event("cas.exchange.dlp".into(), "id1".into(), &page, &data);
+        // The vendor's bytes, verbatim (spacing, number forms, key order).
+        assert!(String::from_utf8_lossy(&r.payload).contains(text));
+        let doc: serde_json::Value = serde_json::from_slice(&r.payload).unwrap();
+        assert_eq!(doc["data"]["message"]["weird"][0], " <a> ");
+        assert_eq!(doc["service"], "exchange");
+        assert_eq!(doc["window_end"], "1970-01-01T00:01:00.000Z");
+        let headers: Vec<_> = r.headers().collect();
+        assert_eq!(
+            headers,
+            vec![
+                ("cas-event-id", "id1"),
+                ("cas-service", "exchange"),
+                ("cas-event", "dlp"),
+                ("cas-window-start", "1970-01-01T00:00:00.000Z"),
+                ("cas-window-end", "1970-01-01T00:01:00.000Z"),
+            ]
+        );
+        let bad = [Violation {
+            path: "/message/n".into(),
+            message: "1.50 is not an integer".into(),
+        }];
+        let d = Record::dead_letter(
+            "cas.deadletter".into(),
+            "cas.exchange.dlp",
+            "id1".into(),
+            &page,
+            &data,
+            &bad,
+        );
+        assert_eq!(&*d.topic, "cas.deadletter");
+        assert_eq!(
+            d.headers().last(),
+            Some(("cas-dead-letter-reason", "schema: /message/n"))
+        );
+        let doc: serde_json::Value = serde_json::from_slice(&d.payload).unwrap();
+        assert_eq!(doc["topic"], "cas.exchange.dlp");
+        assert_eq!(doc["reasons"][0]["path"], "/message/n");
+    }
+
+    #[test]
+    fn a_refused_event_becomes_a_whole_dead_letter_then_a_truncated_one() {
+        let s = Shard::new("exchange", "dlp");
+        let w = Window {
+            start: chrono::DateTime::from_timestamp(0, 0).unwrap(),
+            end: chrono::DateTime::from_timestamp(60, 0).unwrap(),
+        };
+        let page = Arc::new(PageMeta::new(&s, &w));
+        let text = r#"{"message":{"big":"xxxxxxxxxxxxxxxx"}}"#;
+        let data = RawValue::from_string(text.to_string()).unwrap();
+        let r = Record::event("cas.exchange.dlp".into(), "id9".into(), &page, &data);
+        let d = Record::rejected("cas.dl".into(), &r, "message too large\r\n(65536)");
+        assert_eq!(d.kind, RecordKind::DeadLetter);
+        assert_eq!(&*d.topic, "cas.dl");
+        assert!(String::from_utf8_lossy(&d.payload).contains(text));
+        let doc: serde_json::Value = serde_json::from_slice(&d.payload).unwrap();
+        assert_eq!(doc["topic"], "cas.exchange.dlp");
+        assert_eq!(
+            doc["reasons"][0]["message"],
+            "broker: message too large\r\n(65536)"
+        );
+        assert_eq!(
+            d.headers().last(),
+            Some((
+                "cas-dead-letter-reason",
+                "broker: message too large  (65536)"
+            ))
+        );
+        // Its own dead letter refused too: the truncated form, no event.
+        let t = Record::rejected("cas.dl".into(), &d, "still too large");
+        assert_eq!(t.kind, RecordKind::Truncated);
+        let doc: serde_json::Value = serde_json::from_slice(&t.payload).unwrap();
+        assert_eq!(doc["id"], "id9");
+        assert_eq!(doc["service"], "exchange");
+        assert_eq!(doc["window_end"], "1970-01-01T00:01:00.000Z");
+        assert_eq!(doc["size"], d.payload.len());
+        assert_eq!(doc["truncated"], true);
+        assert!(doc.get("data").is_none());
+        assert!(t.payload.len() < 1024);
+    }
+
+    #[test]
+    fn header_reasons_are_one_short_line() {
+        assert_eq!(short("a\nb"), "a b");
+        assert_eq!(short(&"é".repeat(300)).len(), 200);
+    }
+}

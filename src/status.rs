@@ -1,0 +1,249 @@
+//! The status board: what every stage reports about each shard (cursor,
+//! last error, whether its publishes fail, whether it was stopped) and about
+//! the process (coordination store reachable, token accepted, the shards
+//! held now). `/readyz`, `demo`, the tests and the lease keeper read it;
+//! none of them reads the engine itself.
+//!
+//! Readiness is judged per shard: one shard whose sink refuses its pages is
+//! shown, but does not make the whole process unready while other shards
+//! publish; every held shard failing does, as does a stopped shard.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use chrono::{DateTime, Utc};
+use tokio::sync::watch;
+
+use crate::shard::Shard;
+use crate::sink::Sink;
+
+/// What an operator (and `demo`, and tests) can see of a shard.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ShardProgress {
+    /// The last checkpointed cursor.
+    pub cursor: Option<DateTime<Utc>>,
+    /// The last error, cleared by the next delivered window.
+    pub last_error: Option<String>,
+    /// The last publish of this shard was not acknowledged.
+    pub sink_failing: bool,
+    /// The shard was stopped for good (misconfigured sink), with why.
+    pub stopped: Option<String>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Shared by every stage of one process.
+pub struct StatusBoard {
+    /// Per shard, what the runner reported last.
+    shards: Mutex<HashMap<Shard, ShardProgress>>,
+    /// The coordination store answered the last heartbeat.
+    coord_ok: AtomicBool,
+    /// The API did not refuse the token at the last request.
+    token_ok: AtomicBool,
+    /// The shards this process works now, published by the lease keeper.
+    held: watch::Sender<Vec<Shard>>,
+    /// Whether the sink's connection is up (none: always).
+    sink: Option<Arc<dyn Sink>>,
+}
+
+impl std::fmt::Debug for StatusBoard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StatusBoard")
+            .field("held", &*self.held.borrow())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for StatusBoard {
+    fn default() -> Self {
+        Self::new(None)
+    }
+}
+
+impl StatusBoard {
+    pub fn new(sink: Option<Arc<dyn Sink>>) -> Self {
+        Self {
+            shards: Mutex::new(HashMap::new()),
+            coord_ok: true.into(),
+            token_ok: true.into(),
+            held: watch::Sender::new(Vec::new()),
+            sink,
+        }
+    }
+
+    /// Changes one shard's entry.
+    pub fn update(&self, shard: &Shard, f: impl FnOnce(&mut ShardProgress)) {
+        f(lock(&self.shards).entry(shard.clone()).or_default());
+    }
+
+    pub fn set_cursor(&self, shard: &Shard, cursor: DateTime<Utc>) {
+        self.update(shard, |p| {
+            p.cursor = Some(cursor);
+            p.last_error = None;
+        });
+    }
+
+    pub fn set_error(&self, shard: &Shard, error: &dyn std::fmt::Display) {
+        let e = error.to_string();
+        self.update(shard, |p| p.last_error = Some(e));
+    }
+
+    pub fn set_sink_failing(&self, shard: &Shard, failing: bool) {
+        self.update(shard, |p| p.sink_failing = failing);
+    }
+
+    pub fn set_stopped(&self, shard: &Shard, why: String) {
+        self.update(shard, |p| {
+            p.last_error = Some(why.clone());
+            p.stopped = Some(why);
+        });
+    }
+
+    pub fn set_coord_ok(&self, ok: bool) {
+        self.coord_ok.store(ok, Ordering::Relaxed);
+    }
+
+    pub fn set_token_ok(&self, ok: bool) {
+        self.token_ok.store(ok, Ordering::Relaxed);
+    }
+
+    /// Publishes the shards held now (the lease keeper's one channel).
+    pub fn set_held(&self, shards: Vec<Shard>) {
+        self.held.send_replace(shards);
+    }
+
+    /// The shards held now.
+    pub fn held(&self) -> Vec<Shard> {
+        self.held.borrow().clone()
+    }
+
+    /// Follows the held shards as they change.
+    pub fn watch_held(&self) -> watch::Receiver<Vec<Shard>> {
+        self.held.subscribe()
+    }
+
+    pub fn progress(&self) -> HashMap<Shard, ShardProgress> {
+        lock(&self.shards).clone()
+    }
+
+    pub fn shard(&self, shard: &Shard) -> ShardProgress {
+        lock(&self.shards).get(shard).cloned().unwrap_or_default()
+    }
+
+    /// The oldest cursor over `shards` (`None` while any has none).
+    pub fn min_cursor(&self, shards: &[Shard]) -> Option<DateTime<Utc>> {
+        let p = lock(&self.shards);
+        let mut min: Option<DateTime<Utc>> = None;
+        for s in shards {
+            let c = p.get(s)?.cursor?;
+            min = Some(min.map_or(c, |m| m.min(c)));
+        }
+        min
+    }
+
+    /// Why the process is not ready; empty when it is.
+    pub fn not_ready(&self) -> Vec<String> {
+        let mut why = Vec::new();
+        if !self.coord_ok.load(Ordering::Relaxed) {
+            why.push("coordination store (Redis) unreachable".to_string());
+        }
+        if self.sink.as_ref().is_some_and(|s| !s.connected()) {
+            why.push("sink not connected".to_string());
+        }
+        if !self.token_ok.load(Ordering::Relaxed) {
+            why.push("the API refused the token".to_string());
+        }
+        let held = self.held();
+        let shards = lock(&self.shards);
+        let mut stopped: Vec<String> = shards
+            .iter()
+            .filter_map(|(s, p)| {
+                p.stopped
+                    .as_ref()
+                    .map(|w| format!("shard {s} stopped: {w}"))
+            })
+            .collect();
+        stopped.sort();
+        why.extend(stopped);
+        let failing = held
+            .iter()
+            .filter(|s| shards.get(*s).is_some_and(|p| p.sink_failing))
+            .count();
+        if !held.is_empty() && failing == held.len() {
+            why.push(format!(
+                "the sink acknowledges no shard's publishes ({failing} failing)"
+            ));
+        }
+        why
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(n: &str) -> Shard {
+        Shard::new(n, "dlp")
+    }
+
+    #[test]
+    fn one_failing_shard_does_not_make_the_process_unready() {
+        let b = StatusBoard::default();
+        b.set_held(vec![s("a"), s("b")]);
+        b.set_sink_failing(&s("a"), true);
+        assert!(b.not_ready().is_empty());
+        b.set_sink_failing(&s("b"), true);
+        let why = b.not_ready();
+        assert_eq!(why.len(), 1);
+        assert!(why[0].contains("2 failing"), "{why:?}");
+        b.set_sink_failing(&s("a"), false);
+        assert!(b.not_ready().is_empty());
+    }
+
+    #[test]
+    fn stopped_shard_coord_and_token_make_it_unready() {
+        let b = StatusBoard::default();
+        b.set_stopped(&s("a"), "topic not allowed".into());
+        b.set_coord_ok(false);
+        b.set_token_ok(false);
+        let why = b.not_ready().join("; ");
+        assert!(why.contains("Redis"));
+        assert!(why.contains("token"));
+        assert!(why.contains("shard a/dlp stopped: topic not allowed"));
+        assert_eq!(
+            b.shard(&s("a")).last_error.as_deref(),
+            Some("topic not allowed")
+        );
+    }
+
+    #[test]
+    fn min_cursor_waits_for_every_shard() {
+        let b = StatusBoard::default();
+        let t0 = DateTime::from_timestamp(100, 0).unwrap();
+        let t1 = DateTime::from_timestamp(50, 0).unwrap();
+        b.set_cursor(&s("a"), t0);
+        assert_eq!(b.min_cursor(&[s("a"), s("b")]), None);
+        b.set_error(&s("b"), &"boom");
+        assert_eq!(b.min_cursor(&[s("a"), s("b")]), None);
+        b.set_cursor(&s("b"), t1);
+        assert_eq!(b.min_cursor(&[s("a"), s("b")]), Some(t1));
+        assert_eq!(
+            b.shard(&s("b")).last_error,
+            None,
+            "a cursor clears the error"
+        );
+    }
+
+    #[tokio::test]
+    async fn held_shards_are_published_on_one_channel() {
+        let b = StatusBoard::default();
+        let mut rx = b.watch_held();
+        b.set_held(vec![s("a")]);
+        rx.changed().await.unwrap();
+        assert_eq!(*rx.borrow(), vec![s("a")]);
+        assert_eq!(b.held(), vec![s("a")]);
+    }
+}
