@@ -20,6 +20,8 @@ fn per_event(c: &mut Criterion) {
         late_fraction: 0.0,
         late_by_ms: 0,
         bad_fraction: 0.0,
+        huge_fraction: 0.0,
+        huge_bytes: 0,
     };
     let registry = Registry::load(None).unwrap();
     let window = Window {

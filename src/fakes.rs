@@ -30,6 +30,8 @@ pub fn event(shard: &Shard, key: u64, pad: usize) -> (Box<RawValue>, String) {
         late_fraction: 0.0,
         late_by_ms: 0,
         bad_fraction: 0.0,
+        huge_fraction: 0.0,
+        huge_bytes: 0,
     };
     let stub = Stub {
         at_ms: 1_700_000_000_000 + key as i64,

@@ -20,6 +20,11 @@ pub struct EventPlan {
     pub late_by_ms: i64,
     /// Share of events whose shape violates the schema.
     pub bad_fraction: f64,
+    /// Share of events carrying `huge_bytes` of padding (larger than a
+    /// broker may take).
+    pub huge_fraction: f64,
+    /// Padding of a huge event, in bytes.
+    pub huge_bytes: usize,
 }
 
 /// One generated event, before it is rendered.
@@ -85,6 +90,11 @@ impl EventPlan {
         }
         out.sort_by_key(|s| (s.at_ms, s.key));
         out
+    }
+
+    /// Whether this stub renders with `huge_bytes` of padding.
+    pub fn is_huge(&self, stub: &Stub) -> bool {
+        self.huge_bytes > 0 && unit(stub.key.rotate_left(41)) < self.huge_fraction
     }
 
     /// Whether this stub renders as a schema violation.
@@ -208,6 +218,9 @@ impl EventPlan {
             }
             _ => {}
         }
+        if self.is_huge(stub) {
+            m.insert("padding".into(), json!("x".repeat(self.huge_bytes)));
+        }
         let mut message = Value::Object(m);
         if self.is_bad(stub) {
             // Wrong types, as broken upstream data would have them.
@@ -302,6 +315,8 @@ mod tests {
             late_fraction: 0.1,
             late_by_ms: 90_000,
             bad_fraction: 0.0,
+            huge_fraction: 0.0,
+            huge_bytes: 0,
         }
     }
 

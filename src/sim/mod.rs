@@ -133,6 +133,12 @@ pub struct SimConfig {
     /// Bytes of padding added to every 200 body (oversized bodies).
     #[arg(long, default_value_t = 0)]
     pub pad_bytes: usize,
+    /// Share of events padded to `--huge-bytes` (larger than a broker takes).
+    #[arg(long, default_value_t = 0.0)]
+    pub huge_fraction: f64,
+    /// Padding of a huge event, in bytes.
+    #[arg(long, default_value_t = 0)]
+    pub huge_bytes: usize,
 }
 
 impl Default for SimConfig {
@@ -155,6 +161,8 @@ impl Default for SimConfig {
             latency: Duration::ZERO,
             foreign_next_link: None,
             pad_bytes: 0,
+            huge_fraction: 0.0,
+            huge_bytes: 0,
         }
     }
 }
@@ -167,6 +175,8 @@ impl SimConfig {
             late_fraction: self.late_fraction,
             late_by_ms: self.late_by.as_millis() as i64,
             bad_fraction: self.bad_fraction,
+            huge_fraction: self.huge_fraction,
+            huge_bytes: self.huge_bytes,
         }
     }
 }
@@ -286,6 +296,16 @@ impl SimState {
             .stubs(shard, start.timestamp_millis(), end.timestamp_millis())
             .iter()
             .filter(|s| self.plan.is_bad(s))
+            .map(|s| self.plan.id(shard, s, self.cfg.dialect))
+            .collect()
+    }
+
+    /// The ids among [`SimState::truth`] padded to `huge_bytes`.
+    pub fn huge_ids(&self, shard: &Shard, start: DateTime<Utc>, end: DateTime<Utc>) -> Vec<String> {
+        self.plan
+            .stubs(shard, start.timestamp_millis(), end.timestamp_millis())
+            .iter()
+            .filter(|s| self.plan.is_huge(s))
             .map(|s| self.plan.id(shard, s, self.cfg.dialect))
             .collect()
     }

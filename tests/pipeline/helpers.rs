@@ -200,8 +200,14 @@ pub fn expected(
     let mut out = HashMap::new();
     for p in &cfg.shards.pairs {
         let shard: Shard = p.parse().unwrap();
-        let bad: std::collections::HashSet<String> =
-            sim.state.bad_ids(&shard, from, to).into_iter().collect();
+        // Schema violations, and events too large for the broker, go to
+        // the dead-letter topic.
+        let bad: std::collections::HashSet<String> = sim
+            .state
+            .bad_ids(&shard, from, to)
+            .into_iter()
+            .chain(sim.state.huge_ids(&shard, from, to))
+            .collect();
         for id in sim.state.truth(&shard, from, to) {
             let topic = if bad.contains(&id) {
                 cfg.sink.dead_letter.clone()
@@ -445,8 +451,26 @@ impl OwnNats {
         format!("nats://127.0.0.1:{}", self.port)
     }
 
+    /// A server whose `max_payload` is `bytes` (set in a config file: the
+    /// command line has no flag for it).
+    pub fn start_with_max_payload(bytes: usize) -> Self {
+        let mut n = OwnNats {
+            port: free_port(),
+            dir: tempfile::tempdir().unwrap(),
+            child: None,
+        };
+        let conf = n.dir.path().join("nats.conf");
+        std::fs::write(&conf, format!("max_payload: {bytes}\n")).unwrap();
+        n.launch(&["-c", conf.to_str().unwrap()]);
+        n
+    }
+
     /// Starts the server (again), on the same port and store directory.
     pub fn restart(&mut self) {
+        self.launch(&[]);
+    }
+
+    fn launch(&mut self, extra: &[&str]) {
         let bin = [
             "/usr/sbin/nats-server",
             "/usr/bin/nats-server",
@@ -465,6 +489,7 @@ impl OwnNats {
                 "-sd",
             ])
             .arg(self.dir.path())
+            .args(extra)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()

@@ -7,6 +7,7 @@ mod deploy;
 mod faults;
 mod fleet;
 mod helpers;
+mod limits;
 mod ops;
 
 use std::time::Duration;
