@@ -10,6 +10,7 @@
 //! - a 429 pauses every caller of the budget, not just the one that saw it.
 
 mod config;
+mod lua;
 pub mod memory;
 pub mod redis;
 

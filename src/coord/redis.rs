@@ -28,6 +28,7 @@ use redis::Script;
 use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
 
+use super::lua::Scripts;
 use super::{
     Budget, BudgetUsage, CheckpointStore, CoordError, DedupStore, Fence, LeaseStore, Permit,
     Renewal,
@@ -42,125 +43,6 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(3);
 /// arrives, and those two instants differ by a variable delay.
 const MINUTE_MS: i64 = 60_000;
 const DAY_MS: i64 = 86_400_000;
-
-const ACQUIRE: &str = r#"
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-local f = redis.call('INCR', KEYS[2])
-redis.call('SET', KEYS[1], ARGV[1] .. ':' .. f, 'PX', ARGV[2])
-return f
-"#;
-
-// KEYS: lease, fence, cursor. ARGV: owner, fence, ttl_ms, cursor_ms or ''.
-// 1 = held, 2 = reclaimed, 0 = lost.
-const RENEW: &str = r#"
-local want = ARGV[1] .. ':' .. ARGV[2]
-local v = redis.call('GET', KEYS[1])
-if v == want then redis.call('PEXPIRE', KEYS[1], ARGV[3]) return 1 end
-if v then return 0 end
-local cur = redis.call('GET', KEYS[2])
-if cur and cur ~= ARGV[2] then return 0 end
-if not cur then redis.call('SET', KEYS[2], ARGV[2]) end
-redis.call('SET', KEYS[1], want, 'PX', ARGV[3])
-if ARGV[4] ~= '' and redis.call('EXISTS', KEYS[3]) == 0 then redis.call('SET', KEYS[3], ARGV[4]) end
-return 2
-"#;
-
-// KEYS: lease, fence, cursor. ARGV: owner, fence, ttl_ms, cursor_ms.
-// {1, fence} = written, {2, fence} = written after restoring a lost lease,
-// {0, current fence} = refused.
-const CHECKPOINT: &str = r#"
-local want = ARGV[1] .. ':' .. ARGV[2]
-local v = redis.call('GET', KEYS[1])
-local cur = redis.call('GET', KEYS[2])
-if v == want and cur == ARGV[2] then
-  redis.call('SET', KEYS[3], ARGV[4])
-  return {1, tonumber(cur)}
-end
-if (not v) and ((not cur) or cur == ARGV[2]) then
-  redis.call('SET', KEYS[2], ARGV[2])
-  redis.call('SET', KEYS[1], want, 'PX', ARGV[3])
-  redis.call('SET', KEYS[3], ARGV[4])
-  return {2, tonumber(ARGV[2])}
-end
-return {0, tonumber(cur or '0')}
-"#;
-
-const RELEASE: &str = r#"
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"#;
-
-// KEYS: workers. ARGV: worker, ttl_ms. Returns live workers.
-const HEARTBEAT: &str = r#"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-return redis.call('ZCARD', KEYS[1])
-"#;
-
-// KEYS: minute, day, pause, seq, last grant. ARGV: per_minute, per_day,
-// minute_ms, day_ms, mode, pace_ms. Returns {1, 0} for a permit or
-// {0, ms to wait}. Grants are paced `pace_ms` apart, so a backlog spends the
-// minute evenly instead of in one burst whose requests reach the API
-// spread over an unknown delay.
-const TAKE: &str = r#"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local p = redis.call('PTTL', KEYS[3])
-if p > 0 then return {0, p} end
-local pm, pd = tonumber(ARGV[1]), tonumber(ARGV[2])
-local span, dspan = tonumber(ARGV[3]), tonumber(ARGV[4])
-local pace = tonumber(ARGV[6])
-local last = tonumber(redis.call('GET', KEYS[5]) or '0')
-if now - last < pace then return {0, last + pace - now} end
-if ARGV[5] == 'sliding' then
-  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - span)
-  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - dspan)
-  local d = redis.call('ZCARD', KEYS[2])
-  if d >= pd then
-    local o = redis.call('ZRANGE', KEYS[2], d - pd, d - pd, 'WITHSCORES')
-    return {0, math.max(1, tonumber(o[2]) + dspan - now)}
-  end
-  local m = redis.call('ZCARD', KEYS[1])
-  if m >= pm then
-    local o = redis.call('ZRANGE', KEYS[1], m - pm, m - pm, 'WITHSCORES')
-    return {0, math.max(1, tonumber(o[2]) + span - now)}
-  end
-  local seq = redis.call('INCR', KEYS[4])
-  redis.call('ZADD', KEYS[1], now, seq)
-  redis.call('ZADD', KEYS[2], now, seq)
-  redis.call('PEXPIRE', KEYS[1], span)
-  redis.call('PEXPIRE', KEYS[2], dspan)
-  redis.call('PEXPIRE', KEYS[4], dspan)
-  redis.call('SET', KEYS[5], now, 'PX', span)
-  return {1, 0}
-end
-local m = tonumber(redis.call('GET', KEYS[1]) or '0')
-if m >= pm then return {0, math.max(1, redis.call('PTTL', KEYS[1]))} end
-local d = tonumber(redis.call('GET', KEYS[2]) or '0')
-if d >= pd then return {0, math.max(1, redis.call('PTTL', KEYS[2]))} end
-if m == 0 then redis.call('SET', KEYS[1], 1, 'PX', span) else redis.call('INCR', KEYS[1]) end
-if d == 0 then redis.call('SET', KEYS[2], 1, 'PX', dspan) else redis.call('INCR', KEYS[2]) end
-redis.call('SET', KEYS[5], now, 'PX', span)
-return {1, 0}
-"#;
-
-// KEYS: minute, day. ARGV: minute_ms, day_ms, mode. Returns {minute, day}.
-const USAGE: &str = r#"
-if ARGV[3] == 'sliding' then
-  local t = redis.call('TIME')
-  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-  return {redis.call('ZCOUNT', KEYS[1], now - tonumber(ARGV[1]), '+inf'),
-          redis.call('ZCOUNT', KEYS[2], now - tonumber(ARGV[2]), '+inf')}
-end
-return {tonumber(redis.call('GET', KEYS[1]) or '0'), tonumber(redis.call('GET', KEYS[2]) or '0')}
-"#;
-
-const PAUSE: &str = r#"
-if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[1]) then redis.call('SET', KEYS[1], '1', 'PX', ARGV[1]) end
-return 1
-"#;
 
 /// A hash of the token that names its budget; the token itself never
 /// reaches Redis.
@@ -195,32 +77,6 @@ pub struct RedisCoord {
     horizon: Duration,
     /// The Lua scripts (hashed once; sent by SHA, loaded again when Redis forgot them).
     scripts: Scripts,
-}
-
-struct Scripts {
-    acquire: Script,
-    renew: Script,
-    checkpoint: Script,
-    release: Script,
-    heartbeat: Script,
-    take: Script,
-    usage: Script,
-    pause: Script,
-}
-
-impl Scripts {
-    fn new() -> Self {
-        Self {
-            acquire: Script::new(ACQUIRE),
-            renew: Script::new(RENEW),
-            checkpoint: Script::new(CHECKPOINT),
-            release: Script::new(RELEASE),
-            heartbeat: Script::new(HEARTBEAT),
-            take: Script::new(TAKE),
-            usage: Script::new(USAGE),
-            pause: Script::new(PAUSE),
-        }
-    }
 }
 
 impl std::fmt::Debug for RedisCoord {

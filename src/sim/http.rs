@@ -1,0 +1,297 @@
+//! The simulator's HTTP side: the security-events endpoint in both
+//! dialects (windows, pages, throttling, faults), the ground truth and the
+//! counters.
+
+use std::sync::Arc;
+
+use axum::extract::{Query, RawQuery, State};
+use axum::http::{HeaderMap, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get};
+use axum::{Json, Router};
+use chrono::{DateTime, NaiveDateTime, Utc};
+use rand::Rng;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::*;
+
+/// The simulator's routes.
+pub fn router(state: Arc<SimState>) -> Router {
+    Router::new()
+        .route(state.cfg.dialect.path(), any(security_events))
+        .route("/_sim/truth", get(truth))
+        .route("/_sim/stats", get(stats))
+        .fallback(|| async {
+            error(
+                StatusCode::NOT_FOUND,
+                -4040001,
+                "The request API is not supported",
+            )
+        })
+        .with_state(state)
+}
+
+fn error(status: StatusCode, code: i64, msg: &str) -> Response {
+    let trace = uuid::Uuid::new_v4().to_string();
+    (
+        status,
+        Json(json!({"code": code, "traceId": trace, "msg": msg})),
+    )
+        .into_response()
+}
+
+fn parse_time(s: &str) -> Option<DateTime<Utc>> {
+    for f in ["%Y-%m-%dT%H:%M:%S%.fZ", "%Y-%m-%dT%H:%M:%SZ"] {
+        if let Ok(t) = NaiveDateTime::parse_from_str(s, f) {
+            return Some(t.and_utc());
+        }
+    }
+    None
+}
+
+async fn security_events(
+    State(st): State<Arc<SimState>>,
+    method: Method,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Response {
+    // Counted at arrival, as the API counts; the added latency delays the answer.
+    let arrived = Utc::now().timestamp_millis();
+    let bridge = headers
+        .get("user-agent")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ua| ua.starts_with("cas-bridge/"));
+    let (resp, status, events) = answer(&st, method, &headers, query.as_deref().unwrap_or(""));
+    st.record(arrived, bridge, status, events);
+    if !st.cfg.latency.is_zero() {
+        tokio::time::sleep(st.cfg.latency).await;
+    }
+    resp
+}
+
+fn answer(
+    st: &SimState,
+    method: Method,
+    headers: &HeaderMap,
+    query: &str,
+) -> (Response, u16, usize) {
+    let fail = |s: StatusCode, code: i64, msg: &str| (error(s, code, msg), s.as_u16(), 0);
+    if method != Method::GET {
+        return fail(
+            StatusCode::METHOD_NOT_ALLOWED,
+            -4050001,
+            "The request API method is not supported",
+        );
+    }
+    let auth = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if auth.strip_prefix("Bearer ") != Some(st.cfg.token.as_str()) {
+        return fail(
+            StatusCode::UNAUTHORIZED,
+            -4010001,
+            "Authentication token not found",
+        );
+    }
+    let now = Utc::now();
+    if let Err(wait) = st.admit(now.timestamp_millis()) {
+        let (mut r, s, n) = fail(
+            StatusCode::TOO_MANY_REQUESTS,
+            -4290001,
+            "Maximum allowed requests exceeded",
+        );
+        if st.cfg.retry_after {
+            if let Ok(v) = (wait.as_secs() + 1).to_string().parse() {
+                r.headers_mut().insert("retry-after", v);
+            }
+        }
+        return (r, s, n);
+    }
+    let mut params: BTreeMap<String, String> = BTreeMap::new();
+    for (k, v) in url::form_urlencoded::parse(query.as_bytes()) {
+        if params.insert(k.to_string(), v.to_string()).is_some() {
+            return fail(
+                StatusCode::BAD_REQUEST,
+                -4000001,
+                &format!("parameter `{k}` given more than once"),
+            );
+        }
+    }
+    let (Some(service), Some(event)) = (params.get("service"), params.get("event")) else {
+        return fail(
+            StatusCode::BAD_REQUEST,
+            -4000001,
+            "service and event are mandatory",
+        );
+    };
+    let shard = Shard::new(service.clone(), event.clone());
+    let max = st.cfg.dialect.max_page_limit();
+    let limit = match params.get("limit").map(|l| l.parse::<u32>()) {
+        None => max,
+        Some(Ok(l)) if (1..=max).contains(&l) => l,
+        _ => {
+            return fail(
+                StatusCode::BAD_REQUEST,
+                -4000001,
+                &format!("limit must be 1..{max}"),
+            )
+        }
+    };
+    let (start, end) = match (params.get("start"), params.get("end")) {
+        (None, None) => (now - chrono::Duration::minutes(5), now),
+        (Some(s), Some(e)) => match (parse_time(s), parse_time(e)) {
+            (Some(s), Some(e)) => (s, e),
+            _ => {
+                return fail(
+                    StatusCode::BAD_REQUEST,
+                    -4000001,
+                    "start/end must be yyyy-mm-ddThh:mm:ss[.mmm]Z",
+                )
+            }
+        },
+        _ => {
+            return fail(
+                StatusCode::BAD_REQUEST,
+                -4000001,
+                "start and end go together",
+            )
+        }
+    };
+    if end < start || end - start > chrono::Duration::days(3) {
+        return fail(
+            StatusCode::BAD_REQUEST,
+            -4000001,
+            "The maximum interval is three days",
+        );
+    }
+    if start < now - chrono::Duration::hours(72) {
+        return fail(
+            StatusCode::BAD_REQUEST,
+            -4000001,
+            "start is older than 72 hours",
+        );
+    }
+    let (offset, asof) = match params.get("page_token") {
+        None => (0usize, now.timestamp_millis()),
+        Some(t) => match t
+            .split_once('.')
+            .and_then(|(o, a)| Some((o.parse().ok()?, a.parse().ok()?)))
+        {
+            Some(x) => x,
+            None => return fail(StatusCode::BAD_REQUEST, -4000001, "bad page_token"),
+        },
+    };
+    let mut rng = rand::rng();
+    if st.cfg.fault_500 > 0.0 && rng.random_bool(st.cfg.fault_500.min(1.0)) {
+        return fail(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            -5000001,
+            "internal error (injected)",
+        );
+    }
+    let key = (
+        shard.clone(),
+        start.timestamp_millis(),
+        end.timestamp_millis(),
+        asof,
+    );
+    let cached = lock(&st.pages).get(&key).cloned();
+    let stubs = match cached {
+        Some(s) => s,
+        None => {
+            let s: Arc<Vec<Stub>> = Arc::new(
+                st.plan
+                    .stubs(&shard, key.1, key.2)
+                    .into_iter()
+                    .filter(|s| s.visible_ms <= asof)
+                    .collect(),
+            );
+            let mut pages = lock(&st.pages);
+            if pages.len() >= 512 {
+                pages.clear();
+            }
+            pages.insert(key, s.clone());
+            s
+        }
+    };
+    let page: Vec<Value> = stubs
+        .iter()
+        .skip(offset)
+        .take(limit as usize)
+        .map(|s| st.plan.render(&shard, s, st.cfg.dialect))
+        .collect();
+    let more = offset + page.len() < stubs.len();
+    let host = headers
+        .get("host")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("127.0.0.1");
+    let link_host = st.cfg.foreign_next_link.as_deref().unwrap_or(host);
+    let base_query = format!(
+        "service={}&event={}&start={}&end={}&limit={limit}",
+        shard.service,
+        shard.event,
+        format_time(start),
+        format_time(end)
+    );
+    let path = st.cfg.dialect.path();
+    let current = format!("http://{host}{path}?{}", query);
+    let next = if more {
+        format!(
+            "http://{link_host}{path}?{base_query}&page_token={}.{asof}",
+            offset + page.len()
+        )
+    } else {
+        String::new()
+    };
+    let d = st.cfg.dialect;
+    let mut body = serde_json::Map::new();
+    body.insert(d.self_field().into(), json!(current));
+    body.insert(d.next_field().into(), json!(next));
+    if d == Dialect::V1 {
+        let last = stubs
+            .last()
+            .map(|s| format_time(DateTime::from_timestamp_millis(s.at_ms).unwrap_or_default()));
+        body.insert(
+            "last_log_item_generation_time".into(),
+            json!(last.unwrap_or_default()),
+        );
+        body.insert("traceId".into(), json!(uuid::Uuid::new_v4().to_string()));
+    }
+    if st.cfg.pad_bytes > 0 {
+        body.insert("padding".into(), json!("x".repeat(st.cfg.pad_bytes)));
+    }
+    let n = page.len();
+    body.insert(d.events_field().into(), Value::Array(page));
+    let mut bytes = serde_json::to_vec(&body).unwrap_or_default();
+    if st.cfg.malformed > 0.0 && rng.random_bool(st.cfg.malformed.min(1.0)) {
+        bytes.truncate(bytes.len() / 2);
+    }
+    let resp = ([("content-type", "application/json")], bytes).into_response();
+    (resp, 200, n)
+}
+
+#[derive(Deserialize)]
+struct TruthQuery {
+    service: String,
+    event: String,
+    start: String,
+    end: String,
+}
+
+async fn truth(State(st): State<Arc<SimState>>, Query(q): Query<TruthQuery>) -> Response {
+    let (Some(start), Some(end)) = (parse_time(&q.start), parse_time(&q.end)) else {
+        return error(StatusCode::BAD_REQUEST, -4000001, "start/end");
+    };
+    let shard = Shard::new(q.service, q.event);
+    Json(json!({
+        "ids": st.truth(&shard, start, end),
+        "bad_ids": st.bad_ids(&shard, start, end),
+    }))
+    .into_response()
+}
+
+async fn stats(State(st): State<Arc<SimState>>) -> Json<SimStats> {
+    Json(st.stats())
+}

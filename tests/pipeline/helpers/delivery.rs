@@ -1,0 +1,283 @@
+//! What each sink received, and the delivery check against the
+//! simulator's ground truth.
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use cas_bridge::config::{Config, SinkKind};
+use cas_bridge::shard::Shard;
+use cas_bridge::sim::SimHandle;
+use cas_bridge::sink::Topics;
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+
+use super::*;
+
+/// One message as a consumer received it.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub topic: String,
+    pub id: String,
+    pub doc: Value,
+}
+
+/// What a delivery check found.
+#[derive(Debug, Default)]
+pub struct Report {
+    pub expected: usize,
+    pub delivered: usize,
+    pub missing: Vec<String>,
+    pub duplicated: usize,
+    pub wrong_routed: usize,
+    pub dead_lettered: usize,
+    pub unexpected: usize,
+}
+
+/// The ids the simulator generated in `[from, to]` for each shard, with the
+/// topic each must reach.
+pub fn expected(
+    sim: &SimHandle,
+    cfg: &Config,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> HashMap<String, String> {
+    let topics = Topics::new(&cfg.sink.topic_template, &cfg.sink.dead_letter).unwrap();
+    let mut out = HashMap::new();
+    for p in &cfg.shards.pairs {
+        let shard: Shard = p.parse().unwrap();
+        // Schema violations, and events too large for the broker, go to
+        // the dead-letter topic.
+        let bad: std::collections::HashSet<String> = sim
+            .state
+            .bad_ids(&shard, from, to)
+            .into_iter()
+            .chain(sim.state.huge_ids(&shard, from, to))
+            .collect();
+        for id in sim.state.truth(&shard, from, to) {
+            let topic = if bad.contains(&id) {
+                cfg.sink.dead_letter.clone()
+            } else {
+                topics.topic(&shard)
+            };
+            out.insert(id, topic);
+        }
+    }
+    out
+}
+
+/// Compares what was received with what was expected. Received messages
+/// outside the expected range are allowed (the run went on past it) but
+/// must still be routed by their request pair.
+pub fn check(expected: &HashMap<String, String>, received: &[Received], cfg: &Config) -> Report {
+    let topics = Topics::new(&cfg.sink.topic_template, &cfg.sink.dead_letter).unwrap();
+    let mut count: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut r = Report {
+        expected: expected.len(),
+        ..Report::default()
+    };
+    for m in received {
+        *count.entry(m.id.as_str()).or_default() += 1;
+        let shard = Shard::new(
+            m.doc["service"].as_str().unwrap_or_default(),
+            m.doc["event"].as_str().unwrap_or_default(),
+        );
+        if m.topic == cfg.sink.dead_letter {
+            r.dead_lettered += 1;
+            assert!(
+                m.doc["reasons"].as_array().is_some_and(|a| !a.is_empty()),
+                "dead letter without reasons: {}",
+                m.doc
+            );
+        } else if m.topic != topics.topic(&shard) {
+            r.wrong_routed += 1;
+        }
+        match expected.get(&m.id) {
+            Some(t) if *t != m.topic => r.wrong_routed += 1,
+            Some(_) => {}
+            None => r.unexpected += 1,
+        }
+    }
+    for id in expected.keys() {
+        match count.get(id.as_str()) {
+            None => r.missing.push(id.clone()),
+            Some(n) => {
+                r.delivered += 1;
+                r.duplicated += n - 1;
+            }
+        }
+    }
+    r
+}
+
+/// Reads the run's sink, checks it against the ids the simulator generated
+/// in `[from, to]`, prints the counts under `what`, and asserts that none is
+/// missing or on the wrong topic. Duplicates are bounded by the caller.
+pub async fn assert_delivered(
+    what: &str,
+    sim: &SimHandle,
+    cfg: &Config,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> Report {
+    let want = expected(sim, cfg, from, to);
+    let r = check(&want, &read_sink(cfg).await, cfg);
+    println!(
+        "{what}: expected {}, delivered {}, duplicates {}, dead-lettered {}",
+        r.expected, r.delivered, r.duplicated, r.dead_lettered
+    );
+    assert!(r.missing.is_empty(), "{what}: missing {}", r.missing.len());
+    assert_eq!(r.wrong_routed, 0, "{what}: {r:?}");
+    r
+}
+
+/// Reads a JSON-lines sink file.
+pub fn read_jsonl(path: &std::path::Path) -> Vec<Received> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.lines()
+        .map(|l| {
+            let doc: Value =
+                serde_json::from_str(l).unwrap_or_else(|e| panic!("bad line {l}: {e}"));
+            Received {
+                topic: doc["topic"].as_str().unwrap().to_string(),
+                id: doc["id"].as_str().unwrap().to_string(),
+                doc,
+            }
+        })
+        .collect()
+}
+
+/// Reads every message of a JetStream stream.
+pub async fn read_nats(url: &str, stream: &str) -> Vec<Received> {
+    use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
+    use futures::StreamExt;
+    let client = async_nats::connect(url).await.expect("nats connect");
+    let js = async_nats::jetstream::new(client);
+    let mut s = js.get_stream(stream).await.expect("stream exists");
+    let total = s.info().await.unwrap().state.messages as usize;
+    let consumer = s
+        .create_consumer(pull::Config {
+            deliver_policy: DeliverPolicy::All,
+            ack_policy: AckPolicy::None,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut out = Vec::with_capacity(total);
+    while out.len() < total {
+        let mut batch = consumer
+            .fetch()
+            .max_messages(1000)
+            .expires(Duration::from_secs(2))
+            .messages()
+            .await
+            .unwrap();
+        let before = out.len();
+        while let Some(m) = batch.next().await {
+            let m = m.unwrap();
+            let doc: Value = serde_json::from_slice(&m.payload).unwrap();
+            let id = m
+                .headers
+                .as_ref()
+                .and_then(|h| h.get(async_nats::header::NATS_MESSAGE_ID))
+                .map(|v| v.to_string())
+                .unwrap_or_else(|| panic!("no Nats-Msg-Id in {:?}", m.headers));
+            assert_eq!(
+                doc["id"].as_str(),
+                Some(id.as_str()),
+                "Nats-Msg-Id is the event id"
+            );
+            out.push(Received {
+                topic: m.subject.to_string(),
+                id,
+                doc,
+            });
+        }
+        assert!(
+            out.len() > before,
+            "stream {stream} stopped at {} of {total}",
+            out.len()
+        );
+    }
+    out
+}
+
+/// Reads every message of the given Kafka topics (partition by partition,
+/// from the beginning to the high watermark).
+pub fn read_kafka(brokers: &str, topics: &[String]) -> Vec<Received> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::{Headers, Message};
+    use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", tag())
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut out = Vec::new();
+    for topic in topics {
+        let md = consumer
+            .fetch_metadata(Some(topic), Duration::from_secs(10))
+            .unwrap();
+        let partitions = md.topics()[0].partitions().len() as i32;
+        for p in 0..partitions {
+            let (lo, hi) = consumer
+                .fetch_watermarks(topic, p, Duration::from_secs(10))
+                .unwrap();
+            if hi <= lo {
+                continue;
+            }
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition_offset(topic, p, Offset::Offset(lo))
+                .unwrap();
+            consumer.assign(&tpl).unwrap();
+            let mut next = lo;
+            let deadline = std::time::Instant::now() + Duration::from_secs(60);
+            while next < hi {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "reading {topic}/{p} stalled at {next} of {hi}"
+                );
+                let Some(res) = consumer.poll(Duration::from_millis(500)) else {
+                    continue;
+                };
+                let m = res.unwrap();
+                next = m.offset() + 1;
+                let doc: Value = serde_json::from_slice(m.payload().unwrap()).unwrap();
+                let key = String::from_utf8(m.key().unwrap().to_vec()).unwrap();
+                let hdr = m.headers().and_then(|h| {
+                    h.iter()
+                        .find(|h| h.key == "cas-event-id")
+                        .and_then(|h| h.value.map(|v| String::from_utf8_lossy(v).to_string()))
+                });
+                assert_eq!(
+                    hdr.as_deref(),
+                    Some(key.as_str()),
+                    "cas-event-id header is the key"
+                );
+                out.push(Received {
+                    topic: topic.clone(),
+                    id: key,
+                    doc,
+                });
+            }
+        }
+    }
+    out
+}
+
+/// Everything the sink `cfg` names received: the JSON-lines file, the
+/// JetStream stream, or every Kafka topic of its shards.
+pub async fn read_sink(cfg: &Config) -> Vec<Received> {
+    match cfg.sink.kind {
+        SinkKind::Jsonl => read_jsonl(std::path::Path::new(&cfg.sink.jsonl.path)),
+        SinkKind::Nats => read_nats(&cfg.sink.nats.url, &cfg.sink.nats.stream).await,
+        SinkKind::Kafka => {
+            let topics = Topics::new(&cfg.sink.topic_template, &cfg.sink.dead_letter)
+                .unwrap()
+                .all(&cfg.shards.shards().unwrap());
+            let brokers = cfg.sink.kafka.brokers.clone();
+            tokio::task::spawn_blocking(move || read_kafka(&brokers, &topics))
+                .await
+                .unwrap()
+        }
+    }
+}

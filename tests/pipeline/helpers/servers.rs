@@ -1,0 +1,206 @@
+//! The servers the tests need: the shared ones (fail with how to start
+//! them when absent) and ones a test owns (NATS, Redis) on their own ports.
+use std::time::Duration;
+
+pub const NATS_URL: &str = "nats://127.0.0.1:4222";
+
+pub fn kafka_brokers() -> String {
+    std::env::var("CAS_BRIDGE_TEST_KAFKA").unwrap_or_else(|_| "127.0.0.1:19092".into())
+}
+
+/// Fails (never skips) when a server the test needs is not there.
+pub fn require_server(addr: &str, how: &str) {
+    let a = addr.trim_start_matches("nats://");
+    if std::net::TcpStream::connect_timeout(&a.parse().expect("addr"), Duration::from_secs(2))
+        .is_err()
+    {
+        panic!("this test needs a server at {addr}, which is not answering. Start it with: {how}");
+    }
+}
+
+pub fn require_nats() {
+    require_server(
+        "127.0.0.1:4222",
+        "start-stop-daemon --start --oknodo --background --exec /usr/sbin/nats-server -- -a 127.0.0.1 -p 4222 -js -sd /var/lib/nats-server (or ./scripts/test, which starts everything)",
+    );
+}
+
+pub fn require_kafka() {
+    require_server(
+        &kafka_brokers(),
+        "tansu broker --listener-url tcp://127.0.0.1:19092 --advertised-listener-url tcp://127.0.0.1:19092 --storage-engine memory://tansu/ (./scripts/test installs and starts it)",
+    );
+}
+
+/// A free TCP port on loopback.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A nats-server with JetStream that the test owns (stopped on drop).
+pub struct OwnNats {
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+    child: Option<std::process::Child>,
+}
+
+impl OwnNats {
+    pub fn start() -> Self {
+        let mut n = OwnNats {
+            port: free_port(),
+            dir: tempfile::tempdir().unwrap(),
+            child: None,
+        };
+        n.restart();
+        n
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// A server whose `max_payload` is `bytes` (set in a config file: the
+    /// command line has no flag for it).
+    pub fn start_with_max_payload(bytes: usize) -> Self {
+        let mut n = OwnNats {
+            port: free_port(),
+            dir: tempfile::tempdir().unwrap(),
+            child: None,
+        };
+        let conf = n.dir.path().join("nats.conf");
+        std::fs::write(&conf, format!("max_payload: {bytes}\n")).unwrap();
+        n.launch(&["-c", conf.to_str().unwrap()]);
+        n
+    }
+
+    /// Starts the server (again), on the same port and store directory.
+    pub fn restart(&mut self) {
+        self.launch(&[]);
+    }
+
+    fn launch(&mut self, extra: &[&str]) {
+        let bin = [
+            "/usr/sbin/nats-server",
+            "/usr/bin/nats-server",
+            "nats-server",
+        ]
+        .into_iter()
+        .find(|b| !b.starts_with('/') || std::path::Path::new(b).exists())
+        .unwrap();
+        let child = std::process::Command::new(bin)
+            .args([
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-js",
+                "-sd",
+            ])
+            .arg(self.dir.path())
+            .args(extra)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot start nats-server ({e}); install it with apt-get install nats-server"
+                )
+            });
+        self.child = Some(child);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "nats-server did not start on {}",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for OwnNats {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+pub const REDIS_URL: &str = "redis://127.0.0.1:6379";
+
+pub fn require_redis() {
+    require_server(
+        "127.0.0.1:6379",
+        "redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save \"\" --appendonly no (or ./scripts/test)",
+    );
+}
+
+/// A redis-server the test owns, on its own port (stopped on drop).
+pub struct OwnRedis {
+    pub port: u16,
+    child: std::process::Child,
+}
+
+impl OwnRedis {
+    pub fn start() -> Self {
+        Self::start_on(free_port())
+    }
+
+    /// Stops the server (the port stays reserved for [`OwnRedis::start_on`]).
+    pub fn stop(mut self) -> u16 {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.port
+    }
+
+    pub fn start_on(port: u16) -> Self {
+        let child = std::process::Command::new("redis-server")
+            .args([
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                &port.to_string(),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot start redis-server ({e}); install it with apt-get install redis-server"
+                )
+            });
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "redis-server did not start on {port}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Self { port, child }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
