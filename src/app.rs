@@ -337,3 +337,38 @@ async fn demo(file: Option<PathBuf>, args: DemoArgs) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(dir: &tempfile::TempDir, text: &str) -> PathBuf {
+        let f = dir.path().join("c.toml");
+        std::fs::write(&f, text).unwrap();
+        f
+    }
+
+    #[test]
+    fn check_config_fails_when_run_would_refuse() {
+        let dir = tempfile::tempdir().unwrap();
+        // No token: `run` refuses, so `check-config` fails; with
+        // --without-secret the rest of the file still passes.
+        let f = file(&dir, "[window]\nlag = \"2m\"\n");
+        let e = check_config(Some(f.clone()), false).unwrap_err();
+        assert!(e.to_string().contains("api.token"), "{e}");
+        assert!(check_config(Some(f), true).is_ok());
+        // An unreadable token file is named.
+        let f = file(&dir, "[api]\ntoken_file = \"/nonexistent/token\"\n");
+        let e = check_config(Some(f), false).unwrap_err();
+        assert!(e.to_string().contains("api.token_file"), "{e}");
+        // A token file that reads: valid.
+        let t = dir.path().join("t");
+        std::fs::write(&t, "abc").unwrap();
+        let f = file(&dir, &format!("[api]\ntoken_file = \"{}\"\n", t.display()));
+        assert!(check_config(Some(f), false).is_ok());
+        // A bad value fails even without the secret.
+        let f = file(&dir, "[sink]\nkind = \"kafka\"\n");
+        let e = check_config(Some(f), true).unwrap_err();
+        assert!(e.to_string().contains("sink.kafka.brokers"), "{e}");
+    }
+}

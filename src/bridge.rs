@@ -249,3 +249,62 @@ impl Bridge {
         info!("bridge stopped");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fakes::{event, page, FakeSink, FakeSource};
+    use std::time::Duration;
+
+    #[tokio::test(start_paused = true)]
+    async fn the_composition_root_runs_every_shard_and_stops_cleanly() {
+        let mut cfg = Config::default();
+        cfg.shards.pairs = vec!["exchange:dlp".into(), "box:ransomware".into()];
+        let shard = Shard::new("exchange", "dlp");
+        let (a, ida) = event(&shard, 1, 0);
+        let (b, idb) = event(&shard, 2, 0);
+        let source = FakeSource::new(vec![Ok(page(vec![a], None)), Ok(page(vec![b], None))]);
+        let sink = Arc::new(FakeSink::default());
+        let bridge = Arc::new(
+            Bridge::with_source(
+                &cfg,
+                source.clone(),
+                sink.clone(),
+                Coordination::in_memory(&cfg),
+            )
+            .unwrap(),
+        );
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn(bridge.clone().run(cancel.clone()));
+        for _ in 0..60 {
+            if bridge.min_cursor().is_some() && Stats::get(&bridge.stats().windows) >= 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        assert_eq!(Stats::get(&bridge.stats().windows), 2);
+        let mut held = bridge.held();
+        held.sort();
+        assert_eq!(held.len(), 2);
+        assert!(bridge.not_ready().is_empty());
+        let mut ids: Vec<String> = sink.accepted().into_iter().map(|r| r.id).collect();
+        ids.sort();
+        let mut want = vec![ida, idb];
+        want.sort();
+        assert_eq!(ids, want);
+        cancel.cancel();
+        tokio::time::timeout(Duration::from_secs(30), task)
+            .await
+            .expect("stops within the grace period")
+            .unwrap();
+        assert!(bridge.held().is_empty(), "leases released at shutdown");
+        assert_eq!(bridge.budget_usage().await.last_minute, 2);
+    }
+
+    #[test]
+    fn worker_ids_are_unique_and_safe() {
+        let a = default_worker_id();
+        assert!(!a.contains(':') && !a.contains(' '), "{a}");
+        assert!(a.contains(&std::process::id().to_string()));
+    }
+}

@@ -11,16 +11,11 @@ use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
 
 use super::*;
-use crate::coord::memory::{MemoryBudget, MemoryCheckpoints, MemoryDedup};
-use crate::coord::{BudgetConfig, CheckpointStore, CoordError, Fence};
+use crate::coord::memory::MemoryCheckpoints;
+use crate::coord::{CheckpointStore, CoordError, Fence};
 use crate::fakes::{event, page, status, FakeSink, FakeSource};
-use crate::publish::Publisher;
-use crate::schedule::Scheduler;
-use crate::sink::{RecordKind, Topics};
-use crate::status::StatusBoard;
-use crate::telemetry::{Stats, Telemetry};
-use crate::validate::Registry;
-use crate::window::{StartFrom, WindowConfig};
+use crate::sink::RecordKind;
+use crate::telemetry::Stats;
 
 const TOPIC: &str = "cas.exchange.dlp";
 const DLQ: &str = "cas.deadletter";
@@ -40,28 +35,7 @@ fn harness_with(
 ) -> Harness {
     let source = FakeSource::new(script);
     let sink = Arc::new(sink);
-    let budget = Arc::new(MemoryBudget::new(BudgetConfig {
-        per_minute: 600,
-        per_day: 100_000,
-        ..BudgetConfig::default()
-    }));
-    let topics = Topics::new("cas.{service}.{event}", DLQ).unwrap();
-    let engine = Engine::new(
-        source.clone(),
-        Scheduler::new(budget, 8),
-        Publisher::new(
-            Registry::load(None).unwrap(),
-            sink.clone(),
-            topics,
-            Arc::new(MemoryDedup::new(Duration::from_secs(3600))),
-        ),
-        checkpoints.clone(),
-        crate::window::Planner::new(&WindowConfig::default()),
-        StartFrom::Ago(Duration::from_secs(3600)),
-        Duration::from_secs(300),
-        Arc::new(StatusBoard::default()),
-        Telemetry::default(),
-    );
+    let engine = crate::fakes::engine(source.clone(), sink.clone(), checkpoints.clone());
     Harness {
         engine: Arc::new(engine),
         source,
@@ -515,4 +489,76 @@ async fn cancel_mid_window_moves_no_cursor() {
     );
     assert!(h.cursor().await.is_none());
     assert!(h.sink.accepted().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_broker_that_refuses_even_a_truncated_dead_letter_stops_the_shard() {
+    let (p1, _) = events(&shard(), 0..1, 0);
+    let sink = FakeSink {
+        max_size: Some(10),
+        limit_dead_letters: true,
+        ..FakeSink::default()
+    };
+    let h = harness(vec![Ok(page(p1, None))], sink);
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        h.engine.run_shard(
+            h.shard.clone(),
+            1,
+            CancellationToken::new(),
+            CancellationToken::new(),
+        ),
+    )
+    .await
+    .expect("the shard stops rather than looping");
+    assert!(h.cursor().await.is_none());
+    let why = h.engine.status.shard(&h.shard).stopped.unwrap();
+    assert!(why.contains("truncated dead letter"), "{why}");
+    // Event, whole dead letter, truncated dead letter: three tries, no more.
+    assert_eq!(h.sink.calls.load(Ordering::Relaxed), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_cursor_beyond_the_api_reach_skips_a_counted_gap() {
+    let checkpoints: Arc<dyn CheckpointStore> = Arc::new(MemoryCheckpoints::default());
+    let old = Utc::now() - chrono::Duration::hours(80);
+    checkpoints.store(&shard(), 1, old).await.unwrap();
+    let h = harness_with(vec![], FakeSink::default(), checkpoints);
+    assert!(
+        h.run_until(30, |h| Stats::get(&h.stats().windows) >= 1)
+            .await
+    );
+    let gap = Stats::get(&h.stats().gap_seconds);
+    // 80 h behind, the reach is 72 h less 15 min: about 8 h 15 min skipped.
+    assert!((8 * 3600..=8 * 3600 + 16 * 60).contains(&gap), "{gap}");
+    let first = &h.source.requested()[0];
+    let start = first
+        .query_pairs()
+        .find(|(k, _)| k == "start")
+        .map(|(_, v)| v.to_string())
+        .unwrap();
+    let start = DateTime::parse_from_rfc3339(&start)
+        .unwrap()
+        .with_timezone(&Utc);
+    assert!(start > Utc::now() - chrono::Duration::hours(72));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stored_cursor_is_where_the_shard_goes_on() {
+    let checkpoints: Arc<dyn CheckpointStore> = Arc::new(MemoryCheckpoints::default());
+    let at = Utc::now() - chrono::Duration::minutes(10);
+    checkpoints.store(&shard(), 1, at).await.unwrap();
+    let h = harness_with(vec![], FakeSink::default(), checkpoints);
+    assert!(h.run_until(30, |h| !h.source.requested().is_empty()).await);
+    let first = &h.source.requested()[0];
+    let start = first
+        .query_pairs()
+        .find(|(k, _)| k == "start")
+        .map(|(_, v)| v.to_string())
+        .unwrap();
+    // The window re-reads the overlap (2 min) before the stored cursor.
+    assert_eq!(
+        start,
+        crate::cas::format_time(at - chrono::Duration::minutes(2))
+    );
 }

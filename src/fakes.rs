@@ -188,3 +188,35 @@ impl Sink for FakeSink {
         Ok(())
     }
 }
+
+/// An engine over fakes: in-memory budget (600 a minute), checkpoints and
+/// dedup, the built-in schemas, topics `cas.{service}.{event}` and
+/// `cas.deadletter`, default windows starting an hour back, `max_pause` 5 min.
+pub fn engine(
+    source: Arc<dyn PageSource>,
+    sink: Arc<dyn Sink>,
+    checkpoints: Arc<dyn crate::coord::CheckpointStore>,
+) -> crate::runner::Engine {
+    use crate::coord::memory::{MemoryBudget, MemoryDedup};
+    let budget = Arc::new(MemoryBudget::new(crate::coord::BudgetConfig {
+        per_minute: 600,
+        per_day: 100_000,
+        ..crate::coord::BudgetConfig::default()
+    }));
+    crate::runner::Engine::new(
+        source,
+        crate::schedule::Scheduler::new(budget, 8),
+        crate::publish::Publisher::new(
+            crate::validate::Registry::load(None).expect("built-in schemas"),
+            sink,
+            crate::sink::Topics::new("cas.{service}.{event}", "cas.deadletter").expect("topics"),
+            Arc::new(MemoryDedup::new(std::time::Duration::from_secs(3600))),
+        ),
+        checkpoints,
+        crate::window::Planner::new(&crate::window::WindowConfig::default()),
+        crate::window::StartFrom::Ago(std::time::Duration::from_secs(3600)),
+        std::time::Duration::from_secs(300),
+        Arc::new(crate::status::StatusBoard::default()),
+        crate::telemetry::Telemetry::default(),
+    )
+}

@@ -112,7 +112,6 @@ impl LeaseKeeper {
         let period = self.leases.ttl() / 3;
         loop {
             self.tend(cancel).await;
-            self.publish_held();
             if !sleep_or_cancel(period, cancel).await {
                 break;
             }
@@ -160,8 +159,13 @@ impl LeaseKeeper {
     }
 
     /// One round: reap finished runners, renew, announce, and take or give
-    /// up shards towards the fair share.
+    /// up shards towards the fair share; then publish what is held.
     async fn tend(&mut self, cancel: &CancellationToken) {
+        self.round(cancel).await;
+        self.publish_held();
+    }
+
+    async fn round(&mut self, cancel: &CancellationToken) {
         self.reap().await;
         self.renew().await;
         self.publish_held();
@@ -299,5 +303,205 @@ impl LeaseKeeper {
                 lost: false,
             },
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::coord::memory::MemoryCheckpoints;
+    use crate::coord::CoordError;
+    use crate::fakes::{engine, FakeSink, FakeSource};
+    use crate::telemetry::Stats;
+    use async_trait::async_trait;
+    use chrono::{DateTime, Utc};
+    use std::collections::HashSet;
+    use std::sync::Mutex;
+
+    /// Leases as a test scripts them.
+    #[derive(Default)]
+    struct FakeLeases {
+        /// Workers alive, as the heartbeat reports.
+        live: Mutex<usize>,
+        /// Shards another worker holds.
+        taken: Mutex<HashSet<Shard>>,
+        /// What renewing a shard answers (default: held).
+        renewal: Mutex<HashMap<Shard, Result<Renewal, ()>>>,
+        released: Mutex<Vec<Shard>>,
+        left: Mutex<bool>,
+        next_fence: Mutex<Fence>,
+    }
+
+    fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+        m.lock().unwrap()
+    }
+
+    #[async_trait]
+    impl LeaseStore for FakeLeases {
+        fn ttl(&self) -> Duration {
+            Duration::from_secs(3)
+        }
+        async fn heartbeat(&self) -> Result<usize, CoordError> {
+            Ok(*lock(&self.live))
+        }
+        async fn acquire(&self, shard: &Shard) -> Result<Option<Fence>, CoordError> {
+            let mut taken = lock(&self.taken);
+            if taken.contains(shard) {
+                return Ok(None);
+            }
+            taken.insert(shard.clone());
+            let mut f = lock(&self.next_fence);
+            *f += 1;
+            Ok(Some(*f))
+        }
+        async fn renew(
+            &self,
+            shard: &Shard,
+            _: Fence,
+            _: Option<DateTime<Utc>>,
+        ) -> Result<Renewal, CoordError> {
+            match lock(&self.renewal).get(shard) {
+                None => Ok(Renewal::Held),
+                Some(Ok(r)) => Ok(*r),
+                Some(Err(())) => Err(CoordError::Unavailable("redis down".into())),
+            }
+        }
+        async fn release(&self, shard: &Shard, _: Fence) -> Result<(), CoordError> {
+            lock(&self.taken).remove(shard);
+            lock(&self.released).push(shard.clone());
+            Ok(())
+        }
+        async fn report(&self, _: &Shard, _: Fence, _: Option<&str>) -> Result<(), CoordError> {
+            Ok(())
+        }
+        async fn leave(&self) -> Result<(), CoordError> {
+            *lock(&self.left) = true;
+            Ok(())
+        }
+    }
+
+    fn shards(n: usize) -> Vec<Shard> {
+        (0..n).map(|i| Shard::new(format!("s{i}"), "dlp")).collect()
+    }
+
+    fn keeper(leases: Arc<FakeLeases>, n: usize) -> (LeaseKeeper, Arc<Engine>) {
+        let e = Arc::new(engine(
+            FakeSource::new(Vec::new()),
+            Arc::new(FakeSink::default()),
+            Arc::new(MemoryCheckpoints::default()),
+        ));
+        (
+            LeaseKeeper::new(leases, e.clone(), &shards(n), Duration::from_secs(5)),
+            e,
+        )
+    }
+
+    async fn tend(k: &mut LeaseKeeper) {
+        k.tend(&CancellationToken::new()).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn alone_it_takes_every_shard_and_publishes_them() {
+        let leases = Arc::new(FakeLeases::default());
+        *lock(&leases.live) = 1;
+        let (mut k, e) = keeper(leases, 4);
+        let mut rx = e.status.watch_held();
+        tend(&mut k).await;
+        tend(&mut k).await;
+        assert!(rx.has_changed().unwrap());
+        let mut held = rx.borrow_and_update().clone();
+        held.sort();
+        assert_eq!(held, shards(4));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn with_another_worker_it_takes_the_fair_share() {
+        let leases = Arc::new(FakeLeases::default());
+        *lock(&leases.live) = 2;
+        let (mut k, e) = keeper(leases, 5);
+        tend(&mut k).await;
+        assert_eq!(e.status.held().len(), 3, "⌈5 ÷ 2⌉");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lost_lease_stops_its_runner_and_is_not_released() {
+        let leases = Arc::new(FakeLeases::default());
+        *lock(&leases.live) = 1;
+        let (mut k, e) = keeper(leases.clone(), 2);
+        tend(&mut k).await;
+        let victim = shards(2)[0].clone();
+        lock(&leases.renewal).insert(victim.clone(), Ok(Renewal::Lost));
+        // Another worker holds it now: it cannot be acquired back.
+        tend(&mut k).await;
+        assert_eq!(e.status.held(), vec![shards(2)[1].clone()]);
+        assert_eq!(Stats::get(&e.telemetry.stats().leases_lost), 1);
+        tokio::task::yield_now().await;
+        tend(&mut k).await;
+        assert!(!lock(&leases.released).contains(&victim));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn renewals_failing_past_the_ttl_drop_the_shard() {
+        let leases = Arc::new(FakeLeases::default());
+        *lock(&leases.live) = 1;
+        let (mut k, e) = keeper(leases.clone(), 1);
+        tend(&mut k).await;
+        let s = shards(1)[0].clone();
+        lock(&leases.renewal).insert(s.clone(), Err(()));
+        tend(&mut k).await;
+        assert_eq!(
+            e.status.held(),
+            vec![s.clone()],
+            "one failure within the TTL is tolerated"
+        );
+        tokio::time::advance(Duration::from_secs(3)).await;
+        tend(&mut k).await;
+        assert!(e.status.held().is_empty());
+        assert_eq!(Stats::get(&e.telemetry.stats().leases_lost), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_joining_worker_gets_the_surplus_after_its_window() {
+        let leases = Arc::new(FakeLeases::default());
+        *lock(&leases.live) = 1;
+        let (mut k, e) = keeper(leases.clone(), 4);
+        tend(&mut k).await;
+        assert_eq!(e.status.held().len(), 4);
+        *lock(&leases.live) = 2;
+        tend(&mut k).await;
+        // Two runners drain; once they end their leases go back.
+        for _ in 0..50 {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            tend(&mut k).await;
+            if lock(&leases.released).len() == 2 {
+                break;
+            }
+        }
+        assert_eq!(lock(&leases.released).len(), 2);
+        assert_eq!(e.status.held().len(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shutdown_releases_every_lease_and_leaves() {
+        let leases = Arc::new(FakeLeases::default());
+        *lock(&leases.live) = 1;
+        let (mut k, e) = keeper(leases.clone(), 3);
+        let cancel = CancellationToken::new();
+        cancel.cancel();
+        tend(&mut k).await;
+        k.run(&cancel).await;
+        k.release_all().await;
+        assert_eq!(lock(&leases.released).len(), 3);
+        assert!(*lock(&leases.left));
+        assert!(e.status.held().is_empty());
+    }
+
+    #[test]
+    fn shutdown_grace_is_bounded() {
+        let c = ShutdownConfig {
+            grace: Dur::secs(7200),
+        };
+        assert_eq!(c.validate().unwrap_err().field, "shutdown.grace");
+        assert!(ShutdownConfig::default().validate().is_ok());
     }
 }

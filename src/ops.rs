@@ -88,3 +88,65 @@ pub async fn serve(
     });
     Ok((addr, task))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::shard::Shard;
+    use axum::body::Body;
+    use axum::http::Request;
+    use tower::ServiceExt;
+
+    async fn get(status: Arc<StatusBoard>, path: &str) -> (StatusCode, String) {
+        let resp = router(status)
+            .oneshot(Request::get(path).body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let code = resp.status();
+        let body = axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        (code, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    #[tokio::test]
+    async fn readyz_follows_the_status_board() {
+        let b = Arc::new(StatusBoard::default());
+        assert_eq!(get(b.clone(), "/healthz").await.0, StatusCode::OK);
+        assert_eq!(
+            get(b.clone(), "/readyz").await,
+            (StatusCode::OK, "ready\n".into())
+        );
+        let s = Shard::new("box", "dlp");
+        b.set_held(vec![s.clone(), Shard::new("box", "ransomware")]);
+        b.set_sink_failing(&s, true);
+        assert_eq!(
+            get(b.clone(), "/readyz").await.0,
+            StatusCode::OK,
+            "one shard failing is not the process"
+        );
+        b.set_stopped(&s, "topic refused".into());
+        let (code, body) = get(b.clone(), "/readyz").await;
+        assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(body.contains("box/dlp stopped: topic refused"), "{body}");
+    }
+
+    #[tokio::test]
+    async fn metrics_are_prometheus_text() {
+        let t = crate::telemetry::Telemetry::new();
+        t.register_all();
+        let (code, body) = get(Arc::new(StatusBoard::default()), "/metrics").await;
+        assert_eq!(code, StatusCode::OK);
+        assert!(body.contains("cas_bridge_sink_errors_total"), "{body}");
+        assert!(body.contains("cas_bridge_leases_held"));
+    }
+
+    #[test]
+    fn listen_address_is_checked() {
+        let bad = OpsConfig {
+            listen: "nine".into(),
+        };
+        assert_eq!(bad.addr().unwrap_err().field, "ops.listen");
+        assert!(OpsConfig::default().addr().is_ok());
+    }
+}

@@ -245,4 +245,43 @@ mod tests {
         assert!(Topics::new("cas.{service}.{event}", "dead letter").is_err());
         assert!(Topics::new("cas.all", "cas.all").is_err());
     }
+
+    #[test]
+    fn outcomes_sort_into_kinds() {
+        assert!(SinkError::from_outcomes("t", 3, vec![], vec![]).is_ok());
+        let refused = vec![Refusal {
+            index: 1,
+            reason: "too big".into(),
+        }];
+        let e = SinkError::from_outcomes("t", 3, vec![], refused.clone()).unwrap_err();
+        assert_eq!(e.kind(), "rejected");
+        assert!(e
+            .to_string()
+            .contains("refused 1 record(s) for good: too big"));
+        // Any transient failure makes the whole batch unavailable.
+        let e = SinkError::from_outcomes("t", 3, vec!["timed out".into()], refused).unwrap_err();
+        assert_eq!(e.kind(), "unavailable");
+        assert!(e
+            .to_string()
+            .contains("1 of 3 records not acknowledged: timed out"));
+        assert_eq!(SinkError::misconfigured("t", "x").kind(), "misconfigured");
+    }
+
+    #[test]
+    fn sizes_count_payload_key_and_headers() {
+        let s = Shard::new("exchange", "dlp");
+        let w = crate::window::Window {
+            start: chrono::DateTime::from_timestamp(0, 0).unwrap(),
+            end: chrono::DateTime::from_timestamp(60, 0).unwrap(),
+        };
+        let page = std::sync::Arc::new(PageMeta::new(&s, &w));
+        let data = serde_json::value::RawValue::from_string("{}".into()).unwrap();
+        let r = Record::event("cas.exchange.dlp".into(), "id1".into(), &page, &data);
+        let headers: usize = r.headers().map(|(k, v)| k.len() + v.len()).sum();
+        assert_eq!(kafka::record_size(&r), r.payload.len() + 3 + headers);
+        // NATS: the payload, `k: v\r\n` per header (Nats-Msg-Id too), and
+        // the `NATS/1.0\r\n` … `\r\n` frame.
+        let nats_headers = headers + r.headers().count() * 4 + "Nats-Msg-Id".len() + 3 + 4;
+        assert_eq!(nats::message_size(&r), r.payload.len() + nats_headers + 12);
+    }
 }
