@@ -24,6 +24,7 @@ use crate::field::{ConfigError, Dur};
 use crate::retry::sleep_or_cancel;
 use crate::runner::Engine;
 use crate::shard::Shard;
+use crate::telemetry::ShardTelemetry;
 
 /// The `shutdown` section.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -61,6 +62,8 @@ struct Held {
     last_renewed: tokio::time::Instant,
     /// The lease is gone: the runner was cancelled and must not be released.
     lost: bool,
+    /// The shard's telemetry handles (its labels built once).
+    tel: ShardTelemetry,
 }
 
 impl Drop for Held {
@@ -210,9 +213,8 @@ impl LeaseKeeper {
         let period = ttl / 3;
         for (shard, h) in self.held.iter_mut().filter(|(_, h)| !h.lost) {
             let p = self.engine.status.shard(shard);
-            let tel = self.engine.telemetry.shard(shard);
             if let Some(c) = p.cursor {
-                tel.checkpoint_lag(c);
+                h.tel.checkpoint_lag(c);
             }
             let lost = match self.leases.renew(shard, h.fence, p.cursor).await {
                 Ok(Renewal::Lost) => Some("another worker holds it"),
@@ -290,8 +292,9 @@ impl LeaseKeeper {
         let h_cancel = cancel.child_token();
         let drain = CancellationToken::new();
         let engine = self.engine.clone();
-        let (s2, c2, d2) = (shard.clone(), h_cancel.clone(), drain.clone());
-        let task = tokio::spawn(async move { engine.run_shard(s2, fence, c2, d2).await });
+        let tel = self.engine.telemetry.shard(&shard);
+        let (s2, c2, d2, t2) = (shard.clone(), h_cancel.clone(), drain.clone(), tel.clone());
+        let task = tokio::spawn(async move { engine.run_shard_with(s2, fence, t2, c2, d2).await });
         self.held.insert(
             shard,
             Held {
@@ -301,6 +304,7 @@ impl LeaseKeeper {
                 task,
                 last_renewed: tokio::time::Instant::now(),
                 lost: false,
+                tel,
             },
         );
     }

@@ -123,6 +123,19 @@ impl Engine {
         drain: CancellationToken,
     ) {
         let tel = self.telemetry.shard(&shard);
+        self.run_shard_with(shard, fence, tel, cancel, drain).await
+    }
+
+    /// As [`Engine::run_shard`], with the shard's telemetry handles made by
+    /// the caller (the lease keeper makes them once per lease).
+    pub async fn run_shard_with(
+        &self,
+        shard: Shard,
+        fence: Fence,
+        tel: ShardTelemetry,
+        cancel: CancellationToken,
+        drain: CancellationToken,
+    ) {
         let Some(mut cursor) = self.load_cursor(&shard, &cancel).await else {
             return;
         };
