@@ -2,23 +2,44 @@
 //! Kafka, NATS JetStream or JSON lines, without losing one.
 //!
 //! # Layout
-//! - [`config`]: typed, layered configuration (defaults, file, env), checked once at start.
+//! The flow of one request: the [`fleet`] lease keeper holds shards and
+//! starts a [`runner`] per shard; the runner plans a window ([`window`]),
+//! asks the [`schedule`] scheduler for a turn and a budget permit
+//! ([`coord`]), fetches a page from the [`source`] (the [`cas`] client),
+//! hands it to the [`publish`] publisher (ids from [`identity`], schemas
+//! from [`validate`], records into a [`sink`]), and moves its cursor when
+//! the window is delivered. Every stage reports to the [`status`] board and
+//! through [`telemetry`].
+//!
+//! - [`bridge`]: the composition root: builds every stage from one config.
+//! - [`fleet`]: the lease keeper: membership, fair share, hand-over, shutdown.
+//! - [`schedule`]: the scheduler: which shard's request goes next; pages in flight.
+//! - [`runner`]: the shard runner: windows, the API error policy, the fenced checkpoint.
+//! - [`source`]: the page source trait; the HTTP client implements it.
+//! - [`publish`]: validate → dedup → records → sink → mark delivered; dead letters.
+//! - [`status`]: per-shard health and progress, readiness, the held shards.
+//! - [`telemetry`]: one call per event: log, Prometheus, in-process stats.
+//! - [`retry`]: the one backoff type.
+//! - [`config`]: layering (defaults, file, env) and the fan-out to the sections.
+//! - [`field`]: the leaf under every section: field errors, durations.
 //! - [`shard`]: the (service, event) pair: the unit of work, leases and cursors.
 //! - [`cas`]: the API client: requests, the two dialects, pagination, errors.
 //! - [`window`]: window planning and cursor arithmetic (overlap, lag, 72 h reach, 3-day cap).
 //! - [`identity`]: stable event ids (`log_item_id`, else a content hash).
 //! - [`validate`]: the JSON Schema registry and verdicts.
-//! - [`coord`]: checkpoints, the shared request budget, dedup memory (in memory here).
-//! - [`sink`]: Kafka, NATS JetStream and JSON lines behind one trait; dead letters.
-//! - [`worker`]: the per-shard loop and the [`worker::Bridge`] that runs them.
+//! - [`coord`]: leases, checkpoints, the shared budget, dedup: in memory and in Redis.
+//! - [`sink`]: Kafka, NATS JetStream and JSON lines behind one trait; typed errors.
 //! - [`sim`]: the built-in CAS API simulator.
 //! - [`ops`]: `/healthz`, `/readyz`, `/metrics`.
-//! - [`telemetry`]: metrics as typed events; the log set-up.
-//! - [`app`]: the commands of the binary (`run`, `demo`, `simulate`, `check-config`).
+//! - [`app`]: the commands of the binary (`run`, `demo`, `simulate`, `check-config`, `status`).
+//!
+//! Configuration depends on the stages (each owns its section), never the
+//! reverse; no module imports one that imports it back.
 //!
 //! # Invariants
 //! - No event fetched from the API is lost: it reaches its topic or the
-//!   dead-letter topic before its window's cursor moves ([`worker`]).
+//!   dead-letter topic before its window's cursor moves ([`runner`],
+//!   [`publish`]).
 //! - No request is sent without a budget permit ([`coord`]).
 //! - The token is never logged and never sent to another host ([`cas`]).
 //! - Bad configuration stops the start with a message naming the field

@@ -243,35 +243,60 @@ async fn bad_configuration_stops_the_start_naming_the_field_and_sends_nothing() 
         ("OPS__LISTEN", "nowhere", "ops.listen"),
         ("LOG__FORMAT", "xml", "log.format"),
         ("WINDOW__LAGG", "5m", "lagg"),
+        ("SINK__KIND", "kafka", "sink.kafka.brokers"),
+        ("SINK__KIND", "nats", "sink.nats.url"),
+        ("BUDGET__MAX_PAUSE", "2h", "budget.max_pause"),
     ];
-    for (key, value, field) in cases {
-        let mut cmd = std::process::Command::new(bin);
-        cmd.arg("run")
+    // `run` refuses each, and `check-config` fails on each the same way
+    // (so it can gate a deploy).
+    for command in ["run", "check-config"] {
+        for (key, value, field) in cases {
+            let mut cmd = std::process::Command::new(bin);
+            cmd.arg(command)
+                .env_clear()
+                .env("CAS_BRIDGE__API__BASE_URL", sim.base_url())
+                .env("CAS_BRIDGE__API__TOKEN", "sim-token")
+                .env("CAS_BRIDGE__OPS__LISTEN", "127.0.0.1:0")
+                .env(format!("CAS_BRIDGE__{key}"), value);
+            if *key == "SINK__NATS__STREAM" {
+                cmd.env("CAS_BRIDGE__SINK__KIND", "nats")
+                    .env("CAS_BRIDGE__SINK__NATS__URL", "nats://127.0.0.1:4222");
+            }
+            let out = cmd.output().unwrap();
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                !out.status.success(),
+                "{command}: {key}={value} was accepted"
+            );
+            assert!(
+                err.contains(field),
+                "{command}: {key}={value}: the error does not name `{field}`: {err}"
+            );
+        }
+    }
+    // A missing token is a configuration error too, for both commands; a
+    // file checked without its secret passes.
+    for command in ["run", "check-config"] {
+        let out = std::process::Command::new(bin)
+            .arg(command)
             .env_clear()
             .env("CAS_BRIDGE__API__BASE_URL", sim.base_url())
-            .env("CAS_BRIDGE__API__TOKEN", "sim-token")
-            .env("CAS_BRIDGE__OPS__LISTEN", "127.0.0.1:0")
-            .env(format!("CAS_BRIDGE__{key}"), value);
-        if *key == "SINK__NATS__STREAM" {
-            cmd.env("CAS_BRIDGE__SINK__KIND", "nats");
-        }
-        let out = cmd.output().unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "{key}={value} was accepted");
-        assert!(
-            err.contains(field),
-            "{key}={value}: the error does not name `{field}`: {err}"
-        );
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{command} without a token");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("api.token"));
     }
-    // A missing token is a configuration error too.
     let out = std::process::Command::new(bin)
-        .arg("run")
+        .args(["check-config", "--without-secret"])
         .env_clear()
         .env("CAS_BRIDGE__API__BASE_URL", sim.base_url())
         .output()
         .unwrap();
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("api.token"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(
         sim.state.stats().served + sim.state.stats().throttled,
         0,
