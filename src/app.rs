@@ -129,7 +129,7 @@ async fn run(file: Option<PathBuf>) -> anyhow::Result<()> {
     let cancel = CancellationToken::new();
     cancel_on_signals(cancel.clone());
     let coord = if cfg.coord.redis_url.is_some() {
-        let mut attempt = 0u32;
+        let mut retry = crate::retry::Backoff::new(Duration::from_secs(1), Duration::from_secs(32));
         loop {
             match Coordination::redis(&cfg, &token).await {
                 Ok((c, rc)) => {
@@ -137,12 +137,10 @@ async fn run(file: Option<PathBuf>) -> anyhow::Result<()> {
                     break c;
                 }
                 Err(e) => {
-                    let wait = Duration::from_secs(1 << attempt.min(5));
+                    let wait = retry.next_delay();
                     tracing::error!(error = %e, retry_in = ?wait, "cannot reach Redis");
-                    attempt += 1;
-                    tokio::select! {
-                        _ = tokio::time::sleep(wait) => {}
-                        _ = cancel.cancelled() => return Ok(()),
+                    if !crate::retry::sleep_or_cancel(wait, &cancel).await {
+                        return Ok(());
                     }
                 }
             }
