@@ -99,22 +99,31 @@ fn init_logs(format: &str, level: &str) {
     };
 }
 
-/// Cancels the token on SIGINT or SIGTERM.
+/// Cancels the token on SIGINT or SIGTERM. The handlers are installed
+/// before this returns, so a signal that arrives right after is not lost
+/// (the default action would kill the process without a graceful stop).
 fn cancel_on_signals(cancel: CancellationToken) {
-    tokio::spawn(async move {
-        #[cfg(unix)]
-        {
-            use tokio::signal::unix::{signal, SignalKind};
-            let mut term = match signal(SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => return,
-            };
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {},
-                _ = term.recv() => {},
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let term = signal(SignalKind::terminate());
+        let int = signal(SignalKind::interrupt());
+        tokio::spawn(async move {
+            match (term, int) {
+                (Ok(mut term), Ok(mut int)) => {
+                    tokio::select! {
+                        _ = term.recv() => {},
+                        _ = int.recv() => {},
+                    }
+                }
+                _ => std::future::pending::<()>().await,
             }
-        }
-        #[cfg(not(unix))]
+            tracing::info!("signal received");
+            cancel.cancel();
+        });
+    }
+    #[cfg(not(unix))]
+    tokio::spawn(async move {
         let _ = tokio::signal::ctrl_c().await;
         tracing::info!("signal received");
         cancel.cancel();
@@ -122,12 +131,12 @@ fn cancel_on_signals(cancel: CancellationToken) {
 }
 
 async fn run(file: Option<PathBuf>) -> anyhow::Result<()> {
+    let cancel = CancellationToken::new();
+    cancel_on_signals(cancel.clone());
     let cfg = Config::load(file.as_deref())?;
     init_logs(&cfg.log.format, &cfg.log.level);
     let token = cfg.api.resolved_token()?;
     let dup_window = cfg.window.overlap.get() + cfg.window.lag.get() + Duration::from_secs(60);
-    let cancel = CancellationToken::new();
-    cancel_on_signals(cancel.clone());
     let coord = if cfg.coord.redis_url.is_some() {
         let mut retry = crate::retry::Backoff::new(Duration::from_secs(1), Duration::from_secs(32));
         loop {
@@ -182,13 +191,13 @@ async fn status(file: Option<PathBuf>, json: bool) -> anyhow::Result<()> {
         st.budget_last_minute, st.per_minute, st.budget_today, st.per_day
     );
     println!(
-        "{:<36} {:<28} {:>9} {:>6} {:<24} {:>8}  last error",
-        "shard", "owner", "lease ms", "fence", "cursor", "lag s"
+        "{:<36} {:<28} {:>9} {:>6} {:<24} {:>8} {:>6}  last error",
+        "shard", "owner", "lease ms", "fence", "cursor", "lag s", "pages"
     );
     let dash = || "-".to_string();
     for s in &st.shards {
         println!(
-            "{:<36} {:<28} {:>9} {:>6} {:<24} {:>8}  {}",
+            "{:<36} {:<28} {:>9} {:>6} {:<24} {:>8} {:>6}  {}",
             s.shard,
             s.owner.as_deref().unwrap_or("-"),
             s.lease_expires_in_ms
@@ -197,8 +206,17 @@ async fn status(file: Option<PathBuf>, json: bool) -> anyhow::Result<()> {
             s.fence.map(|v| v.to_string()).unwrap_or_else(dash),
             s.cursor.map(crate::cas::format_time).unwrap_or_else(dash),
             s.lag_seconds.map(|v| v.to_string()).unwrap_or_else(dash),
+            // Pages of the window in flight already delivered (resumable).
+            s.pages_done.map(|v| v.to_string()).unwrap_or_else(dash),
             s.last_error.as_deref().unwrap_or("")
         );
+        if let Some(w) = &s.window_in_flight {
+            println!(
+                "{:<36} window in flight {w}, resumes after page {}",
+                "",
+                s.pages_done.unwrap_or(0)
+            );
+        }
     }
     Ok(())
 }

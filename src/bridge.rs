@@ -21,7 +21,7 @@ use crate::field::ConfigError;
 use crate::fleet::LeaseKeeper;
 use crate::publish::Publisher;
 use crate::retry::Backoff;
-use crate::runner::{Engine, Faults};
+use crate::runner::{Engine, Faults, RunnerSettings};
 use crate::schedule::{Scheduler, PAGES_IN_FLIGHT};
 use crate::shard::Shard;
 use crate::sink::{Sink, Topics};
@@ -143,8 +143,12 @@ impl Bridge {
             Publisher::new(registry, sink, topics, coord.dedup.clone()),
             coord.checkpoints.clone(),
             Planner::new(&cfg.window),
-            cfg.window.start_from,
-            cfg.budget.max_pause.get(),
+            RunnerSettings {
+                start_from: cfg.window.start_from,
+                max_pause: cfg.budget.max_pause.get(),
+                page_limit: cfg.api.effective_page_limit(),
+                max_pages: cfg.window.max_pages,
+            },
             status,
             Telemetry::new(),
         );

@@ -127,6 +127,9 @@ pub struct FakeSink {
     pub unavailable: AtomicUsize,
     pub misconfigured: AtomicBool,
     pub calls: AtomicUsize,
+    /// From this call on (counting from 1), publishing never returns, like
+    /// a process that dies while the broker has its records; 0 = never.
+    pub hang_from_call: AtomicUsize,
 }
 
 impl FakeSink {
@@ -151,7 +154,11 @@ impl Sink for FakeSink {
         Ok(())
     }
     async fn publish(&self, records: &[Record]) -> Result<(), SinkError> {
-        self.calls.fetch_add(1, Ordering::Relaxed);
+        let call = self.calls.fetch_add(1, Ordering::Relaxed) + 1;
+        let hang = self.hang_from_call.load(Ordering::Relaxed);
+        if hang > 0 && call >= hang {
+            std::future::pending::<()>().await;
+        }
         if self.misconfigured.load(Ordering::Relaxed) {
             return Err(SinkError::misconfigured(
                 "fake",
@@ -214,8 +221,7 @@ pub fn engine(
         ),
         checkpoints,
         crate::window::Planner::new(&crate::window::WindowConfig::default()),
-        crate::window::StartFrom::Ago(std::time::Duration::from_secs(3600)),
-        std::time::Duration::from_secs(300),
+        crate::runner::RunnerSettings::default(),
         Arc::new(crate::status::StatusBoard::default()),
         crate::telemetry::Telemetry::default(),
     )

@@ -6,9 +6,11 @@
 //!
 //! What must stay true here: a shard is worked only under a lease; a lease
 //! that cannot be renewed before it expires stops its runner at once; a
-//! surplus shard is given up after its window in flight (drain), never in
-//! the middle of one; shutdown abandons the page in flight without moving
-//! its cursor and releases the leases within the grace period.
+//! surplus shard, and every shard at shutdown, is given up at a page
+//! boundary (drain: the page in flight is published and its progress
+//! recorded, so the next holder continues after it); shutdown takes at most
+//! the grace period, then abandons what is still in flight (the cursor and
+//! progress stay at the last page delivered) and releases the leases.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -56,7 +58,7 @@ struct Held {
     fence: Fence,
     /// Stops the runner at once (lease lost, shutdown).
     cancel: CancellationToken,
-    /// Stops it after the window in flight (rebalancing).
+    /// Stops it at the next page boundary (rebalancing, shutdown).
     drain: CancellationToken,
     task: tokio::task::JoinHandle<()>,
     last_renewed: tokio::time::Instant,
@@ -119,19 +121,31 @@ impl LeaseKeeper {
                 break;
             }
         }
-        info!(grace = ?self.grace, "shutting down");
+        info!(grace = ?self.grace, "shutting down: finishing the pages in flight");
+        // Each runner finishes its page in flight, records its progress and
+        // stops: the next holder continues after that page.
         for h in self.held.values() {
-            h.cancel.cancel();
+            h.drain.cancel();
         }
+        // The leases stay renewed while the runners finish, so no other
+        // worker takes a shard whose last page is still being delivered.
         let deadline = tokio::time::Instant::now() + self.grace;
-        for (shard, h) in self.held.iter_mut() {
-            if tokio::time::timeout_at(deadline, &mut h.task)
-                .await
-                .is_err()
-            {
-                warn!(%shard, "grace period over; abandoning work in flight (its cursor stays)");
-                h.task.abort();
+        let mut next_renewal = tokio::time::Instant::now() + period;
+        while self.held.values().any(|h| !h.task.is_finished()) {
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                for (shard, h) in self.held.iter_mut().filter(|(_, h)| !h.task.is_finished()) {
+                    warn!(%shard, "grace period over; abandoning the page in flight (cursor and progress stay at the last page delivered)");
+                    h.cancel.cancel();
+                    h.task.abort();
+                }
+                break;
             }
+            if now >= next_renewal {
+                self.renew().await;
+                next_renewal = now + period;
+            }
+            tokio::time::sleep(Duration::from_millis(20).min(deadline - now)).await;
         }
     }
 
@@ -186,7 +200,7 @@ impl LeaseKeeper {
                 return;
             }
         };
-        self.rebalance(live, cancel).await;
+        self.rebalance(live).await;
     }
 
     /// Runners that ended (drained, lost, fenced, stopped): their leases go back.
@@ -243,7 +257,7 @@ impl LeaseKeeper {
         }
     }
 
-    async fn rebalance(&mut self, live: usize, cancel: &CancellationToken) {
+    async fn rebalance(&mut self, live: usize) {
         let fair = self.order.len().div_ceil(live);
         let active: Vec<Shard> = self
             .order
@@ -256,10 +270,10 @@ impl LeaseKeeper {
             .cloned()
             .collect();
         if active.len() > fair {
-            // Give up the surplus at a window boundary.
+            // Give up the surplus at a page boundary.
             for shard in active.iter().rev().take(active.len() - fair) {
                 if let Some(h) = self.held.get(shard) {
-                    info!(%shard, fair, live, "over the fair share; releasing after the window in flight");
+                    info!(%shard, fair, live, "over the fair share; releasing after the page in flight");
                     h.drain.cancel();
                 }
             }
@@ -276,7 +290,7 @@ impl LeaseKeeper {
             match self.leases.acquire(&shard).await {
                 Ok(Some(fence)) => {
                     self.engine.telemetry.lease_acquired(&shard, fence);
-                    self.spawn(shard, fence, cancel);
+                    self.spawn(shard, fence);
                     want -= 1;
                 }
                 Ok(None) => {}
@@ -288,8 +302,11 @@ impl LeaseKeeper {
         }
     }
 
-    fn spawn(&mut self, shard: Shard, fence: Fence, cancel: &CancellationToken) {
-        let h_cancel = cancel.child_token();
+    fn spawn(&mut self, shard: Shard, fence: Fence) {
+        // Not a child of the keeper's token: shutdown drains a runner at a
+        // page boundary; only a lost lease or the end of the grace period
+        // stops it at once.
+        let h_cancel = CancellationToken::new();
         let drain = CancellationToken::new();
         let engine = self.engine.clone();
         let tel = self.engine.telemetry.shard(&shard);
@@ -465,7 +482,7 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_joining_worker_gets_the_surplus_after_its_window() {
+    async fn a_joining_worker_gets_the_surplus_at_a_page_boundary() {
         let leases = Arc::new(FakeLeases::default());
         *lock(&leases.live) = 1;
         let (mut k, e) = keeper(leases.clone(), 4);

@@ -10,6 +10,15 @@
 //! are removed by the dedup memory. A runner whose fence is stale cannot
 //! move the cursor: the checkpoint store refuses it and the runner stops.
 //!
+//! Inside a window, the position to continue from (the window, the next
+//! link as the API returned it, pages done) is recorded after every page
+//! the sink acknowledged, with the same fence. Whoever runs the shard next
+//! continues there, so an interruption costs at most the page in flight. A
+//! stored link the API refuses falls back to the window's first page (the
+//! dedup memory absorbs the re-read). Draining (shutdown, rebalancing)
+//! stops at a page boundary: the page in flight is finished, its progress
+//! recorded, and no new request is sent.
+//!
 //! The API's errors say what to do ([`Action`]): retry the page with
 //! backoff, pause every shard on the token (429, capped at
 //! `budget.max_pause`; 401/403), or park the shard with a long backoff.
@@ -23,9 +32,9 @@ use tokio_util::sync::CancellationToken;
 use url::Url;
 
 use crate::cas::{Action, ApiError, Page};
-use crate::coord::{CheckpointStore, CoordError, Fence};
+use crate::coord::{CheckpointStore, CoordError, Fence, Progress};
 use crate::publish::{PublishError, Publisher};
-use crate::retry::{sleep_or_cancel, Backoff};
+use crate::retry::Backoff;
 use crate::schedule::{Priority, Scheduler, Slot};
 use crate::shard::Shard;
 use crate::source::PageSource;
@@ -48,9 +57,46 @@ pub struct Faults {
 /// How a window ended without being delivered.
 #[derive(Debug)]
 enum Abort {
+    /// Stopped at once (lease lost, grace over): the page in flight is lost.
     Cancelled,
+    /// Stopped at a page boundary; the progress is recorded.
+    Drained,
+    /// Another holder's fence is current: stop without writing anything.
+    Fenced,
     Park(ApiError),
     Stop(String),
+}
+
+/// Where a window's reading starts.
+enum Start {
+    /// Its first page.
+    First,
+    /// The stored position of an interrupted reading.
+    Resume(Progress),
+}
+
+/// What the runner needs besides the stages.
+#[derive(Debug, Clone, Copy)]
+pub struct RunnerSettings {
+    /// Where a shard without a cursor starts.
+    pub start_from: StartFrom,
+    /// The longest pause a 429 may impose.
+    pub max_pause: Duration,
+    /// Events per page (`api.page_limit` in force).
+    pub page_limit: u32,
+    /// Pages a catch-up window is sized to hold (`window.max_pages`).
+    pub max_pages: u32,
+}
+
+impl Default for RunnerSettings {
+    fn default() -> Self {
+        Self {
+            start_from: StartFrom::Ago(Duration::from_secs(3600)),
+            max_pause: Duration::from_secs(300),
+            page_limit: 500,
+            max_pages: 20,
+        }
+    }
 }
 
 /// What every shard runner of one process shares.
@@ -65,12 +111,10 @@ pub struct Engine {
     pub checkpoints: Arc<dyn CheckpointStore>,
     /// Window planning.
     pub planner: Planner,
-    /// Where a shard without a cursor starts.
-    pub start_from: StartFrom,
+    /// Start, pause cap, page size, window sizing.
+    pub settings: RunnerSettings,
     /// When the process started (`window.start_from` counts from here).
     pub started: DateTime<Utc>,
-    /// The longest pause a 429 may impose.
-    pub max_pause: Duration,
     /// What every stage reports.
     pub status: Arc<StatusBoard>,
     /// Logs, metrics, stats.
@@ -91,8 +135,7 @@ impl Engine {
         publisher: Publisher,
         checkpoints: Arc<dyn CheckpointStore>,
         planner: Planner,
-        start_from: StartFrom,
-        max_pause: Duration,
+        settings: RunnerSettings,
         status: Arc<StatusBoard>,
         telemetry: Telemetry,
     ) -> Self {
@@ -102,9 +145,8 @@ impl Engine {
             publisher,
             checkpoints,
             planner,
-            start_from,
+            settings,
             started: Utc::now(),
-            max_pause,
             status,
             telemetry,
             faults: Faults::default(),
@@ -140,25 +182,49 @@ impl Engine {
             return;
         };
         self.status.set_cursor(&shard, cursor);
+        let mut resume = self.load_progress(&shard, cursor).await;
         let mut park = Backoff::park();
+        // Events a second in the last window with events: sizes the next.
+        let mut density: Option<f64> = None;
         while !cancel.is_cancelled() && !drain.is_cancelled() {
-            let (window, gap) = match self.planner.plan(cursor, Utc::now()) {
-                Plan::NotDue(wait) => {
-                    tokio::select! {
-                        _ = tokio::time::sleep(wait) => {}
-                        _ = cancel.cancelled() => return,
-                        _ = drain.cancelled() => return,
+            let (window, start) = match resume.take() {
+                Some(p) => (
+                    Window {
+                        start: p.start,
+                        end: p.end,
+                    },
+                    Start::Resume(p),
+                ),
+                None => {
+                    let longest =
+                        Planner::sized(self.settings.max_pages, self.settings.page_limit, density);
+                    match self.planner.plan_sized(cursor, Utc::now(), longest) {
+                        Plan::NotDue(wait) => {
+                            tokio::select! {
+                                _ = tokio::time::sleep(wait) => {}
+                                _ = cancel.cancelled() => return,
+                                _ = drain.cancelled() => return,
+                            }
+                            continue;
+                        }
+                        Plan::Due { window, gap } => {
+                            if !gap.is_zero() {
+                                tel.gap_skipped(gap.as_secs(), cursor);
+                            }
+                            (window, Start::First)
+                        }
                     }
-                    continue;
                 }
-                Plan::Due { window, gap } => (window, gap),
             };
-            if !gap.is_zero() {
-                tel.gap_skipped(gap.as_secs(), cursor);
-            }
-            match self.deliver_window(&shard, &window, &tel, &cancel).await {
-                Ok(()) => {}
-                Err(Abort::Cancelled) => return,
+            let events = match self
+                .deliver_window(&shard, fence, &window, start, &tel, &cancel, &drain)
+                .await
+            {
+                Ok(events) => events,
+                Err(a @ (Abort::Cancelled | Abort::Drained | Abort::Fenced)) => {
+                    tracing::debug!(%shard, how = ?a, "runner stops");
+                    return;
+                }
                 Err(Abort::Stop(why)) => {
                     tel.stopped(&why);
                     self.status.set_stopped(&shard, why);
@@ -168,11 +234,17 @@ impl Engine {
                     let wait = park.next_delay();
                     tel.parked(&e, wait);
                     self.status.set_error(&shard, &e);
-                    if !sleep_or_cancel(wait, &cancel).await {
-                        return;
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = cancel.cancelled() => return,
+                        _ = drain.cancelled() => return,
                     }
                     continue;
                 }
+            };
+            let secs = window.duration().as_secs_f64();
+            if events > 0 && secs > 0.0 {
+                density = Some(events as f64 / secs);
             }
             let n = self.delivered.fetch_add(1, Ordering::Relaxed) + 1;
             if self.faults.halt_before_checkpoint_after_windows == Some(n) {
@@ -190,6 +262,19 @@ impl Engine {
         }
     }
 
+    /// The stored position inside the window after `cursor`, if there is
+    /// one worth resuming (a record of an older window is ignored).
+    async fn load_progress(&self, shard: &Shard, cursor: DateTime<Utc>) -> Option<Progress> {
+        match self.checkpoints.load_progress(shard).await {
+            Ok(Some(p)) if p.end > cursor && p.start < p.end => Some(p),
+            Ok(_) => None,
+            Err(e) => {
+                tracing::warn!(%shard, error = %e, "cannot load the progress inside the window; reading it from its start");
+                None
+            }
+        }
+    }
+
     /// The stored cursor, or the configured start; `None` if cancelled.
     async fn load_cursor(
         &self,
@@ -200,7 +285,7 @@ impl Engine {
         loop {
             match self.checkpoints.load(shard).await {
                 Ok(Some(c)) => return Some(c),
-                Ok(None) => return Some(self.start_from.resolve(self.started)),
+                Ok(None) => return Some(self.settings.start_from.resolve(self.started)),
                 Err(e) => {
                     tracing::warn!(%shard, error = %e, "cannot load the cursor; retrying");
                     if !retry.wait(cancel).await {
@@ -238,19 +323,57 @@ impl Engine {
         }
     }
 
-    /// Fetches every page of `window` and publishes its events.
+    /// Fetches every page of `window` (from `start`) and publishes its
+    /// events, recording the progress after each page; returns the number
+    /// of events the window held.
+    #[allow(clippy::too_many_arguments)]
     async fn deliver_window(
         &self,
         shard: &Shard,
+        fence: Fence,
         window: &Window,
+        start: Start,
         tel: &ShardTelemetry,
         cancel: &CancellationToken,
-    ) -> Result<(), Abort> {
-        let mut url = self.source.first_page(shard, window);
-        let mut priority = Priority::NewWindow;
+        drain: &CancellationToken,
+    ) -> Result<u64, Abort> {
+        let first = || self.source.first_page(shard, window);
+        let (mut url, mut pages, mut events, mut resumed) = match start {
+            Start::First => (first(), 0u32, 0u64, None),
+            Start::Resume(p) => match self.source.next_page(&p.next) {
+                Ok(u) => {
+                    tel.window_resumed(p.pages);
+                    (u, p.pages, p.events, Some(p.pages))
+                }
+                Err(e) => {
+                    tel.stored_link_refused(&e, p.pages);
+                    (first(), 0, 0, None)
+                }
+            },
+        };
+        self.status.set_window(shard, Some((*window, pages)));
+        let mut priority = if resumed.is_some() {
+            Priority::PagesLeft
+        } else {
+            Priority::NewWindow
+        };
         loop {
-            let (page, slot) = self.fetch(shard, &url, priority, tel, cancel).await?;
+            let fetched = self.fetch(shard, &url, priority, tel, cancel, drain).await;
+            let (page, slot) = match fetched {
+                Err(Abort::Park(e)) if resumed.is_some() => {
+                    // The stored link is refused (expired, or the API does
+                    // not know it): read the window again from its start.
+                    tel.stored_link_refused(&e, resumed.take().unwrap_or(0));
+                    url = first();
+                    (pages, events) = (0, 0);
+                    priority = Priority::NewWindow;
+                    continue;
+                }
+                other => other?,
+            };
+            resumed = None;
             let next = page.next_link.clone();
+            events += page.events.len() as u64;
             self.publisher
                 .publish_page(shard, window, page, tel, &self.status, cancel)
                 .await
@@ -259,17 +382,47 @@ impl Engine {
                     PublishError::Stopped(why) => Abort::Stop(why),
                 })?;
             drop(slot);
-            match next {
-                None => return Ok(()),
-                Some(raw) => {
-                    url = self.source.next_page(&raw).map_err(Abort::Park)?;
-                    priority = Priority::PagesLeft;
+            pages += 1;
+            let Some(raw) = next else {
+                self.status.set_window(shard, None);
+                return Ok(events);
+            };
+            url = self.source.next_page(&raw).map_err(Abort::Park)?;
+            let progress = Progress {
+                start: window.start,
+                end: window.end,
+                next: raw,
+                pages,
+                events,
+                at: Utc::now(),
+            };
+            match self
+                .checkpoints
+                .store_progress(shard, fence, &progress)
+                .await
+            {
+                Ok(()) => {}
+                Err(e @ CoordError::Fenced { .. }) => {
+                    tracing::warn!(%shard, error = %e, "progress refused: lost the shard");
+                    self.status.set_error(shard, &e);
+                    return Err(Abort::Fenced);
+                }
+                // Progress saves requests; the cursor keeps the guarantee.
+                Err(e) => {
+                    tracing::warn!(%shard, error = %e, "cannot record the progress inside the window")
                 }
             }
+            self.status.set_window(shard, Some((*window, pages)));
+            if drain.is_cancelled() {
+                return Err(Abort::Drained);
+            }
+            priority = Priority::PagesLeft;
         }
     }
 
     /// One page, retried until it arrives, the shard must park, or cancel.
+    /// Draining stops it while it waits (nothing is in flight then); a
+    /// request sent is finished.
     async fn fetch(
         &self,
         shard: &Shard,
@@ -277,24 +430,29 @@ impl Engine {
         priority: Priority,
         tel: &ShardTelemetry,
         cancel: &CancellationToken,
+        drain: &CancellationToken,
     ) -> Result<(Page, Slot), Abort> {
         let mut retry = Backoff::request();
         loop {
             let grant = tokio::select! {
                 g = self.scheduler.grant(shard, priority) => g,
                 _ = cancel.cancelled() => return Err(Abort::Cancelled),
+                _ = drain.cancelled() => return Err(Abort::Drained),
             };
             let grant = match grant {
                 Ok(g) => g,
                 Err(e) => {
                     tracing::warn!(%shard, error = %e, "no permit; retrying");
-                    if !retry.wait(cancel).await {
-                        return Err(Abort::Cancelled);
+                    tokio::select! {
+                        _ = tokio::time::sleep(retry.next_delay()) => {}
+                        _ = cancel.cancelled() => return Err(Abort::Cancelled),
+                        _ = drain.cancelled() => return Err(Abort::Drained),
                     }
                     continue;
                 }
             };
             tel.permit(grant.permit.waited());
+            tracing::debug!(%shard, %url, "request");
             let started = std::time::Instant::now();
             let res = tokio::select! {
                 r = self.source.fetch(grant.permit, url) => r,
@@ -323,7 +481,7 @@ impl Engine {
                     tel.request_failed(&status, started.elapsed(), &e, None);
                     let pause = asked
                         .unwrap_or(DEFAULT_RATE_LIMIT_PAUSE)
-                        .min(self.max_pause);
+                        .min(self.settings.max_pause);
                     tel.rate_limited(pause, asked);
                     self.scheduler.pause(pause).await;
                     Duration::ZERO
@@ -341,8 +499,10 @@ impl Engine {
                 }
             };
             self.status.set_error(shard, &e);
-            if !sleep_or_cancel(wait, cancel).await {
-                return Err(Abort::Cancelled);
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = cancel.cancelled() => return Err(Abort::Cancelled),
+                _ = drain.cancelled() => return Err(Abort::Drained),
             }
         }
     }

@@ -17,6 +17,7 @@ use tokio::sync::watch;
 
 use crate::shard::Shard;
 use crate::sink::Sink;
+use crate::window::Window;
 
 /// What an operator (and `demo`, and tests) can see of a shard.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -29,6 +30,9 @@ pub struct ShardProgress {
     pub sink_failing: bool,
     /// The shard was stopped for good (misconfigured sink), with why.
     pub stopped: Option<String>,
+    /// The window in flight and the pages of it delivered (recorded, so
+    /// the next holder can resume after them).
+    pub window: Option<(Window, u32)>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -89,6 +93,10 @@ impl StatusBoard {
     pub fn set_error(&self, shard: &Shard, error: &dyn std::fmt::Display) {
         let e = error.to_string();
         self.update(shard, |p| p.last_error = Some(e));
+    }
+
+    pub fn set_window(&self, shard: &Shard, window: Option<(Window, u32)>) {
+        self.update(shard, |p| p.window = window);
     }
 
     pub fn set_sink_failing(&self, shard: &Shard, failing: bool) {

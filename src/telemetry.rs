@@ -72,6 +72,8 @@ pub struct Stats {
     pub sink_errors: AtomicU64,
     pub gap_seconds: AtomicU64,
     pub leases_lost: AtomicU64,
+    pub windows_resumed: AtomicU64,
+    pub stored_links_refused: AtomicU64,
 }
 
 impl Stats {
@@ -146,7 +148,7 @@ pub fn render() -> String {
 
 fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
-    let counters: [(&'static str, &'static str); 14] = [
+    let counters: &[(&str, &str)] = &[
         (
             "cas_bridge_api_requests_total",
             "Requests to the CAS API, by HTTP status (or error kind)",
@@ -200,8 +202,20 @@ fn describe() {
             "cas_bridge_shards_stopped_total",
             "Shards stopped because the sink is misconfigured",
         ),
+        (
+            "cas_bridge_windows_resumed_total",
+            "Windows continued from a recorded page instead of their start",
+        ),
+        (
+            "cas_bridge_stored_links_refused_total",
+            "Recorded next links the API refused (the window was read again from its start)",
+        ),
+        (
+            "cas_bridge_pages_reread_total",
+            "Pages read again because a recorded next link was refused",
+        ),
     ];
-    for (name, help) in counters {
+    for &(name, help) in counters {
         describe_counter!(name, help);
     }
     describe_histogram!(
@@ -307,6 +321,9 @@ pub struct ShardTelemetry {
     sink_errors: [Counter; 3],
     parked: Counter,
     stopped: Counter,
+    resumed: Counter,
+    links_refused: Counter,
+    reread: Counter,
 }
 
 impl ShardTelemetry {
@@ -347,6 +364,9 @@ impl ShardTelemetry {
             sink_errors: SINK_ERROR_KINDS.map(sink),
             parked: counter!("cas_bridge_shards_parked_total", &l),
             stopped: counter!("cas_bridge_shards_stopped_total", &l),
+            resumed: counter!("cas_bridge_windows_resumed_total", &l),
+            links_refused: counter!("cas_bridge_stored_links_refused_total", &l),
+            reread: counter!("cas_bridge_pages_reread_total", &l),
         }
     }
 
@@ -460,6 +480,22 @@ impl ShardTelemetry {
     pub fn parked(&self, error: &dyn std::fmt::Display, retry_in: Duration) {
         self.parked.increment(1);
         error!(shard = %self.shard, %error, ?retry_in, "shard parked");
+    }
+
+    /// A window continues from its recorded position after `pages` pages.
+    pub fn window_resumed(&self, pages: u32) {
+        Stats::add(&self.stats.windows_resumed, 1);
+        self.resumed.increment(1);
+        info!(shard = %self.shard, pages_done = pages, "window resumed from its recorded page");
+    }
+
+    /// A recorded next link was refused: the window is read again from its
+    /// start, `pages` pages read twice.
+    pub fn stored_link_refused(&self, error: &dyn std::fmt::Display, pages: u32) {
+        Stats::add(&self.stats.stored_links_refused, 1);
+        self.links_refused.increment(1);
+        self.reread.increment(u64::from(pages));
+        warn!(shard = %self.shard, %error, pages_reread = pages, "the recorded next link was refused; reading the window again from its start");
     }
 
     /// The shard stopped for good (until restart): nothing it can do helps.

@@ -39,6 +39,9 @@ pub struct WindowConfig {
     pub max: Dur,
     /// A shard is polled again only when its cursor is this far behind `now − lag`.
     pub min_interval: Dur,
+    /// During catch-up, a window is sized to hold about this many pages,
+    /// from the event density the shard has seen (at most `max` long).
+    pub max_pages: u32,
 }
 
 impl Default for WindowConfig {
@@ -49,6 +52,7 @@ impl Default for WindowConfig {
             overlap: Dur::secs(120),
             max: Dur(API_MAX_WINDOW),
             min_interval: Dur::secs(30),
+            max_pages: 20,
         }
     }
 }
@@ -71,6 +75,12 @@ impl WindowConfig {
             return Err(ConfigError::new(
                 "window.min_interval",
                 "must be at most 1d",
+            ));
+        }
+        if self.max_pages == 0 || self.max_pages > 10_000 {
+            return Err(ConfigError::new(
+                "window.max_pages",
+                format!("{} is out of range: 1 to 10000", self.max_pages),
             ));
         }
         if let StartFrom::Ago(d) = self.start_from {
@@ -184,6 +194,17 @@ impl Planner {
         }
     }
 
+    /// How long a window should be to hold about `pages` pages of
+    /// `page_limit` events at `per_second` events a second; `None` (the
+    /// configured maximum) when nothing was seen yet. Never under a minute.
+    pub fn sized(pages: u32, page_limit: u32, per_second: Option<f64>) -> Option<Duration> {
+        let rate = per_second.filter(|r| r.is_finite() && *r > 0.0)?;
+        let secs = f64::from(pages) * f64::from(page_limit) / rate;
+        Some(Duration::from_secs_f64(
+            secs.clamp(60.0, API_MAX_WINDOW.as_secs_f64()),
+        ))
+    }
+
     /// How long ids must be remembered to remove the duplicates the overlap re-reads.
     pub fn dedup_horizon(&self) -> Duration {
         ((self.overlap + self.lag) * 2 + self.min_interval)
@@ -194,6 +215,17 @@ impl Planner {
 
     /// The next window for a shard whose cursor is `cursor`, at `now`.
     pub fn plan(&self, cursor: DateTime<Utc>, now: DateTime<Utc>) -> Plan {
+        self.plan_sized(cursor, now, None)
+    }
+
+    /// As [`Planner::plan`], with the window at most `longest` long (the
+    /// length that holds the pages wanted at the density seen).
+    pub fn plan_sized(
+        &self,
+        cursor: DateTime<Utc>,
+        now: DateTime<Utc>,
+        longest: Option<Duration>,
+    ) -> Plan {
         let target_end = now - self.lag;
         let behind = target_end - cursor;
         if behind < self.min_interval || behind <= chrono::Duration::zero() {
@@ -209,7 +241,8 @@ impl Planner {
             }
             start = floor;
         }
-        let end = target_end.min(start + self.max);
+        let max = longest.map_or(self.max, |l| self.max.min(cd(l)));
+        let end = target_end.min(start + max);
         if end <= start {
             return Plan::NotDue(Duration::from_secs(1));
         }
@@ -379,5 +412,38 @@ mod tests {
             cursor,
             now - chrono::Duration::minutes(7) - chrono::Duration::seconds(60)
         );
+    }
+
+    #[test]
+    fn windows_are_sized_from_the_density_seen() {
+        // 200 events an hour, pages of 500, 20 pages: 50 hours.
+        let d = Planner::sized(20, 500, Some(200.0 / 3600.0)).unwrap();
+        assert_eq!(d.as_secs(), 50 * 3600);
+        // Nothing seen yet: the configured maximum.
+        assert_eq!(Planner::sized(20, 500, None), None);
+        assert_eq!(Planner::sized(20, 500, Some(0.0)), None);
+        // Very dense: never under a minute; very sparse: never over 3 days.
+        assert_eq!(Planner::sized(1, 1, Some(1e9)).unwrap().as_secs(), 60);
+        assert_eq!(Planner::sized(20, 500, Some(1e-9)).unwrap(), API_MAX_WINDOW);
+        let now = t("2026-01-10T12:00:00Z");
+        let cursor = t("2026-01-08T00:00:00Z");
+        match planner().plan_sized(cursor, now, Some(Duration::from_secs(3600))) {
+            Plan::Due { window, .. } => {
+                assert_eq!(
+                    window.end,
+                    cursor - chrono::Duration::minutes(2) + chrono::Duration::hours(1)
+                );
+            }
+            p => panic!("{p:?}"),
+        }
+    }
+
+    #[test]
+    fn max_pages_is_bounded() {
+        let c = WindowConfig {
+            max_pages: 0,
+            ..WindowConfig::default()
+        };
+        assert_eq!(c.validate().unwrap_err().field, "window.max_pages");
     }
 }

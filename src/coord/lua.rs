@@ -26,21 +26,28 @@ if ARGV[4] ~= '' and redis.call('EXISTS', KEYS[3]) == 0 then redis.call('SET', K
 return 2
 "#;
 
-// KEYS: lease, fence, cursor. ARGV: owner, fence, ttl_ms, cursor_ms.
+// A fenced write: the cursor (then KEYS[4], the progress, is deleted) or
+// the progress (KEYS[4] is the same key and ARGV[5] is '0').
+// KEYS: lease, fence, target, progress. ARGV: owner, fence, ttl_ms, value,
+// delete-progress ('1' or '0').
 // {1, fence} = written, {2, fence} = written after restoring a lost lease,
 // {0, current fence} = refused.
 const CHECKPOINT: &str = r#"
 local want = ARGV[1] .. ':' .. ARGV[2]
 local v = redis.call('GET', KEYS[1])
 local cur = redis.call('GET', KEYS[2])
-if v == want and cur == ARGV[2] then
+local function write()
   redis.call('SET', KEYS[3], ARGV[4])
+  if ARGV[5] == '1' then redis.call('DEL', KEYS[4]) end
+end
+if v == want and cur == ARGV[2] then
+  write()
   return {1, tonumber(cur)}
 end
 if (not v) and ((not cur) or cur == ARGV[2]) then
   redis.call('SET', KEYS[2], ARGV[2])
   redis.call('SET', KEYS[1], want, 'PX', ARGV[3])
-  redis.call('SET', KEYS[3], ARGV[4])
+  write()
   return {2, tonumber(ARGV[2])}
 end
 return {0, tonumber(cur or '0')}

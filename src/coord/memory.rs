@@ -12,7 +12,7 @@ use tokio::time::Instant;
 use super::BudgetConfig;
 use super::{
     Budget, BudgetUsage, CheckpointStore, CoordError, DedupStore, Fence, LeaseStore, Permit,
-    Renewal,
+    Progress, Renewal,
 };
 use crate::shard::Shard;
 
@@ -25,11 +25,14 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Cursors in a map; every fence is current (one process holds every shard).
+/// Cursors and progress in maps; every fence is current (one process holds
+/// every shard).
 #[derive(Debug, Default)]
 pub struct MemoryCheckpoints {
     /// Cursor per shard.
     cursors: Mutex<HashMap<Shard, DateTime<Utc>>>,
+    /// Position inside the window in flight, per shard.
+    progress: Mutex<HashMap<Shard, Progress>>,
 }
 
 #[async_trait]
@@ -44,6 +47,19 @@ impl CheckpointStore for MemoryCheckpoints {
         cursor: DateTime<Utc>,
     ) -> Result<(), CoordError> {
         lock(&self.cursors).insert(shard.clone(), cursor);
+        lock(&self.progress).remove(shard);
+        Ok(())
+    }
+    async fn load_progress(&self, shard: &Shard) -> Result<Option<Progress>, CoordError> {
+        Ok(lock(&self.progress).get(shard).cloned())
+    }
+    async fn store_progress(
+        &self,
+        shard: &Shard,
+        _fence: Fence,
+        progress: &Progress,
+    ) -> Result<(), CoordError> {
+        lock(&self.progress).insert(shard.clone(), progress.clone());
         Ok(())
     }
 }

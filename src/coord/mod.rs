@@ -71,17 +71,48 @@ pub struct BudgetUsage {
     pub last_day: u32,
 }
 
-/// Where cursors are kept.
+/// A shard's position inside its window in flight: enough for whoever
+/// holds the shard next to continue with the next page.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Progress {
+    /// The window's start, as requested.
+    pub start: DateTime<Utc>,
+    /// The window's end, as requested.
+    pub end: DateTime<Utc>,
+    /// The next link exactly as the API returned it (the same-host guard
+    /// applies to it when it is followed, as to a fresh one).
+    pub next: String,
+    /// Pages of the window delivered so far.
+    pub pages: u32,
+    /// Events of the window fetched so far.
+    pub events: u64,
+    /// When the API handed out the link.
+    pub at: DateTime<Utc>,
+}
+
+/// Where cursors and in-window progress are kept. Both are written only
+/// with a current fence.
 #[async_trait]
 pub trait CheckpointStore: Send + Sync {
     /// The shard's cursor, if it has one.
     async fn load(&self, shard: &Shard) -> Result<Option<DateTime<Utc>>, CoordError>;
-    /// Moves the cursor, if `fence` is still current for the shard.
+    /// Moves the cursor, if `fence` is still current for the shard, and
+    /// forgets the progress of the window that ended there.
     async fn store(
         &self,
         shard: &Shard,
         fence: Fence,
         cursor: DateTime<Utc>,
+    ) -> Result<(), CoordError>;
+    /// The position inside the window in flight, if one was recorded.
+    async fn load_progress(&self, shard: &Shard) -> Result<Option<Progress>, CoordError>;
+    /// Records the position inside the window in flight, if `fence` is
+    /// still current for the shard.
+    async fn store_progress(
+        &self,
+        shard: &Shard,
+        fence: Fence,
+        progress: &Progress,
     ) -> Result<(), CoordError>;
 }
 

@@ -7,6 +7,8 @@
 //! - `P:lease:<shard>` — `worker:fence`, with the lease TTL;
 //! - `P:fence:<shard>` — the fencing counter, bumped at every acquisition;
 //! - `P:cursor:<shard>` — the cursor, ms since the epoch;
+//! - `P:progress:<shard>` — the position inside the window in flight (JSON:
+//!   window, next link, pages and events done), deleted with the checkpoint;
 //! - `P:status:<shard>` — what `status` shows (owner, fence, last error);
 //! - `P:dedup:<shard>` — delivered ids scored by expiry;
 //! - `P:budget:<token hash>:…` — permits granted, and the shared pause.
@@ -31,7 +33,7 @@ use sha2::{Digest, Sha256};
 use super::lua::Scripts;
 use super::{
     Budget, BudgetUsage, CheckpointStore, CoordError, DedupStore, Fence, LeaseStore, Permit,
-    Renewal,
+    Progress, Renewal,
 };
 use super::{BudgetConfig, BudgetMode};
 use crate::shard::Shard;
@@ -98,6 +100,12 @@ pub struct ShardStatus {
     pub cursor: Option<DateTime<Utc>>,
     pub lag_seconds: Option<i64>,
     pub last_error: Option<String>,
+    /// The window in flight (`start..end`), when a page of it was recorded.
+    pub window_in_flight: Option<String>,
+    /// Pages of that window delivered.
+    pub pages_done: Option<u32>,
+    /// Whoever holds the shard next continues after those pages.
+    pub resumable: bool,
 }
 
 /// What `status` shows of the fleet.
@@ -298,6 +306,10 @@ impl RedisCoord {
                 )
                 .await?;
             let cursor = cursor.and_then(DateTime::from_timestamp_millis);
+            let progress = self
+                .load_progress(shard)
+                .await?
+                .filter(|p| cursor.is_none_or(|c| p.end > c));
             out.push(ShardStatus {
                 shard: format!("{}:{}", shard.service, shard.event),
                 owner: lease
@@ -309,6 +321,15 @@ impl RedisCoord {
                 cursor,
                 lag_seconds: cursor.map(|c| (now - c.timestamp_millis()) / 1000),
                 last_error: err.filter(|e| !e.is_empty()),
+                window_in_flight: progress.as_ref().map(|p| {
+                    format!(
+                        "{}..{}",
+                        crate::cas::format_time(p.start),
+                        crate::cas::format_time(p.end)
+                    )
+                }),
+                pages_done: progress.as_ref().map(|p| p.pages),
+                resumable: progress.is_some(),
             });
         }
         Ok(FleetStatus {
@@ -337,17 +358,60 @@ impl CheckpointStore for RedisCoord {
         fence: Fence,
         cursor: DateTime<Utc>,
     ) -> Result<(), CoordError> {
-        let inv = self.shard_call(
-            &self.scripts.checkpoint,
+        self.fenced_write(
             shard,
             fence,
+            "cursor",
             cursor.timestamp_millis().to_string(),
-        );
+        )
+        .await
+    }
+
+    async fn load_progress(&self, shard: &Shard) -> Result<Option<Progress>, CoordError> {
+        let v: Option<String> = self
+            .cmd(redis::cmd("GET").arg(self.key("progress", shard)))
+            .await?;
+        // A record that does not parse (another version wrote it) is ignored:
+        // the window is read from its start, which is always safe.
+        Ok(v.and_then(|t| serde_json::from_str(&t).ok()))
+    }
+
+    async fn store_progress(
+        &self,
+        shard: &Shard,
+        fence: Fence,
+        progress: &Progress,
+    ) -> Result<(), CoordError> {
+        let text = serde_json::to_string(progress).map_err(unavailable)?;
+        self.fenced_write(shard, fence, "progress", text).await
+    }
+}
+
+impl RedisCoord {
+    /// Writes the cursor (and deletes the progress) or the progress, in one
+    /// Lua step that checks the lease holder and the fence.
+    async fn fenced_write(
+        &self,
+        shard: &Shard,
+        fence: Fence,
+        target: &str,
+        value: String,
+    ) -> Result<(), CoordError> {
+        let mut inv = self.scripts.checkpoint.prepare_invoke();
+        inv.key(self.key("lease", shard))
+            .key(self.key("fence", shard))
+            .key(self.key(target, shard))
+            .key(self.key("progress", shard))
+            .arg(&self.worker)
+            .arg(fence)
+            .arg(self.ttl.as_millis() as u64)
+            .arg(value)
+            .arg(if target == "cursor" { "1" } else { "0" });
         let (code, current): (i64, u64) = self.run(inv).await?;
         match code {
             1 => Ok(()),
             2 => {
-                tracing::warn!(%shard, fence, "Redis had lost this shard's lease and fence; restored them with the checkpoint");
+                tracing::warn!(%shard, fence, "Redis had lost this shard's lease and fence; restored them with the {target}");
                 Ok(())
             }
             _ => Err(CoordError::Fenced {

@@ -173,15 +173,29 @@ fn answer(
             "start is older than 72 hours",
         );
     }
+    // page_token = offset.asof.issued (ms): where the page starts, the
+    // time the window's first page was asked (what it shows), and when
+    // this link was handed out (its age, when links expire).
     let (offset, asof) = match params.get("page_token") {
         None => (0usize, now.timestamp_millis()),
-        Some(t) => match t
-            .split_once('.')
-            .and_then(|(o, a)| Some((o.parse().ok()?, a.parse().ok()?)))
-        {
-            Some(x) => x,
-            None => return fail(StatusCode::BAD_REQUEST, -4000001, "bad page_token"),
-        },
+        Some(t) => {
+            let parts: Vec<&str> = t.split('.').collect();
+            let parsed = match parts.as_slice() {
+                [o, a] | [o, a, _] => o.parse().ok().zip(a.parse().ok()),
+                _ => None,
+            };
+            let Some(x) = parsed else {
+                return fail(StatusCode::BAD_REQUEST, -4000001, "bad page_token");
+            };
+            let issued: Option<i64> = parts.get(2).and_then(|i| i.parse().ok());
+            if let (Some(ttl), Some(issued)) = (st.cfg.link_ttl, issued) {
+                if now.timestamp_millis() - issued > ttl.as_millis() as i64 {
+                    lock(&st.stats).links_expired += 1;
+                    return fail(StatusCode::BAD_REQUEST, -4000001, "page_token expired");
+                }
+            }
+            x
+        }
     };
     let mut rng = rand::rng();
     if st.cfg.fault_500 > 0.0 && rng.random_bool(st.cfg.fault_500.min(1.0)) {
@@ -239,8 +253,9 @@ fn answer(
     let current = format!("http://{host}{path}?{}", query);
     let next = if more {
         format!(
-            "http://{link_host}{path}?{base_query}&page_token={}.{asof}",
-            offset + page.len()
+            "http://{link_host}{path}?{base_query}&page_token={}.{asof}.{}",
+            offset + page.len(),
+            now.timestamp_millis()
         )
     } else {
         String::new()
@@ -263,6 +278,16 @@ fn answer(
         body.insert("padding".into(), json!("x".repeat(st.cfg.pad_bytes)));
     }
     let n = page.len();
+    *lock(&st.stats)
+        .page_reads
+        .entry(format!(
+            "{}:{}:{}:{}:{offset}",
+            shard.service,
+            shard.event,
+            start.timestamp_millis(),
+            end.timestamp_millis()
+        ))
+        .or_default() += 1;
     body.insert(d.events_field().into(), Value::Array(page));
     let mut bytes = serde_json::to_vec(&body).unwrap_or_default();
     if st.cfg.malformed > 0.0 && rng.random_bool(st.cfg.malformed.min(1.0)) {

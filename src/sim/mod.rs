@@ -135,6 +135,9 @@ pub struct SimConfig {
     /// Padding of a huge event, in bytes.
     #[arg(long, default_value_t = 0)]
     pub huge_bytes: usize,
+    /// Next links older than this answer 400 (`page_token expired`).
+    #[arg(long, value_parser = dur)]
+    pub link_ttl: Option<Duration>,
 }
 
 impl Default for SimConfig {
@@ -159,6 +162,7 @@ impl Default for SimConfig {
             pad_bytes: 0,
             huge_fraction: 0.0,
             huge_bytes: 0,
+            link_ttl: None,
         }
     }
 }
@@ -197,11 +201,23 @@ pub struct SimStats {
     pub by_status: BTreeMap<u16, u64>,
     /// Events returned in 200 answers.
     pub events_returned: u64,
+    /// Next links refused because they were older than `--link-ttl`.
+    #[serde(default)]
+    pub links_expired: u64,
+    /// 200 answers per page (`service:event:start:end:offset`): a page
+    /// asked for twice shows 2.
+    #[serde(default)]
+    pub page_reads: BTreeMap<String, u32>,
     /// Every request, in order.
     pub log: Vec<Served>,
 }
 
 impl SimStats {
+    /// Pages answered more than once (each extra answer counted).
+    pub fn pages_read_again(&self) -> u64 {
+        self.page_reads.values().map(|n| u64::from(n - 1)).sum()
+    }
+
     /// The most requests served (non-429) in any sliding `span`.
     pub fn max_in_any(&self, span: Duration) -> usize {
         Self::max_of(self.log.iter().filter(|s| s.status != 429), span)

@@ -9,6 +9,7 @@ mod fleet;
 mod helpers;
 mod limits;
 mod ops;
+mod resume;
 
 use std::time::Duration;
 

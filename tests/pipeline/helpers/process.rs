@@ -13,7 +13,9 @@ pub fn write_config(cfg: &Config, worker: &str, log: &std::path::Path) -> std::p
     c.api.token = None;
     c.api.token_file = Some(token);
     c.coord.worker_id = Some(worker.into());
-    c.log.level = "warn".into();
+    // TEST_LOG (a tracing filter) makes the processes' logs louder when a
+    // run needs looking into.
+    c.log.level = std::env::var("TEST_LOG").unwrap_or("warn".into());
     c.ops.listen = "127.0.0.1:0".into();
     let file = log.with_extension("yaml");
     std::fs::write(&file, c.redacted_json()).unwrap();
@@ -27,6 +29,8 @@ pub fn write_config(cfg: &Config, worker: &str, log: &std::path::Path) -> std::p
 /// A bridge process (the real binary), killed on drop.
 pub struct BridgeProcess {
     pub child: std::process::Child,
+    /// Its stderr (the log), shown when it exits badly.
+    pub log: std::path::PathBuf,
 }
 
 impl BridgeProcess {
@@ -63,7 +67,10 @@ impl BridgeProcess {
             .stderr(logf)
             .spawn()
             .expect("the cas-bridge binary starts");
-        Self { child }
+        Self {
+            child,
+            log: log.to_path_buf(),
+        }
     }
 
     /// SIGKILL: no shutdown, no release.
@@ -81,6 +88,15 @@ impl BridgeProcess {
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         loop {
             if let Some(st) = self.child.try_wait().unwrap() {
+                if !st.success() {
+                    let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+                    let tail: Vec<&str> = log.lines().rev().take(20).collect();
+                    eprintln!(
+                        "{} exited {st}; its last log lines (newest first):\n{}",
+                        self.log.display(),
+                        tail.join("\n")
+                    );
+                }
                 return st;
             }
             assert!(
