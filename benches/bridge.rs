@@ -6,6 +6,7 @@
 //!   cargo bench --bench bridge -- sweep
 //!   cargo bench --bench bridge -- budget <workers> [minutes] [margin]
 //!   cargo bench --bench bridge -- soak [minutes] [shards] [workers]
+//!   cargo bench --bench bridge -- interrupt [kill|term] [every_s]
 //!
 //! The simulator runs as its own process (`cas-bridge simulate`), so the
 //! bridge's CPU time is measured apart from the API's. NATS (4222), Kafka
@@ -514,6 +515,128 @@ async fn soak(minutes: u64, shards: usize, workers: usize) {
     drop(sim);
 }
 
+/// A 70 h backlog on 4 busy pairs (~8,400 events each, pages of 500), two
+/// replicas through Redis at 120 requests a minute; every `every_s` seconds
+/// one replica is killed (`kill`: SIGKILL, at random) or restarted
+/// (`term`: SIGTERM, in turn, as a rolling update) and replaced. Prints the
+/// requests against the minimum (Σ ⌈events ÷ 500⌉) and the time against
+/// the ideal (minimum ÷ budget), and the pages the API answered twice.
+async fn interrupt(how: &str, every_s: u64) {
+    use rand::Rng;
+    let (sim, api) = simulator(&["--per-minute", "0", "--events-per-hour", "120"]);
+    let pairs: Vec<String> = [
+        "exchange:dlp",
+        "onedrive:securityrisk",
+        "box:ransomware",
+        "gmail:virtualanalyzer",
+    ]
+    .iter()
+    .map(|p| p.to_string())
+    .collect();
+    let prefix = format!("bench-interrupt-{}", std::process::id());
+    let per_minute = 120u32;
+    let env = |i: usize| {
+        vec![
+            ("API__BASE_URL", api.clone()),
+            ("API__TOKEN", "sim-token".to_string()),
+            ("SHARDS__PAIRS", pairs.join(",")),
+            ("WINDOW__START_FROM", "70h".into()),
+            ("WINDOW__MIN_INTERVAL", "1h".into()),
+            ("WINDOW__LAG", "5s".into()),
+            ("BUDGET__PER_MINUTE", per_minute.to_string()),
+            ("COORD__REDIS_URL", "redis://127.0.0.1:6379".into()),
+            ("COORD__PREFIX", prefix.clone()),
+            ("COORD__LEASE_TTL", "3s".into()),
+            ("COORD__WORKER_ID", format!("i{i}")),
+            ("SINK__KIND", "jsonl".into()),
+            ("SINK__JSONL__PATH", "/dev/null".into()),
+            ("OPS__LISTEN", "127.0.0.1:0".into()),
+            ("LOG__LEVEL", "error".into()),
+        ]
+    };
+    let mut cfg = Config::default();
+    cfg.api.base_url = Some(api.clone());
+    cfg.shards.pairs = pairs.clone();
+    cfg.coord.redis_url = Some(SecretString::from("redis://127.0.0.1:6379".to_string()));
+    cfg.coord.prefix = prefix.clone();
+    cfg.coord.worker_id = Some("observer".into());
+    let (_, obs) = Coordination::redis(&cfg, &SecretString::from("sim-token"))
+        .await
+        .expect("Redis on 6379 (./scripts/test starts it)");
+    let shards = cfg.shards.shards().unwrap();
+    let t0 = Utc::now();
+    let started = Instant::now();
+    let mut procs: Vec<Child> = (0..2).map(|i| worker(&env(i))).collect();
+    let mut next = 2;
+    let mut interruptions = 0;
+    let mut last = Instant::now();
+    loop {
+        let st = obs.status(&shards).await.unwrap();
+        if st.shards.iter().all(|s| {
+            s.cursor
+                .is_some_and(|c| c >= t0 - chrono::Duration::seconds(6))
+        }) {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(1800),
+            "the backlog took over 30 minutes"
+        );
+        if last.elapsed() >= Duration::from_secs(every_s) {
+            let victim = if how == "kill" {
+                rand::rng().random_range(0..procs.len())
+            } else {
+                interruptions % procs.len()
+            };
+            if how == "kill" {
+                let _ = procs[victim].0.kill();
+                let _ = procs[victim].0.wait();
+            } else {
+                procs[victim].term();
+            }
+            procs[victim] = worker(&env(next));
+            next += 1;
+            interruptions += 1;
+            last = Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let took = started.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for p in &mut procs {
+        p.term();
+    }
+    let s = sim_stats(&api).await;
+    let mut minimum = 0u64;
+    let mut events = 0u64;
+    let end = cas_bridge::cas::format_time(t0);
+    let begin = cas_bridge::cas::format_time(t0 - chrono::Duration::hours(70));
+    for p in &pairs {
+        let (svc, ev) = p.split_once(':').unwrap();
+        let body = reqwest::get(format!(
+            "{api}/_sim/truth?service={svc}&event={ev}&start={begin}&end={end}"
+        ))
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        let n = v["ids"].as_array().map_or(0, |a| a.len()) as u64;
+        events += n;
+        minimum += n.div_ceil(500);
+    }
+    let served = s.by_status.get(&200).copied().unwrap_or(0);
+    let ideal = minimum as f64 * 60.0 / f64::from(per_minute);
+    println!(
+        "interrupt {how} every {every_s} s: {interruptions} interruptions; {events} events; {served} requests for a minimum of {minimum} = {:.3}; {took:.0} s for an ideal {ideal:.0} s = {:.2}; pages answered twice {}",
+        served as f64 / minimum as f64,
+        took / ideal,
+        s.pages_read_again()
+    );
+    drop(sim);
+}
+
 fn main() {
     let args: Vec<String> = std::env::args()
         .skip(1)
@@ -532,13 +655,18 @@ fn main() {
                 let w = args.get(3).and_then(|v| v.parse().ok()).unwrap_or(8);
                 soak(m, s, w).await
             }
+            "interrupt" => {
+                let how = args.get(1).cloned().unwrap_or_else(|| "kill".into());
+                let every = args.get(2).and_then(|v| v.parse().ok()).unwrap_or(20);
+                interrupt(&how, every).await
+            }
             "budget" => {
                 let n = args.get(1).and_then(|v| v.parse().ok()).unwrap_or(3);
                 let m = args.get(2).and_then(|v| v.parse().ok()).unwrap_or(3);
                 let margin = args.get(3).cloned().unwrap_or_else(|| "250ms".into());
                 budget(n, m, &margin).await
             }
-            _ => eprintln!("usage: cargo bench --bench bridge -- throughput [jsonl|nats|kafka] | backfill | sweep | budget <workers> [minutes] [margin]"),
+            _ => eprintln!("usage: cargo bench --bench bridge -- throughput [jsonl|nats|kafka] | backfill | sweep | budget <workers> [minutes] [margin] | soak [minutes] [shards] [workers] | interrupt [kill|term] [every_s]"),
         }
     });
 }
