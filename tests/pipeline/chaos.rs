@@ -42,12 +42,7 @@ async fn repeated_kill_9_of_one_of_three_processes_loses_nothing() {
     cfg.shards.pairs = eight_pairs();
     cfg.window.max = Dur::secs(60);
     cfg.window.start_from = StartFrom::Ago(Duration::from_secs(1200));
-    cas_bridge::sink::build(&cfg.sink, Duration::from_secs(600))
-        .await
-        .unwrap()
-        .prepare(&[])
-        .await
-        .unwrap();
+    prepare_stream(&cfg).await;
     let t0 = Utc::now();
     let spawn = |n: usize| {
         BridgeProcess::spawn(

@@ -241,12 +241,7 @@ async fn a_process_killed_mid_window_loses_nothing() {
     cfg.window.max = Dur::secs(60);
     cfg.window.start_from = StartFrom::Ago(Duration::from_secs(1200));
     // Create the stream first, so that three processes do not race to.
-    cas_bridge::sink::build(&cfg.sink, Duration::from_secs(600))
-        .await
-        .unwrap()
-        .prepare(&[])
-        .await
-        .unwrap();
+    prepare_stream(&cfg).await;
     let t0 = Utc::now();
     let mut procs: Vec<BridgeProcess> = (0..3)
         .map(|i| {

@@ -67,79 +67,18 @@ async fn cost(sim: &SimHandle, cfg: &Config) -> (u64, u64, u64) {
     (served, minimum, s.pages_read_again())
 }
 
-async fn prepare_stream(cfg: &Config) {
-    cas_bridge::sink::build(&cfg.sink, Duration::from_secs(600))
-        .await
-        .unwrap()
-        .prepare(&[])
-        .await
-        .unwrap();
+/// How replicas are interrupted.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Interruption {
+    /// SIGKILL of a random replica every 2–5 s.
+    Kill,
+    /// SIGTERM of each replica in turn every 4 s, as a rolling update.
+    Rolling,
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kill_9_every_few_seconds_costs_at_most_the_pages_in_flight() {
-    require_redis();
-    require_nats();
-    let sim = start_sim(backlog_sim()).await;
-    let tag = tag();
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = backlog(&sim, &tag);
-    prepare_stream(&cfg).await;
-    let t0 = Utc::now();
-    let spawn = |n: usize| {
-        BridgeProcess::spawn(
-            &cfg,
-            &format!("k{n}"),
-            &dir.path().join(format!("k{n}.log")),
-        )
-    };
-    let mut procs: Vec<BridgeProcess> = (0..2).map(spawn).collect();
-    let obs = observer(&cfg).await;
-    let mut kills = 0;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(240);
-    while min_cursor_in(&obs, &cfg)
-        .await
-        .is_none_or(|c| c < t0 - chrono::Duration::seconds(5))
-    {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the backlog was not delivered in time"
-        );
-        let wait = rand::rng().random_range(2000..5000);
-        tokio::time::sleep(Duration::from_millis(wait)).await;
-        let victim = rand::rng().random_range(0..procs.len());
-        procs[victim].kill9();
-        kills += 1;
-        procs[victim] = spawn(2 + kills);
-    }
-    // The newest replica may be a few ms old: let it start before SIGTERM.
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    for p in &mut procs {
-        assert!(p.terminate().success());
-    }
-    let from = t0 - chrono::Duration::hours(70) + chrono::Duration::minutes(1);
-    let r = assert_delivered(
-        "kill -9 churn",
-        &sim,
-        &cfg,
-        from,
-        t0 - chrono::Duration::seconds(10),
-    )
-    .await;
-    assert!(r.expected > 25_000, "{r:?}");
-    let (served, minimum, again) = cost(&sim, &cfg).await;
-    let ratio = served as f64 / minimum as f64;
-    println!("kill -9 churn: {kills} kills, {served} requests for a minimum of {minimum} = {ratio:.3}; pages read again {again}");
-    assert!(kills >= 3, "the run outlived several kills: {kills}");
-    assert!(
-        ratio <= 1.15,
-        "{served} requests for a minimum of {minimum}"
-    );
-    sim.stop().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_rolling_restart_reads_no_page_twice() {
+/// Two replicas read the backlog while being interrupted and replaced;
+/// returns what it cost: (interruptions, requests, minimum, pages twice).
+async fn interrupted_backlog(how: Interruption) -> (usize, u64, u64, u64, Report) {
     require_redis();
     require_nats();
     let sim = start_sim(backlog_sim()).await;
@@ -157,7 +96,7 @@ async fn a_rolling_restart_reads_no_page_twice() {
     };
     let mut procs: Vec<BridgeProcess> = (0..2).map(spawn).collect();
     let obs = observer(&cfg).await;
-    let mut restarts = 0;
+    let mut done = 0;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(240);
     while min_cursor_in(&obs, &cfg)
         .await
@@ -167,13 +106,23 @@ async fn a_rolling_restart_reads_no_page_twice() {
             tokio::time::Instant::now() < deadline,
             "the backlog was not delivered in time"
         );
-        tokio::time::sleep(Duration::from_secs(4)).await;
-        // As a Deployment's rolling update: one replica gets SIGTERM and a
-        // new one starts.
-        let old = restarts % procs.len();
-        assert!(procs[old].terminate().success(), "a clean exit on SIGTERM");
-        restarts += 1;
-        procs[old] = spawn(2 + restarts);
+        let victim = match how {
+            Interruption::Kill => {
+                let wait = rand::rng().random_range(2000..5000);
+                tokio::time::sleep(Duration::from_millis(wait)).await;
+                let v = rand::rng().random_range(0..procs.len());
+                procs[v].kill9();
+                v
+            }
+            Interruption::Rolling => {
+                tokio::time::sleep(Duration::from_secs(4)).await;
+                let v = done % procs.len();
+                assert!(procs[v].terminate().success(), "a clean exit on SIGTERM");
+                v
+            }
+        };
+        done += 1;
+        procs[victim] = spawn(2 + done);
     }
     // The newest replica may be a few ms old: let it start before SIGTERM.
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -181,28 +130,37 @@ async fn a_rolling_restart_reads_no_page_twice() {
         assert!(p.terminate().success());
     }
     let from = t0 - chrono::Duration::hours(70) + chrono::Duration::minutes(1);
-    let r = assert_delivered(
-        "rolling restart",
-        &sim,
-        &cfg,
-        from,
-        t0 - chrono::Duration::seconds(10),
-    )
-    .await;
-    assert_eq!(r.duplicated, 0, "{r:?}");
+    let what = format!("{how:?}");
+    let r = assert_delivered(&what, &sim, &cfg, from, t0 - chrono::Duration::seconds(10)).await;
+    assert!(r.expected > 25_000, "{r:?}");
     let (served, minimum, again) = cost(&sim, &cfg).await;
-    let ratio = served as f64 / minimum as f64;
-    println!("rolling restart: {restarts} restarts, {served} requests for a minimum of {minimum} = {ratio:.3}; pages read again {again}");
-    assert!(
-        restarts >= 3,
-        "the run outlived several restarts: {restarts}"
+    println!(
+        "{what}: {done} interruptions, {served} requests for a minimum of {minimum} = {:.3}; pages read again {again}",
+        served as f64 / minimum as f64
     );
-    assert_eq!(again, 0, "a page was read twice");
+    assert!(done >= 3, "the run outlived several interruptions: {done}");
+    sim.stop().await;
+    (done, served, minimum, again, r)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_every_few_seconds_costs_at_most_the_pages_in_flight() {
+    let (_, served, minimum, _, _) = interrupted_backlog(Interruption::Kill).await;
     assert!(
-        ratio <= 1.05,
+        served as f64 <= 1.15 * minimum as f64,
         "{served} requests for a minimum of {minimum}"
     );
-    sim.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_restart_reads_no_page_twice() {
+    let (_, served, minimum, again, r) = interrupted_backlog(Interruption::Rolling).await;
+    assert_eq!(r.duplicated, 0, "{r:?}");
+    assert_eq!(again, 0, "a page was read twice");
+    assert!(
+        served as f64 <= 1.05 * minimum as f64,
+        "{served} requests for a minimum of {minimum}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

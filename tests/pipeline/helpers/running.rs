@@ -200,3 +200,14 @@ pub async fn wait_cursor_in(
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// Creates the sink's stream or topics first, so that several processes
+/// starting together do not race to.
+pub async fn prepare_stream(cfg: &Config) {
+    cas_bridge::sink::build(&cfg.sink, Duration::from_secs(600))
+        .await
+        .unwrap()
+        .prepare(&[])
+        .await
+        .unwrap();
+}
