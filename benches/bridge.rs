@@ -8,6 +8,8 @@
 //!   cargo bench --bench bridge -- soak [minutes] [shards] [workers]
 //!   cargo bench --bench bridge -- interrupt [kill|term] [every_s]
 //!
+//! `CAS_BRIDGE_BIN` runs another build of the binary as the bridge
+//! processes (e.g. an older commit's, for a before/after figure).
 //! The simulator runs as its own process (`cas-bridge simulate`), so the
 //! bridge's CPU time is measured apart from the API's. NATS (4222), Kafka
 //! (tansu, 19092) and Redis (6379) are the ones `./scripts/test` starts.
@@ -24,6 +26,11 @@ use secrecy::SecretString;
 use tokio_util::sync::CancellationToken;
 
 const BIN: &str = env!("CARGO_BIN_EXE_cas-bridge");
+
+/// The binary the bridge processes run (`CAS_BRIDGE_BIN`, else this build).
+fn bridge_bin() -> String {
+    std::env::var("CAS_BRIDGE_BIN").unwrap_or_else(|_| BIN.to_string())
+}
 
 /// The same allocator as the binary's.
 #[cfg(feature = "mimalloc")]
@@ -84,7 +91,7 @@ fn simulator(args: &[&str]) -> (Child, String) {
 
 /// Starts `cas-bridge run` with `CAS_BRIDGE__<key>` variables.
 fn worker(env: &[(&str, String)]) -> Child {
-    let child = std::process::Command::new(BIN)
+    let child = std::process::Command::new(bridge_bin())
         .arg("run")
         .env_clear()
         .envs(env.iter().map(|(k, v)| (format!("CAS_BRIDGE__{k}"), v)))

@@ -324,8 +324,8 @@ impl RedisCoord {
                 window_in_flight: progress.as_ref().map(|p| {
                     format!(
                         "{}..{}",
-                        crate::cas::format_time(p.start),
-                        crate::cas::format_time(p.end)
+                        p.start.format("%Y-%m-%dT%H:%M:%S%.3fZ"),
+                        p.end.format("%Y-%m-%dT%H:%M:%S%.3fZ")
                     )
                 }),
                 pages_done: progress.as_ref().map(|p| p.pages),
