@@ -522,12 +522,13 @@ async fn soak(minutes: u64, shards: usize, workers: usize) {
     drop(sim);
 }
 
-/// A 70 h backlog on 4 busy pairs (~8,400 events each, pages of 500), two
+/// A 70 h backlog on 4 busy pairs (~8,400 events each, pages of 200), two
 /// replicas through Redis at 120 requests a minute; every `every_s` seconds
 /// one replica is killed (`kill`: SIGKILL, at random) or restarted
 /// (`term`: SIGTERM, in turn, as a rolling update) and replaced. Prints the
 /// requests against the minimum (Σ ⌈events ÷ 500⌉) and the time against
-/// the ideal (minimum ÷ budget), and the pages the API answered twice.
+/// the ideal (minimum ÷ budget), and the pages the API answered twice. Σ
+/// ⌈events ÷ 200⌉ over the pairs is the minimum.
 async fn interrupt(how: &str, every_s: u64) {
     use rand::Rng;
     let (sim, api) = simulator(&["--per-minute", "0", "--events-per-hour", "120"]);
@@ -547,6 +548,7 @@ async fn interrupt(how: &str, every_s: u64) {
             ("API__BASE_URL", api.clone()),
             ("API__TOKEN", "sim-token".to_string()),
             ("SHARDS__PAIRS", pairs.join(",")),
+            ("API__PAGE_LIMIT", "200".into()),
             ("WINDOW__START_FROM", "70h".into()),
             ("WINDOW__MIN_INTERVAL", "1h".into()),
             ("WINDOW__LAG", "5s".into()),
@@ -631,7 +633,7 @@ async fn interrupt(how: &str, every_s: u64) {
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
         let n = v["ids"].as_array().map_or(0, |a| a.len()) as u64;
         events += n;
-        minimum += n.div_ceil(500);
+        minimum += n.div_ceil(200);
     }
     let served = s.by_status.get(&200).copied().unwrap_or(0);
     let ideal = minimum as f64 * 60.0 / f64::from(per_minute);
