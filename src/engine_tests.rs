@@ -76,6 +76,16 @@ impl Harness {
         ok
     }
 
+    /// Runs the shard until `n` windows were checkpointed (within `secs`
+    /// virtual seconds), then cancels it.
+    async fn run_until_windows(&self, n: u64, secs: u64) {
+        assert!(
+            self.run_until(secs, |h| Stats::get(&h.stats().windows) >= n)
+                .await,
+            "{n} window(s) not checkpointed within {secs} s"
+        );
+    }
+
     /// Runs the shard with `fence` until it stops by itself (stopped,
     /// fenced): it must within 10 virtual seconds.
     async fn run_alone(&self, fence: Fence, why: &str) {
@@ -121,10 +131,7 @@ async fn every_page_is_published_before_the_cursor_moves() {
         ],
         FakeSink::default(),
     );
-    assert!(
-        h.run_until(30, |h| Stats::get(&h.stats().windows) >= 1)
-            .await
-    );
+    h.run_until_windows(1, 30).await;
     assert_eq!(h.sink.ids_on(TOPIC), ids);
     let cursor = h.cursor().await.expect("the cursor moved");
     assert!(cursor > Utc::now() - chrono::Duration::seconds(120));
@@ -149,10 +156,7 @@ async fn a_server_error_is_retried_and_nothing_is_lost() {
         ],
         FakeSink::default(),
     );
-    assert!(
-        h.run_until(60, |h| Stats::get(&h.stats().windows) >= 1)
-            .await
-    );
+    h.run_until_windows(1, 60).await;
     assert_eq!(h.sink.ids_on(TOPIC), ids);
     assert_eq!(Stats::get(&h.stats().api_errors), 2);
     // The same page was asked for three times.
@@ -170,10 +174,7 @@ async fn a_bad_request_parks_the_shard_then_it_tries_again() {
     );
     let started = tokio::time::Instant::now();
     // Parked 30..60 s (the park backoff), then the window is read again.
-    assert!(
-        h.run_until(120, |h| Stats::get(&h.stats().windows) >= 1)
-            .await
-    );
+    h.run_until_windows(1, 120).await;
     assert!(
         started.elapsed() >= Duration::from_secs(30),
         "{:?}",
@@ -193,10 +194,7 @@ async fn a_retry_after_date_in_year_9999_pauses_no_longer_than_max_pause() {
         FakeSink::default(),
     );
     let started = tokio::time::Instant::now();
-    assert!(
-        h.run_until(900, |h| Stats::get(&h.stats().windows) >= 1)
-            .await
-    );
+    h.run_until_windows(1, 900).await;
     let took = started.elapsed();
     assert!(took >= Duration::from_secs(300), "paused {took:?}");
     assert!(
@@ -235,10 +233,7 @@ async fn a_refused_token_backs_off_and_shows_in_readiness() {
     let last = h.engine.status.shard(&h.shard).last_error.unwrap();
     assert!(last.contains("401") && !last.contains("Bearer"));
     // After the pause the next request succeeds and readiness returns.
-    assert!(
-        h.run_until(120, |h| Stats::get(&h.stats().windows) >= 1)
-            .await
-    );
+    h.run_until_windows(1, 120).await;
     assert!(h.engine.status.not_ready().is_empty());
 }
 
@@ -272,10 +267,7 @@ async fn an_unavailable_sink_keeps_the_cursor_until_it_acknowledges() {
     let sink = FakeSink::default();
     sink.unavailable.store(3, Ordering::Relaxed);
     let h = harness(vec![Ok(page(p1, None))], sink);
-    assert!(
-        h.run_until(120, |h| Stats::get(&h.stats().windows) >= 1)
-            .await
-    );
+    h.run_until_windows(1, 120).await;
     assert_eq!(h.sink.ids_on(TOPIC), ids);
     assert_eq!(Stats::get(&h.stats().sink_errors), 3);
     assert!(!h.engine.status.shard(&h.shard).sink_failing);
@@ -296,10 +288,7 @@ async fn a_record_the_broker_refuses_is_dead_lettered_and_the_window_completes()
         ..FakeSink::default()
     };
     let h = harness(vec![Ok(page(evs, None))], sink);
-    assert!(
-        h.run_until(30, |h| Stats::get(&h.stats().windows) >= 1)
-            .await
-    );
+    h.run_until_windows(1, 30).await;
     let on_topic = h.sink.ids_on(TOPIC);
     ids.sort();
     let mut sorted = on_topic.clone();
@@ -333,10 +322,7 @@ async fn a_dead_letter_too_large_for_the_broker_goes_truncated() {
         ..FakeSink::default()
     };
     let h = harness(vec![Ok(page(vec![big], None))], sink);
-    assert!(
-        h.run_until(30, |h| Stats::get(&h.stats().windows) >= 1)
-            .await
-    );
+    h.run_until_windows(1, 30).await;
     let acc = h.sink.accepted();
     assert_eq!(acc.len(), 1);
     assert_eq!(acc[0].kind, RecordKind::Truncated);
@@ -393,10 +379,7 @@ async fn schema_violations_and_duplicates() {
         ],
         FakeSink::default(),
     );
-    assert!(
-        h.run_until(30, |h| Stats::get(&h.stats().windows) >= 1)
-            .await
-    );
+    h.run_until_windows(1, 30).await;
     assert_eq!(h.sink.ids_on(TOPIC), ids);
     assert_eq!(h.sink.ids_on(DLQ), vec!["bad-1".to_string()]);
     assert_eq!(Stats::get(&h.stats().duplicates_skipped), 2);
@@ -491,10 +474,7 @@ async fn a_cursor_beyond_the_api_reach_skips_a_counted_gap() {
     let old = Utc::now() - chrono::Duration::hours(80);
     checkpoints.store(&shard(), 1, old).await.unwrap();
     let h = harness_with(vec![], FakeSink::default(), checkpoints);
-    assert!(
-        h.run_until(30, |h| Stats::get(&h.stats().windows) >= 1)
-            .await
-    );
+    h.run_until_windows(1, 30).await;
     let gap = Stats::get(&h.stats().gap_seconds);
     // 80 h behind, the reach is 72 h less 15 min: about 8 h 15 min skipped.
     assert!((8 * 3600..=8 * 3600 + 16 * 60).contains(&gap), "{gap}");

@@ -50,10 +50,7 @@ async fn drain_stops_at_a_page_boundary_and_the_next_holder_resumes_there() {
     assert_eq!(p.next, "/v1/siem/security_events?p=2");
     assert_eq!(h.engine.status.shard(&h.shard).window.map(|w| w.1), Some(1));
     // The next holder continues with the stored link: no page is read twice.
-    assert!(
-        h.run_until(30, |h| Stats::get(&h.stats().windows) >= 1)
-            .await
-    );
+    h.run_until_windows(1, 30).await;
     let urls = h.source.requested();
     assert_eq!(urls.len(), 2, "{urls:?}");
     assert_eq!(
@@ -107,10 +104,7 @@ async fn a_crash_mid_window_costs_at_most_the_page_in_flight() {
         .unwrap()
         .unwrap();
     assert_eq!(p.pages, 1, "page 1 was recorded");
-    assert!(
-        h.run_until(60, |h| Stats::get(&h.stats().windows) >= 1)
-            .await
-    );
+    h.run_until_windows(1, 60).await;
     let urls: Vec<String> = h.source.requested().iter().map(|u| u.to_string()).collect();
     assert_eq!(
         urls.len(),
@@ -161,10 +155,7 @@ async fn a_stored_link_the_api_refuses_reads_the_window_again() {
         FakeSink::default(),
         checkpoints,
     );
-    assert!(
-        h.run_until(30, |h| Stats::get(&h.stats().windows) >= 1)
-            .await
-    );
+    h.run_until_windows(1, 30).await;
     let urls = h.source.requested();
     assert!(urls[0].as_str().ends_with("page_token=old"));
     // The fallback asks for the same window's first page.
@@ -196,10 +187,7 @@ async fn a_stored_link_to_another_host_is_never_followed() {
         .await
         .unwrap();
     let h = harness_with(vec![], FakeSink::default(), checkpoints);
-    assert!(
-        h.run_until(30, |h| Stats::get(&h.stats().windows) >= 1)
-            .await
-    );
+    h.run_until_windows(1, 30).await;
     assert!(h
         .source
         .requested()
@@ -244,10 +232,7 @@ async fn catch_up_windows_are_sized_from_the_density_seen() {
         max: crate::field::Dur::secs(10 * 3600),
         ..crate::window::WindowConfig::default()
     });
-    assert!(
-        h.run_until(60, |h| Stats::get(&h.stats().windows) >= 2)
-            .await
-    );
+    h.run_until_windows(2, 60).await;
     let urls = h.source.requested();
     let window = |u: &url::Url| {
         let q: std::collections::HashMap<String, String> = u.query_pairs().into_owned().collect();
