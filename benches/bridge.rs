@@ -7,6 +7,7 @@
 //!   cargo bench --bench bridge -- budget <workers> [minutes] [margin]
 //!   cargo bench --bench bridge -- soak [minutes] [shards] [workers]
 //!   cargo bench --bench bridge -- interrupt [kill|term] [every_s]
+//!   cargo bench --bench bridge -- freshness [replicas] [minutes]
 //!
 //! `CAS_BRIDGE_BIN` runs another build of the binary as the bridge
 //! processes (e.g. an older commit's, for a before/after figure).
@@ -158,6 +159,9 @@ fn base_config(api: &str, shards: usize) -> Config {
     c.budget.per_day = 100_000_000;
     c.window.lag = Dur::secs(5);
     c.window.min_interval = Dur::secs(30);
+    // Every pair every 30 s, whatever its activity (the freshness bench
+    // sets the activity-aware schedule itself).
+    c.schedule.max_interval = Dur::secs(30);
     c.sink.kind = SinkKind::Jsonl;
     c.sink.jsonl.path = "/dev/null".into();
     c.log.level = "warn".into();
@@ -305,6 +309,7 @@ async fn sweep() {
     cfg.budget.per_minute = rate;
     cfg.window.start_from = StartFrom::Now;
     cfg.window.min_interval = Dur::secs(1);
+    cfg.schedule.max_interval = Dur::secs(1);
     let bridge = in_process_bridge(&cfg).await;
     let cancel = CancellationToken::new();
     let task = tokio::spawn(bridge.clone().run(cancel.clone()));
@@ -646,6 +651,166 @@ async fn interrupt(how: &str, every_s: u64) {
     drop(sim);
 }
 
+/// Delivery latency with the live API's budget: the default 48 pairs, 20
+/// requests a minute, 4 pairs with 20 events a minute, one that wakes up
+/// after 200 s, the rest silent; `window.lag` 20 s; NATS; `replicas`
+/// processes (through Redis when more than one). Latency is from the
+/// simulator's visibility time of an event to JetStream's storage time of
+/// its message, over the busy pairs' events that became visible after the
+/// first 4 minutes (every pair visited once) and before the last 90 s.
+async fn freshness(replicas: usize, minutes: u64) {
+    use futures::StreamExt;
+    let busy = [
+        "exchange:dlp",
+        "sharepoint:ransomware",
+        "onedrive:virtualanalyzer",
+        "box:securityrisk",
+    ];
+    let wakes = "gmail:dlp";
+    let mut args: Vec<String> = vec![
+        "--per-minute".into(),
+        "20".into(),
+        "--per-day".into(),
+        "0".into(),
+        "--throttle".into(),
+        "sliding".into(),
+    ];
+    for p in busy {
+        args.extend(["--activity".into(), format!("{p}=1200")]);
+    }
+    args.extend(["--activity".into(), format!("{wakes}=1200@+200s")]);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (sim, api) = simulator(&refs);
+    let tag = format!("fresh{}", std::process::id());
+    let stream = tag.to_uppercase();
+    let env = |i: usize| {
+        let mut e = vec![
+            ("API__BASE_URL", api.clone()),
+            ("API__TOKEN", "sim-token".to_string()),
+            ("WINDOW__START_FROM", "now".into()),
+            ("WINDOW__LAG", "20s".into()),
+            ("BUDGET__PER_MINUTE", "20".into()),
+            ("SINK__KIND", "nats".into()),
+            ("SINK__NATS__STREAM", stream.clone()),
+            (
+                "SINK__TOPIC_TEMPLATE",
+                format!("{tag}.{{service}}.{{event}}"),
+            ),
+            ("SINK__DEAD_LETTER", format!("{tag}.deadletter")),
+            ("COORD__WORKER_ID", format!("w{i}")),
+            ("OPS__LISTEN", "127.0.0.1:0".into()),
+            ("LOG__LEVEL", "error".into()),
+        ];
+        if replicas > 1 {
+            e.push(("COORD__REDIS_URL", "redis://127.0.0.1:6379".into()));
+            e.push(("COORD__PREFIX", tag.clone()));
+        }
+        e
+    };
+    let t0 = Utc::now();
+    // The first creates the stream; the others find it.
+    let mut procs = vec![worker(&env(0))];
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    procs.extend((1..replicas).map(|i| worker(&env(i))));
+    tokio::time::sleep(Duration::from_secs(minutes * 60)).await;
+    for p in &mut procs {
+        p.term();
+    }
+    // JetStream's storage time of every message, by event id.
+    let client = async_nats::connect("127.0.0.1:4222")
+        .await
+        .expect("NATS on 4222");
+    let js = async_nats::jetstream::new(client);
+    let mut s = js.get_stream(&stream).await.expect("the stream");
+    let total = s.info().await.unwrap().state.messages as usize;
+    let consumer = s
+        .create_consumer(async_nats::jetstream::consumer::pull::Config {
+            ack_policy: async_nats::jetstream::consumer::AckPolicy::None,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut stored = std::collections::HashMap::new();
+    while stored.len() < total {
+        let mut batch = consumer
+            .fetch()
+            .max_messages(1000)
+            .expires(Duration::from_secs(2))
+            .messages()
+            .await
+            .unwrap();
+        let before = stored.len();
+        while let Some(Ok(m)) = batch.next().await {
+            let id = m
+                .headers
+                .as_ref()
+                .and_then(|h| h.get(async_nats::header::NATS_MESSAGE_ID))
+                .map(|v| v.to_string())
+                .unwrap_or_default();
+            let at = m
+                .info()
+                .map(|i| (i.published.unix_timestamp_nanos() / 1_000_000) as i64);
+            stored.insert(id, at.unwrap_or(0));
+        }
+        if stored.len() == before {
+            break;
+        }
+    }
+    let _ = js.delete_stream(&stream).await;
+    let from = t0 + chrono::Duration::seconds(240);
+    let to = t0 + chrono::Duration::seconds(minutes as i64 * 60 - 90);
+    let truth = |pair: &str| {
+        let (svc, ev) = pair.split_once(':').unwrap();
+        let url = format!(
+            "{api}/_sim/truth?service={svc}&event={ev}&start={}&end={}",
+            cas_bridge::cas::format_time(t0 - chrono::Duration::seconds(60)),
+            cas_bridge::cas::format_time(to)
+        );
+        async move {
+            let body = reqwest::get(url).await.unwrap().bytes().await.unwrap();
+            let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            let ids: Vec<String> = serde_json::from_value(v["ids"].clone()).unwrap();
+            let vis: Vec<i64> = serde_json::from_value(v["visible_ms"].clone()).unwrap();
+            ids.into_iter().zip(vis).collect::<Vec<_>>()
+        }
+    };
+    let mut lat = Vec::new();
+    let mut missing = 0;
+    for p in busy {
+        for (id, vis) in truth(p).await {
+            if vis < from.timestamp_millis() {
+                continue;
+            }
+            match stored.get(&id) {
+                Some(at) => lat.push((at - vis) as f64 / 1000.0),
+                None => missing += 1,
+            }
+        }
+    }
+    let woke = truth(wakes)
+        .await
+        .first()
+        .and_then(|(id, vis)| stored.get(id).map(|at| (at - vis) as f64 / 1000.0));
+    lat.sort_by(f64::total_cmp);
+    let q = |x: f64| {
+        lat.get(((lat.len().max(1) - 1) as f64 * x).round() as usize)
+            .copied()
+            .unwrap_or(f64::NAN)
+    };
+    let st = sim_stats(&api).await;
+    println!(
+        "freshness, {replicas} process(es), {minutes} min: {} busy-pair events measured, {missing} not delivered; latency median {:.1} s, p90 {:.1} s, max {:.1} s; the waking pair's first event after {woke:?} s; {} requests served, {} × 429, at most {} in any 60 s",
+        lat.len(),
+        q(0.5),
+        q(0.9),
+        q(1.0),
+        st.served,
+        st.throttled,
+        st.max_in_any(Duration::from_secs(60)),
+    );
+    drop(sim);
+}
+
 fn main() {
     let args: Vec<String> = std::env::args()
         .skip(1)
@@ -675,7 +840,12 @@ fn main() {
                 let margin = args.get(3).cloned().unwrap_or_else(|| "250ms".into());
                 budget(n, m, &margin).await
             }
-            _ => eprintln!("usage: cargo bench --bench bridge -- throughput [jsonl|nats|kafka] | backfill | sweep | budget <workers> [minutes] [margin] | soak [minutes] [shards] [workers] | interrupt [kill|term] [every_s]"),
+            "freshness" => {
+                let r = args.get(1).and_then(|v| v.parse().ok()).unwrap_or(1);
+                let m = args.get(2).and_then(|v| v.parse().ok()).unwrap_or(10);
+                freshness(r, m).await
+            }
+            _ => eprintln!("usage: cargo bench --bench bridge -- throughput [jsonl|nats|kafka] | backfill | sweep | budget <workers> [minutes] [margin] | soak [minutes] [shards] [workers] | interrupt [kill|term] [every_s] | freshness [replicas] [minutes]"),
         }
     });
 }

@@ -22,6 +22,7 @@ fn per_event(c: &mut Criterion) {
         bad_fraction: 0.0,
         huge_fraction: 0.0,
         huge_bytes: 0,
+        activity: Vec::new(),
     };
     let registry = Registry::load(None).unwrap();
     let window = Window {

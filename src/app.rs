@@ -191,13 +191,13 @@ async fn status(file: Option<PathBuf>, json: bool) -> anyhow::Result<()> {
         st.budget_last_minute, st.per_minute, st.budget_today, st.per_day
     );
     println!(
-        "{:<36} {:<28} {:>9} {:>6} {:<24} {:>8} {:>6}  last error",
-        "shard", "owner", "lease ms", "fence", "cursor", "lag s", "pages"
+        "{:<36} {:<28} {:>9} {:>6} {:<24} {:>8} {:>6} {:>8} {:>7}  last error",
+        "shard", "owner", "lease ms", "fence", "cursor", "lag s", "pages", "ev/min", "every s"
     );
     let dash = || "-".to_string();
     for s in &st.shards {
         println!(
-            "{:<36} {:<28} {:>9} {:>6} {:<24} {:>8} {:>6}  {}",
+            "{:<36} {:<28} {:>9} {:>6} {:<24} {:>8} {:>6} {:>8} {:>7}  {}",
             s.shard,
             s.owner.as_deref().unwrap_or("-"),
             s.lease_expires_in_ms
@@ -208,6 +208,13 @@ async fn status(file: Option<PathBuf>, json: bool) -> anyhow::Result<()> {
             s.lag_seconds.map(|v| v.to_string()).unwrap_or_else(dash),
             // Pages of the window in flight already delivered (resumable).
             s.pages_done.map(|v| v.to_string()).unwrap_or_else(dash),
+            // The pair's activity and the poll interval it sets.
+            s.events_per_minute
+                .map(|v| format!("{v:.2}"))
+                .unwrap_or_else(dash),
+            s.poll_interval_s
+                .map(|v| v.to_string())
+                .unwrap_or_else(dash),
             s.last_error.as_deref().unwrap_or("")
         );
         if let Some(w) = &s.window_in_flight {
@@ -346,6 +353,19 @@ async fn demo(file: Option<PathBuf>, args: DemoArgs) -> anyhow::Result<()> {
     println!(
         "  elapsed               {secs:.1}s ({:.0} events/s)",
         delivered as f64 / secs
+    );
+    // Event age at the sink's acknowledgement, from `message.detection_time`
+    // (the demo replays history, so these are mostly the history's age).
+    let q = |x: f64| {
+        s.age_quantile(x)
+            .map_or_else(|| "-".to_string(), |d| format!("{:.1}s", d.as_secs_f64()))
+    };
+    println!(
+        "  delivery latency      p50 {}  p90 {}  p99 {}  max {}",
+        q(0.5),
+        q(0.9),
+        q(0.99),
+        q(1.0)
     );
     println!("  output                {}", args.out);
     if !finished {

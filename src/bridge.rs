@@ -148,6 +148,7 @@ impl Bridge {
                 max_pause: cfg.budget.max_pause.get(),
                 page_limit: cfg.api.effective_page_limit(),
                 max_pages: cfg.window.max_pages,
+                max_interval: cfg.schedule.max_interval.get(),
             },
             status,
             Telemetry::new(),

@@ -19,6 +19,7 @@ pub use crate::coord::{BudgetConfig, BudgetMode, CoordConfig};
 pub use crate::field::{parse_duration, ConfigError, Dur};
 pub use crate::fleet::ShutdownConfig;
 pub use crate::ops::OpsConfig;
+pub use crate::schedule::ScheduleConfig;
 pub use crate::shard::{ShardsConfig, DEFAULT_EVENTS, DEFAULT_SERVICES};
 pub use crate::sink::{JsonlConfig, KafkaConfig, NatsConfig, SinkConfig, SinkKind};
 pub use crate::telemetry::LogConfig;
@@ -35,6 +36,8 @@ pub struct Config {
     pub shards: ShardsConfig,
     /// Window planning.
     pub window: WindowConfig,
+    /// Which pair's request goes next, and how often a pair is polled.
+    pub schedule: ScheduleConfig,
     /// The token's request budget.
     pub budget: BudgetConfig,
     /// Fleet coordination through Redis.
@@ -99,6 +102,7 @@ impl Config {
         self.api.validate()?;
         self.shards.shards()?;
         self.window.validate()?;
+        self.schedule.validate(self.window.min_interval.get())?;
         self.budget.validate()?;
         self.coord.validate()?;
         self.sink.validate()?;

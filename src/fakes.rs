@@ -32,6 +32,7 @@ pub fn event(shard: &Shard, key: u64, pad: usize) -> (Box<RawValue>, String) {
         bad_fraction: 0.0,
         huge_fraction: 0.0,
         huge_bytes: 0,
+        activity: Vec::new(),
     };
     let stub = Stub {
         at_ms: 1_700_000_000_000 + key as i64,

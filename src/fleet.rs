@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::coord::{Fence, LeaseStore, Renewal};
+use crate::coord::{Fence, LeaseStore, Renewal, ShardReport};
 use crate::field::{ConfigError, Dur};
 use crate::retry::sleep_or_cancel;
 use crate::runner::Engine;
@@ -237,10 +237,12 @@ impl LeaseKeeper {
                         warn!(%shard, fence = h.fence, "lease had lapsed or Redis lost it; reclaimed (cursor written back if missing)");
                     }
                     h.last_renewed = tokio::time::Instant::now();
-                    let _ = self
-                        .leases
-                        .report(shard, h.fence, p.last_error.as_deref())
-                        .await;
+                    let report = ShardReport {
+                        last_error: p.last_error.clone(),
+                        per_minute: p.per_minute,
+                        poll_interval: p.poll_interval,
+                    };
+                    let _ = self.leases.report(shard, h.fence, &report).await;
                     None
                 }
                 Err(e) if h.last_renewed.elapsed() + period < ttl => {
@@ -392,7 +394,7 @@ mod tests {
             lock(&self.released).push(shard.clone());
             Ok(())
         }
-        async fn report(&self, _: &Shard, _: Fence, _: Option<&str>) -> Result<(), CoordError> {
+        async fn report(&self, _: &Shard, _: Fence, _: &ShardReport) -> Result<(), CoordError> {
             Ok(())
         }
         async fn leave(&self) -> Result<(), CoordError> {

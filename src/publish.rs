@@ -11,6 +11,7 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
+use chrono::{DateTime, NaiveDateTime, Utc};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
@@ -75,20 +76,25 @@ impl Publisher {
     }
 
     /// The records of one page: each event parsed on its own, checked and
-    /// dropped (only its raw text, id and verdict stay, so a page costs
-    /// little more than its body); duplicates left out.
+    /// dropped (only its raw text, id, time and verdict stay, so a page
+    /// costs little more than its body); duplicates left out. Also the
+    /// times of the events published on their topic.
     async fn records(
         &self,
         shard: &Shard,
         window: &Window,
         page: &Page,
         tel: &ShardTelemetry,
-    ) -> Vec<Record> {
-        let checked: Vec<(String, Vec<Violation>)> = page
+    ) -> (Vec<Record>, Vec<DateTime<Utc>>) {
+        let checked: Vec<(String, Vec<Violation>, Option<DateTime<Utc>>)> = page
             .events
             .iter()
             .map(|raw| match serde_json::from_str::<Value>(raw.get()) {
-                Ok(v) => (event_id(shard, &v), self.registry.check(&shard.event, &v)),
+                Ok(v) => (
+                    event_id(shard, &v),
+                    self.registry.check(&shard.event, &v),
+                    event_time(&v),
+                ),
                 // Unreachable (the page parsed), but never a panic.
                 Err(e) => (
                     event_id(shard, &Value::String(raw.get().to_string())),
@@ -96,10 +102,11 @@ impl Publisher {
                         path: String::new(),
                         message: format!("not JSON: {e}"),
                     }],
+                    None,
                 ),
             })
             .collect();
-        let id_refs: Vec<&str> = checked.iter().map(|(id, _)| id.as_str()).collect();
+        let id_refs: Vec<&str> = checked.iter().map(|(id, ..)| id.as_str()).collect();
         let seen = match self.dedup.seen(shard, &id_refs).await {
             Ok(s) => s,
             Err(e) => {
@@ -112,13 +119,15 @@ impl Publisher {
         let meta = Arc::new(PageMeta::new(shard, window));
         let mut batch_ids = HashSet::with_capacity(checked.len());
         let mut records = Vec::with_capacity(checked.len());
+        let mut times = Vec::with_capacity(checked.len());
         let mut duplicates = 0;
-        for ((raw, (id, violations)), seen) in page.events.iter().zip(&checked).zip(seen) {
+        for ((raw, (id, violations, at)), seen) in page.events.iter().zip(&checked).zip(seen) {
             if seen || !batch_ids.insert(id.as_str()) {
                 duplicates += 1;
                 continue;
             }
             if violations.is_empty() {
+                times.extend(*at);
                 records.push(Record::event(topic.clone(), id.clone(), &meta, raw));
             } else {
                 records.push(Record::dead_letter(
@@ -132,7 +141,7 @@ impl Publisher {
             }
         }
         tel.duplicates_skipped(duplicates);
-        records
+        (records, times)
     }
 
     /// Validates, dedups and publishes one page; returns when the sink
@@ -149,7 +158,7 @@ impl Publisher {
         if page.events.is_empty() {
             return Ok(());
         }
-        let records = self.records(shard, window, &page, tel).await;
+        let (records, times) = self.records(shard, window, &page, tel).await;
         drop(page);
         if records.is_empty() {
             return Ok(());
@@ -237,6 +246,43 @@ impl Publisher {
             warn!(%shard, error = %e, "cannot record delivered ids; duplicates may follow");
         }
         tel.page_published(published, started.elapsed());
+        tel.events_aged(&times);
         Ok(())
+    }
+}
+
+/// An event's own time: `message.detection_time`, with a zone
+/// (`2020-07-19T22:51:30.000Z`) or without one (`2016-07-22T01:51:28`,
+/// taken as UTC). `None` when absent or unreadable: the event is delivered
+/// all the same, only its age is not measured.
+pub fn event_time(event: &Value) -> Option<DateTime<Utc>> {
+    let s = event
+        .get("message")?
+        .get("detection_time")?
+        .as_str()?
+        .trim();
+    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
+        return Some(t.with_timezone(&Utc));
+    }
+    NaiveDateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S%.f")
+        .ok()
+        .map(|t| t.and_utc())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn event_time_reads_both_dialects_and_gives_up_quietly() {
+        let at = |s: Value| event_time(&json!({ "message": { "detection_time": s } }));
+        let want = DateTime::parse_from_rfc3339("2020-07-19T22:51:30Z").unwrap();
+        assert_eq!(at(json!("2020-07-19T22:51:30.000Z")), Some(want.into()));
+        assert_eq!(at(json!("2020-07-19T22:51:30")), Some(want.into()));
+        assert_eq!(at(json!(" 2020-07-19T22:51:30 ")), Some(want.into()));
+        assert_eq!(at(json!(1595199090)), None);
+        assert_eq!(at(json!("yesterday")), None);
+        assert_eq!(event_time(&json!({ "message": "unparsed" })), None);
     }
 }

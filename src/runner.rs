@@ -35,7 +35,7 @@ use crate::cas::{Action, ApiError, Page};
 use crate::coord::{CheckpointStore, CoordError, Fence, Progress};
 use crate::publish::{PublishError, Publisher};
 use crate::retry::Backoff;
-use crate::schedule::{Priority, Scheduler, Slot};
+use crate::schedule::{poll_interval, Activity, Ask, Priority, Scheduler, Slot};
 use crate::shard::Shard;
 use crate::source::PageSource;
 use crate::status::StatusBoard;
@@ -69,8 +69,8 @@ enum Abort {
 
 /// Where a window's reading starts.
 enum Start {
-    /// Its first page.
-    First,
+    /// Its first page, asked for with this priority.
+    First(Ask),
     /// The stored position of an interrupted reading.
     Resume(Progress),
 }
@@ -86,6 +86,8 @@ pub struct RunnerSettings {
     pub page_limit: u32,
     /// Pages a catch-up window is sized to hold (`window.max_pages`).
     pub max_pages: u32,
+    /// The longest a pair waits between polls (`schedule.max_interval`).
+    pub max_interval: Duration,
 }
 
 impl Default for RunnerSettings {
@@ -95,6 +97,7 @@ impl Default for RunnerSettings {
             max_pause: Duration::from_secs(300),
             page_limit: 500,
             max_pages: 20,
+            max_interval: Duration::from_secs(300),
         }
     }
 }
@@ -186,6 +189,10 @@ impl Engine {
         let mut park = Backoff::park();
         // Events a second in the last window with events: sizes the next.
         let mut density: Option<f64> = None;
+        // How busy the pair is: sets how often it is polled.
+        let mut activity = Activity::default();
+        let mut interval = self.interval(&shard, &activity, &tel, false);
+        let mut last_poll = tokio::time::Instant::now();
         while !cancel.is_cancelled() && !drain.is_cancelled() {
             let (window, start) = match resume.take() {
                 Some(p) => (
@@ -198,7 +205,10 @@ impl Engine {
                 None => {
                     let longest =
                         Planner::sized(self.settings.max_pages, self.settings.page_limit, density);
-                    match self.planner.plan_sized(cursor, Utc::now(), longest) {
+                    match self
+                        .planner
+                        .plan_every(cursor, Utc::now(), longest, interval)
+                    {
                         Plan::NotDue(wait) => {
                             tokio::select! {
                                 _ = tokio::time::sleep(wait) => {}
@@ -211,7 +221,7 @@ impl Engine {
                             if !gap.is_zero() {
                                 tel.gap_skipped(gap.as_secs(), cursor);
                             }
-                            (window, Start::First)
+                            (window, Start::First(self.ask(cursor, &activity, last_poll)))
                         }
                     }
                 }
@@ -246,6 +256,10 @@ impl Engine {
             if events > 0 && secs > 0.0 {
                 density = Some(events as f64 / secs);
             }
+            let first = activity.per_minute().is_none();
+            activity.observe(events, window.duration());
+            interval = self.interval(&shard, &activity, &tel, first);
+            last_poll = tokio::time::Instant::now();
             let n = self.delivered.fetch_add(1, Ordering::Relaxed) + 1;
             if self.faults.halt_before_checkpoint_after_windows == Some(n) {
                 tracing::warn!(%shard, "fault injection: halting before the checkpoint");
@@ -259,6 +273,59 @@ impl Engine {
             park.reset();
             tel.window_checkpointed(cursor);
             self.status.set_cursor(&shard, cursor);
+        }
+    }
+
+    /// The pair's next poll interval from its activity, shown in metrics
+    /// and `status`. Jittered down by up to a fifth, so pairs with the same
+    /// rate do not ask in step; after a pair's `first` poll of a run, a
+    /// quiet pair's interval is spread over the whole tenth to all of its
+    /// length, so the pairs all polled at the start do not come back
+    /// together.
+    fn interval(
+        &self,
+        shard: &Shard,
+        activity: &Activity,
+        tel: &ShardTelemetry,
+        first: bool,
+    ) -> Duration {
+        let base = poll_interval(
+            activity.per_minute(),
+            self.planner.min_interval(),
+            self.settings.max_interval,
+        );
+        let jitter = if first && activity.is_quiet() {
+            0.1 + 0.9 * rand::random::<f64>()
+        } else {
+            0.8 + 0.2 * rand::random::<f64>()
+        };
+        let interval = base.mul_f64(jitter).max(self.planner.min_interval());
+        tel.activity(activity.per_minute(), interval);
+        self.status
+            .set_activity(shard, activity.per_minute(), interval);
+        interval
+    }
+
+    /// How much a new window after `cursor` matters: catch-up when the
+    /// cursor is more than two longest intervals behind; quiet (promoted to
+    /// active once the pair waited its longest interval since
+    /// `last_poll`) when the pair returned nothing lately; active else.
+    fn ask(
+        &self,
+        cursor: DateTime<Utc>,
+        activity: &Activity,
+        last_poll: tokio::time::Instant,
+    ) -> Ask {
+        let behind = self.planner.behind(cursor, Utc::now());
+        if behind > self.settings.max_interval * 2 {
+            Ask::new(Priority::Backlog)
+        } else if activity.is_quiet() {
+            Ask {
+                priority: Priority::Quiet,
+                promote_at: Some(last_poll + self.settings.max_interval),
+            }
+        } else {
+            Ask::new(Priority::Active)
         }
     }
 
@@ -338,27 +405,25 @@ impl Engine {
         drain: &CancellationToken,
     ) -> Result<u64, Abort> {
         let first = || self.source.first_page(shard, window);
-        let (mut url, mut pages, mut events, mut resumed) = match start {
-            Start::First => (first(), 0u32, 0u64, None),
+        let pages_left = Ask::new(Priority::PagesLeft);
+        // A window read again from its start goes as a catch-up would.
+        let again = Ask::new(Priority::Backlog);
+        let (mut url, mut pages, mut events, mut resumed, mut ask) = match start {
+            Start::First(ask) => (first(), 0u32, 0u64, None, ask),
             Start::Resume(p) => match self.source.next_page(&p.next) {
                 Ok(u) => {
                     tel.window_resumed(p.pages);
-                    (u, p.pages, p.events, Some(p.pages))
+                    (u, p.pages, p.events, Some(p.pages), pages_left)
                 }
                 Err(e) => {
                     tel.stored_link_refused(&e, p.pages);
-                    (first(), 0, 0, None)
+                    (first(), 0, 0, None, again)
                 }
             },
         };
         self.status.set_window(shard, Some((*window, pages)));
-        let mut priority = if resumed.is_some() {
-            Priority::PagesLeft
-        } else {
-            Priority::NewWindow
-        };
         loop {
-            let fetched = self.fetch(shard, &url, priority, tel, cancel, drain).await;
+            let fetched = self.fetch(shard, &url, ask, tel, cancel, drain).await;
             let (page, slot) = match fetched {
                 Err(Abort::Park(e)) if resumed.is_some() => {
                     // The stored link is refused (expired, or the API does
@@ -366,7 +431,7 @@ impl Engine {
                     tel.stored_link_refused(&e, resumed.take().unwrap_or(0));
                     url = first();
                     (pages, events) = (0, 0);
-                    priority = Priority::NewWindow;
+                    ask = again;
                     continue;
                 }
                 other => other?,
@@ -416,7 +481,7 @@ impl Engine {
             if drain.is_cancelled() {
                 return Err(Abort::Drained);
             }
-            priority = Priority::PagesLeft;
+            ask = pages_left;
         }
     }
 
@@ -427,7 +492,7 @@ impl Engine {
         &self,
         shard: &Shard,
         url: &Url,
-        priority: Priority,
+        ask: Ask,
         tel: &ShardTelemetry,
         cancel: &CancellationToken,
         drain: &CancellationToken,
@@ -435,7 +500,7 @@ impl Engine {
         let mut retry = Backoff::request();
         loop {
             let grant = tokio::select! {
-                g = self.scheduler.grant(shard, priority) => g,
+                g = self.scheduler.grant(shard, ask) => g,
                 _ = cancel.cancelled() => return Err(Abort::Cancelled),
                 _ = drain.cancelled() => return Err(Abort::Drained),
             };

@@ -1,37 +1,164 @@
 //! The scheduler: the one place that decides which shard's request goes
-//! next. Its policy today: a shard with pages left in its window first,
-//! then everyone else in the order they asked (so every shard gets its turn
-//! within one sweep). The shard at the head of the queue alone waits for
-//! the budget; when it has its permit, the next one may ask.
+//! next, and how often a shard asks at all.
+//!
+//! **Order.** Requests wait in four classes ([`Priority`]): pages left in a
+//! window in flight (a started window is finished before anything else, so
+//! no link expires and progress stays small); then backlog (a cursor more
+//! than two `schedule.max_interval` behind); then active pairs; then quiet
+//! ones. Within a class, arrival order. Only the request at the head of the
+//! queue asks the budget, and it never blocks inside the budget: when there
+//! is no permit yet it waits (at most [`ASK_AGAIN`]) and whoever is head
+//! then asks — so a more urgent request that arrives while a quiet one
+//! waits takes the next permit. A quiet request that waited its pair's
+//! longest interval (`schedule.max_interval` since its last poll) is
+//! promoted to active: no pair starves while the budget can visit it.
+//!
+//! **Fleet.** With Redis, the same order holds across processes: each
+//! process's head records its class in the shared budget when it asks,
+//! and the budget refuses a caller while another process has a more urgent
+//! head waiting (see [`crate::coord::redis`]). A replica holding only quiet
+//! pairs therefore gets permits only when no replica has active work.
+//!
+//! **How often.** A shard in steady state asks for a new window when its
+//! poll interval has passed ([`poll_interval`]): each pair's rate of events
+//! is tracked ([`Activity`]), and the interval falls with the square root
+//! of the rate — the rule that minimises the mean delay of events for a
+//! fixed number of requests — between `window.min_interval` and
+//! `schedule.max_interval`. A pair not seen yet starts at the minimum; a
+//! quiet pair that returns events is promoted at once (the rate jumps up,
+//! and decays slowly).
 //!
 //! It also bounds the pages in flight (fetched and not yet acknowledged by
-//! the sink), so memory stays bounded whatever the number of shards. The
-//! slot is taken before the permit: the permit's time must stay close to
-//! the request's, so no waiting comes between them.
+//! the sink), so memory stays bounded whatever the number of shards. Only
+//! the head of the queue takes a slot (waiters behind it hold none, so a
+//! queue of quiet requests cannot keep the slots from an urgent one), and
+//! it takes the slot before the permit: the permit's time must stay close
+//! to the request's, so no waiting comes between them.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
 
-use crate::coord::{Budget, BudgetUsage, CoordError, Permit};
+pub use crate::coord::Priority;
+use crate::coord::{Budget, BudgetUsage, CoordError, Permit, Take};
+use crate::field::{ConfigError, Dur};
 use crate::shard::Shard;
 
 /// At most this many pages are between request and acknowledgement at once.
 pub const PAGES_IN_FLIGHT: usize = 8;
+/// The head of the queue asks the budget again at least this often while
+/// it waits (a process's head counts in the fleet's order only while it
+/// keeps asking).
+pub const ASK_AGAIN: Duration = Duration::from_secs(1);
+/// How fast an activity estimate forgets: a pair that stops sending events
+/// is considered quiet after about this long.
+pub const ACTIVITY_MEMORY: Duration = Duration::from_secs(15 * 60);
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// How much a shard's next request matters.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Priority {
-    /// The shard is inside a window: pages are left.
-    PagesLeft,
-    /// The shard starts a new window.
-    NewWindow,
+/// The `schedule` section.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ScheduleConfig {
+    /// The longest a pair goes without a poll while the budget allows it
+    /// (a quiet pair is polled this often).
+    pub max_interval: Dur,
+}
+
+impl Default for ScheduleConfig {
+    fn default() -> Self {
+        Self {
+            max_interval: Dur::secs(300),
+        }
+    }
+}
+
+impl ScheduleConfig {
+    /// `min_interval` is `window.min_interval`: the longest interval may
+    /// not be shorter.
+    pub fn validate(&self, min_interval: Duration) -> Result<(), ConfigError> {
+        let max = self.max_interval.get();
+        if max < Duration::from_secs(1) || max > Duration::from_secs(24 * 3600) {
+            return Err(ConfigError::new(
+                "schedule.max_interval",
+                format!("{} is out of range: 1s to 1d", self.max_interval),
+            ));
+        }
+        if max < min_interval {
+            return Err(ConfigError::new(
+                "schedule.max_interval",
+                format!(
+                    "{} is shorter than window.min_interval ({})",
+                    self.max_interval,
+                    Dur(min_interval)
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A pair's observed rate of events.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Activity {
+    /// Events a minute; `None` until the pair was polled once.
+    per_minute: Option<f64>,
+}
+
+impl Activity {
+    /// Folds in a window of `span` that held `events`: a higher rate is
+    /// taken at once (a pair that wakes up is promoted by its first
+    /// events), a lower one decays the estimate over [`ACTIVITY_MEMORY`].
+    pub fn observe(&mut self, events: u64, span: Duration) {
+        let secs = span.as_secs_f64().max(1.0);
+        let seen = events as f64 * 60.0 / secs;
+        let next = match self.per_minute {
+            None => seen,
+            Some(old) if seen >= old => seen,
+            Some(old) => {
+                let keep = (-secs / ACTIVITY_MEMORY.as_secs_f64()).exp();
+                let v = old * keep + seen * (1.0 - keep);
+                // Below one event in ten hours: quiet.
+                if v < 1.0 / 600.0 {
+                    0.0
+                } else {
+                    v
+                }
+            }
+        };
+        self.per_minute = Some(next);
+    }
+
+    /// Events a minute, once the pair was polled.
+    pub fn per_minute(&self) -> Option<f64> {
+        self.per_minute
+    }
+
+    /// Whether the pair returned nothing lately.
+    pub fn is_quiet(&self) -> bool {
+        self.per_minute == Some(0.0)
+    }
+}
+
+/// How long a pair waits between polls in steady state, from its rate
+/// (`None`: not polled yet). With `M` = `max` in minutes and `r` events a
+/// minute: `max / √(1 + r·M)`, between `min` and `max` — a silent pair
+/// every `max`, one event every few minutes about every `max / 2`, and
+/// √(M / r) minutes for a busy one (the 1/√rate rule).
+pub fn poll_interval(per_minute: Option<f64>, min: Duration, max: Duration) -> Duration {
+    let max = max.max(min);
+    let Some(r) = per_minute.filter(|r| r.is_finite()) else {
+        return min;
+    };
+    let m = max.as_secs_f64() / 60.0;
+    let secs = max.as_secs_f64() / (1.0 + r.max(0.0) * m).sqrt();
+    Duration::from_secs_f64(secs).clamp(min, max)
 }
 
 /// A page in flight: held from before the request until the sink
@@ -46,6 +173,31 @@ pub struct Slot {
 pub struct Grant {
     pub slot: Slot,
     pub permit: Permit,
+}
+
+/// A request waiting for its turn.
+#[derive(Debug, Clone, Copy)]
+pub struct Ask {
+    pub priority: Priority,
+    /// When a quiet request becomes active (its pair's longest interval
+    /// since its last poll).
+    pub promote_at: Option<Instant>,
+}
+
+impl Ask {
+    pub fn new(priority: Priority) -> Self {
+        Self {
+            priority,
+            promote_at: None,
+        }
+    }
+}
+
+/// What a waiting request does next.
+#[derive(Debug, PartialEq, Eq)]
+enum Step {
+    Again,
+    Promote,
 }
 
 /// Orders the requests of one process against one budget.
@@ -68,20 +220,69 @@ impl Scheduler {
     }
 
     /// Waits for this shard's turn, a page slot and a budget permit.
-    pub async fn grant(&self, _shard: &Shard, priority: Priority) -> Result<Grant, CoordError> {
-        let slot = self
-            .in_flight
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| CoordError::Unavailable("the scheduler is closed".into()))?;
-        let turn = self.queue.wait_turn(priority == Priority::PagesLeft).await;
-        let permit = self.budget.acquire().await?;
-        drop(turn);
-        Ok(Grant {
-            slot: Slot { _slot: slot },
-            permit,
-        })
+    pub async fn grant(&self, _shard: &Shard, ask: Ask) -> Result<Grant, CoordError> {
+        let started = Instant::now();
+        let mut priority = ask.priority;
+        let mut promote_at = ask.promote_at.filter(|_| priority == Priority::Quiet);
+        let mut turn = self.queue.join(priority);
+        // Taken only by the head: a request waiting behind others holds no
+        // slot, so slots never go to less urgent requests first.
+        let mut slot: Option<OwnedSemaphorePermit> = None;
+        loop {
+            let promote = async {
+                match promote_at {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let changed = self.queue.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            // At the head: a slot, then a permit. Anything that changes the
+            // queue (a more urgent request) sends us round again.
+            let step = if !turn.is_head() {
+                slot = None;
+                tokio::select! {
+                    () = turn.head() => Step::Again,
+                    () = promote => Step::Promote,
+                }
+            } else if slot.is_none() {
+                tokio::select! {
+                    s = self.in_flight.clone().acquire_owned() => {
+                        slot = Some(s.map_err(|_| {
+                            CoordError::Unavailable("the scheduler is closed".into())
+                        })?);
+                        Step::Again
+                    }
+                    () = &mut changed => Step::Again,
+                    () = promote => Step::Promote,
+                }
+            } else {
+                match self.budget.try_acquire(priority).await? {
+                    Take::Granted(permit) => {
+                        drop(turn);
+                        return Ok(Grant {
+                            slot: Slot {
+                                _slot: slot.take().expect("the head holds a slot"),
+                            },
+                            permit: permit.waited_since(started),
+                        });
+                    }
+                    Take::Wait(wait) => {
+                        tokio::select! {
+                            () = tokio::time::sleep(wait.min(ASK_AGAIN)) => Step::Again,
+                            () = &mut changed => Step::Again,
+                            () = promote => Step::Promote,
+                        }
+                    }
+                }
+            };
+            if step == Step::Promote {
+                priority = Priority::Active;
+                promote_at = None;
+                turn = self.queue.join(priority);
+            }
+        }
     }
 
     /// Every shard of every process on this token waits this long (429, 401).
@@ -93,12 +294,17 @@ impl Scheduler {
     pub async fn usage(&self) -> BudgetUsage {
         self.budget.usage().await
     }
+
+    /// Requests waiting, by class (most urgent first).
+    pub fn waiting(&self) -> [usize; 4] {
+        let st = lock(&self.queue.inner);
+        st.classes.each_ref().map(VecDeque::len)
+    }
 }
 
-/// Orders the waiters for a permit in one process: urgent waiters (a shard
-/// with pages left in its window) first, then everyone else in arrival
-/// order. Only the head of the queue may take a permit. A waiter that is
-/// cancelled leaves the queue (its [`Turn`] is dropped).
+/// Orders the waiters for a permit in one process: by class, then in
+/// arrival order. Only the head of the queue may take a permit. A waiter
+/// that is cancelled leaves the queue (its [`Turn`] is dropped).
 #[derive(Debug, Default)]
 pub struct FairQueue {
     inner: Mutex<QueueState>,
@@ -108,17 +314,16 @@ pub struct FairQueue {
 #[derive(Debug, Default)]
 struct QueueState {
     next_ticket: u64,
-    urgent: VecDeque<u64>,
-    normal: VecDeque<u64>,
+    classes: [VecDeque<u64>; 4],
 }
 
 impl QueueState {
     fn head(&self) -> Option<u64> {
-        self.urgent.front().or(self.normal.front()).copied()
+        self.classes.iter().find_map(|c| c.front()).copied()
     }
 }
 
-/// Being at the head of a [`FairQueue`]; dropping it lets the next one go.
+/// A place in a [`FairQueue`]; dropping it lets the next one go.
 #[derive(Debug)]
 pub struct Turn<'a> {
     queue: &'a FairQueue,
@@ -128,39 +333,54 @@ pub struct Turn<'a> {
 impl Drop for Turn<'_> {
     fn drop(&mut self) {
         let mut st = lock(&self.queue.inner);
-        st.urgent.retain(|t| *t != self.ticket);
-        st.normal.retain(|t| *t != self.ticket);
+        for c in &mut st.classes {
+            c.retain(|t| *t != self.ticket);
+        }
         drop(st);
         self.queue.changed.notify_waiters();
     }
 }
 
-impl FairQueue {
-    /// Waits until this caller is at the head of the queue.
-    pub async fn wait_turn(&self, urgent: bool) -> Turn<'_> {
-        let turn = {
-            let mut st = lock(&self.inner);
-            let ticket = st.next_ticket;
-            st.next_ticket += 1;
-            if urgent {
-                st.urgent.push_back(ticket);
-            } else {
-                st.normal.push_back(ticket);
-            }
-            Turn {
-                queue: self,
-                ticket,
-            }
-        };
+impl Turn<'_> {
+    /// Whether this place is the head of the queue now.
+    pub fn is_head(&self) -> bool {
+        lock(&self.queue.inner).head() == Some(self.ticket)
+    }
+
+    /// Waits until this place is the head of the queue.
+    pub async fn head(&self) {
         loop {
-            let notified = self.changed.notified();
+            let notified = self.queue.changed.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if lock(&self.inner).head() == Some(turn.ticket) {
-                return turn;
+            if lock(&self.queue.inner).head() == Some(self.ticket) {
+                return;
             }
             notified.await;
         }
+    }
+}
+
+impl FairQueue {
+    /// Takes a place at the end of `priority`'s class.
+    pub fn join(&self, priority: Priority) -> Turn<'_> {
+        let mut st = lock(&self.inner);
+        let ticket = st.next_ticket;
+        st.next_ticket += 1;
+        st.classes[priority.rank()].push_back(ticket);
+        drop(st);
+        self.changed.notify_waiters();
+        Turn {
+            queue: self,
+            ticket,
+        }
+    }
+
+    /// Waits until this caller is at the head of the queue.
+    pub async fn wait_turn(&self, priority: Priority) -> Turn<'_> {
+        let turn = self.join(priority);
+        turn.head().await;
+        turn
     }
 }
 
@@ -171,12 +391,16 @@ mod tests {
     use crate::coord::BudgetConfig;
 
     #[tokio::test(start_paused = true)]
-    async fn urgent_waiters_go_first() {
+    async fn waiters_go_by_class_then_arrival() {
         let q = Arc::new(FairQueue::default());
-        let head = q.wait_turn(false).await;
+        let head = q.wait_turn(Priority::Active).await;
         let order = Arc::new(Mutex::new(Vec::new()));
         let mut tasks = Vec::new();
-        for (name, urgent) in [("n1", false), ("n2", false), ("u1", true)] {
+        for (name, urgent) in [
+            ("n1", Priority::Quiet),
+            ("n2", Priority::Active),
+            ("u1", Priority::PagesLeft),
+        ] {
             let (q, order) = (q.clone(), order.clone());
             tasks.push(tokio::spawn(async move {
                 let _t = q.wait_turn(urgent).await;
@@ -188,22 +412,22 @@ mod tests {
         for t in tasks {
             t.await.unwrap();
         }
-        assert_eq!(*lock(&order), vec!["u1", "n1", "n2"]);
+        assert_eq!(*lock(&order), vec!["u1", "n2", "n1"]);
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_cancelled_waiter_leaves_the_queue() {
         let q = Arc::new(FairQueue::default());
-        let head = q.wait_turn(false).await;
+        let head = q.wait_turn(Priority::Active).await;
         let q2 = q.clone();
         let gone = tokio::spawn(async move {
-            let _t = q2.wait_turn(true).await;
+            let _t = q2.wait_turn(Priority::PagesLeft).await;
         });
         tokio::task::yield_now().await;
         gone.abort();
         let _ = gone.await;
         drop(head);
-        let t = tokio::time::timeout(Duration::from_secs(1), q.wait_turn(false)).await;
+        let t = tokio::time::timeout(Duration::from_secs(1), q.wait_turn(Priority::Active)).await;
         assert!(
             t.is_ok(),
             "the queue is not stuck behind an abandoned ticket"
@@ -223,47 +447,189 @@ mod tests {
     async fn pages_in_flight_are_bounded() {
         let s = scheduler(6000, 2);
         let shard = Shard::new("a", "b");
-        let g1 = s.grant(&shard, Priority::NewWindow).await.unwrap();
-        let _g2 = s.grant(&shard, Priority::NewWindow).await.unwrap();
+        let g1 = s.grant(&shard, Ask::new(Priority::Active)).await.unwrap();
+        let _g2 = s.grant(&shard, Ask::new(Priority::Active)).await.unwrap();
         let third = tokio::time::timeout(
             Duration::from_secs(60),
-            s.grant(&shard, Priority::PagesLeft),
+            s.grant(&shard, Ask::new(Priority::PagesLeft)),
         )
         .await;
         assert!(third.is_err(), "a third page waits for a slot");
         drop(g1);
-        let g3 = tokio::time::timeout(Duration::from_secs(1), s.grant(&shard, Priority::PagesLeft))
-            .await;
+        let g3 = tokio::time::timeout(
+            Duration::from_secs(1),
+            s.grant(&shard, Ask::new(Priority::PagesLeft)),
+        )
+        .await;
         assert!(g3.is_ok());
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn pages_left_overtake_new_windows_at_the_budget() {
-        // 6 permits a minute: one every 10 s. Three new windows ask first,
-        // then one shard with pages left: the first is served at once, the
-        // second is already waiting at the budget, and the shard with pages
-        // left goes before the third.
-        let s = scheduler(6, 8);
+    /// Runs `asks` in order (each starts after the previous one queued, 1 s
+    /// apart) against a budget of `per_minute`; returns who got permits in
+    /// which order.
+    async fn served_order(per_minute: u32, asks: Vec<(&'static str, Ask)>) -> Vec<&'static str> {
+        let s = scheduler(per_minute, 8);
         let order = Arc::new(Mutex::new(Vec::new()));
         let mut tasks = Vec::new();
-        for (name, p) in [
-            ("new1", Priority::NewWindow),
-            ("new2", Priority::NewWindow),
-            ("new3", Priority::NewWindow),
-            ("pages", Priority::PagesLeft),
-        ] {
+        for (name, ask) in asks {
             let (s, order) = (s.clone(), order.clone());
             tasks.push(tokio::spawn(async move {
-                let g = s.grant(&Shard::new(name, "e"), p).await.unwrap();
+                let g = s.grant(&Shard::new(name, "e"), ask).await.unwrap();
                 lock(&order).push(name);
                 g
             }));
-            tokio::task::yield_now().await;
+            tokio::time::sleep(Duration::from_secs(1)).await;
         }
         for t in tasks {
             drop(t.await.unwrap());
         }
-        assert_eq!(*lock(&order), vec!["new1", "new2", "pages", "new3"]);
+        let v = lock(&order).clone();
+        v
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_waiting_at_the_budget_does_not_hold_back_a_more_urgent_one() {
+        // 6 permits a minute: one every 10 s. The first is served at once;
+        // the next two wait for the budget when the urgent ones arrive, and
+        // these go first all the same.
+        let order = served_order(
+            6,
+            vec![
+                ("quiet1", Ask::new(Priority::Quiet)),
+                ("quiet2", Ask::new(Priority::Quiet)),
+                ("active", Ask::new(Priority::Active)),
+                ("backlog", Ask::new(Priority::Backlog)),
+                ("pages", Ask::new(Priority::PagesLeft)),
+            ],
+        )
+        .await;
+        assert_eq!(
+            order,
+            vec!["quiet1", "pages", "backlog", "active", "quiet2"]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_quiet_request_is_promoted_when_it_waited_its_longest_interval() {
+        // One permit a minute. A quiet request promoted after 30 s goes
+        // before an active request that arrives after its promotion (and
+        // would go after it unpromoted).
+        let t0 = Instant::now();
+        let s = scheduler(1, 8);
+        let g = s
+            .grant(&Shard::new("x", "e"), Ask::new(Priority::Active))
+            .await
+            .unwrap();
+        let s2 = s.clone();
+        let quiet = tokio::spawn(async move {
+            s2.grant(
+                &Shard::new("q", "e"),
+                Ask {
+                    priority: Priority::Quiet,
+                    promote_at: Some(t0 + Duration::from_secs(30)),
+                },
+            )
+            .await
+            .unwrap()
+        });
+        tokio::time::sleep(Duration::from_secs(40)).await;
+        assert_eq!(s.waiting(), [0, 0, 1, 0], "promoted to active at 30 s");
+        let s3 = s.clone();
+        let late = tokio::spawn(async move {
+            s3.grant(&Shard::new("late", "e"), Ask::new(Priority::Active))
+                .await
+                .unwrap()
+        });
+        tokio::task::yield_now().await;
+        let q = quiet.await.unwrap();
+        assert!(!late.is_finished(), "the promoted request went first");
+        drop((g, q, late));
+    }
+
+    #[test]
+    fn poll_interval_follows_the_square_root_of_the_rate() {
+        let (min, max) = (Duration::from_secs(10), Duration::from_secs(300));
+        assert_eq!(poll_interval(None, min, max), min, "not seen yet");
+        assert_eq!(poll_interval(Some(0.0), min, max), max, "silent");
+        // 5 minutes / √(1 + r·5).
+        let at = |r: f64| poll_interval(Some(r), min, max).as_secs_f64();
+        assert!((at(1.0) - 300.0 / 6f64.sqrt()).abs() < 0.01);
+        assert!((at(20.0) - 300.0 / 101f64.sqrt()).abs() < 0.01);
+        // Four times the rate: about half the interval.
+        assert!((at(80.0) / at(20.0) - 0.5).abs() < 0.01);
+        assert_eq!(poll_interval(Some(1e9), min, max), min);
+        assert_eq!(poll_interval(Some(f64::NAN), min, max), min);
+    }
+
+    #[test]
+    fn activity_jumps_up_and_decays_slowly() {
+        let mut a = Activity::default();
+        assert_eq!(a.per_minute(), None);
+        a.observe(0, Duration::from_secs(300));
+        assert!(a.is_quiet());
+        // A pair that wakes up is active from its first window with events.
+        a.observe(10, Duration::from_secs(60));
+        assert_eq!(a.per_minute(), Some(10.0));
+        // Then silent for 15 minutes: down to ~1/e, not to zero.
+        for _ in 0..3 {
+            a.observe(0, Duration::from_secs(300));
+        }
+        let r = a.per_minute().unwrap();
+        assert!((r - 10.0 / std::f64::consts::E).abs() < 0.01, "{r}");
+        // Silent for hours: quiet.
+        for _ in 0..100 {
+            a.observe(0, Duration::from_secs(300));
+        }
+        assert!(a.is_quiet());
+    }
+
+    #[test]
+    fn max_interval_rules() {
+        let min = Duration::from_secs(30);
+        assert!(ScheduleConfig::default().validate(min).is_ok());
+        let c = ScheduleConfig {
+            max_interval: Dur::secs(10),
+        };
+        let e = c.validate(min).unwrap_err();
+        assert_eq!(e.field, "schedule.max_interval");
+        assert!(e.to_string().contains("window.min_interval"), "{e}");
+        let c = ScheduleConfig {
+            max_interval: Dur::secs(0),
+        };
+        assert_eq!(
+            c.validate(Duration::ZERO).unwrap_err().field,
+            "schedule.max_interval"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_free_slot_goes_to_the_most_urgent_waiter() {
+        // One slot, held. A quiet request waits for it at the head of the
+        // queue; an active one arrives: when the slot frees, the active
+        // one gets it.
+        let s = scheduler(6000, 1);
+        let held = s
+            .grant(&Shard::new("h", "e"), Ask::new(Priority::Active))
+            .await
+            .unwrap();
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let mut tasks = Vec::new();
+        for (name, p) in [("quiet", Priority::Quiet), ("active", Priority::Active)] {
+            let (s, order) = (s.clone(), order.clone());
+            tasks.push(tokio::spawn(async move {
+                let g = s.grant(&Shard::new(name, "e"), Ask::new(p)).await.unwrap();
+                lock(&order).push(name);
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                drop(g);
+            }));
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        assert_eq!(s.waiting(), [0, 0, 1, 1], "both wait for the slot");
+        drop(held);
+        for t in tasks {
+            t.await.unwrap();
+        }
+        assert_eq!(*lock(&order), vec!["active", "quiet"]);
     }
 
     #[tokio::test(start_paused = true)]
@@ -272,7 +638,7 @@ mod tests {
         s.pause(Duration::from_secs(90)).await;
         let t = tokio::time::Instant::now();
         let g = s
-            .grant(&Shard::new("a", "b"), Priority::PagesLeft)
+            .grant(&Shard::new("a", "b"), Ask::new(Priority::PagesLeft))
             .await
             .unwrap();
         assert!(t.elapsed() >= Duration::from_secs(90));

@@ -20,7 +20,7 @@ use crate::sink::Sink;
 use crate::window::Window;
 
 /// What an operator (and `demo`, and tests) can see of a shard.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct ShardProgress {
     /// The last checkpointed cursor.
     pub cursor: Option<DateTime<Utc>>,
@@ -33,6 +33,10 @@ pub struct ShardProgress {
     /// The window in flight and the pages of it delivered (recorded, so
     /// the next holder can resume after them).
     pub window: Option<(Window, u32)>,
+    /// The pair's observed events a minute (none until polled).
+    pub per_minute: Option<f64>,
+    /// How long it waits between polls in steady state.
+    pub poll_interval: Option<std::time::Duration>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -97,6 +101,18 @@ impl StatusBoard {
 
     pub fn set_window(&self, shard: &Shard, window: Option<(Window, u32)>) {
         self.update(shard, |p| p.window = window);
+    }
+
+    pub fn set_activity(
+        &self,
+        shard: &Shard,
+        per_minute: Option<f64>,
+        interval: std::time::Duration,
+    ) {
+        self.update(shard, |p| {
+            p.per_minute = per_minute;
+            p.poll_interval = Some(interval);
+        });
     }
 
     pub fn set_sink_failing(&self, shard: &Shard, failing: bool) {

@@ -74,6 +74,9 @@ pub struct Stats {
     pub leases_lost: AtomicU64,
     pub windows_resumed: AtomicU64,
     pub stored_links_refused: AtomicU64,
+    /// The last [`AGES_KEPT`] event ages at acknowledgement (ms, a ring),
+    /// for the demo's percentiles.
+    pub ages_ms: std::sync::Mutex<(Vec<u32>, usize)>,
 }
 
 impl Stats {
@@ -83,7 +86,27 @@ impl Stats {
     pub fn get(c: &AtomicU64) -> u64 {
         c.load(Ordering::Relaxed)
     }
+
+    /// The `q` quantile (0–1) of the event ages recorded so far.
+    pub fn age_quantile(&self, q: f64) -> Option<Duration> {
+        let mut v = self
+            .ages_ms
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .0
+            .clone();
+        if v.is_empty() {
+            return None;
+        }
+        v.sort_unstable();
+        let i = ((v.len() - 1) as f64 * q.clamp(0.0, 1.0)).round() as usize;
+        Some(Duration::from_millis(u64::from(v[i])))
+    }
 }
+
+/// At most this many ages are kept for [`Stats::age_quantile`] (the last
+/// ones, 256 KiB; the histogram in `/metrics` counts every one).
+const AGES_KEPT: usize = 1 << 16;
 
 /// Why a record went to the dead-letter topic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -126,6 +149,15 @@ pub fn install() -> PrometheusHandle {
                     b.set_buckets_for_metric(
                         Matcher::Full("cas_bridge_budget_wait_seconds".into()),
                         &[0.01, 0.1, 0.5, 1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0],
+                    )
+                })
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full("cas_bridge_event_age_seconds".into()),
+                        &[
+                            5.0, 10.0, 20.0, 30.0, 45.0, 60.0, 90.0, 120.0, 180.0, 300.0, 600.0,
+                            1800.0, 3600.0, 21600.0, 86400.0,
+                        ],
                     )
                 })
                 .unwrap_or_else(|_| PrometheusBuilder::new());
@@ -233,6 +265,19 @@ fn describe() {
         Unit::Seconds,
         "Time until the sink acknowledged a page's records"
     );
+    describe_histogram!(
+        "cas_bridge_event_age_seconds",
+        Unit::Seconds,
+        "Per pair: from an event's own time (`message.detection_time`) to the sink's acknowledgement"
+    );
+    describe_gauge!(
+        "cas_bridge_poll_interval_seconds",
+        "Per pair: how long it waits between polls in steady state (from its activity)"
+    );
+    describe_gauge!(
+        "cas_bridge_events_per_minute",
+        "Per pair: the observed rate of events that sets its poll interval (-1 until polled)"
+    );
     describe_gauge!("cas_bridge_leases_held", "Shard leases this process holds");
     describe_gauge!(
         "cas_bridge_checkpoint_lag_seconds",
@@ -324,6 +369,9 @@ pub struct ShardTelemetry {
     resumed: Counter,
     links_refused: Counter,
     reread: Counter,
+    age: Histogram,
+    interval: Gauge,
+    rate: Gauge,
 }
 
 impl ShardTelemetry {
@@ -367,6 +415,9 @@ impl ShardTelemetry {
             resumed: counter!("cas_bridge_windows_resumed_total", &l),
             links_refused: counter!("cas_bridge_stored_links_refused_total", &l),
             reread: counter!("cas_bridge_pages_reread_total", &l),
+            age: histogram!("cas_bridge_event_age_seconds", &l),
+            interval: gauge!("cas_bridge_poll_interval_seconds", &l),
+            rate: gauge!("cas_bridge_events_per_minute", &l),
         }
     }
 
@@ -422,6 +473,34 @@ impl ShardTelemetry {
         Stats::add(&self.stats.events_published, published);
         self.published.increment(published);
         self.publish_duration.record(took.as_secs_f64());
+    }
+
+    /// The sink acknowledged events whose own times are `times`.
+    pub fn events_aged(&self, times: &[DateTime<Utc>]) {
+        if times.is_empty() {
+            return;
+        }
+        let now = Utc::now();
+        let mut kept = self.stats.ages_ms.lock().unwrap_or_else(|p| p.into_inner());
+        let (ring, next) = &mut *kept;
+        for t in times {
+            let ms = (now - *t).num_milliseconds().max(0);
+            self.age.record(ms as f64 / 1000.0);
+            let ms = ms.min(i64::from(u32::MAX)) as u32;
+            if ring.len() < AGES_KEPT {
+                ring.push(ms);
+            } else {
+                ring[*next % AGES_KEPT] = ms;
+            }
+            *next += 1;
+        }
+    }
+
+    /// The pair's activity and the poll interval it sets.
+    pub fn activity(&self, per_minute: Option<f64>, interval: Duration) {
+        self.rate.set(per_minute.unwrap_or(-1.0));
+        self.interval.set(interval.as_secs_f64());
+        debug!(shard = %self.shard, ?per_minute, ?interval, "poll interval");
     }
 
     /// One record was acknowledged on the dead-letter topic.
@@ -523,6 +602,9 @@ mod tests {
         s.gap_skipped(30, Utc::now());
         s.sink_error("unavailable", &"down", None);
         t.lease_lost(&Shard::new("box", "dlp"), "test");
+        let now = Utc::now();
+        let ago = |s: i64| now - chrono::Duration::seconds(s);
+        s.events_aged(&[ago(10), ago(30), ago(20), ago(40), ago(50)]);
         let st = t.stats();
         assert_eq!(Stats::get(&st.requests), 1);
         assert_eq!(Stats::get(&st.pages), 1);
@@ -534,6 +616,8 @@ mod tests {
         assert_eq!(Stats::get(&st.gap_seconds), 30);
         assert_eq!(Stats::get(&st.sink_errors), 1);
         assert_eq!(Stats::get(&st.leases_lost), 1);
+        let secs = |q: f64| st.age_quantile(q).unwrap().as_secs();
+        assert_eq!((secs(0.0), secs(0.5), secs(1.0)), (10, 30, 50));
     }
 
     #[test]

@@ -205,6 +205,16 @@ impl Planner {
         ))
     }
 
+    /// `window.min_interval`.
+    pub fn min_interval(&self) -> Duration {
+        self.min_interval.to_std().unwrap_or_default()
+    }
+
+    /// How far the cursor is behind `now − lag` (zero when ahead).
+    pub fn behind(&self, cursor: DateTime<Utc>, now: DateTime<Utc>) -> Duration {
+        (now - self.lag - cursor).to_std().unwrap_or_default()
+    }
+
     /// How long ids must be remembered to remove the duplicates the overlap re-reads.
     pub fn dedup_horizon(&self) -> Duration {
         ((self.overlap + self.lag) * 2 + self.min_interval)
@@ -226,10 +236,23 @@ impl Planner {
         now: DateTime<Utc>,
         longest: Option<Duration>,
     ) -> Plan {
+        self.plan_every(cursor, now, longest, Duration::ZERO)
+    }
+
+    /// As [`Planner::plan_sized`], for a pair polled every `interval` (the
+    /// scheduler's choice from its activity; never under `min_interval`).
+    pub fn plan_every(
+        &self,
+        cursor: DateTime<Utc>,
+        now: DateTime<Utc>,
+        longest: Option<Duration>,
+        interval: Duration,
+    ) -> Plan {
         let target_end = now - self.lag;
         let behind = target_end - cursor;
-        if behind < self.min_interval || behind <= chrono::Duration::zero() {
-            let wait = (self.min_interval - behind).max(chrono::Duration::seconds(1));
+        let every = self.min_interval.max(cd(interval));
+        if behind < every || behind <= chrono::Duration::zero() {
+            let wait = (every - behind).max(chrono::Duration::seconds(1));
             return Plan::NotDue(wait.to_std().unwrap_or(Duration::from_secs(1)));
         }
         let floor = now - cd(API_REACH) + cd(REACH_MARGIN);

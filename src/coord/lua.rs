@@ -67,33 +67,56 @@ redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 return redis.call('ZCARD', KEYS[1])
 "#;
 
-// KEYS: minute, day, pause, seq, last grant. ARGV: per_minute, per_day,
-// minute_ms, day_ms, mode, pace_ms. Returns {1, 0} for a permit or
-// {0, ms to wait}. Grants are paced `pace_ms` apart, so a backlog spends the
-// minute evenly instead of in one burst whose requests reach the API
-// spread over an unknown delay.
+// KEYS: minute, day, pause, seq, last grant, waiters. ARGV: per_minute,
+// per_day, minute_ms, day_ms, mode, pace_ms, worker, rank, stale_ms.
+// Returns {1, 0} for a permit or {0, ms to wait}. Grants are paced
+// `pace_ms` apart, so a backlog spends the minute evenly instead of in one
+// burst whose requests reach the API spread over an unknown delay.
+//
+// Priority across the fleet: `waiters` holds, per worker, the rank of the
+// request at the head of its queue and when it last asked ("rank:ms"). A
+// caller is refused while another worker has a more urgent head that asked
+// within `stale_ms`; a refused caller records its own head; a granted one
+// removes it (its next head records itself when it asks).
 const TAKE: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local me, rank, stale = ARGV[7], tonumber(ARGV[8]), tonumber(ARGV[9])
+local function refuse(ms)
+  redis.call('HSET', KEYS[6], me, rank .. ':' .. now)
+  redis.call('PEXPIRE', KEYS[6], stale * 4)
+  return {0, ms}
+end
 local p = redis.call('PTTL', KEYS[3])
-if p > 0 then return {0, p} end
+if p > 0 then return refuse(p) end
+local w = redis.call('HGETALL', KEYS[6])
+for i = 1, #w, 2 do
+  if w[i] ~= me then
+    local r, at = string.match(w[i + 1], '^(%d+):(%d+)$')
+    if (not r) or now - tonumber(at) > stale then
+      redis.call('HDEL', KEYS[6], w[i])
+    elseif tonumber(r) < rank then
+      return refuse(math.min(500, stale))
+    end
+  end
+end
 local pm, pd = tonumber(ARGV[1]), tonumber(ARGV[2])
 local span, dspan = tonumber(ARGV[3]), tonumber(ARGV[4])
 local pace = tonumber(ARGV[6])
 local last = tonumber(redis.call('GET', KEYS[5]) or '0')
-if now - last < pace then return {0, last + pace - now} end
+if now - last < pace then return refuse(last + pace - now) end
 if ARGV[5] == 'sliding' then
   redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - span)
   redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - dspan)
   local d = redis.call('ZCARD', KEYS[2])
   if d >= pd then
     local o = redis.call('ZRANGE', KEYS[2], d - pd, d - pd, 'WITHSCORES')
-    return {0, math.max(1, tonumber(o[2]) + dspan - now)}
+    return refuse(math.max(1, tonumber(o[2]) + dspan - now))
   end
   local m = redis.call('ZCARD', KEYS[1])
   if m >= pm then
     local o = redis.call('ZRANGE', KEYS[1], m - pm, m - pm, 'WITHSCORES')
-    return {0, math.max(1, tonumber(o[2]) + span - now)}
+    return refuse(math.max(1, tonumber(o[2]) + span - now))
   end
   local seq = redis.call('INCR', KEYS[4])
   redis.call('ZADD', KEYS[1], now, seq)
@@ -102,15 +125,17 @@ if ARGV[5] == 'sliding' then
   redis.call('PEXPIRE', KEYS[2], dspan)
   redis.call('PEXPIRE', KEYS[4], dspan)
   redis.call('SET', KEYS[5], now, 'PX', span)
+  redis.call('HDEL', KEYS[6], me)
   return {1, 0}
 end
 local m = tonumber(redis.call('GET', KEYS[1]) or '0')
-if m >= pm then return {0, math.max(1, redis.call('PTTL', KEYS[1]))} end
+if m >= pm then return refuse(math.max(1, redis.call('PTTL', KEYS[1]))) end
 local d = tonumber(redis.call('GET', KEYS[2]) or '0')
-if d >= pd then return {0, math.max(1, redis.call('PTTL', KEYS[2]))} end
+if d >= pd then return refuse(math.max(1, redis.call('PTTL', KEYS[2]))) end
 if m == 0 then redis.call('SET', KEYS[1], 1, 'PX', span) else redis.call('INCR', KEYS[1]) end
 if d == 0 then redis.call('SET', KEYS[2], 1, 'PX', dspan) else redis.call('INCR', KEYS[2]) end
 redis.call('SET', KEYS[5], now, 'PX', span)
+redis.call('HDEL', KEYS[6], me)
 return {1, 0}
 "#;
 

@@ -12,7 +12,7 @@ use tokio::time::Instant;
 use super::BudgetConfig;
 use super::{
     Budget, BudgetUsage, CheckpointStore, CoordError, DedupStore, Fence, LeaseStore, Permit,
-    Progress, Renewal,
+    Priority, Progress, Renewal, ShardReport, Take,
 };
 use crate::shard::Shard;
 
@@ -90,7 +90,7 @@ impl LeaseStore for SoleWorker {
     async fn release(&self, _: &Shard, _: Fence) -> Result<(), CoordError> {
         Ok(())
     }
-    async fn report(&self, _: &Shard, _: Fence, _: Option<&str>) -> Result<(), CoordError> {
+    async fn report(&self, _: &Shard, _: Fence, _: &ShardReport) -> Result<(), CoordError> {
         Ok(())
     }
     async fn leave(&self) -> Result<(), CoordError> {
@@ -172,15 +172,12 @@ impl MemoryBudget {
 
 #[async_trait]
 impl Budget for MemoryBudget {
-    async fn acquire(&self) -> Result<Permit, CoordError> {
-        let started = Instant::now();
-        loop {
-            match self.try_take() {
-                Ok(()) => break,
-                Err(wait) => tokio::time::sleep(wait).await,
-            }
-        }
-        Ok(Permit::new(started.elapsed()))
+    /// One process: its scheduler's queue already orders the callers.
+    async fn try_acquire(&self, _priority: Priority) -> Result<Take, CoordError> {
+        Ok(match self.try_take() {
+            Ok(()) => Take::Granted(Permit::new(Duration::ZERO)),
+            Err(wait) => Take::Wait(wait),
+        })
     }
 
     async fn pause(&self, for_: Duration) {
@@ -333,7 +330,7 @@ mod tests {
         let start = Instant::now();
         let mut times = Vec::new();
         for _ in 0..35 {
-            let _p = b.acquire().await.unwrap();
+            let _p = b.acquire(Priority::Active).await.unwrap();
             times.push(Instant::now() - start);
         }
         for (i, t) in times.iter().enumerate() {
@@ -366,18 +363,20 @@ mod tests {
             ..BudgetConfig::default()
         });
         for _ in 0..3 {
-            let _ = b.acquire().await.unwrap();
+            let _ = b.acquire(Priority::Active).await.unwrap();
         }
-        assert!(tokio::time::timeout(Duration::from_secs(3600), b.acquire())
-            .await
-            .is_err());
+        assert!(
+            tokio::time::timeout(Duration::from_secs(3600), b.acquire(Priority::Active))
+                .await
+                .is_err()
+        );
         let b = MemoryBudget::new(BudgetConfig {
             per_minute: 100,
             per_day: 100,
             ..BudgetConfig::default()
         });
         b.pause(Duration::from_secs(30)).await;
-        let p = b.acquire().await.unwrap();
+        let p = b.acquire(Priority::Active).await.unwrap();
         assert!(p.waited() >= Duration::from_secs(30));
         assert_eq!(b.usage().await.last_minute, 1);
     }

@@ -58,10 +58,67 @@ impl Permit {
         Self { waited }
     }
 
+    /// The same permit, counted as waited for since `started`.
+    pub(crate) fn waited_since(self, started: tokio::time::Instant) -> Self {
+        Self {
+            waited: started.elapsed(),
+        }
+    }
+
     /// How long the caller waited for it.
     pub fn waited(&self) -> Duration {
         self.waited
     }
+}
+
+/// How much a request matters when the budget is short: lower goes first,
+/// in one process (the scheduler's queue) and across a fleet (the shared
+/// budget grants a permit to a caller only when no other process has a
+/// more urgent caller waiting).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Priority {
+    /// The shard is inside a window: pages are left.
+    PagesLeft = 0,
+    /// A new window of a shard whose cursor is far behind (catch-up).
+    Backlog = 1,
+    /// A new window of a pair with events, or of one not seen yet, or of a
+    /// quiet pair that waited its longest interval.
+    Active = 2,
+    /// A new window of a pair that returned nothing lately.
+    Quiet = 3,
+}
+
+impl Priority {
+    /// Every class, most urgent first.
+    pub const ALL: [Priority; 4] = [
+        Priority::PagesLeft,
+        Priority::Backlog,
+        Priority::Active,
+        Priority::Quiet,
+    ];
+
+    /// 0 (most urgent) to 3.
+    pub fn rank(self) -> usize {
+        self as usize
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Priority::PagesLeft => "pages_left",
+            Priority::Backlog => "backlog",
+            Priority::Active => "active",
+            Priority::Quiet => "quiet",
+        }
+    }
+}
+
+/// What asking the budget gave.
+#[derive(Debug)]
+pub enum Take {
+    /// A permit: send the request now.
+    Granted(Permit),
+    /// None now; ask again after this long (sooner is allowed).
+    Wait(Duration),
 }
 
 /// How much of the budget is spent.
@@ -119,9 +176,23 @@ pub trait CheckpointStore: Send + Sync {
 /// The token's request budget, shared by every worker.
 #[async_trait]
 pub trait Budget: Send + Sync {
-    /// Waits for a permit. Callers are ordered by the scheduler
-    /// ([`crate::schedule`]), which lets one caller at a time wait here.
-    async fn acquire(&self) -> Result<Permit, CoordError>;
+    /// A permit now, if the budget has one for a caller of `priority`;
+    /// otherwise how long to wait. Never blocks for the budget: the
+    /// scheduler ([`crate::schedule`]) asks again for whoever is then at
+    /// the head of its queue, so a more urgent request that arrived in the
+    /// meantime goes first.
+    async fn try_acquire(&self, priority: Priority) -> Result<Take, CoordError>;
+    /// Waits for a permit (tests and tools; the engine goes through the
+    /// scheduler).
+    async fn acquire(&self, priority: Priority) -> Result<Permit, CoordError> {
+        let started = tokio::time::Instant::now();
+        loop {
+            match self.try_acquire(priority).await? {
+                Take::Granted(p) => return Ok(p.waited_since(started)),
+                Take::Wait(w) => tokio::time::sleep(w).await,
+            }
+        }
+    }
     /// Every caller waits this long before the next permit (429, 401).
     async fn pause(&self, for_: Duration);
     /// What was spent.
@@ -135,6 +206,17 @@ pub trait DedupStore: Send + Sync {
     async fn seen(&self, shard: &Shard, ids: &[&str]) -> Result<Vec<bool>, CoordError>;
     /// Records ids as delivered (after the sink acknowledged them).
     async fn mark(&self, shard: &Shard, ids: &[&str]) -> Result<(), CoordError>;
+}
+
+/// What the holder of a shard reports for `status`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ShardReport {
+    /// The last error, if the last window did not go through.
+    pub last_error: Option<String>,
+    /// The pair's observed events a minute (none until polled).
+    pub per_minute: Option<f64>,
+    /// How long it waits between polls in steady state.
+    pub poll_interval: Option<Duration>,
 }
 
 /// What a renewal found.
@@ -174,7 +256,7 @@ pub trait LeaseStore: Send + Sync {
         &self,
         shard: &Shard,
         fence: Fence,
-        last_error: Option<&str>,
+        report: &ShardReport,
     ) -> Result<(), CoordError>;
     /// Leaves the fleet (graceful shutdown).
     async fn leave(&self) -> Result<(), CoordError>;

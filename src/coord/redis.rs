@@ -11,7 +11,9 @@
 //!   window, next link, pages and events done), deleted with the checkpoint;
 //! - `P:status:<shard>` — what `status` shows (owner, fence, last error);
 //! - `P:dedup:<shard>` — delivered ids scored by expiry;
-//! - `P:budget:<token hash>:…` — permits granted, and the shared pause.
+//! - `P:budget:<token hash>:…` — permits granted, the shared pause, and
+//!   `…:waiters`: per worker, the priority of the request at the head of
+//!   its queue, so a permit goes to the most urgent request in the fleet.
 //!
 //! What must stay true here:
 //! - the budget is checked and taken in one Lua call on Redis's own clock
@@ -33,7 +35,7 @@ use sha2::{Digest, Sha256};
 use super::lua::Scripts;
 use super::{
     Budget, BudgetUsage, CheckpointStore, CoordError, DedupStore, Fence, LeaseStore, Permit,
-    Progress, Renewal,
+    Priority, Progress, Renewal, ShardReport, Take,
 };
 use super::{BudgetConfig, BudgetMode};
 use crate::shard::Shard;
@@ -44,6 +46,10 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(3);
 /// is taken on Redis's clock but counted by the API when the request
 /// arrives, and those two instants differ by a variable delay.
 const MINUTE_MS: i64 = 60_000;
+/// A worker's waiting request counts against less urgent ones on other
+/// workers for this long after it last asked (its scheduler asks again at
+/// least every [`crate::schedule::ASK_AGAIN`]).
+const WAITER_STALE: Duration = Duration::from_secs(3);
 const DAY_MS: i64 = 86_400_000;
 
 /// A hash of the token that names its budget; the token itself never
@@ -106,6 +112,10 @@ pub struct ShardStatus {
     pub pages_done: Option<u32>,
     /// Whoever holds the shard next continues after those pages.
     pub resumable: bool,
+    /// The pair's observed events a minute, as its holder last reported.
+    pub events_per_minute: Option<f64>,
+    /// Its poll interval in steady state, from that rate.
+    pub poll_interval_s: Option<u64>,
 }
 
 /// What `status` shows of the fleet.
@@ -156,7 +166,7 @@ impl RedisCoord {
         format!("{}:{kind}:{}:{}", self.prefix, shard.service, shard.event)
     }
 
-    fn budget_keys(&self) -> [String; 5] {
+    fn budget_keys(&self) -> [String; 6] {
         let mode = self.mode();
         [
             format!("{}:{mode}:minute", self.budget_key),
@@ -164,6 +174,7 @@ impl RedisCoord {
             format!("{}:pause", self.budget_key),
             format!("{}:seq", self.budget_key),
             format!("{}:last", self.budget_key),
+            format!("{}:waiters", self.budget_key),
         ]
     }
 
@@ -298,11 +309,13 @@ impl RedisCoord {
             let cursor: Option<i64> = self
                 .cmd(redis::cmd("GET").arg(self.key("cursor", shard)))
                 .await?;
-            let err: Option<String> = self
-                .cmd(
-                    redis::cmd("HGET")
+            let (err, per_minute, interval_ms): (Option<String>, Option<String>, Option<String>) =
+                self.cmd(
+                    redis::cmd("HMGET")
                         .arg(self.key("status", shard))
-                        .arg("last_error"),
+                        .arg("last_error")
+                        .arg("per_minute")
+                        .arg("poll_interval_ms"),
                 )
                 .await?;
             let cursor = cursor.and_then(DateTime::from_timestamp_millis);
@@ -330,6 +343,10 @@ impl RedisCoord {
                 }),
                 pages_done: progress.as_ref().map(|p| p.pages),
                 resumable: progress.is_some(),
+                events_per_minute: per_minute.and_then(|v| v.parse().ok()),
+                poll_interval_s: interval_ms
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .map(|ms| ms / 1000),
             });
         }
         Ok(FleetStatus {
@@ -425,26 +442,27 @@ impl RedisCoord {
 
 #[async_trait]
 impl Budget for RedisCoord {
-    async fn acquire(&self) -> Result<Permit, CoordError> {
-        let started = tokio::time::Instant::now();
+    async fn try_acquire(&self, priority: Priority) -> Result<Take, CoordError> {
         let keys = self.budget_keys();
-        loop {
-            let mut inv = self.scripts.take.prepare_invoke();
-            for k in &keys {
-                inv.key(k);
-            }
-            inv.arg(self.budget.per_minute)
-                .arg(self.budget.per_day)
-                .arg(MINUTE_MS + self.margin_ms())
-                .arg(DAY_MS + self.margin_ms())
-                .arg(self.mode())
-                .arg(self.budget.pace().as_millis() as u64);
-            let (ok, wait_ms): (i64, i64) = self.run(inv).await?;
-            if ok == 1 {
-                return Ok(Permit::new(started.elapsed()));
-            }
-            tokio::time::sleep(Duration::from_millis(wait_ms.clamp(1, 10_000) as u64)).await;
+        let mut inv = self.scripts.take.prepare_invoke();
+        for k in &keys {
+            inv.key(k);
         }
+        inv.arg(self.budget.per_minute)
+            .arg(self.budget.per_day)
+            .arg(MINUTE_MS + self.margin_ms())
+            .arg(DAY_MS + self.margin_ms())
+            .arg(self.mode())
+            .arg(self.budget.pace().as_millis() as u64)
+            .arg(&self.worker)
+            .arg(priority.rank())
+            .arg(WAITER_STALE.as_millis() as u64);
+        let (ok, wait_ms): (i64, i64) = self.run(inv).await?;
+        Ok(if ok == 1 {
+            Take::Granted(Permit::new(Duration::ZERO))
+        } else {
+            Take::Wait(Duration::from_millis(wait_ms.clamp(1, 10_000) as u64))
+        })
     }
 
     async fn pause(&self, for_: Duration) {
@@ -568,7 +586,7 @@ impl LeaseStore for RedisCoord {
         &self,
         shard: &Shard,
         fence: Fence,
-        last_error: Option<&str>,
+        report: &ShardReport,
     ) -> Result<(), CoordError> {
         let key = self.key("status", shard);
         let mut pipe = redis::pipe();
@@ -579,7 +597,21 @@ impl LeaseStore for RedisCoord {
             .arg("fence")
             .arg(fence)
             .arg("last_error")
-            .arg(last_error.unwrap_or(""))
+            .arg(report.last_error.as_deref().unwrap_or(""))
+            .arg("per_minute")
+            .arg(
+                report
+                    .per_minute
+                    .map(|r| format!("{r:.3}"))
+                    .unwrap_or_default(),
+            )
+            .arg("poll_interval_ms")
+            .arg(
+                report
+                    .poll_interval
+                    .map(|d| d.as_millis().to_string())
+                    .unwrap_or_default(),
+            )
             .ignore();
         pipe.cmd("PEXPIRE").arg(&key).arg(86_400_000u64).ignore();
         self.pipe(&pipe).await

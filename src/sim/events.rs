@@ -25,6 +25,10 @@ pub struct EventPlan {
     pub huge_fraction: f64,
     /// Padding of a huge event, in bytes.
     pub huge_bytes: usize,
+    /// Per-pair rates (events per hour) and the time (ms since the epoch)
+    /// each pair starts; when not empty, pairs not named are silent and
+    /// `events_per_hour` is not used.
+    pub activity: Vec<(Shard, f64, i64)>,
 }
 
 /// One generated event, before it is rendered.
@@ -56,10 +60,19 @@ impl EventPlan {
     /// The stubs generated in `[start_ms, end_ms]` (both inclusive), in order.
     pub fn stubs(&self, shard: &Shard, start_ms: i64, end_ms: i64) -> Vec<Stub> {
         let mut out = Vec::new();
-        if end_ms < start_ms || self.events_per_hour <= 0.0 {
+        let (per_hour, from_ms) = if self.activity.is_empty() {
+            (self.events_per_hour, i64::MIN)
+        } else {
+            self.activity
+                .iter()
+                .find(|(s, ..)| s == shard)
+                .map_or((0.0, i64::MIN), |(_, r, from)| (*r, *from))
+        };
+        let start_ms = start_ms.max(from_ms);
+        if end_ms < start_ms || per_hour <= 0.0 {
             return out;
         }
-        let per_minute = self.events_per_hour / 60.0;
+        let per_minute = per_hour / 60.0;
         let seed = self.seed.to_le_bytes();
         let (sv, ev) = (shard.service.as_bytes(), shard.event.as_bytes());
         for minute in start_ms.div_euclid(60_000)..=end_ms.div_euclid(60_000) {
@@ -317,7 +330,39 @@ mod tests {
             bad_fraction: 0.0,
             huge_fraction: 0.0,
             huge_bytes: 0,
+            activity: Vec::new(),
         }
+    }
+
+    #[test]
+    fn per_pair_activity_silences_the_others_and_starts_late() {
+        let busy = Shard::new("box", "dlp");
+        let waking = Shard::new("gmail", "ransomware");
+        let p = EventPlan {
+            activity: vec![
+                (busy.clone(), 1200.0, i64::MIN),
+                (waking.clone(), 600.0, 1_800_000),
+            ],
+            ..plan()
+        };
+        let hour = 3_600_000;
+        let n = p.stubs(&busy, 0, hour - 1).len();
+        assert!((1000..1400).contains(&n), "~1200 an hour: {n}");
+        assert!(p.stubs(&Shard::new("exchange", "dlp"), 0, hour).is_empty());
+        let w = p.stubs(&waking, 0, hour - 1);
+        assert!(!w.is_empty() && w.iter().all(|s| s.at_ms >= 1_800_000));
+        // The same events as without the start: only earlier ones are cut.
+        let all = EventPlan {
+            activity: vec![(waking.clone(), 600.0, i64::MIN)],
+            ..plan()
+        };
+        let later: Vec<i64> = all
+            .stubs(&waking, 0, hour - 1)
+            .iter()
+            .map(|s| s.at_ms)
+            .filter(|t| *t >= 1_800_000)
+            .collect();
+        assert_eq!(w.iter().map(|s| s.at_ms).collect::<Vec<_>>(), later);
     }
 
     #[test]

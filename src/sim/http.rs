@@ -310,9 +310,16 @@ async fn truth(State(st): State<Arc<SimState>>, Query(q): Query<TruthQuery>) -> 
         return error(StatusCode::BAD_REQUEST, -4000001, "start/end");
     };
     let shard = Shard::new(q.service, q.event);
+    let visible: Vec<i64> = st
+        .visible(&shard, start, end)
+        .into_iter()
+        .map(|(_, ms)| ms)
+        .collect();
     Json(json!({
         "ids": st.truth(&shard, start, end),
         "bad_ids": st.bad_ids(&shard, start, end),
+        // When each of `ids` became visible in the API (ms since the epoch).
+        "visible_ms": visible,
     }))
     .into_response()
 }

@@ -24,7 +24,7 @@ use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, TimeZone, Utc};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
@@ -138,6 +138,42 @@ pub struct SimConfig {
     /// Next links older than this answer 400 (`page_token expired`).
     #[arg(long, value_parser = dur)]
     pub link_ttl: Option<Duration>,
+    /// Per-pair activity, repeatable: `service:event=PER_HOUR`, or
+    /// `service:event=PER_HOUR@+DELAY` for a pair silent until DELAY after
+    /// the simulator started. When any is given, pairs not named are
+    /// silent (they answer 200 with no events), as on a real tenant.
+    #[arg(long = "activity", value_parser = parse_activity)]
+    pub activity: Vec<PairActivity>,
+}
+
+/// One pair's activity in the simulator (`--activity`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PairActivity {
+    pub shard: Shard,
+    /// Mean events per hour.
+    pub per_hour: f64,
+    /// Silent until this long after the simulator started.
+    pub after: Duration,
+}
+
+/// Parses `service:event=PER_HOUR[@+DELAY]`.
+pub fn parse_activity(s: &str) -> Result<PairActivity, String> {
+    let bad = || format!("`{s}` is not service:event=PER_HOUR or service:event=PER_HOUR@+DELAY");
+    let (pair, rest) = s.split_once('=').ok_or_else(bad)?;
+    let shard: Shard = pair.trim().parse().map_err(|_| bad())?;
+    let (rate, after) = match rest.split_once("@+") {
+        Some((r, d)) => (r, parse_duration(d.trim())?),
+        None => (rest, Duration::ZERO),
+    };
+    let per_hour: f64 = rate.trim().parse().map_err(|_| bad())?;
+    if !per_hour.is_finite() || per_hour < 0.0 {
+        return Err(bad());
+    }
+    Ok(PairActivity {
+        shard,
+        per_hour,
+        after,
+    })
 }
 
 impl Default for SimConfig {
@@ -163,6 +199,7 @@ impl Default for SimConfig {
             huge_fraction: 0.0,
             huge_bytes: 0,
             link_ttl: None,
+            activity: Vec::new(),
         }
     }
 }
@@ -177,6 +214,15 @@ impl SimConfig {
             bad_fraction: self.bad_fraction,
             huge_fraction: self.huge_fraction,
             huge_bytes: self.huge_bytes,
+            activity: self
+                .activity
+                .iter()
+                .map(|a| {
+                    let from = chrono::Utc::now()
+                        + chrono::Duration::from_std(a.after).unwrap_or_default();
+                    (a.shard.clone(), a.per_hour, from.timestamp_millis())
+                })
+                .collect(),
         }
     }
 }
@@ -289,6 +335,50 @@ impl SimState {
             .stubs(shard, start.timestamp_millis(), end.timestamp_millis())
             .iter()
             .map(|s| self.plan.id(shard, s, self.cfg.dialect))
+            .collect()
+    }
+
+    /// One line per id of `ids` generated for `shard` in `[start, end]`:
+    /// when it was generated and became visible, and what it is — what a
+    /// failed delivery check prints about the ids it misses.
+    pub fn describe(
+        &self,
+        shard: &Shard,
+        start: DateTime<Utc>,
+        end: DateTime<Utc>,
+        ids: &[String],
+    ) -> Vec<String> {
+        self.plan
+            .stubs(shard, start.timestamp_millis(), end.timestamp_millis())
+            .iter()
+            .filter_map(|s| {
+                let id = self.plan.id(shard, s, self.cfg.dialect);
+                ids.contains(&id).then(|| {
+                    let at = Utc.timestamp_millis_opt(s.at_ms).single();
+                    format!(
+                        "{shard} {id}: at {at:?}, visible {} ms later{}{}",
+                        s.visible_ms - s.at_ms,
+                        if self.plan.is_huge(s) { ", huge" } else { "" },
+                        if self.plan.is_bad(s) { ", bad" } else { "" },
+                    )
+                })
+            })
+            .collect()
+    }
+
+    /// Every id generated for `shard` in `[start, end]` with the time it
+    /// becomes visible in the API (ms since the epoch): what delivery
+    /// latency is measured from.
+    pub fn visible(
+        &self,
+        shard: &Shard,
+        start: DateTime<Utc>,
+        end: DateTime<Utc>,
+    ) -> Vec<(String, i64)> {
+        self.plan
+            .stubs(shard, start.timestamp_millis(), end.timestamp_millis())
+            .iter()
+            .map(|s| (self.plan.id(shard, s, self.cfg.dialect), s.visible_ms))
             .collect()
     }
 
@@ -437,4 +527,28 @@ pub async fn start(cfg: SimConfig) -> std::io::Result<SimHandle> {
         cancel,
         task,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn activity_flags_parse_and_say_what_is_wrong() {
+        let a = parse_activity("box:dlp=1200").unwrap();
+        assert_eq!(a.shard, Shard::new("box", "dlp"));
+        assert_eq!((a.per_hour, a.after), (1200.0, Duration::ZERO));
+        let b = parse_activity("gmail:ransomware=60@+150s").unwrap();
+        assert_eq!(b.after, Duration::from_secs(150));
+        for bad in [
+            "box:dlp",
+            "box=5",
+            "box:dlp=fast",
+            "box:dlp=-1",
+            "box:dlp=5@+soon",
+        ] {
+            let e = parse_activity(bad).unwrap_err();
+            assert!(e.contains(bad) || e.contains("soon"), "{bad}: {e}");
+        }
+    }
 }

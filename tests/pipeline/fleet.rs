@@ -347,3 +347,53 @@ async fn redis_losing_everything_mid_run_loses_no_event() {
     assert_eq!(r.duplicated, 0, "duplicates in the stream: {r:?}");
     sim.stop().await;
 }
+
+/// The shared budget grants by priority across processes: while one worker
+/// has a more urgent request waiting, another's less urgent one is refused
+/// even when a permit is free; a waiter that stops asking stops counting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shared_budget_serves_the_most_urgent_waiter_in_the_fleet() {
+    use cas_bridge::coord::{Budget, Priority, Take};
+    require_redis();
+    let sim = start_sim(sim_config()).await;
+    let tag = tag();
+    let mut cfg = fleet_config(&sim, &tag, SinkKind::Jsonl, REDIS_URL, &tag);
+    // One permit a second.
+    cfg.budget.per_minute = 60;
+    let coord = |worker: &str| {
+        let mut c = cfg.clone();
+        c.coord.worker_id = Some(worker.into());
+        async move {
+            Coordination::redis(&c, &SecretString::from("sim-token"))
+                .await
+                .expect("redis")
+                .1
+        }
+    };
+    let (a, b) = (coord("a").await, coord("b").await);
+    let granted = |t: Take| matches!(t, Take::Granted(_));
+    let pace = Duration::from_millis(1100);
+    assert!(granted(b.try_acquire(Priority::Active).await.unwrap()));
+    // b's next request (pages left) must wait for the pace: it waits, and
+    // records itself as the fleet's most urgent waiter.
+    assert!(!granted(b.try_acquire(Priority::PagesLeft).await.unwrap()));
+    tokio::time::sleep(pace).await;
+    // A permit is free, but b waits with a more urgent request: a's quiet
+    // one is refused.
+    assert!(!granted(a.try_acquire(Priority::Quiet).await.unwrap()));
+    assert!(granted(b.try_acquire(Priority::PagesLeft).await.unwrap()));
+    tokio::time::sleep(pace).await;
+    // b's entry went with its permit: a is served.
+    assert!(granted(a.try_acquire(Priority::Quiet).await.unwrap()));
+    // A waiter that stops asking stops counting after 3 s.
+    assert!(!granted(b.try_acquire(Priority::PagesLeft).await.unwrap()));
+    tokio::time::sleep(pace).await;
+    assert!(!granted(a.try_acquire(Priority::Quiet).await.unwrap()));
+    tokio::time::sleep(Duration::from_millis(3200)).await;
+    assert!(granted(a.try_acquire(Priority::Quiet).await.unwrap()));
+    // Equal classes are served as they ask.
+    assert!(!granted(b.try_acquire(Priority::Active).await.unwrap()));
+    tokio::time::sleep(pace).await;
+    assert!(granted(a.try_acquire(Priority::Active).await.unwrap()));
+    sim.stop().await;
+}

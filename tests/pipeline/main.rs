@@ -6,6 +6,7 @@ mod chaos;
 mod deploy;
 mod faults;
 mod fleet;
+mod freshness;
 mod helpers;
 mod limits;
 mod ops;

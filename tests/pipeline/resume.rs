@@ -23,6 +23,7 @@ fn backlog(sim: &SimHandle, tag: &str) -> Config {
     cfg.api.page_limit = Some(PAGE);
     cfg.window.start_from = StartFrom::Ago(Duration::from_secs(70 * 3600));
     cfg.window.min_interval = Dur::secs(3600);
+    cfg.schedule.max_interval = Dur::secs(3600);
     cfg.budget.per_minute = 600;
     cfg.validate().unwrap();
     cfg
@@ -180,6 +181,7 @@ async fn an_expired_stored_link_rereads_the_window_and_loses_nothing() {
     cfg.api.page_limit = Some(PAGE);
     cfg.window.start_from = StartFrom::Ago(Duration::from_secs(70 * 3600));
     cfg.window.min_interval = Dur::secs(3600);
+    cfg.schedule.max_interval = Dur::secs(3600);
     cfg.budget.per_minute = 60;
     let t0 = Utc::now();
     let coord = cas_bridge::bridge::Coordination::in_memory(&cfg);

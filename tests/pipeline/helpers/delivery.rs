@@ -18,6 +18,9 @@ pub struct Received {
     pub topic: String,
     pub id: String,
     pub doc: Value,
+    /// When the broker stored it, ms since the epoch (JetStream's own
+    /// timestamp; Kafka's record timestamp; none for JSON lines).
+    pub stored_ms: Option<i64>,
 }
 
 /// What a delivery check found.
@@ -130,6 +133,14 @@ pub async fn assert_delivered(
         "{what}: expected {}, delivered {}, duplicates {}, dead-lettered {}",
         r.expected, r.delivered, r.duplicated, r.dead_lettered
     );
+    if !r.missing.is_empty() {
+        for p in &cfg.shards.pairs {
+            let shard: Shard = p.parse().unwrap();
+            for line in sim.state.describe(&shard, from, to, &r.missing) {
+                println!("{what}: missing {line}");
+            }
+        }
+    }
     assert!(r.missing.is_empty(), "{what}: missing {}", r.missing.len());
     assert_eq!(r.wrong_routed, 0, "{what}: {r:?}");
     r
@@ -146,6 +157,7 @@ pub fn read_jsonl(path: &std::path::Path) -> Vec<Received> {
                 topic: doc["topic"].as_str().unwrap().to_string(),
                 id: doc["id"].as_str().unwrap().to_string(),
                 doc,
+                stored_ms: None,
             }
         })
         .collect()
@@ -191,10 +203,15 @@ pub async fn read_nats(url: &str, stream: &str) -> Vec<Received> {
                 Some(id.as_str()),
                 "Nats-Msg-Id is the event id"
             );
+            let stored_ms = m
+                .info()
+                .ok()
+                .map(|i| (i.published.unix_timestamp_nanos() / 1_000_000) as i64);
             out.push(Received {
                 topic: m.subject.to_string(),
                 id,
                 doc,
+                stored_ms,
             });
         }
         assert!(
@@ -225,9 +242,12 @@ pub fn read_kafka(brokers: &str, topics: &[String]) -> Vec<Received> {
             .unwrap();
         let partitions = md.topics()[0].partitions().len() as i32;
         for p in 0..partitions {
-            let (lo, hi) = consumer
-                .fetch_watermarks(topic, p, Duration::from_secs(10))
-                .unwrap();
+            let watermarks = || {
+                consumer
+                    .fetch_watermarks(topic, p, Duration::from_secs(10))
+                    .unwrap()
+            };
+            let (lo, mut hi) = watermarks();
             if hi <= lo {
                 continue;
             }
@@ -237,7 +257,15 @@ pub fn read_kafka(brokers: &str, topics: &[String]) -> Vec<Received> {
             consumer.assign(&tpl).unwrap();
             let mut next = lo;
             let deadline = std::time::Instant::now() + Duration::from_secs(60);
-            while next < hi {
+            loop {
+                if next >= hi {
+                    // Read to the end as the broker sees it now (a high
+                    // watermark read early may lag the last appends).
+                    hi = watermarks().1;
+                    if next >= hi {
+                        break;
+                    }
+                }
                 assert!(
                     std::time::Instant::now() < deadline,
                     "reading {topic}/{p} stalled at {next} of {hi}"
@@ -263,6 +291,7 @@ pub fn read_kafka(brokers: &str, topics: &[String]) -> Vec<Received> {
                     topic: topic.clone(),
                     id: key,
                     doc,
+                    stored_ms: m.timestamp().to_millis(),
                 });
             }
         }

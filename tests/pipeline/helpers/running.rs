@@ -41,7 +41,7 @@ pub fn sim_config() -> SimConfig {
 }
 
 /// A bridge configuration against `sim`: 10 minutes of history, pages of 50,
-/// windows every second, lag 3 s and an overlap (30 s) longer than the late
+/// windows every 1–2 s, lag 3 s and an overlap (30 s) longer than the late
 /// events' delay.
 pub fn bridge_config(sim: &SimHandle, tag: &str, kind: SinkKind) -> Config {
     let mut c = Config::default();
@@ -54,6 +54,8 @@ pub fn bridge_config(sim: &SimHandle, tag: &str, kind: SinkKind) -> Config {
     c.window.lag = Dur::secs(3);
     c.window.overlap = Dur::secs(30);
     c.window.min_interval = Dur::secs(1);
+    // Every pair polled at least every 2 s, whatever its activity.
+    c.schedule.max_interval = Dur::secs(2);
     c.budget.per_minute = 100_000;
     c.budget.per_day = 10_000_000;
     c.sink.kind = kind;
