@@ -149,6 +149,7 @@ impl Bridge {
                 page_limit: cfg.api.effective_page_limit(),
                 max_pages: cfg.window.max_pages,
                 max_interval: cfg.schedule.max_interval.get(),
+                page_cap: cfg.window.page_cap,
             },
             status,
             Telemetry::new(),

@@ -262,6 +262,28 @@ async fn a_foreign_next_link_parks_without_a_request_there() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_next_link_that_comes_back_parks_the_shard_after_one_round() {
+    // Every page links to the same page: followed once, then parked.
+    let link = "https://api.test/v1/siem/security_events?token=same";
+    let script = (0..50)
+        .map(|i| Ok(page(events(&shard(), i..i + 1, 0).0, Some(link))))
+        .collect();
+    let h = harness(script, FakeSink::default());
+    assert!(
+        h.run_until(20, |h| h.engine.status.shard(&h.shard).last_error.is_some())
+            .await
+    );
+    let why = h.engine.status.shard(&h.shard).last_error.unwrap();
+    assert!(why.contains("do not end"), "{why}");
+    assert_eq!(
+        h.source.requested().len(),
+        2,
+        "the first page and the link once"
+    );
+    assert!(h.cursor().await.is_none(), "the window is not complete");
+}
+
+#[tokio::test(start_paused = true)]
 async fn an_unavailable_sink_keeps_the_cursor_until_it_acknowledges() {
     let (p1, ids) = events(&shard(), 0..3, 0);
     let sink = FakeSink::default();
@@ -308,7 +330,7 @@ async fn a_record_the_broker_refuses_is_dead_lettered_and_the_window_completes()
         .as_str()
         .unwrap()
         .starts_with("broker: "));
-    assert_eq!(doc["topic"], TOPIC);
+    assert_eq!(doc["intended_topic"], TOPIC);
     assert_eq!(Stats::get(&h.stats().dead_lettered), 1);
     assert!(h.cursor().await.is_some());
 }
@@ -526,7 +548,14 @@ async fn new_windows_are_asked_for_by_how_far_behind_and_how_busy_the_pair_is() 
     let t = tokio::time::Instant::now();
     // More than two longest intervals (2 × 5 min) behind: catch-up.
     assert_eq!(e.ask(mins(60), &quiet, t).priority, Priority::Backlog);
-    assert_eq!(e.ask(mins(3), &busy, t).priority, Priority::Active);
+    let a = e.ask(mins(3), &busy, t);
+    assert_eq!(a.priority, Priority::Active);
+    // 2 minutes behind now − lag: backlog once it waited 8 more minutes.
+    let at = a.backlog_at.unwrap() - tokio::time::Instant::now();
+    assert!(
+        at.abs_diff(Duration::from_secs(480)) < Duration::from_secs(1),
+        "{at:?}"
+    );
     // Not polled yet: active until its rate is known.
     assert_eq!(
         e.ask(mins(3), &Activity::default(), t).priority,

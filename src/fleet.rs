@@ -26,6 +26,7 @@ use crate::field::{ConfigError, Dur};
 use crate::retry::sleep_or_cancel;
 use crate::runner::Engine;
 use crate::shard::Shard;
+use crate::status::ShardProgress;
 use crate::telemetry::ShardTelemetry;
 
 /// The `shutdown` section.
@@ -222,40 +223,68 @@ impl LeaseKeeper {
         }
     }
 
+    /// Renews every held lease at once (one slow or hung Redis costs one
+    /// call timeout, not one per shard), then stops the runners of the
+    /// leases that are lost or cannot be renewed before they expire.
     async fn renew(&mut self) {
         let ttl = self.leases.ttl();
         let period = ttl / 3;
-        for (shard, h) in self.held.iter_mut().filter(|(_, h)| !h.lost) {
-            let p = self.engine.status.shard(shard);
+        let asks: Vec<(Shard, Fence, ShardProgress)> = self
+            .held
+            .iter()
+            .filter(|(_, h)| !h.lost)
+            .map(|(s, h)| (s.clone(), h.fence, self.engine.status.shard(s)))
+            .collect();
+        let leases = &self.leases;
+        let answers = futures::future::join_all(asks.iter().map(|(shard, fence, p)| async move {
+            let r = leases.renew(shard, *fence, p.cursor).await;
+            if matches!(r, Ok(Renewal::Held | Renewal::Reclaimed)) {
+                let report = ShardReport {
+                    last_error: p.last_error.clone(),
+                    per_minute: p.per_minute,
+                    poll_interval: p.poll_interval,
+                };
+                let _ = leases.report(shard, *fence, &report).await;
+            }
+            r
+        }))
+        .await;
+        let mut answered = true;
+        for ((shard, _, p), answer) in asks.iter().zip(answers) {
+            let Some(h) = self.held.get_mut(shard) else {
+                continue;
+            };
             if let Some(c) = p.cursor {
                 h.tel.checkpoint_lag(c);
             }
-            let lost = match self.leases.renew(shard, h.fence, p.cursor).await {
+            let lost = match answer {
                 Ok(Renewal::Lost) => Some("another worker holds it"),
                 Ok(r) => {
                     if r == Renewal::Reclaimed {
                         warn!(%shard, fence = h.fence, "lease had lapsed or Redis lost it; reclaimed (cursor written back if missing)");
                     }
                     h.last_renewed = tokio::time::Instant::now();
-                    let report = ShardReport {
-                        last_error: p.last_error.clone(),
-                        per_minute: p.per_minute,
-                        poll_interval: p.poll_interval,
-                    };
-                    let _ = self.leases.report(shard, h.fence, &report).await;
                     None
                 }
                 Err(e) if h.last_renewed.elapsed() + period < ttl => {
+                    answered = false;
                     warn!(%shard, error = %e, "cannot renew the lease; trying again");
                     None
                 }
-                Err(_) => Some("cannot renew it before it expires"),
+                Err(_) => {
+                    answered = false;
+                    Some("cannot renew it before it expires")
+                }
             };
             if let Some(why) = lost {
                 h.cancel.cancel();
                 h.lost = true;
                 self.engine.telemetry.lease_lost(shard, why);
             }
+        }
+        if !answered {
+            // Not ready until a heartbeat is answered again.
+            self.engine.status.set_coord_ok(false);
         }
     }
 

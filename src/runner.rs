@@ -88,6 +88,8 @@ pub struct RunnerSettings {
     pub max_pages: u32,
     /// The longest a pair waits between polls (`schedule.max_interval`).
     pub max_interval: Duration,
+    /// The most pages one window may take (`window.page_cap`).
+    pub page_cap: u32,
 }
 
 impl Default for RunnerSettings {
@@ -98,6 +100,7 @@ impl Default for RunnerSettings {
             page_limit: 500,
             max_pages: 20,
             max_interval: Duration::from_secs(300),
+            page_cap: 10_000,
         }
     }
 }
@@ -317,15 +320,23 @@ impl Engine {
         last_poll: tokio::time::Instant,
     ) -> Ask {
         let behind = self.planner.behind(cursor, Utc::now());
-        if behind > self.settings.max_interval * 2 {
-            Ask::new(Priority::Backlog)
-        } else if activity.is_quiet() {
+        let far = self.settings.max_interval * 2;
+        if behind > far {
+            return Ask::new(Priority::Backlog);
+        }
+        // Waiting makes the cursor fall behind: past `far`, it is backlog.
+        let backlog_at = Some(tokio::time::Instant::now() + (far - behind));
+        if activity.is_quiet() {
             Ask {
                 priority: Priority::Quiet,
                 promote_at: Some(last_poll + self.settings.max_interval),
+                backlog_at,
             }
         } else {
-            Ask::new(Priority::Active)
+            Ask {
+                backlog_at,
+                ..Ask::new(Priority::Active)
+            }
         }
     }
 
@@ -422,6 +433,9 @@ impl Engine {
             },
         };
         self.status.set_window(shard, Some((*window, pages)));
+        // The links followed in this window: one that comes again is a loop.
+        let mut followed = std::collections::HashSet::new();
+        followed.insert(link_key(url.as_str()));
         loop {
             let fetched = self.fetch(shard, &url, ask, tel, cancel, drain).await;
             let (page, slot) = match fetched {
@@ -453,6 +467,18 @@ impl Engine {
                 return Ok(events);
             };
             url = self.source.next_page(&raw).map_err(Abort::Park)?;
+            if !followed.insert(link_key(url.as_str())) {
+                return Err(Abort::Park(ApiError::PageLoop(format!(
+                    "page {} links back to a page already read in this window",
+                    pages
+                ))));
+            }
+            if pages >= self.settings.page_cap {
+                return Err(Abort::Park(ApiError::PageLoop(format!(
+                    "{pages} pages and still a next link (window.page_cap {})",
+                    self.settings.page_cap
+                ))));
+            }
             let progress = Progress {
                 start: window.start,
                 end: window.end,
@@ -571,6 +597,14 @@ impl Engine {
             }
         }
     }
+}
+
+/// A followed link, as a 64-bit hash (a window keeps one per page).
+fn link_key(link: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    link.hash(&mut h);
+    h.finish()
 }
 
 #[cfg(test)]

@@ -175,13 +175,19 @@ pub struct Grant {
     pub permit: Permit,
 }
 
-/// A request waiting for its turn.
+/// A request waiting for its turn. Its class can only rise while it
+/// waits: a request's urgency grows with the time it waited, and a class
+/// fixed when it was queued would let it starve behind requests that became
+/// more urgent meanwhile.
 #[derive(Debug, Clone, Copy)]
 pub struct Ask {
     pub priority: Priority,
     /// When a quiet request becomes active (its pair's longest interval
     /// since its last poll).
     pub promote_at: Option<Instant>,
+    /// When it becomes backlog (its cursor more than two longest intervals
+    /// behind, as a catch-up window's would be).
+    pub backlog_at: Option<Instant>,
 }
 
 impl Ask {
@@ -189,7 +195,33 @@ impl Ask {
         Self {
             priority,
             promote_at: None,
+            backlog_at: None,
         }
+    }
+
+    /// The next rise of class, if any is due later: when, and to what.
+    fn next_rise(&self) -> Option<(Instant, Priority)> {
+        [
+            (self.promote_at, Priority::Active),
+            (self.backlog_at, Priority::Backlog),
+        ]
+        .into_iter()
+        .filter_map(|(at, to)| Some((at?, to)))
+        .filter(|(_, to)| *to < self.priority)
+        .min_by_key(|(at, _)| *at)
+    }
+
+    /// Rises to the class due at `now`; whether it rose.
+    fn rise(&mut self, now: Instant) -> bool {
+        let mut rose = false;
+        while let Some((at, to)) = self.next_rise() {
+            if at > now {
+                break;
+            }
+            self.priority = to;
+            rose = true;
+        }
+        rose
     }
 }
 
@@ -222,16 +254,16 @@ impl Scheduler {
     /// Waits for this shard's turn, a page slot and a budget permit.
     pub async fn grant(&self, _shard: &Shard, ask: Ask) -> Result<Grant, CoordError> {
         let started = Instant::now();
-        let mut priority = ask.priority;
-        let mut promote_at = ask.promote_at.filter(|_| priority == Priority::Quiet);
-        let mut turn = self.queue.join(priority);
+        let mut ask = ask;
+        ask.rise(Instant::now());
+        let mut turn = self.queue.join(ask.priority);
         // Taken only by the head: a request waiting behind others holds no
         // slot, so slots never go to less urgent requests first.
         let mut slot: Option<OwnedSemaphorePermit> = None;
         loop {
             let promote = async {
-                match promote_at {
-                    Some(at) => tokio::time::sleep_until(at).await,
+                match ask.next_rise() {
+                    Some((at, _)) => tokio::time::sleep_until(at).await,
                     None => std::future::pending().await,
                 }
             };
@@ -258,7 +290,7 @@ impl Scheduler {
                     () = promote => Step::Promote,
                 }
             } else {
-                match self.budget.try_acquire(priority).await? {
+                match self.budget.try_acquire(ask.priority).await? {
                     Take::Granted(permit) => {
                         drop(turn);
                         return Ok(Grant {
@@ -277,10 +309,8 @@ impl Scheduler {
                     }
                 }
             };
-            if step == Step::Promote {
-                priority = Priority::Active;
-                promote_at = None;
-                turn = self.queue.join(priority);
+            if step == Step::Promote && ask.rise(Instant::now()) {
+                turn = self.queue.join(ask.priority);
             }
         }
     }
@@ -525,8 +555,8 @@ mod tests {
             s2.grant(
                 &Shard::new("q", "e"),
                 Ask {
-                    priority: Priority::Quiet,
                     promote_at: Some(t0 + Duration::from_secs(30)),
+                    ..Ask::new(Priority::Quiet)
                 },
             )
             .await
@@ -600,6 +630,47 @@ mod tests {
             c.validate(Duration::ZERO).unwrap_err().field,
             "schedule.max_interval"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_waiting_request_whose_cursor_falls_far_behind_becomes_backlog() {
+        // One permit a minute; a stream of backlog requests, one arriving
+        // every 30 s, would starve an active request forever. Due for
+        // backlog after 90 s, it is served before the backlog requests that
+        // arrived after that.
+        let s = scheduler(1, 8);
+        let _first = s
+            .grant(&Shard::new("first", "e"), Ask::new(Priority::Active))
+            .await
+            .unwrap();
+        let t0 = Instant::now();
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let mut tasks = Vec::new();
+        let mut spawn = |name: &'static str, ask: Ask| {
+            let (s, order) = (s.clone(), order.clone());
+            tasks.push(tokio::spawn(async move {
+                let g = s.grant(&Shard::new(name, "e"), ask).await.unwrap();
+                lock(&order).push(name);
+                g
+            }));
+        };
+        spawn(
+            "active",
+            Ask {
+                backlog_at: Some(t0 + Duration::from_secs(90)),
+                ..Ask::new(Priority::Active)
+            },
+        );
+        for name in ["b1", "b2", "b3", "b4"] {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            spawn(name, Ask::new(Priority::Backlog));
+        }
+        for t in tasks {
+            drop(t.await.unwrap());
+        }
+        // Permits at 60 s (b1, 30 s), 120 s (b2 at 60 s; active became
+        // backlog at 90 s, behind b2), 180 s: active, then b3, b4.
+        assert_eq!(*lock(&order), vec!["b1", "b2", "active", "b3", "b4"]);
     }
 
     #[tokio::test(start_paused = true)]

@@ -42,6 +42,9 @@ pub struct WindowConfig {
     /// During catch-up, a window is sized to hold about this many pages,
     /// from the event density the shard has seen (at most `max` long).
     pub max_pages: u32,
+    /// The most pages one window may take: a window with more (a next link
+    /// that never ends) parks its shard.
+    pub page_cap: u32,
 }
 
 impl Default for WindowConfig {
@@ -53,6 +56,7 @@ impl Default for WindowConfig {
             max: Dur(API_MAX_WINDOW),
             min_interval: Dur::secs(30),
             max_pages: 20,
+            page_cap: 10_000,
         }
     }
 }
@@ -81,6 +85,15 @@ impl WindowConfig {
             return Err(ConfigError::new(
                 "window.max_pages",
                 format!("{} is out of range: 1 to 10000", self.max_pages),
+            ));
+        }
+        if self.page_cap < self.max_pages || self.page_cap > 1_000_000 {
+            return Err(ConfigError::new(
+                "window.page_cap",
+                format!(
+                    "{} is out of range: window.max_pages ({}) to 1000000",
+                    self.page_cap, self.max_pages
+                ),
             ));
         }
         if let StartFrom::Ago(d) = self.start_from {

@@ -4,6 +4,7 @@ use chrono::{DateTime, Utc};
 use secrecy::{ExposeSecret, SecretString};
 use url::Url;
 
+use super::error::MAX_MSG_BYTES;
 use super::ApiConfig;
 use super::{parse_page, resolve_next_link, ApiError, Dialect, ErrorBody, Page};
 use crate::coord::Permit;
@@ -123,11 +124,13 @@ impl Client {
         if status == 200 {
             return parse_page(&body, self.dialect);
         }
-        let body = serde_json::from_slice::<ErrorBody>(&body).unwrap_or_else(|_| ErrorBody {
-            code: 0,
-            trace_id: String::new(),
-            msg: String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned(),
-        });
+        let body = serde_json::from_slice::<ErrorBody>(&body)
+            .unwrap_or_else(|_| ErrorBody {
+                code: 0,
+                trace_id: String::new(),
+                msg: String::from_utf8_lossy(&body[..body.len().min(MAX_MSG_BYTES)]).into_owned(),
+            })
+            .sanitized();
         Err(ApiError::Status {
             status,
             body,

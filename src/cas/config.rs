@@ -64,6 +64,23 @@ impl Default for ApiConfig {
     }
 }
 
+/// A token goes into an `Authorization` header: only visible ASCII is
+/// allowed. The error says where the first bad character is, never what
+/// the token holds.
+fn header_safe(field: &str, token: &str) -> Result<(), ConfigError> {
+    match token.chars().position(|c| !c.is_ascii_graphic()) {
+        None => Ok(()),
+        Some(i) => Err(ConfigError::new(
+            field,
+            format!(
+                "the token holds a line break, space or other character not allowed in an HTTP header (character {} of {}); a token is one line of visible ASCII",
+                i + 1,
+                token.chars().count()
+            ),
+        )),
+    }
+}
+
 impl ApiConfig {
     /// The base URL from `base_url` or `region` (default: the US host).
     pub fn resolved_base_url(&self) -> Result<url::Url, ConfigError> {
@@ -113,7 +130,10 @@ impl ApiConfig {
             (Some(t), None) if t.expose_secret().trim().is_empty() => {
                 Err(ConfigError::new("api.token", "is empty"))
             }
-            (Some(t), None) => Ok(t.clone()),
+            (Some(t), None) => {
+                header_safe("api.token", t.expose_secret())?;
+                Ok(t.clone())
+            }
             (None, Some(p)) => {
                 let s = std::fs::read_to_string(p).map_err(|e| {
                     ConfigError::new(
@@ -121,10 +141,13 @@ impl ApiConfig {
                         format!("cannot read {}: {e}", p.display()),
                     )
                 })?;
+                // Line breaks and spaces around it, as Secrets and editors
+                // often leave; a second line is refused below.
                 let s = s.trim();
                 if s.is_empty() {
                     return Err(ConfigError::new("api.token_file", "the file is empty"));
                 }
+                header_safe("api.token_file", s)?;
                 Ok(SecretString::from(s.to_string()))
             }
             (None, None) => Err(ConfigError::new(
@@ -197,6 +220,20 @@ mod tests {
         assert_eq!(c.resolved_token().unwrap().expose_secret(), "abc");
         std::fs::write(&f, "\n").unwrap();
         assert_eq!(c.resolved_token().unwrap_err().field, "api.token_file");
+        // Two lines: refused, saying where, never what.
+        std::fs::write(&f, "secret-one\nsecret-two\n").unwrap();
+        let e = c.resolved_token().unwrap_err();
+        assert_eq!(e.field, "api.token_file");
+        assert!(e.problem.contains("character 11 of 21"), "{e}");
+        assert!(!e.to_string().contains("secret"), "{e}");
+        // The same in the variable.
+        let env = ApiConfig {
+            token: Some(SecretString::from("abc\n".to_string())),
+            ..ApiConfig::default()
+        };
+        let e = env.resolved_token().unwrap_err();
+        assert_eq!(e.field, "api.token");
+        assert!(e.problem.contains("line break"), "{e}");
         let missing = ApiConfig {
             token_file: Some(dir.path().join("nope")),
             ..ApiConfig::default()

@@ -13,6 +13,38 @@ pub struct ErrorBody {
     pub msg: String,
 }
 
+/// The most of the API's `msg` that is kept (in logs, Redis, `status`).
+pub const MAX_MSG_BYTES: usize = 300;
+
+/// `s` on one line, without control characters (text logs cannot be forged
+/// with newlines or terminal escapes), at most `max` bytes (cut at a
+/// character boundary, marked with `…`).
+pub fn one_line(s: &str, max: usize) -> String {
+    let clean: String = s
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    if clean.len() <= max {
+        return clean;
+    }
+    let mut end = max;
+    while !clean.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &clean[..end])
+}
+
+impl ErrorBody {
+    /// The body as kept: `msg` and `traceId` on one line, bounded.
+    pub fn sanitized(self) -> Self {
+        Self {
+            code: self.code,
+            trace_id: one_line(&self.trace_id, 64),
+            msg: one_line(&self.msg, MAX_MSG_BYTES),
+        }
+    }
+}
+
 /// What the caller should do about an [`ApiError`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
@@ -46,6 +78,10 @@ pub enum ApiError {
     TooLarge { cap: u64 },
     #[error("refused to follow a next link to another host or scheme: {0}")]
     ForeignLink(String),
+    /// The pages of one window do not end: a next link already followed
+    /// in the window came again, or the window passed `window.page_cap`.
+    #[error("the pages of the window do not end: {0}")]
+    PageLoop(String),
 }
 
 impl ApiError {
@@ -64,7 +100,9 @@ impl ApiError {
                 _ => Action::Park,
             },
             ApiError::Transport(_) | ApiError::Timeout | ApiError::Malformed(_) => Action::Retry,
-            ApiError::TooLarge { .. } | ApiError::ForeignLink(_) => Action::Park,
+            ApiError::TooLarge { .. } | ApiError::ForeignLink(_) | ApiError::PageLoop(_) => {
+                Action::Park
+            }
         }
     }
 
@@ -82,6 +120,7 @@ impl ApiError {
             ApiError::Malformed(_) => "malformed",
             ApiError::TooLarge { .. } => "too_large",
             ApiError::ForeignLink(_) => "foreign_link",
+            ApiError::PageLoop(_) => "page_loop",
         }
     }
 }
@@ -96,6 +135,22 @@ mod tests {
             body: ErrorBody::default(),
             retry_after: None,
         }
+    }
+
+    #[test]
+    fn error_messages_are_kept_short_and_on_one_line() {
+        let b = ErrorBody {
+            code: -1,
+            trace_id: "t\x1b[31m".into(),
+            msg: format!("bad\nINFO forged line \u{1b}[2J{}", "é".repeat(1_000_000)),
+        }
+        .sanitized();
+        assert!(!b.msg.chars().any(char::is_control), "{}", &b.msg[..40]);
+        assert!(b.msg.starts_with("bad INFO forged line  [2J"));
+        assert!(b.msg.len() <= MAX_MSG_BYTES + '…'.len_utf8());
+        assert!(b.msg.ends_with('…'));
+        assert_eq!(b.trace_id, "t [31m");
+        assert_eq!(one_line("short", 10), "short");
     }
 
     #[test]

@@ -52,7 +52,16 @@ impl Sink for JsonlSink {
             serde_json::to_writer(&mut buf, &*r.topic)
                 .map_err(|e| SinkError::unavailable("jsonl", e.to_string()))?;
             buf.push(b',');
+            let start = buf.len();
             buf.extend_from_slice(r.payload.get(1..).unwrap_or_default());
+            // One record, one line: a raw line break in valid JSON can only
+            // be whitespace between tokens (strings hold them escaped), so
+            // a space in its place leaves the same JSON.
+            for b in &mut buf[start..] {
+                if matches!(*b, b'\n' | b'\r') {
+                    *b = b' ';
+                }
+            }
             buf.push(b'\n');
         }
         let mut out = self.out.lock().await;
@@ -71,5 +80,60 @@ impl Sink for JsonlSink {
             .flush()
             .await
             .map_err(|e| SinkError::unavailable("jsonl", format!("flush: {e}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use serde_json::value::RawValue;
+
+    use super::*;
+    use crate::shard::Shard;
+    use crate::sink::PageMeta;
+    use crate::validate::Violation;
+    use crate::window::Window;
+
+    #[tokio::test]
+    async fn every_record_is_one_line_with_one_topic_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.jsonl");
+        let sink = JsonlSink::open(path.to_str().unwrap()).await.unwrap();
+        let s = Shard::new("exchange", "dlp");
+        let w = Window {
+            start: chrono::DateTime::from_timestamp(0, 0).unwrap(),
+            end: chrono::DateTime::from_timestamp(60, 0).unwrap(),
+        };
+        let page = Arc::new(PageMeta::new(&s, &w));
+        // Pretty-printed, as an API may send it; a string with an escaped
+        // line break stays as it is.
+        let text = "{\n  \"message\": {\r\n    \"note\": \"a\\nb\"\n  }\n}";
+        let raw = RawValue::from_string(text.to_string()).unwrap();
+        let event = Record::event("cas.exchange.dlp".into(), "id1".into(), &page, &raw);
+        let dead = Record::dead_letter(
+            "cas.deadletter".into(),
+            "cas.exchange.dlp",
+            "id2".into(),
+            &page,
+            &raw,
+            &[Violation {
+                path: "/message".into(),
+                message: "wrong".into(),
+            }],
+        );
+        sink.publish(&[event, dead]).await.unwrap();
+        let out = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.len(), 2, "{out}");
+        let want: serde_json::Value = serde_json::from_str(text).unwrap();
+        for (line, topic) in lines.iter().zip(["cas.exchange.dlp", "cas.deadletter"]) {
+            let doc: serde_json::Value = serde_json::from_str(line).unwrap();
+            assert_eq!(doc["data"], want, "the event is the same JSON");
+            assert_eq!(doc["topic"], topic);
+            assert_eq!(line.matches("\"topic\":").count(), 1, "{line}");
+        }
+        let dl: serde_json::Value = serde_json::from_str(lines[1]).unwrap();
+        assert_eq!(dl["intended_topic"], "cas.exchange.dlp");
     }
 }

@@ -71,8 +71,10 @@ struct Envelope<'a> {
     event: &'a str,
     window_start: &'a str,
     window_end: &'a str,
+    /// Where a dead letter would have gone (not `topic`: the JSON-lines
+    /// sink puts the topic the record went to under that name).
     #[serde(skip_serializing_if = "Option::is_none")]
-    topic: Option<&'a str>,
+    intended_topic: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     reasons: Option<&'a [Violation]>,
     /// The size of the refused record (truncated dead letters only).
@@ -188,7 +190,7 @@ impl Record {
                 event: &page.event,
                 window_start: &page.window_start,
                 window_end: &page.window_end,
-                topic: dead.map(|d| d.0),
+                intended_topic: dead.map(|d| d.0),
                 reasons: dead.map(|d| d.1),
                 size: None,
                 data,
@@ -290,7 +292,8 @@ mod tests {
             Some(("cas-dead-letter-reason", "schema: /message/n"))
         );
         let doc: serde_json::Value = serde_json::from_slice(&d.payload).unwrap();
-        assert_eq!(doc["topic"], "cas.exchange.dlp");
+        assert_eq!(doc["intended_topic"], "cas.exchange.dlp");
+        assert!(doc.get("topic").is_none());
         assert_eq!(doc["reasons"][0]["path"], "/message/n");
     }
 
@@ -310,7 +313,8 @@ mod tests {
         assert_eq!(&*d.topic, "cas.dl");
         assert!(String::from_utf8_lossy(&d.payload).contains(text));
         let doc: serde_json::Value = serde_json::from_slice(&d.payload).unwrap();
-        assert_eq!(doc["topic"], "cas.exchange.dlp");
+        assert_eq!(doc["intended_topic"], "cas.exchange.dlp");
+        assert!(doc.get("topic").is_none());
         assert_eq!(
             doc["reasons"][0]["message"],
             "broker: message too large\r\n(65536)"

@@ -202,7 +202,7 @@ async fn schema_violations_land_in_the_dead_letter_topic_with_reasons() {
             || dl.doc["data"]["message"]["detection_time"].is_number()
     );
     assert_eq!(
-        dl.doc["topic"].as_str().unwrap(),
+        dl.doc["intended_topic"].as_str().unwrap(),
         format!(
             "{tag}.{}.{}",
             dl.doc["service"].as_str().unwrap(),
