@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::cas::{ApiConfig, REGIONS};
 pub use crate::coord::{BudgetConfig, BudgetMode, CoordConfig};
-pub use crate::field::{parse_duration, ConfigError, Dur};
+pub use crate::field::{parse_duration, redact_urls, ConfigError, Dur};
 pub use crate::fleet::ShutdownConfig;
 pub use crate::ops::OpsConfig;
 pub use crate::schedule::ScheduleConfig;
@@ -117,9 +117,43 @@ impl Config {
         self.api.resolved_token().map(|_| ())
     }
 
-    /// The effective configuration as TOML-like JSON, token redacted.
+    /// The effective configuration as JSON, every secret redacted: the
+    /// token and Redis URL (by their types), any field whose name says it
+    /// holds a secret (`password`, `secret`, `token`, `jaas`, `*.pem` — e.g.
+    /// Kafka's `sasl.password`), and the password of any URL (`sink.nats.url`).
     pub fn redacted_json(&self) -> String {
-        serde_json::to_string_pretty(self).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+        let mut v = match serde_json::to_value(self) {
+            Ok(v) => v,
+            Err(e) => return format!("{{\"error\":\"{e}\"}}"),
+        };
+        redact(&mut v);
+        serde_json::to_string_pretty(&v).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+    }
+}
+
+/// Whether a field of this name holds a secret.
+fn secret_name(key: &str) -> bool {
+    let k = key.to_ascii_lowercase();
+    ["password", "secret", "jaas"].iter().any(|w| k.contains(w))
+        || k == "token"
+        || k.ends_with(".pem")
+}
+
+fn redact(v: &mut serde_json::Value) {
+    use serde_json::Value;
+    match v {
+        Value::Object(map) => {
+            for (k, val) in map.iter_mut() {
+                if secret_name(k) && !val.is_null() {
+                    *val = Value::String("[REDACTED]".into());
+                } else {
+                    redact(val);
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(redact),
+        Value::String(s) if s.contains('@') => *s = redact_urls(s),
+        _ => {}
     }
 }
 
@@ -197,6 +231,22 @@ mod tests {
         assert!(!c.redacted_json().contains("s3cr3t"));
         assert!(!format!("{c:?}").contains("s3cr3t"));
         assert!(c.redacted_json().contains("[REDACTED]"));
+    }
+
+    #[test]
+    fn redaction_hides_broker_secrets_by_name_and_in_urls() {
+        let mut c = Config::default();
+        c.sink.nats.url = "nats://bridge:natspw1@n1:4222,nats://n2:4222".into();
+        let props = &mut c.sink.kafka.properties;
+        props.insert("sasl.password".into(), "kafkapw2".into());
+        props.insert("ssl.key.password".into(), "keypw3".into());
+        props.insert("sasl.username".into(), "bridge".into());
+        let out = c.redacted_json();
+        for secret in ["natspw1", "kafkapw2", "keypw3"] {
+            assert!(!out.contains(secret), "{secret} in {out}");
+        }
+        assert!(out.contains("nats://bridge:REDACTED@n1:4222"), "{out}");
+        assert!(out.contains("\"sasl.username\": \"bridge\""), "{out}");
     }
 
     #[test]

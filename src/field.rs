@@ -122,6 +122,20 @@ pub fn check_range(field: &str, d: Dur, min: Duration, max: Duration) -> Result<
     Ok(())
 }
 
+/// A comma list of URLs with each password replaced.
+pub fn redact_urls(s: &str) -> String {
+    s.split(',')
+        .map(|part| match url::Url::parse(part.trim()) {
+            Ok(mut u) if u.password().is_some() => {
+                let _ = u.set_password(Some("REDACTED"));
+                u.to_string()
+            }
+            _ => part.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

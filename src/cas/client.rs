@@ -142,10 +142,13 @@ impl Client {
         if resp.content_length().is_some_and(|n| n > self.max_body) {
             return Err(ApiError::TooLarge { cap: self.max_body });
         }
+        // The server's Content-Length is a claim, not a size to reserve
+        // up front: at most 1 MiB is, and the buffer grows with the body.
         let mut buf = Vec::with_capacity(
             resp.content_length()
                 .unwrap_or(16 * 1024)
-                .min(self.max_body) as usize,
+                .min(self.max_body)
+                .min(1024 * 1024) as usize,
         );
         while let Some(chunk) = resp.chunk().await.map_err(transport)? {
             if (buf.len() + chunk.len()) as u64 > self.max_body {

@@ -81,6 +81,9 @@ fn header_safe(field: &str, token: &str) -> Result<(), ConfigError> {
     }
 }
 
+/// The largest `api.max_body_bytes` allowed.
+pub const MAX_BODY_CAP: u64 = 256 * 1024 * 1024;
+
 impl ApiConfig {
     /// The base URL from `base_url` or `region` (default: the US host).
     pub fn resolved_base_url(&self) -> Result<url::Url, ConfigError> {
@@ -110,6 +113,14 @@ impl ApiConfig {
             return Err(ConfigError::new(
                 "api.base_url",
                 format!("`{raw}` must be an http(s) URL with a host"),
+            ));
+        }
+        // Credentials in the URL would go out as a second Authorization
+        // header (and into logs): the token is the only credential.
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(ConfigError::new(
+                "api.base_url",
+                "must not carry a user or password (`user:pass@`): the token is set with api.token or api.token_file",
             ));
         }
         Ok(url)
@@ -175,10 +186,13 @@ impl ApiConfig {
                 ));
             }
         }
-        if self.max_body_bytes < 64 * 1024 {
+        if !(64 * 1024..=MAX_BODY_CAP).contains(&self.max_body_bytes) {
             return Err(ConfigError::new(
                 "api.max_body_bytes",
-                "must be at least 65536",
+                format!(
+                    "{} is out of range: 65536 to {MAX_BODY_CAP} (256 MiB)",
+                    self.max_body_bytes
+                ),
             ));
         }
         Ok(())
@@ -206,6 +220,13 @@ mod tests {
         c.region = None;
         c.base_url = Some("ftp://x.example".into());
         assert_eq!(c.validate().unwrap_err().field, "api.base_url");
+        c.base_url = Some("https://user:pw@x.example".into());
+        let e = c.validate().unwrap_err();
+        assert_eq!(e.field, "api.base_url");
+        assert!(e.problem.contains("user or password"), "{e}");
+        c.base_url = Some("https://x.example".into());
+        c.max_body_bytes = 4 * 1024 * 1024 * 1024;
+        assert_eq!(c.validate().unwrap_err().field, "api.max_body_bytes");
     }
 
     #[test]

@@ -67,10 +67,11 @@ pub fn resolve_next_link(raw: &str, base: &Url) -> Result<Url, ApiError> {
     let with_scheme = if raw.contains("://") {
         raw.to_string()
     } else if raw.starts_with('/') {
-        // A path-only link is relative to the configured host.
-        let mut u = base.clone();
-        u.set_path("");
-        format!("{}{}", u.as_str().trim_end_matches('/'), raw)
+        // A path-only link is relative to the configured host; the base
+        // URL's own path and query do not carry over.
+        base.join(raw)
+            .map_err(|e| ApiError::ForeignLink(format!("`{raw}` is not a URL: {e}")))?
+            .to_string()
     } else {
         let scheme = if base.scheme() == "http" {
             "http"
@@ -99,6 +100,13 @@ pub fn resolve_next_link(raw: &str, base: &Url) -> Result<Url, ApiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_path_only_link_goes_to_the_configured_host_without_its_query() {
+        let base = Url::parse("https://api.test/base?x=1").unwrap();
+        let u = resolve_next_link("/v1/siem/security_events?p=2", &base).unwrap();
+        assert_eq!(u.as_str(), "https://api.test/v1/siem/security_events?p=2");
+    }
 
     #[test]
     fn both_dialects_parse() {

@@ -55,12 +55,34 @@ impl NatsSink {
                 SinkError::misconfigured("nats", format!("credentials {}: {e}", c.display()))
             })?;
         }
-        let urls: Vec<async_nats::ServerAddr> = cfg
-            .url
-            .split(',')
-            .map(|u| u.trim().parse())
-            .collect::<Result<_, _>>()
-            .map_err(|e| SinkError::misconfigured("nats", format!("sink.nats.url: {e}")))?;
+        // A user and password in a URL are given to the client as options
+        // and taken out of the addresses, which the client logs.
+        let mut user_pass = None;
+        let mut urls = Vec::new();
+        for raw in cfg.url.split(',') {
+            let mut u = url::Url::parse(raw.trim()).map_err(|e| {
+                SinkError::misconfigured(
+                    "nats",
+                    format!(
+                        "sink.nats.url: `{}` is not a URL: {e}",
+                        crate::field::redact_urls(raw)
+                    ),
+                )
+            })?;
+            if let Some(p) = u.password() {
+                user_pass = Some((u.username().to_string(), p.to_string()));
+                let _ = u.set_password(None);
+                let _ = u.set_username("");
+            }
+            let addr: async_nats::ServerAddr = u
+                .as_str()
+                .parse()
+                .map_err(|e| SinkError::misconfigured("nats", format!("sink.nats.url: {e}")))?;
+            urls.push(addr);
+        }
+        if let Some((user, pass)) = user_pass {
+            opts = opts.user_and_password(user, pass);
+        }
         let client = opts.connect(urls).await.map_err(err)?;
         let js = jetstream::new(client.clone());
         Ok(Self {
