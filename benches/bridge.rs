@@ -222,6 +222,7 @@ async fn throughput(sink: &str) {
     match sink {
         "nats" => {
             cfg.sink.kind = SinkKind::Nats;
+            cfg.sink.nats.url = "nats://127.0.0.1:4222".into();
             cfg.sink.nats.stream = tag.to_uppercase();
         }
         "kafka" => {
@@ -437,6 +438,7 @@ async fn soak(minutes: u64, shards: usize, workers: usize) {
             ("COORD__PREFIX", tag.clone()),
             ("COORD__WORKER_ID", format!("s{i}")),
             ("SINK__KIND", "nats".into()),
+            ("SINK__NATS__URL", "nats://127.0.0.1:4222".into()),
             ("SINK__NATS__STREAM", stream.clone()),
             (
                 "SINK__TOPIC_TEMPLATE",
@@ -691,6 +693,7 @@ async fn freshness(replicas: usize, minutes: u64) {
             ("WINDOW__LAG", "20s".into()),
             ("BUDGET__PER_MINUTE", "20".into()),
             ("SINK__KIND", "nats".into()),
+            ("SINK__NATS__URL", "nats://127.0.0.1:4222".into()),
             ("SINK__NATS__STREAM", stream.clone()),
             (
                 "SINK__TOPIC_TEMPLATE",

@@ -167,7 +167,8 @@ async fn run(file: Option<PathBuf>) -> anyhow::Result<()> {
     tracing::info!(%addr, "ops server listening (/healthz, /readyz, /metrics)");
     bridge.run(cancel).await;
     ops_cancel.cancel();
-    let _ = ops.await;
+    // A client holding a connection open must not keep the process alive.
+    let _ = tokio::time::timeout(Duration::from_secs(1), ops).await;
     Ok(())
 }
 

@@ -5,12 +5,13 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use rand::Rng;
 use secrecy::SecretString;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::cas::Client;
 use crate::config::Config;
@@ -30,6 +31,11 @@ use crate::status::{ShardProgress, StatusBoard};
 use crate::telemetry::{Stats, Telemetry};
 use crate::validate::Registry;
 use crate::window::Planner;
+
+/// How long the sink may take to flush at shutdown, after the grace.
+pub const FLUSH_BOUND: Duration = Duration::from_secs(3);
+/// How long giving the leases back may take at shutdown.
+pub const RELEASE_BOUND: Duration = Duration::from_secs(2);
 
 /// The coordination stores a bridge uses.
 #[derive(Clone)]
@@ -248,10 +254,21 @@ impl Bridge {
             self.grace,
         );
         keeper.run(&cancel).await;
-        if let Err(e) = sink.flush().await {
-            error!(error = %e, "flushing the sink at shutdown");
+        // After the grace, what is left of shutdown is bounded too: a dead
+        // broker or a stalled reader must not hold the process.
+        match tokio::time::timeout(FLUSH_BOUND, sink.flush()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => error!(error = %e, "flushing the sink at shutdown"),
+            Err(_) => {
+                error!(bound = ?FLUSH_BOUND, "the sink did not flush in time at shutdown; what it did not acknowledge stays un-checkpointed")
+            }
         }
-        keeper.release_all().await;
+        if tokio::time::timeout(RELEASE_BOUND, keeper.release_all())
+            .await
+            .is_err()
+        {
+            warn!(bound = ?RELEASE_BOUND, "could not release the leases in time; they expire by themselves");
+        }
         info!("bridge stopped");
     }
 }

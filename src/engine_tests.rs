@@ -166,6 +166,30 @@ async fn a_server_error_is_retried_and_nothing_is_lost() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_page_malformed_again_and_again_parks_the_shard_with_the_reason() {
+    let (p1, ids) = events(&shard(), 0..2, 0);
+    let mut script: Vec<Result<Page, ApiError>> = (0..MALFORMED_TRIES)
+        .map(|_| Err(ApiError::Malformed("invalid UTF-8 at byte 7".into())))
+        .collect();
+    script.push(Ok(page(p1, None)));
+    let h = harness(script, FakeSink::default());
+    assert!(
+        h.run_until(120, |h| h.engine.status.shard(&h.shard).parked.is_some())
+            .await
+    );
+    let why = h.engine.status.shard(&h.shard).parked.unwrap();
+    assert!(
+        why.contains("malformed 5 times in a row") && why.contains("UTF-8"),
+        "{why}"
+    );
+    assert_eq!(h.source.requested().len(), MALFORMED_TRIES as usize);
+    // The shard tries again after its park and delivers; parked no more.
+    h.run_until_windows(1, 60).await;
+    assert_eq!(h.sink.ids_on(TOPIC), ids);
+    assert_eq!(h.engine.status.shard(&h.shard).parked, None);
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_bad_request_parks_the_shard_then_it_tries_again() {
     let (p1, ids) = events(&shard(), 0..2, 0);
     let h = harness(

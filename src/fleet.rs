@@ -152,13 +152,17 @@ impl LeaseKeeper {
 
     /// Gives every lease back and leaves the fleet.
     pub async fn release_all(&mut self) {
-        for (shard, h) in self.held.drain() {
-            if !h.lost {
-                if let Err(e) = self.leases.release(&shard, h.fence).await {
+        let held: Vec<(Shard, Held)> = self.held.drain().collect();
+        let leases = &self.leases;
+        futures::future::join_all(held.iter().filter(|(_, h)| !h.lost).map(
+            |(shard, h)| async move {
+                if let Err(e) = leases.release(shard, h.fence).await {
                     warn!(%shard, error = %e, "cannot release the lease; it expires by itself");
                 }
-            }
-        }
+            },
+        ))
+        .await;
+        drop(held);
         if let Err(e) = self.leases.leave().await {
             warn!(error = %e, "cannot leave the fleet; the heartbeat expires by itself");
         }

@@ -46,6 +46,9 @@ use crate::window::{Plan, Planner, StartFrom, Window};
 pub const AUTH_PAUSE: Duration = Duration::from_secs(60);
 /// The pause after a 429 without `Retry-After`.
 pub const DEFAULT_RATE_LIMIT_PAUSE: Duration = Duration::from_secs(60);
+/// A page that comes back malformed this many times in a row is poison
+/// (invalid UTF-8, duplicate keys, …): the shard is parked with the reason.
+pub const MALFORMED_TRIES: u32 = 5;
 
 /// Test hook: stop the whole bridge after this many windows were published,
 /// just before their checkpoint (as a crash there would).
@@ -246,7 +249,7 @@ impl Engine {
                 Err(Abort::Park(e)) => {
                     let wait = park.next_delay();
                     tel.parked(&e, wait);
-                    self.status.set_error(&shard, &e);
+                    self.status.set_parked(&shard, &e);
                     tokio::select! {
                         _ = tokio::time::sleep(wait) => {}
                         _ = cancel.cancelled() => return,
@@ -524,6 +527,7 @@ impl Engine {
         drain: &CancellationToken,
     ) -> Result<(Page, Slot), Abort> {
         let mut retry = Backoff::request();
+        let mut malformed = 0u32;
         loop {
             let grant = tokio::select! {
                 g = self.scheduler.grant(shard, ask) => g,
@@ -562,6 +566,18 @@ impl Engine {
                 ApiError::Status { status, .. } => status.to_string(),
                 other => other.kind().to_string(),
             };
+            malformed = if matches!(e, ApiError::Malformed(_)) {
+                malformed + 1
+            } else {
+                0
+            };
+            if malformed >= MALFORMED_TRIES {
+                tel.request_failed(&status, started.elapsed(), &e, None);
+                return Err(Abort::Park(ApiError::Malformed(format!(
+                    "the same page was malformed {malformed} times in a row: {}",
+                    crate::cas::one_line(&e.to_string(), 300)
+                ))));
+            }
             let wait = match e.action() {
                 Action::Retry => {
                     let w = retry.next_delay();

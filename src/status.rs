@@ -33,6 +33,9 @@ pub struct ShardProgress {
     /// The window in flight and the pages of it delivered (recorded, so
     /// the next holder can resume after them).
     pub window: Option<(Window, u32)>,
+    /// Parked (an error retrying cannot fix), with why; cleared by the
+    /// next delivered window.
+    pub parked: Option<String>,
     /// The pair's observed events a minute (none until polled).
     pub per_minute: Option<f64>,
     /// How long it waits between polls in steady state.
@@ -91,6 +94,15 @@ impl StatusBoard {
         self.update(shard, |p| {
             p.cursor = Some(cursor);
             p.last_error = None;
+            p.parked = None;
+        });
+    }
+
+    pub fn set_parked(&self, shard: &Shard, error: &dyn std::fmt::Display) {
+        let e = error.to_string();
+        self.update(shard, |p| {
+            p.last_error = Some(e.clone());
+            p.parked = Some(e);
         });
     }
 
@@ -201,6 +213,22 @@ impl StatusBoard {
                 "the sink acknowledges no shard's publishes ({failing} failing)"
             ));
         }
+        // Parked shards are shown by `status` and the metrics; the process
+        // is unready when no held shard is working.
+        let parked: Vec<&Shard> = held
+            .iter()
+            .filter(|s| shards.get(*s).is_some_and(|p| p.parked.is_some()))
+            .collect();
+        if !held.is_empty() && parked.len() == held.len() {
+            why.push(format!(
+                "every held shard is parked ({}; first: {})",
+                parked.len(),
+                shards
+                    .get(parked[0])
+                    .and_then(|p| p.parked.as_deref())
+                    .unwrap_or("")
+            ));
+        }
         why
     }
 }
@@ -241,6 +269,20 @@ mod tests {
             b.shard(&s("a")).last_error.as_deref(),
             Some("topic not allowed")
         );
+    }
+
+    #[test]
+    fn parked_shards_make_it_unready_only_when_every_held_one_is() {
+        let b = StatusBoard::default();
+        b.set_held(vec![s("a"), s("b")]);
+        b.set_parked(&s("a"), &"the same page was malformed 5 times in a row");
+        assert!(b.not_ready().is_empty(), "b still works");
+        b.set_parked(&s("b"), &"400");
+        let why = b.not_ready().join("; ");
+        assert!(why.contains("every held shard is parked (2"), "{why}");
+        b.set_cursor(&s("a"), Utc::now());
+        assert!(b.not_ready().is_empty(), "a delivered a window");
+        assert_eq!(b.shard(&s("a")).parked, None);
     }
 
     #[test]

@@ -134,6 +134,9 @@ pub const SINK_ERROR_KINDS: [&str; 3] = ["unavailable", "rejected", "misconfigur
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
+/// How often histogram samples are folded into their buckets.
+const UPKEEP_EVERY: Duration = Duration::from_secs(5);
+
 /// Installs the process-wide recorder (once) and returns its handle.
 pub fn install() -> PrometheusHandle {
     HANDLE
@@ -166,6 +169,16 @@ pub fn install() -> PrometheusHandle {
             // Another recorder may exist already (tests); ours then stays unused.
             let _ = metrics::set_global_recorder(recorder);
             describe();
+            // Histogram samples wait in the recorder until upkeep folds them
+            // into buckets: without a scrape they would pile up (one per
+            // event for the event age), so upkeep runs on its own.
+            let h = handle.clone();
+            let _ = std::thread::Builder::new()
+                .name("metrics-upkeep".into())
+                .spawn(move || loop {
+                    std::thread::sleep(UPKEEP_EVERY);
+                    h.run_upkeep();
+                });
             handle
         })
         .clone()

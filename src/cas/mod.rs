@@ -16,7 +16,7 @@ mod page;
 
 pub use client::{format_time, parse_retry_after, Client};
 pub use config::{ApiConfig, REGIONS};
-pub use error::{Action, ApiError, ErrorBody};
+pub use error::{one_line, Action, ApiError, ErrorBody};
 pub use page::{parse_page, resolve_next_link, Page};
 
 use serde::{Deserialize, Serialize};

@@ -60,22 +60,25 @@ impl NatsSink {
         let mut user_pass = None;
         let mut urls = Vec::new();
         for raw in cfg.url.split(',') {
-            let mut u = url::Url::parse(raw.trim()).map_err(|e| {
-                SinkError::misconfigured(
-                    "nats",
-                    format!(
-                        "sink.nats.url: `{}` is not a URL: {e}",
-                        crate::field::redact_urls(raw)
-                    ),
-                )
-            })?;
-            if let Some(p) = u.password() {
-                user_pass = Some((u.username().to_string(), p.to_string()));
-                let _ = u.set_password(None);
-                let _ = u.set_username("");
+            let mut raw = raw.trim().to_string();
+            if raw.contains('@') {
+                let mut u = url::Url::parse(&raw).map_err(|e| {
+                    SinkError::misconfigured(
+                        "nats",
+                        format!(
+                            "sink.nats.url: `{}` is not a URL: {e}",
+                            crate::field::redact_urls(&raw)
+                        ),
+                    )
+                })?;
+                if let Some(p) = u.password() {
+                    user_pass = Some((u.username().to_string(), p.to_string()));
+                    let _ = u.set_password(None);
+                    let _ = u.set_username("");
+                    raw = u.to_string();
+                }
             }
-            let addr: async_nats::ServerAddr = u
-                .as_str()
+            let addr: async_nats::ServerAddr = raw
                 .parse()
                 .map_err(|e| SinkError::misconfigured("nats", format!("sink.nats.url: {e}")))?;
             urls.push(addr);

@@ -277,3 +277,45 @@ async fn a_429_pauses_every_shard_and_nothing_is_lost() {
     assert!(r.missing.is_empty(), "{r:?}");
     sim.stop().await;
 }
+
+/// SIGTERM with the broker dead: the pages in flight cannot be
+/// acknowledged, and shutdown still ends within `shutdown.grace` plus its
+/// bounded tail (flush 3 s, lease release 2 s), exiting cleanly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_the_broker_dead_exits_within_the_grace() {
+    let mut nats = OwnNats::start();
+    let sim = start_sim(SimConfig {
+        events_per_hour: 36_000.0,
+        ..sim_config()
+    })
+    .await;
+    let tag = tag();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = bridge_config(&sim, &tag, SinkKind::Nats);
+    cfg.sink.nats.url = nats.url();
+    cfg.shutdown.grace = cas_bridge::config::Dur::secs(4);
+    prepare_stream(&cfg).await;
+    let mut p = BridgeProcess::spawn(&cfg, "dead-broker", &dir.path().join("p.log"));
+    // Events are arriving: the bridge is in full flow.
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    let mut stream = js.get_stream(tag.to_uppercase()).await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while stream.info().await.unwrap().state.messages < 100 {
+        assert!(std::time::Instant::now() < deadline, "no events arrived");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    nats.stop();
+    let t = std::time::Instant::now();
+    let status = tokio::task::spawn_blocking(move || p.terminate())
+        .await
+        .unwrap();
+    let took = t.elapsed();
+    println!("SIGTERM with the broker dead: exited {status} after {took:?} (grace 4 s)");
+    assert!(status.success(), "a clean exit");
+    assert!(
+        took < Duration::from_secs(4 + 5 + 2),
+        "shutdown took {took:?}"
+    );
+    sim.stop().await;
+}
