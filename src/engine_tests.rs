@@ -190,6 +190,22 @@ async fn a_page_malformed_again_and_again_parks_the_shard_with_the_reason() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_page_with_more_events_than_asked_for_is_refused_before_any_work() {
+    // Pages of 500 asked for; the API sends 1,001 events, five times.
+    let script = (0..MALFORMED_TRIES)
+        .map(|_| Ok(page(events(&shard(), 0..1001, 0).0, None)))
+        .collect();
+    let h = harness(script, FakeSink::default());
+    assert!(
+        h.run_until(120, |h| h.engine.status.shard(&h.shard).parked.is_some())
+            .await
+    );
+    let why = h.engine.status.shard(&h.shard).parked.unwrap();
+    assert!(why.contains("1001 events; 500 were asked for"), "{why}");
+    assert!(h.sink.accepted().is_empty(), "nothing of it was published");
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_bad_request_parks_the_shard_then_it_tries_again() {
     let (p1, ids) = events(&shard(), 0..2, 0);
     let h = harness(

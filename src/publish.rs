@@ -166,6 +166,8 @@ impl Publisher {
         let started = std::time::Instant::now();
         let mut delivered: Vec<String> = Vec::with_capacity(records.len());
         let mut published = 0u64;
+        // The page's dead letters: how many, and the first (one log line).
+        let mut dead = (0u64, String::new(), String::new());
         let mut pending = records;
         let mut retry = Backoff::publish();
         while !pending.is_empty() {
@@ -202,6 +204,13 @@ impl Publisher {
             for (i, r) in pending.into_iter().enumerate() {
                 match refused_at.next_if(|f| f.index == i) {
                     None => {
+                        if r.kind != RecordKind::Event {
+                            if dead.0 == 0 {
+                                dead.1.clone_from(&r.id);
+                                dead.2 = r.dead_reason.clone().unwrap_or_default();
+                            }
+                            dead.0 += 1;
+                        }
                         match r.kind {
                             RecordKind::Event => published += 1,
                             RecordKind::DeadLetter => tel.dead_lettered(
@@ -245,6 +254,7 @@ impl Publisher {
         if let Err(e) = self.dedup.mark(shard, &ids).await {
             warn!(%shard, error = %e, "cannot record delivered ids; duplicates may follow");
         }
+        tel.dead_letters_logged(dead.0, &dead.1, &dead.2);
         tel.page_published(published, started.elapsed());
         tel.events_aged(&times);
         Ok(())

@@ -554,6 +554,18 @@ impl Engine {
                 _ = cancel.cancelled() => return Err(Abort::Cancelled),
             };
             let e = match res {
+                // More events than asked for (twice the page size): a
+                // hostile or broken answer, refused before any work on it.
+                Ok(page)
+                    if page.events.len() as u64
+                        > 2 * u64::from(self.settings.page_limit.max(1)) =>
+                {
+                    ApiError::Malformed(format!(
+                        "the page holds {} events; {} were asked for",
+                        page.events.len(),
+                        self.settings.page_limit
+                    ))
+                }
                 Ok(page) => {
                     tel.page_fetched(page.events.len(), started.elapsed());
                     self.status.set_token_ok(true);

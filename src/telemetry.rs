@@ -516,11 +516,21 @@ impl ShardTelemetry {
         debug!(shard = %self.shard, ?per_minute, ?interval, "poll interval");
     }
 
-    /// One record was acknowledged on the dead-letter topic.
+    /// One record was acknowledged on the dead-letter topic (counted; the
+    /// page's dead letters are logged together by
+    /// [`ShardTelemetry::dead_letters_logged`]).
     pub fn dead_lettered(&self, id: &str, reason: DeadReason, detail: &str) {
         Stats::add(&self.stats.dead_lettered, 1);
         self.dead[reason as usize].increment(1);
-        warn!(shard = %self.shard, id, reason = reason.label(), detail, "event dead-lettered");
+        debug!(shard = %self.shard, id, reason = reason.label(), detail, "event dead-lettered");
+    }
+
+    /// One line for a page's `n` dead letters, naming the first: a page of
+    /// a million bad events writes one warning, not a million.
+    pub fn dead_letters_logged(&self, n: u64, first_id: &str, first_detail: &str) {
+        if n > 0 {
+            warn!(shard = %self.shard, dead_letters = n, first_id, first_detail, "events of the page dead-lettered");
+        }
     }
 
     /// `n` events were already delivered and were not published again.
