@@ -188,8 +188,14 @@ async fn status(file: Option<PathBuf>, json: bool) -> anyhow::Result<()> {
     }
     println!("workers ({}): {}", st.workers.len(), st.workers.join(", "));
     println!(
-        "budget: {}/{} in the last minute, {}/{} today",
-        st.budget_last_minute, st.per_minute, st.budget_today, st.per_day
+        "budget: {}/{} in the last minute, {}/{} today{}",
+        st.budget_last_minute,
+        st.per_minute,
+        st.budget_today,
+        st.per_day,
+        st.budget_paused_s
+            .map(|s| format!("; PAUSED for {s} s more (the API throttled the token or refused it)"))
+            .unwrap_or_default()
     );
     println!(
         "{:<36} {:<28} {:>9} {:>6} {:<24} {:>8} {:>6} {:>8} {:>7}  last error",

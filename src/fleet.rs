@@ -197,6 +197,9 @@ impl LeaseKeeper {
         let live = match self.leases.heartbeat().await {
             Ok(n) => {
                 self.engine.status.set_coord_ok(true);
+                let paused = self.engine.scheduler.usage().await.paused;
+                self.engine.status.set_paused(paused);
+                self.engine.telemetry.budget_paused(paused);
                 n.max(1)
             }
             Err(e) => {

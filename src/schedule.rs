@@ -715,5 +715,8 @@ mod tests {
         assert!(t.elapsed() >= Duration::from_secs(90));
         assert!(g.permit.waited() >= Duration::from_secs(90));
         assert_eq!(s.usage().await.last_minute, 1);
+        assert_eq!(s.usage().await.paused, None, "the pause is over");
+        s.pause(Duration::from_secs(30)).await;
+        assert_eq!(s.usage().await.paused, Some(Duration::from_secs(30)));
     }
 }

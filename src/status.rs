@@ -54,6 +54,8 @@ pub struct StatusBoard {
     coord_ok: AtomicBool,
     /// The API did not refuse the token at the last request.
     token_ok: AtomicBool,
+    /// Until when the token's budget is paused (429, 401), as last seen.
+    paused_until: Mutex<Option<DateTime<Utc>>>,
     /// The shards this process works now, published by the lease keeper.
     held: watch::Sender<Vec<Shard>>,
     /// Whether the sink's connection is up (none: always).
@@ -80,6 +82,7 @@ impl StatusBoard {
             shards: Mutex::new(HashMap::new()),
             coord_ok: true.into(),
             token_ok: true.into(),
+            paused_until: Mutex::new(None),
             held: watch::Sender::new(Vec::new()),
             sink,
         }
@@ -146,6 +149,12 @@ impl StatusBoard {
         self.token_ok.store(ok, Ordering::Relaxed);
     }
 
+    /// What is left of the budget's pause, as last read.
+    pub fn set_paused(&self, left: Option<std::time::Duration>) {
+        *lock(&self.paused_until) =
+            left.and_then(|d| chrono::Duration::from_std(d).ok().map(|d| Utc::now() + d));
+    }
+
     /// Publishes the shards held now (the lease keeper's one channel).
     pub fn set_held(&self, shards: Vec<Shard>) {
         self.held.send_replace(shards);
@@ -191,6 +200,14 @@ impl StatusBoard {
         }
         if !self.token_ok.load(Ordering::Relaxed) {
             why.push("the API refused the token".to_string());
+        }
+        if let Some(until) = *lock(&self.paused_until) {
+            let left = (until - Utc::now()).num_seconds();
+            if left > 0 {
+                why.push(format!(
+                    "the token's budget is paused for {left} s more (the API throttled it or refused the token)"
+                ));
+            }
         }
         let held = self.held();
         let shards = lock(&self.shards);
@@ -283,6 +300,16 @@ mod tests {
         b.set_cursor(&s("a"), Utc::now());
         assert!(b.not_ready().is_empty(), "a delivered a window");
         assert_eq!(b.shard(&s("a")).parked, None);
+    }
+
+    #[test]
+    fn a_paused_budget_is_shown_until_it_ends() {
+        let b = StatusBoard::default();
+        b.set_paused(Some(std::time::Duration::from_secs(120)));
+        let why = b.not_ready().join("; ");
+        assert!(why.contains("paused for 1"), "{why}");
+        b.set_paused(None);
+        assert!(b.not_ready().is_empty());
     }
 
     #[test]

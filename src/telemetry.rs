@@ -293,6 +293,10 @@ fn describe() {
     );
     describe_gauge!("cas_bridge_leases_held", "Shard leases this process holds");
     describe_gauge!(
+        "cas_bridge_budget_paused_seconds",
+        "What is left of the pause every replica honours after a 429 or a refused token (0: none)"
+    );
+    describe_gauge!(
         "cas_bridge_checkpoint_lag_seconds",
         "now − cursor, per shard: how late data is"
     );
@@ -320,6 +324,11 @@ impl Telemetry {
     /// The handles of one shard, its label set built here once.
     pub fn shard(&self, shard: &Shard) -> ShardTelemetry {
         ShardTelemetry::new(shard, self.stats.clone())
+    }
+
+    /// What is left of the budget's pause (0 when none).
+    pub fn budget_paused(&self, left: Option<Duration>) {
+        gauge!("cas_bridge_budget_paused_seconds").set(left.map_or(0.0, |d| d.as_secs_f64()));
     }
 
     pub fn leases_held(&self, n: usize) {
@@ -353,6 +362,7 @@ impl Telemetry {
             counter!("cas_bridge_sink_errors_total", "kind" => kind).increment(0);
         }
         gauge!("cas_bridge_leases_held").increment(0.0);
+        gauge!("cas_bridge_budget_paused_seconds").increment(0.0);
     }
 }
 

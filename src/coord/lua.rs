@@ -140,14 +140,16 @@ return {1, 0}
 "#;
 
 // KEYS: minute, day. ARGV: minute_ms, day_ms, mode. Returns {minute, day}.
+// KEYS: minute, day, pause. Returns {minute, day, pause ms left (≤ 0: none)}.
 const USAGE: &str = r#"
+local p = redis.call('PTTL', KEYS[3])
 if ARGV[3] == 'sliding' then
   local t = redis.call('TIME')
   local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
   return {redis.call('ZCOUNT', KEYS[1], now - tonumber(ARGV[1]), '+inf'),
-          redis.call('ZCOUNT', KEYS[2], now - tonumber(ARGV[2]), '+inf')}
+          redis.call('ZCOUNT', KEYS[2], now - tonumber(ARGV[2]), '+inf'), p}
 end
-return {tonumber(redis.call('GET', KEYS[1]) or '0'), tonumber(redis.call('GET', KEYS[2]) or '0')}
+return {tonumber(redis.call('GET', KEYS[1]) or '0'), tonumber(redis.call('GET', KEYS[2]) or '0'), p}
 "#;
 
 const PAUSE: &str = r#"

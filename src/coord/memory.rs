@@ -192,6 +192,7 @@ impl Budget for MemoryBudget {
         BudgetUsage {
             last_minute: st.in_last(now, MINUTE) as u32,
             last_day: st.in_last(now, DAY) as u32,
+            paused: st.paused_until.filter(|u| *u > now).map(|u| u - now),
         }
     }
 }

@@ -126,6 +126,9 @@ pub enum Take {
 pub struct BudgetUsage {
     pub last_minute: u32,
     pub last_day: u32,
+    /// What is left of a pause every caller honours (a 429, a refused
+    /// token); none when not paused.
+    pub paused: Option<Duration>,
 }
 
 /// A shard's position inside its window in flight: enough for whoever

@@ -124,6 +124,8 @@ pub struct FleetStatus {
     pub workers: Vec<String>,
     pub budget_last_minute: u32,
     pub budget_today: u32,
+    /// Seconds left of a pause every replica honours (a 429, a refused token).
+    pub budget_paused_s: Option<u64>,
     pub per_minute: u32,
     pub per_day: u32,
     pub shards: Vec<ShardStatus>,
@@ -353,6 +355,7 @@ impl RedisCoord {
             workers,
             budget_last_minute: usage.last_minute,
             budget_today: usage.last_day,
+            budget_paused_s: usage.paused.map(|p| p.as_secs().max(1)),
             per_minute: self.budget.per_minute,
             per_day: self.budget.per_day,
             shards: out,
@@ -479,13 +482,15 @@ impl Budget for RedisCoord {
         let mut inv = self.scripts.usage.prepare_invoke();
         inv.key(&keys[0])
             .key(&keys[1])
+            .key(&keys[2])
             .arg(MINUTE_MS + self.margin_ms())
             .arg(DAY_MS + self.margin_ms())
             .arg(self.mode());
-        let (m, d): (u32, u32) = self.run(inv).await.unwrap_or((0, 0));
+        let (m, d, p): (u32, u32, i64) = self.run(inv).await.unwrap_or((0, 0, 0));
         BudgetUsage {
             last_minute: m,
             last_day: d,
+            paused: (p > 0).then(|| Duration::from_millis(p as u64)),
         }
     }
 }
