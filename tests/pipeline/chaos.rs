@@ -135,6 +135,62 @@ async fn redis_restarted_empty_mid_run_loses_nothing() {
     sim.stop().await;
 }
 
+/// Redis unreachable for longer than the lease TTL, then back empty (the
+/// case that lost events in an earlier version): nothing is lost, and no
+/// shard is read again from the process's start — the re-read would put
+/// duplicates older than JetStream's duplicate window into the stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_gone_longer_than_the_lease_ttl_and_back_empty_rereads_nothing() {
+    require_nats();
+    let redis = OwnRedis::start();
+    let sim = start_sim(SimConfig {
+        events_per_hour: 3600.0,
+        ..sim_config()
+    })
+    .await;
+    let tag = tag();
+    let mut cfg = fleet_config(&sim, &tag, SinkKind::Nats, &redis.url(), &tag);
+    cfg.shards.pairs = eight_pairs()[..6].to_vec();
+    cfg.window.start_from = cas_bridge::config::StartFrom::Ago(Duration::from_secs(20));
+    let t0 = Utc::now();
+    let members = vec![member(&cfg, "ga").await, member(&cfg, "gb").await];
+    let obs = observer(&cfg).await;
+    // Well past JetStream's duplicate window (overlap + lag + 60 s = 93 s)
+    // since the start.
+    wait_cursor_in(
+        &obs,
+        &cfg,
+        t0 + chrono::Duration::seconds(110),
+        Duration::from_secs(180),
+    )
+    .await;
+    let port = redis.stop();
+    // Longer than the lease TTL (3 s): every holder drops its shards.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let _redis = OwnRedis::start_on(port);
+    let check_to = Utc::now() - chrono::Duration::seconds(3);
+    wait_cursor_in(
+        &obs,
+        &cfg,
+        check_to + chrono::Duration::seconds(15),
+        Duration::from_secs(120),
+    )
+    .await;
+    for m in members {
+        m.stop().await;
+    }
+    let r = assert_delivered(
+        "Redis gone past the TTL, back empty",
+        &sim,
+        &cfg,
+        t0 - chrono::Duration::seconds(15),
+        check_to,
+    )
+    .await;
+    assert_eq!(r.duplicated, 0, "nothing read again from the start: {r:?}");
+    sim.stop().await;
+}
+
 /// A tansu broker the test owns (killed on drop).
 struct OwnTansu {
     port: u16,

@@ -199,12 +199,14 @@ async fn busy_pairs_are_delivered_fresh_alone_and_in_a_fleet() {
             f.what,
             f.quantile(0.9)
         );
-        // Within the longest interval plus one poll (and the lag).
+        // Within the longest interval plus one poll: 5 min since its last
+        // quiet poll, the lag, and at most two minimum intervals of waiting
+        // for its permit behind the active pairs (measured: 104–338 s).
         let woke = f
             .woke_after_s
             .expect("the waking pair's first event arrived");
         assert!(
-            woke <= 300.0 + 30.0 + 20.0 + 10.0,
+            woke <= 300.0 + 20.0 + 2.0 * 30.0,
             "{}: woke after {woke:.1} s",
             f.what
         );
