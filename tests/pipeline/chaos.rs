@@ -85,8 +85,18 @@ async fn repeated_kill_9_of_one_of_three_processes_loses_nothing() {
     sim.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redis_restarted_empty_mid_run_loses_nothing() {
+/// A Redis outage under two replicas (NATS sink): run until every cursor
+/// reached `before` (measured from the start), stop Redis for `outage`,
+/// start it again empty on the same port, run until the cursors pass the
+/// end of the checked range; then nothing is missing and nothing was
+/// published twice in `[start + from, end]`.
+async fn redis_outage_loses_nothing(
+    what: &str,
+    cfg_with: impl FnOnce(&mut cas_bridge::config::Config),
+    before: chrono::Duration,
+    outage: Duration,
+    from: chrono::Duration,
+) {
     require_nats();
     let redis = OwnRedis::start();
     let sim = start_sim(SimConfig {
@@ -98,19 +108,13 @@ async fn redis_restarted_empty_mid_run_loses_nothing() {
     let tag = tag();
     let mut cfg = fleet_config(&sim, &tag, SinkKind::Nats, &redis.url(), &tag);
     cfg.shards.pairs = eight_pairs()[..6].to_vec();
-    cfg.window.max = Dur::secs(60);
+    cfg_with(&mut cfg);
     let t0 = Utc::now();
     let members = vec![member(&cfg, "ra").await, member(&cfg, "rb").await];
     let obs = observer(&cfg).await;
-    wait_cursor_in(
-        &obs,
-        &cfg,
-        t0 - chrono::Duration::minutes(8),
-        Duration::from_secs(60),
-    )
-    .await;
+    wait_cursor_in(&obs, &cfg, t0 + before, Duration::from_secs(180)).await;
     let port = redis.stop();
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    tokio::time::sleep(outage).await;
     let _redis = OwnRedis::start_on(port);
     let check_to = Utc::now() - chrono::Duration::seconds(3);
     wait_cursor_in(
@@ -123,72 +127,39 @@ async fn redis_restarted_empty_mid_run_loses_nothing() {
     for m in members {
         m.stop().await;
     }
-    let r = assert_delivered(
-        "Redis restarted empty",
-        &sim,
-        &cfg,
-        t0 - chrono::Duration::seconds(590),
-        check_to,
-    )
-    .await;
-    assert_eq!(r.duplicated, 0, "{r:?}");
+    let r = assert_delivered(what, &sim, &cfg, t0 + from, check_to).await;
+    assert_eq!(r.duplicated, 0, "{what}: {r:?}");
     sim.stop().await;
 }
 
-/// Redis unreachable for longer than the lease TTL, then back empty (the
-/// case that lost events in an earlier version): nothing is lost, and no
-/// shard is read again from the process's start — the re-read would put
-/// duplicates older than JetStream's duplicate window into the stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restarted_empty_mid_run_loses_nothing() {
+    redis_outage_loses_nothing(
+        "Redis restarted empty",
+        |cfg| cfg.window.max = Dur::secs(60),
+        -chrono::Duration::minutes(8),
+        Duration::from_secs(3),
+        -chrono::Duration::seconds(590),
+    )
+    .await;
+}
+
+/// Redis unreachable for longer than the lease TTL (3 s), then back empty
+/// (the case that lost events in an earlier version), after a run longer
+/// than JetStream's duplicate window (overlap + lag + 60 s = 93 s): nothing
+/// is lost, and no shard is read again from the process's start — that
+/// re-read would put duplicates older than the duplicate window into the
+/// stream.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_gone_longer_than_the_lease_ttl_and_back_empty_rereads_nothing() {
-    require_nats();
-    let redis = OwnRedis::start();
-    let sim = start_sim(SimConfig {
-        events_per_hour: 3600.0,
-        ..sim_config()
-    })
-    .await;
-    let tag = tag();
-    let mut cfg = fleet_config(&sim, &tag, SinkKind::Nats, &redis.url(), &tag);
-    cfg.shards.pairs = eight_pairs()[..6].to_vec();
-    cfg.window.start_from = cas_bridge::config::StartFrom::Ago(Duration::from_secs(20));
-    let t0 = Utc::now();
-    let members = vec![member(&cfg, "ga").await, member(&cfg, "gb").await];
-    let obs = observer(&cfg).await;
-    // Well past JetStream's duplicate window (overlap + lag + 60 s = 93 s)
-    // since the start.
-    wait_cursor_in(
-        &obs,
-        &cfg,
-        t0 + chrono::Duration::seconds(110),
-        Duration::from_secs(180),
-    )
-    .await;
-    let port = redis.stop();
-    // Longer than the lease TTL (3 s): every holder drops its shards.
-    tokio::time::sleep(Duration::from_secs(8)).await;
-    let _redis = OwnRedis::start_on(port);
-    let check_to = Utc::now() - chrono::Duration::seconds(3);
-    wait_cursor_in(
-        &obs,
-        &cfg,
-        check_to + chrono::Duration::seconds(15),
-        Duration::from_secs(120),
-    )
-    .await;
-    for m in members {
-        m.stop().await;
-    }
-    let r = assert_delivered(
+    redis_outage_loses_nothing(
         "Redis gone past the TTL, back empty",
-        &sim,
-        &cfg,
-        t0 - chrono::Duration::seconds(15),
-        check_to,
+        |cfg| cfg.window.start_from = cas_bridge::config::StartFrom::Ago(Duration::from_secs(20)),
+        chrono::Duration::seconds(110),
+        Duration::from_secs(8),
+        -chrono::Duration::seconds(15),
     )
     .await;
-    assert_eq!(r.duplicated, 0, "nothing read again from the start: {r:?}");
-    sim.stop().await;
 }
 
 /// A tansu broker the test owns (killed on drop).
