@@ -574,35 +574,3 @@ async fn a_stored_cursor_is_where_the_shard_goes_on() {
 
 #[path = "resume_tests.rs"]
 mod resume;
-
-#[tokio::test(start_paused = true)]
-async fn new_windows_are_asked_for_by_how_far_behind_and_how_busy_the_pair_is() {
-    use crate::schedule::Activity;
-    let h = harness(vec![], FakeSink::default());
-    let e = &h.engine;
-    let now = Utc::now();
-    let mins = |m: i64| now - chrono::Duration::minutes(m);
-    let (mut quiet, mut busy) = (Activity::default(), Activity::default());
-    quiet.observe(0, Duration::from_secs(300));
-    busy.observe(100, Duration::from_secs(300));
-    let t = tokio::time::Instant::now();
-    // More than two longest intervals (2 × 5 min) behind: catch-up.
-    assert_eq!(e.ask(mins(60), &quiet, t).priority, Priority::Backlog);
-    let a = e.ask(mins(3), &busy, t);
-    assert_eq!(a.priority, Priority::Active);
-    // 2 minutes behind now − lag: backlog once it waited 8 more minutes.
-    let at = a.backlog_at.unwrap() - tokio::time::Instant::now();
-    assert!(
-        at.abs_diff(Duration::from_secs(480)) < Duration::from_secs(1),
-        "{at:?}"
-    );
-    // Not polled yet: active until its rate is known.
-    assert_eq!(
-        e.ask(mins(3), &Activity::default(), t).priority,
-        Priority::Active
-    );
-    // Quiet, promoted once it waited its longest interval since its poll.
-    let a = e.ask(mins(3), &quiet, t);
-    assert_eq!(a.priority, Priority::Quiet);
-    assert_eq!(a.promote_at, Some(t + Duration::from_secs(300)));
-}

@@ -35,7 +35,7 @@ use crate::cas::{Action, ApiError, Page};
 use crate::coord::{CheckpointStore, CoordError, Fence, Progress};
 use crate::publish::{PublishError, Publisher};
 use crate::retry::Backoff;
-use crate::schedule::{poll_interval, Activity, Ask, Priority, Scheduler, Slot};
+use crate::schedule::{Ask, Pacing, Priority, Scheduler, Slot};
 use crate::shard::Shard;
 use crate::source::PageSource;
 use crate::status::StatusBoard;
@@ -196,9 +196,8 @@ impl Engine {
         // Events a second in the last window with events: sizes the next.
         let mut density: Option<f64> = None;
         // How busy the pair is: sets how often it is polled.
-        let mut activity = Activity::default();
-        let mut interval = self.interval(&shard, &activity, &tel, false);
-        let mut last_poll = tokio::time::Instant::now();
+        let mut pacing = Pacing::new(self.planner.min_interval(), self.settings.max_interval);
+        let mut interval = self.show_pacing(&shard, &pacing, &tel, pacing.interval(false));
         while !cancel.is_cancelled() && !drain.is_cancelled() {
             let (window, start) = match resume.take() {
                 Some(p) => (
@@ -227,7 +226,8 @@ impl Engine {
                             if !gap.is_zero() {
                                 tel.gap_skipped(gap.as_secs(), cursor);
                             }
-                            (window, Start::First(self.ask(cursor, &activity, last_poll)))
+                            let behind = self.planner.behind(cursor, Utc::now());
+                            (window, Start::First(pacing.ask(behind)))
                         }
                     }
                 }
@@ -262,10 +262,8 @@ impl Engine {
             if events > 0 && secs > 0.0 {
                 density = Some(events as f64 / secs);
             }
-            let first = activity.per_minute().is_none();
-            activity.observe(events, window.duration());
-            interval = self.interval(&shard, &activity, &tel, first);
-            last_poll = tokio::time::Instant::now();
+            let next = pacing.polled(events, window.duration());
+            interval = self.show_pacing(&shard, &pacing, &tel, next);
             let n = self.delivered.fetch_add(1, Ordering::Relaxed) + 1;
             if self.faults.halt_before_checkpoint_after_windows == Some(n) {
                 tracing::warn!(%shard, "fault injection: halting before the checkpoint");
@@ -282,65 +280,18 @@ impl Engine {
         }
     }
 
-    /// The pair's next poll interval from its activity, shown in metrics
-    /// and `status`. Jittered down by up to a fifth, so pairs with the same
-    /// rate do not ask in step; after a pair's `first` poll of a run, a
-    /// quiet pair's interval is spread over the whole tenth to all of its
-    /// length, so the pairs all polled at the start do not come back
-    /// together.
-    fn interval(
+    /// Shows the pair's rate and `interval` in metrics and `status`.
+    fn show_pacing(
         &self,
         shard: &Shard,
-        activity: &Activity,
+        pacing: &Pacing,
         tel: &ShardTelemetry,
-        first: bool,
+        interval: Duration,
     ) -> Duration {
-        let base = poll_interval(
-            activity.per_minute(),
-            self.planner.min_interval(),
-            self.settings.max_interval,
-        );
-        let jitter = if first && activity.is_quiet() {
-            0.1 + 0.9 * rand::random::<f64>()
-        } else {
-            0.8 + 0.2 * rand::random::<f64>()
-        };
-        let interval = base.mul_f64(jitter).max(self.planner.min_interval());
-        tel.activity(activity.per_minute(), interval);
+        tel.activity(pacing.per_minute(), interval);
         self.status
-            .set_activity(shard, activity.per_minute(), interval);
+            .set_activity(shard, pacing.per_minute(), interval);
         interval
-    }
-
-    /// How much a new window after `cursor` matters: catch-up when the
-    /// cursor is more than two longest intervals behind; quiet (promoted to
-    /// active once the pair waited its longest interval since
-    /// `last_poll`) when the pair returned nothing lately; active else.
-    fn ask(
-        &self,
-        cursor: DateTime<Utc>,
-        activity: &Activity,
-        last_poll: tokio::time::Instant,
-    ) -> Ask {
-        let behind = self.planner.behind(cursor, Utc::now());
-        let far = self.settings.max_interval * 2;
-        if behind > far {
-            return Ask::new(Priority::Backlog);
-        }
-        // Waiting makes the cursor fall behind: past `far`, it is backlog.
-        let backlog_at = Some(tokio::time::Instant::now() + (far - behind));
-        if activity.is_quiet() {
-            Ask {
-                priority: Priority::Quiet,
-                promote_at: Some(last_poll + self.settings.max_interval),
-                backlog_at,
-            }
-        } else {
-            Ask {
-                backlog_at,
-                ..Ask::new(Priority::Active)
-            }
-        }
     }
 
     /// The stored position inside the window after `cursor`, if there is

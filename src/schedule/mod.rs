@@ -19,14 +19,8 @@
 //! head waiting (see [`crate::coord::redis`]). A replica holding only quiet
 //! pairs therefore gets permits only when no replica has active work.
 //!
-//! **How often.** A shard in steady state asks for a new window when its
-//! poll interval has passed ([`poll_interval`]): each pair's rate of events
-//! is tracked ([`Activity`]), and the interval falls with the square root
-//! of the rate — the rule that minimises the mean delay of events for a
-//! fixed number of requests — between `window.min_interval` and
-//! `schedule.max_interval`. A pair not seen yet starts at the minimum; a
-//! quiet pair that returns events is promoted at once (the rate jumps up,
-//! and decays slowly).
+//! **How often** a shard asks, and with which class, is its [`Pacing`]
+//! (the `pacing` module).
 //!
 //! It also bounds the pages in flight (fetched and not yet acknowledged by
 //! the sink), so memory stays bounded whatever the number of shards. Only
@@ -39,14 +33,15 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
+mod pacing;
+
 pub use crate::coord::Priority;
 use crate::coord::{Budget, BudgetUsage, CoordError, Permit, Take};
-use crate::field::{ConfigError, Dur};
 use crate::shard::Shard;
+pub use pacing::{poll_interval, Activity, Pacing, ScheduleConfig, ACTIVITY_MEMORY};
 
 /// At most this many pages are between request and acknowledgement at once.
 pub const PAGES_IN_FLIGHT: usize = 8;
@@ -54,111 +49,9 @@ pub const PAGES_IN_FLIGHT: usize = 8;
 /// it waits (a process's head counts in the fleet's order only while it
 /// keeps asking).
 pub const ASK_AGAIN: Duration = Duration::from_secs(1);
-/// How fast an activity estimate forgets: a pair that stops sending events
-/// is considered quiet after about this long.
-pub const ACTIVITY_MEMORY: Duration = Duration::from_secs(15 * 60);
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// The `schedule` section.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ScheduleConfig {
-    /// The longest a pair goes without a poll while the budget allows it
-    /// (a quiet pair is polled this often).
-    pub max_interval: Dur,
-}
-
-impl Default for ScheduleConfig {
-    fn default() -> Self {
-        Self {
-            max_interval: Dur::secs(300),
-        }
-    }
-}
-
-impl ScheduleConfig {
-    /// `min_interval` is `window.min_interval`: the longest interval may
-    /// not be shorter.
-    pub fn validate(&self, min_interval: Duration) -> Result<(), ConfigError> {
-        let max = self.max_interval.get();
-        if max < Duration::from_secs(1) || max > Duration::from_secs(24 * 3600) {
-            return Err(ConfigError::new(
-                "schedule.max_interval",
-                format!("{} is out of range: 1s to 1d", self.max_interval),
-            ));
-        }
-        if max < min_interval {
-            return Err(ConfigError::new(
-                "schedule.max_interval",
-                format!(
-                    "{} is shorter than window.min_interval ({})",
-                    self.max_interval,
-                    Dur(min_interval)
-                ),
-            ));
-        }
-        Ok(())
-    }
-}
-
-/// A pair's observed rate of events.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct Activity {
-    /// Events a minute; `None` until the pair was polled once.
-    per_minute: Option<f64>,
-}
-
-impl Activity {
-    /// Folds in a window of `span` that held `events`: a higher rate is
-    /// taken at once (a pair that wakes up is promoted by its first
-    /// events), a lower one decays the estimate over [`ACTIVITY_MEMORY`].
-    pub fn observe(&mut self, events: u64, span: Duration) {
-        let secs = span.as_secs_f64().max(1.0);
-        let seen = events as f64 * 60.0 / secs;
-        let next = match self.per_minute {
-            None => seen,
-            Some(old) if seen >= old => seen,
-            Some(old) => {
-                let keep = (-secs / ACTIVITY_MEMORY.as_secs_f64()).exp();
-                let v = old * keep + seen * (1.0 - keep);
-                // Below one event in ten hours: quiet.
-                if v < 1.0 / 600.0 {
-                    0.0
-                } else {
-                    v
-                }
-            }
-        };
-        self.per_minute = Some(next);
-    }
-
-    /// Events a minute, once the pair was polled.
-    pub fn per_minute(&self) -> Option<f64> {
-        self.per_minute
-    }
-
-    /// Whether the pair returned nothing lately.
-    pub fn is_quiet(&self) -> bool {
-        self.per_minute == Some(0.0)
-    }
-}
-
-/// How long a pair waits between polls in steady state, from its rate
-/// (`None`: not polled yet). With `M` = `max` in minutes and `r` events a
-/// minute: `max / √(1 + r·M)`, between `min` and `max` — a silent pair
-/// every `max`, one event every few minutes about every `max / 2`, and
-/// √(M / r) minutes for a busy one (the 1/√rate rule).
-pub fn poll_interval(per_minute: Option<f64>, min: Duration, max: Duration) -> Duration {
-    let max = max.max(min);
-    let Some(r) = per_minute.filter(|r| r.is_finite()) else {
-        return min;
-    };
-    let m = max.as_secs_f64() / 60.0;
-    let secs = max.as_secs_f64() / (1.0 + r.max(0.0) * m).sqrt();
-    Duration::from_secs_f64(secs).clamp(min, max)
 }
 
 /// A page in flight: held from before the request until the sink
@@ -325,6 +218,7 @@ impl Scheduler {
         self.budget.usage().await
     }
 
+    #[cfg(test)]
     /// Requests waiting, by class (most urgent first).
     pub fn waiting(&self) -> [usize; 4] {
         let st = lock(&self.queue.inner);
@@ -406,6 +300,7 @@ impl FairQueue {
         }
     }
 
+    #[cfg(test)]
     /// Waits until this caller is at the head of the queue.
     pub async fn wait_turn(&self, priority: Priority) -> Turn<'_> {
         let turn = self.join(priority);
@@ -574,62 +469,6 @@ mod tests {
         let q = quiet.await.unwrap();
         assert!(!late.is_finished(), "the promoted request went first");
         drop((g, q, late));
-    }
-
-    #[test]
-    fn poll_interval_follows_the_square_root_of_the_rate() {
-        let (min, max) = (Duration::from_secs(10), Duration::from_secs(300));
-        assert_eq!(poll_interval(None, min, max), min, "not seen yet");
-        assert_eq!(poll_interval(Some(0.0), min, max), max, "silent");
-        // 5 minutes / √(1 + r·5).
-        let at = |r: f64| poll_interval(Some(r), min, max).as_secs_f64();
-        assert!((at(1.0) - 300.0 / 6f64.sqrt()).abs() < 0.01);
-        assert!((at(20.0) - 300.0 / 101f64.sqrt()).abs() < 0.01);
-        // Four times the rate: about half the interval.
-        assert!((at(80.0) / at(20.0) - 0.5).abs() < 0.01);
-        assert_eq!(poll_interval(Some(1e9), min, max), min);
-        assert_eq!(poll_interval(Some(f64::NAN), min, max), min);
-    }
-
-    #[test]
-    fn activity_jumps_up_and_decays_slowly() {
-        let mut a = Activity::default();
-        assert_eq!(a.per_minute(), None);
-        a.observe(0, Duration::from_secs(300));
-        assert!(a.is_quiet());
-        // A pair that wakes up is active from its first window with events.
-        a.observe(10, Duration::from_secs(60));
-        assert_eq!(a.per_minute(), Some(10.0));
-        // Then silent for 15 minutes: down to ~1/e, not to zero.
-        for _ in 0..3 {
-            a.observe(0, Duration::from_secs(300));
-        }
-        let r = a.per_minute().unwrap();
-        assert!((r - 10.0 / std::f64::consts::E).abs() < 0.01, "{r}");
-        // Silent for hours: quiet.
-        for _ in 0..100 {
-            a.observe(0, Duration::from_secs(300));
-        }
-        assert!(a.is_quiet());
-    }
-
-    #[test]
-    fn max_interval_rules() {
-        let min = Duration::from_secs(30);
-        assert!(ScheduleConfig::default().validate(min).is_ok());
-        let c = ScheduleConfig {
-            max_interval: Dur::secs(10),
-        };
-        let e = c.validate(min).unwrap_err();
-        assert_eq!(e.field, "schedule.max_interval");
-        assert!(e.to_string().contains("window.min_interval"), "{e}");
-        let c = ScheduleConfig {
-            max_interval: Dur::secs(0),
-        };
-        assert_eq!(
-            c.validate(Duration::ZERO).unwrap_err().field,
-            "schedule.max_interval"
-        );
     }
 
     #[tokio::test(start_paused = true)]

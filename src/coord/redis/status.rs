@@ -1,0 +1,122 @@
+//! What `cas-bridge status` reads of the fleet: workers, budget, and per
+//! shard its lease, cursor, window in flight and activity.
+
+use chrono::{DateTime, Utc};
+
+use super::RedisCoord;
+use crate::coord::{Budget, CheckpointStore, CoordError};
+use crate::shard::Shard;
+
+/// What `status` shows of one shard.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ShardStatus {
+    pub shard: String,
+    pub owner: Option<String>,
+    pub lease_expires_in_ms: Option<i64>,
+    pub fence: Option<u64>,
+    pub cursor: Option<DateTime<Utc>>,
+    pub lag_seconds: Option<i64>,
+    pub last_error: Option<String>,
+    /// The window in flight (`start..end`), when a page of it was recorded.
+    pub window_in_flight: Option<String>,
+    /// Pages of that window delivered.
+    pub pages_done: Option<u32>,
+    /// Whoever holds the shard next continues after those pages.
+    pub resumable: bool,
+    /// The pair's observed events a minute, as its holder last reported.
+    pub events_per_minute: Option<f64>,
+    /// Its poll interval in steady state, from that rate.
+    pub poll_interval_s: Option<u64>,
+}
+
+/// What `status` shows of the fleet.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct FleetStatus {
+    pub workers: Vec<String>,
+    pub budget_last_minute: u32,
+    pub budget_today: u32,
+    /// Seconds left of a pause every replica honours (a 429, a refused token).
+    pub budget_paused_s: Option<u64>,
+    pub per_minute: u32,
+    pub per_day: u32,
+    pub shards: Vec<ShardStatus>,
+}
+
+impl RedisCoord {
+    /// Everything `status` shows, for the configured shards.
+    pub async fn status(&self, shards: &[Shard]) -> Result<FleetStatus, CoordError> {
+        let now = self.now_ms().await?;
+        let workers: Vec<String> = self
+            .cmd(
+                redis::cmd("ZRANGEBYSCORE")
+                    .arg(format!("{}:workers", self.prefix))
+                    .arg(now)
+                    .arg("+inf"),
+            )
+            .await?;
+        let usage = self.usage().await;
+        let mut out = Vec::with_capacity(shards.len());
+        for shard in shards {
+            let lease: Option<String> = self
+                .cmd(redis::cmd("GET").arg(self.key("lease", shard)))
+                .await?;
+            let pttl: i64 = self
+                .cmd(redis::cmd("PTTL").arg(self.key("lease", shard)))
+                .await?;
+            let fence: Option<u64> = self
+                .cmd(redis::cmd("GET").arg(self.key("fence", shard)))
+                .await?;
+            let cursor: Option<i64> = self
+                .cmd(redis::cmd("GET").arg(self.key("cursor", shard)))
+                .await?;
+            let (err, per_minute, interval_ms): (Option<String>, Option<String>, Option<String>) =
+                self.cmd(
+                    redis::cmd("HMGET")
+                        .arg(self.key("status", shard))
+                        .arg("last_error")
+                        .arg("per_minute")
+                        .arg("poll_interval_ms"),
+                )
+                .await?;
+            let cursor = cursor.and_then(DateTime::from_timestamp_millis);
+            let progress = self
+                .load_progress(shard)
+                .await?
+                .filter(|p| cursor.is_none_or(|c| p.end > c));
+            out.push(ShardStatus {
+                shard: format!("{}:{}", shard.service, shard.event),
+                owner: lease
+                    .as_deref()
+                    .and_then(|l| l.rsplit_once(':'))
+                    .map(|(w, _)| w.to_string()),
+                lease_expires_in_ms: (pttl > 0).then_some(pttl),
+                fence,
+                cursor,
+                lag_seconds: cursor.map(|c| (now - c.timestamp_millis()) / 1000),
+                last_error: err.filter(|e| !e.is_empty()),
+                window_in_flight: progress.as_ref().map(|p| {
+                    format!(
+                        "{}..{}",
+                        p.start.format("%Y-%m-%dT%H:%M:%S%.3fZ"),
+                        p.end.format("%Y-%m-%dT%H:%M:%S%.3fZ")
+                    )
+                }),
+                pages_done: progress.as_ref().map(|p| p.pages),
+                resumable: progress.is_some(),
+                events_per_minute: per_minute.and_then(|v| v.parse().ok()),
+                poll_interval_s: interval_ms
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .map(|ms| ms / 1000),
+            });
+        }
+        Ok(FleetStatus {
+            workers,
+            budget_last_minute: usage.last_minute,
+            budget_today: usage.last_day,
+            budget_paused_s: usage.paused.map(|p| p.as_secs().max(1)),
+            per_minute: self.budget.per_minute,
+            per_day: self.budget.per_day,
+            shards: out,
+        })
+    }
+}
