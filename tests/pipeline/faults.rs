@@ -10,9 +10,15 @@ use chrono::Utc;
 
 use crate::helpers::*;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_sink_that_is_down_keeps_the_cursor_and_delivery_resumes() {
-    let mut nats = OwnNats::start();
+/// A nats-server of the test's own, a simulator with 600 events a minute
+/// per pair, and a bridge configuration against both (with its tag).
+async fn busy_pipeline_to_own_nats() -> (
+    OwnNats,
+    cas_bridge::sim::SimHandle,
+    String,
+    cas_bridge::config::Config,
+) {
+    let nats = OwnNats::start();
     let sim = start_sim(SimConfig {
         events_per_hour: 36_000.0,
         ..sim_config()
@@ -21,6 +27,12 @@ async fn a_sink_that_is_down_keeps_the_cursor_and_delivery_resumes() {
     let tag = tag();
     let mut cfg = bridge_config(&sim, &tag, SinkKind::Nats);
     cfg.sink.nats.url = nats.url();
+    (nats, sim, tag, cfg)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sink_that_is_down_keeps_the_cursor_and_delivery_resumes() {
+    let (mut nats, sim, _, mut cfg) = busy_pipeline_to_own_nats().await;
     cfg.api.page_limit = Some(500);
     cfg.window.start_from = cas_bridge::config::StartFrom::Ago(Duration::from_secs(120));
     let t0 = Utc::now();
@@ -283,16 +295,8 @@ async fn a_429_pauses_every_shard_and_nothing_is_lost() {
 /// bounded tail (flush 3 s, lease release 2 s), exiting cleanly.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_with_the_broker_dead_exits_within_the_grace() {
-    let mut nats = OwnNats::start();
-    let sim = start_sim(SimConfig {
-        events_per_hour: 36_000.0,
-        ..sim_config()
-    })
-    .await;
-    let tag = tag();
+    let (mut nats, sim, tag, mut cfg) = busy_pipeline_to_own_nats().await;
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg = bridge_config(&sim, &tag, SinkKind::Nats);
-    cfg.sink.nats.url = nats.url();
     cfg.shutdown.grace = cas_bridge::config::Dur::secs(4);
     prepare_stream(&cfg).await;
     let mut p = BridgeProcess::spawn(&cfg, "dead-broker", &dir.path().join("p.log"));
