@@ -52,6 +52,7 @@ pub fn page(events: Vec<Box<RawValue>>, next: Option<&str>) -> Page {
     Page {
         events,
         next_link: next.map(str::to_string),
+        memory: None,
     }
 }
 

@@ -200,6 +200,11 @@ impl LeaseKeeper {
                 let paused = self.engine.scheduler.usage().await.paused;
                 self.engine.status.set_paused(paused);
                 self.engine.telemetry.budget_paused(paused);
+                // Every replica keeps the fleet's cursors in memory too: a
+                // Redis that comes back empty loses none while one is up.
+                if let Err(e) = self.engine.checkpoints.refresh(&self.order).await {
+                    tracing::debug!(error = %e, "cannot read the fleet's cursors");
+                }
                 n.max(1)
             }
             Err(e) => {

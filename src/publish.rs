@@ -159,6 +159,10 @@ impl Publisher {
             return Ok(());
         }
         let (records, times) = self.records(shard, window, &page, tel).await;
+        // The events go now; the page's share of the bytes in flight stays
+        // until its records are written (they are as large).
+        let mut page = page;
+        let _memory = page.memory.take();
         drop(page);
         if records.is_empty() {
             return Ok(());

@@ -42,6 +42,8 @@ use crate::status::StatusBoard;
 use crate::telemetry::{ShardTelemetry, Telemetry};
 use crate::window::{Plan, Planner, StartFrom, Window};
 
+mod cursors;
+
 /// How long every shard backs off after the API refused the token.
 pub const AUTH_PAUSE: Duration = Duration::from_secs(60);
 /// The pause after a 429 without `Retry-After`.
@@ -232,8 +234,9 @@ impl Engine {
                     }
                 }
             };
+            let mut window = window;
             let events = match self
-                .deliver_window(&shard, fence, &window, start, &tel, &cancel, &drain)
+                .deliver_window(&shard, fence, &mut window, start, &tel, &cancel, &drain)
                 .await
             {
                 Ok(events) => events,
@@ -294,87 +297,29 @@ impl Engine {
         interval
     }
 
-    /// The stored position inside the window after `cursor`, if there is
-    /// one worth resuming (a record of an older window is ignored).
-    async fn load_progress(&self, shard: &Shard, cursor: DateTime<Utc>) -> Option<Progress> {
-        match self.checkpoints.load_progress(shard).await {
-            Ok(Some(p)) if p.end > cursor && p.start < p.end => Some(p),
-            Ok(_) => None,
-            Err(e) => {
-                tracing::warn!(%shard, error = %e, "cannot load the progress inside the window; reading it from its start");
-                None
-            }
-        }
-    }
-
-    /// The stored cursor, or the configured start; `None` if cancelled.
-    async fn load_cursor(
-        &self,
-        shard: &Shard,
-        cancel: &CancellationToken,
-    ) -> Option<DateTime<Utc>> {
-        let mut retry = Backoff::request();
-        loop {
-            match self.checkpoints.load(shard).await {
-                Ok(Some(c)) => return Some(c),
-                Ok(None) => return Some(self.settings.start_from.resolve(self.started)),
-                Err(e) => {
-                    tracing::warn!(%shard, error = %e, "cannot load the cursor; retrying");
-                    if !retry.wait(cancel).await {
-                        return None;
-                    }
-                }
-            }
-        }
-    }
-
-    /// Moves the cursor; `false` when the shard must stop (fenced, cancelled).
-    async fn checkpoint(
-        &self,
-        shard: &Shard,
-        fence: Fence,
-        end: DateTime<Utc>,
-        cancel: &CancellationToken,
-    ) -> bool {
-        let mut retry = Backoff::request();
-        loop {
-            match self.checkpoints.store(shard, fence, end).await {
-                Ok(()) => return true,
-                Err(e @ CoordError::Fenced { .. }) => {
-                    tracing::warn!(%shard, error = %e, "checkpoint refused: lost the shard");
-                    self.status.set_error(shard, &e);
-                    return false;
-                }
-                Err(e) => {
-                    tracing::warn!(%shard, error = %e, "checkpoint failed; retrying");
-                    if !retry.wait(cancel).await {
-                        return false;
-                    }
-                }
-            }
-        }
-    }
-
     /// Fetches every page of `window` (from `start`) and publishes its
     /// events, recording the progress after each page; returns the number
-    /// of events the window held.
+    /// of events the window held. A new window planned up to the live edge
+    /// is stretched to the live edge of when its permit came, so the time
+    /// spent waiting for it does not hold its events back a whole interval.
     #[allow(clippy::too_many_arguments)]
     async fn deliver_window(
         &self,
         shard: &Shard,
         fence: Fence,
-        window: &Window,
+        window: &mut Window,
         start: Start,
         tel: &ShardTelemetry,
         cancel: &CancellationToken,
         drain: &CancellationToken,
     ) -> Result<u64, Abort> {
-        let first = || self.source.first_page(shard, window);
+        let first = self.source.first_page(shard, window);
+        let mut live = matches!(start, Start::First(_)) && self.planner.at_edge(window, Utc::now());
         let pages_left = Ask::new(Priority::PagesLeft);
         // A window read again from its start goes as a catch-up would.
         let again = Ask::new(Priority::Backlog);
         let (mut url, mut pages, mut events, mut resumed, mut ask) = match start {
-            Start::First(ask) => (first(), 0u32, 0u64, None, ask),
+            Start::First(ask) => (first, 0u32, 0u64, None, ask),
             Start::Resume(p) => match self.source.next_page(&p.next) {
                 Ok(u) => {
                     tel.window_resumed(p.pages);
@@ -382,29 +327,32 @@ impl Engine {
                 }
                 Err(e) => {
                     tel.stored_link_refused(&e, p.pages);
-                    (first(), 0, 0, None, again)
+                    (first, 0, 0, None, again)
                 }
             },
         };
         self.status.set_window(shard, Some((*window, pages)));
         // The links followed in this window: one that comes again is a loop.
         let mut followed = std::collections::HashSet::new();
-        followed.insert(link_key(url.as_str()));
         loop {
-            let fetched = self.fetch(shard, &url, ask, tel, cancel, drain).await;
+            let stretch = live.then_some(&mut *window);
+            let fetched = self
+                .fetch(shard, &mut url, stretch, ask, tel, cancel, drain)
+                .await;
             let (page, slot) = match fetched {
                 Err(Abort::Park(e)) if resumed.is_some() => {
                     // The stored link is refused (expired, or the API does
                     // not know it): read the window again from its start.
                     tel.stored_link_refused(&e, resumed.take().unwrap_or(0));
-                    url = first();
+                    url = self.source.first_page(shard, window);
                     (pages, events) = (0, 0);
                     ask = again;
                     continue;
                 }
                 other => other?,
             };
-            resumed = None;
+            (resumed, live) = (None, false);
+            followed.insert(link_key(url.as_str()));
             let next = page.next_link.clone();
             events += page.events.len() as u64;
             self.publisher
@@ -467,11 +415,14 @@ impl Engine {
 
     /// One page, retried until it arrives, the shard must park, or cancel.
     /// Draining stops it while it waits (nothing is in flight then); a
-    /// request sent is finished.
+    /// request sent is finished. With `stretch`, `url` is the first page of
+    /// that window, stretched to the live edge at the first permit.
+    #[allow(clippy::too_many_arguments)]
     async fn fetch(
         &self,
         shard: &Shard,
-        url: &Url,
+        url: &mut Url,
+        mut stretch: Option<&mut Window>,
         ask: Ask,
         tel: &ShardTelemetry,
         cancel: &CancellationToken,
@@ -498,6 +449,12 @@ impl Engine {
                 }
             };
             tel.permit(grant.permit.waited());
+            // Only at the first permit: a retry asks for the same page.
+            if let Some(w) = stretch.take() {
+                if self.planner.stretch(w, Utc::now()) {
+                    *url = self.source.first_page(shard, w);
+                }
+            }
             tracing::debug!(%shard, %url, "request");
             let started = std::time::Instant::now();
             let res = tokio::select! {

@@ -224,6 +224,23 @@ impl Planner {
     }
 
     /// How far the cursor is behind `now − lag` (zero when ahead).
+    /// Whether `window` ends at the live edge (`now − lag`, to the second):
+    /// a steady-state window, not a catch-up one cut at its longest.
+    pub fn at_edge(&self, window: &Window, now: DateTime<Utc>) -> bool {
+        window.end + chrono::Duration::seconds(1) >= now - self.lag
+    }
+
+    /// Moves the end of a window planned at the live edge to the live edge
+    /// of `now`; whether it moved.
+    pub fn stretch(&self, window: &mut Window, now: DateTime<Utc>) -> bool {
+        let edge = now - self.lag;
+        let moved = edge > window.end;
+        if moved {
+            window.end = edge;
+        }
+        moved
+    }
+
     pub fn behind(&self, cursor: DateTime<Utc>, now: DateTime<Utc>) -> Duration {
         (now - self.lag - cursor).to_std().unwrap_or_default()
     }
@@ -299,6 +316,31 @@ mod tests {
 
     fn planner() -> Planner {
         Planner::new(&WindowConfig::default())
+    }
+
+    #[test]
+    fn a_window_at_the_live_edge_stretches_to_when_its_permit_came() {
+        let p = planner();
+        let now = t("2026-01-10T12:00:00Z");
+        let Plan::Due { mut window, .. } = p.plan(t("2026-01-10T11:50:00Z"), now) else {
+            panic!("due")
+        };
+        assert!(p.at_edge(&window, now));
+        // The permit came 45 s later: the window ends at that time − lag.
+        assert!(p.stretch(&mut window, now + chrono::Duration::seconds(45)));
+        assert_eq!(window.end, t("2026-01-10T11:59:45Z"));
+        assert!(!p.stretch(&mut window, now), "never shortened");
+        assert_eq!(window.end, t("2026-01-10T11:59:45Z"));
+        // A catch-up window, cut at its longest, is not at the edge.
+        let p = Planner::new(&WindowConfig {
+            max: Dur::secs(3600),
+            ..WindowConfig::default()
+        });
+        let Plan::Due { window, .. } = p.plan(t("2026-01-09T12:00:00Z"), now) else {
+            panic!("due")
+        };
+        assert!(window.end < now - chrono::Duration::hours(1));
+        assert!(!p.at_edge(&window, now));
     }
 
     #[test]

@@ -1,4 +1,7 @@
+use std::sync::Arc;
 use std::time::Duration;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use chrono::{DateTime, Utc};
 use secrecy::{ExposeSecret, SecretString};
@@ -33,6 +36,21 @@ pub struct Client {
     page_limit: u32,
     /// Largest body read, in bytes.
     max_body: u64,
+    /// The bodies of pages in flight, in KiB: a body is read only once its
+    /// size is reserved here, and the reservation goes with the page until
+    /// the page is dropped (after the sink acknowledged it).
+    memory: Arc<Semaphore>,
+}
+
+/// Bytes of page bodies held at once by one process (or `api.max_body_bytes`
+/// when larger, so that one page always fits). A page costs a few times its
+/// body while it is parsed, validated and written for the sink; this bounds
+/// the pages in flight by bytes whatever their number (ordinary pages of a
+/// few hundred KB are never held back by it).
+pub const PAGE_BYTES_IN_FLIGHT: u64 = 32 * 1024 * 1024;
+
+fn kib(bytes: u64) -> u32 {
+    bytes.div_ceil(1024).clamp(1, u64::from(u32::MAX)) as u32
 }
 
 impl std::fmt::Debug for Client {
@@ -61,6 +79,9 @@ impl Client {
             dialect: cfg.dialect,
             page_limit: cfg.effective_page_limit(),
             max_body: cfg.max_body_bytes,
+            memory: Arc::new(Semaphore::new(
+                kib(PAGE_BYTES_IN_FLIGHT.max(cfg.max_body_bytes)) as usize,
+            )),
         })
     }
 
@@ -120,10 +141,13 @@ impl Client {
             .get(reqwest::header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .and_then(parse_retry_after);
-        let body = self.read_capped(resp).await?;
+        let (body, memory) = self.read_capped(resp).await?;
         if status == 200 {
-            return parse_page(&body, self.dialect);
+            let mut page = parse_page(&body, self.dialect)?;
+            page.memory = Some(memory);
+            return Ok(page);
         }
+        drop(memory);
         let body = serde_json::from_slice::<ErrorBody>(&body)
             .unwrap_or_else(|_| ErrorBody {
                 code: 0,
@@ -138,25 +162,58 @@ impl Client {
         })
     }
 
-    async fn read_capped(&self, mut resp: reqwest::Response) -> Result<Vec<u8>, ApiError> {
+    /// The body, and its reservation in the bodies in flight.
+    async fn read_capped(
+        &self,
+        mut resp: reqwest::Response,
+    ) -> Result<(Vec<u8>, OwnedSemaphorePermit), ApiError> {
         if resp.content_length().is_some_and(|n| n > self.max_body) {
             return Err(ApiError::TooLarge { cap: self.max_body });
         }
-        // The server's Content-Length is a claim, not a size to reserve
-        // up front: at most 1 MiB is, and the buffer grows with the body.
-        let mut buf = Vec::with_capacity(
-            resp.content_length()
-                .unwrap_or(16 * 1024)
-                .min(self.max_body)
-                .min(1024 * 1024) as usize,
-        );
+        // Reserved before reading: the claimed length (within the cap), or
+        // 1 MiB when the server gives none. A body that outgrows its
+        // reservation takes more if it is free, else gives back what it
+        // holds and waits for the whole amount: a page never waits while
+        // holding a reservation, so two pages cannot wait on each other.
+        let claimed = resp.content_length().map(|n| n.min(self.max_body));
+        let closed = |_| ApiError::Transport("the client is closed".into());
+        let mut memory = self
+            .memory
+            .clone()
+            .acquire_many_owned(kib(claimed.unwrap_or(1024 * 1024)))
+            .await
+            .map_err(closed)?;
+        // The claimed length is reserved: the buffer takes it at once (no
+        // copies as it grows; what the body does not fill stays untouched).
+        let mut buf = Vec::with_capacity(claimed.unwrap_or(16 * 1024) as usize);
         while let Some(chunk) = resp.chunk().await.map_err(transport)? {
             if (buf.len() + chunk.len()) as u64 > self.max_body {
                 return Err(ApiError::TooLarge { cap: self.max_body });
             }
             buf.extend_from_slice(&chunk);
+            let (need, held) = (kib(buf.len() as u64), memory.num_permits() as u32);
+            if need > held {
+                let want = need.max(held * 2).min(kib(self.max_body));
+                match self.memory.clone().try_acquire_many_owned(want - held) {
+                    Ok(more) => memory.merge(more),
+                    Err(_) => {
+                        drop(memory);
+                        memory = self
+                            .memory
+                            .clone()
+                            .acquire_many_owned(want)
+                            .await
+                            .map_err(closed)?;
+                    }
+                }
+            }
         }
-        Ok(buf)
+        // Keep only what the body took.
+        let used = kib(buf.len() as u64);
+        if let Some(extra) = memory.num_permits().checked_sub(used as usize) {
+            drop(memory.split(extra));
+        }
+        Ok((buf, memory))
     }
 }
 

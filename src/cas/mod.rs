@@ -14,7 +14,7 @@ mod config;
 mod error;
 mod page;
 
-pub use client::{format_time, parse_retry_after, Client};
+pub use client::{format_time, parse_retry_after, Client, PAGE_BYTES_IN_FLIGHT};
 pub use config::{ApiConfig, REGIONS};
 pub use error::{one_line, Action, ApiError, ErrorBody};
 pub use page::{parse_page, resolve_next_link, Page};

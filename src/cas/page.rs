@@ -13,16 +13,65 @@ pub struct Page {
     pub events: Vec<Box<RawValue>>,
     /// The next link exactly as returned; `None` when the pages end.
     pub next_link: Option<String>,
+    /// The body's share of the bytes in flight, given back when the page
+    /// is dropped (see [`super::PAGE_BYTES_IN_FLIGHT`]).
+    pub memory: Option<tokio::sync::OwnedSemaphorePermit>,
 }
+
+/// The most events a page may hold: twice the larger dialect's page size.
+/// The parser stops at the next one, so a hostile page of millions of tiny
+/// items costs no more memory than this many (the engine refuses, more
+/// strictly, any page over twice the page size it asked for).
+pub const MAX_PAGE_EVENTS: usize = 1000;
 
 /// Both dialects' envelope field names are accepted whatever the configured
 /// dialect is: a tolerant reader costs nothing here.
 #[derive(Deserialize)]
 struct Envelope {
-    #[serde(default, alias = "securityEvents")]
+    #[serde(default, alias = "securityEvents", deserialize_with = "bounded")]
     security_events: Option<Vec<Box<RawValue>>>,
     #[serde(default, alias = "nextLink")]
     next_link: Option<Value>,
+}
+
+/// The events array, refused past [`MAX_PAGE_EVENTS`] items without
+/// reading further.
+fn bounded<'de, D>(d: D) -> Result<Option<Vec<Box<RawValue>>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    struct Events;
+    impl<'de> serde::de::Visitor<'de> for Events {
+        type Value = Option<Vec<Box<RawValue>>>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("an array of events")
+        }
+        fn visit_unit<E>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_none<E>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_seq(self)
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(
+            self,
+            mut seq: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut v = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(MAX_PAGE_EVENTS));
+            while let Some(e) = seq.next_element::<Box<RawValue>>()? {
+                if v.len() == MAX_PAGE_EVENTS {
+                    return Err(serde::de::Error::custom(format_args!(
+                        "more than {MAX_PAGE_EVENTS} events in one page"
+                    )));
+                }
+                v.push(e);
+            }
+            Ok(Some(v))
+        }
+    }
+    d.deserialize_option(Events)
 }
 
 /// Parses a 200 body.
@@ -55,7 +104,11 @@ pub fn parse_page(body: &[u8], dialect: Dialect) -> Result<Page, ApiError> {
             )))
         }
     };
-    Ok(Page { events, next_link })
+    Ok(Page {
+        events,
+        next_link,
+        memory: None,
+    })
 }
 
 /// Turns a next link into a URL that may be requested with the token: the
@@ -106,6 +159,24 @@ mod tests {
         let base = Url::parse("https://api.test/base?x=1").unwrap();
         let u = resolve_next_link("/v1/siem/security_events?p=2", &base).unwrap();
         assert_eq!(u.as_str(), "https://api.test/v1/siem/security_events?p=2");
+    }
+
+    #[test]
+    fn a_flood_of_tiny_events_is_refused_without_reading_it_all() {
+        let page = |n: usize| {
+            let items = vec!["0"; n].join(",");
+            format!(r#"{{"security_events":[{items}],"next_link":""}}"#)
+        };
+        let p = parse_page(page(MAX_PAGE_EVENTS).as_bytes(), Dialect::V1).unwrap();
+        assert_eq!(p.events.len(), MAX_PAGE_EVENTS);
+        let e = parse_page(page(1_000_000).as_bytes(), Dialect::V1).unwrap_err();
+        assert!(
+            e.to_string().contains("more than 1000 events in one page"),
+            "{e}"
+        );
+        // `null` is no array, as before.
+        let e = parse_page(br#"{"security_events":null}"#, Dialect::V1).unwrap_err();
+        assert!(e.to_string().contains("no `security_events` array"), "{e}");
     }
 
     #[test]

@@ -174,6 +174,20 @@ pub trait CheckpointStore: Send + Sync {
         fence: Fence,
         progress: &Progress,
     ) -> Result<(), CoordError>;
+    /// Reads the cursors of `shards` into this process's memory of them
+    /// (see [`CheckpointStore::remembered`]). A store that cannot forget
+    /// keeps no such memory.
+    async fn refresh(&self, _shards: &[Shard]) -> Result<(), CoordError> {
+        Ok(())
+    }
+    /// The last cursor of `shard` this process saw in the store — read,
+    /// written, or refreshed — whoever held the shard. A fleet's Redis may
+    /// keep nothing on disk: when it comes back empty, a replica that takes
+    /// a shard continues from here instead of `window.start_from`, so the
+    /// span since the last holder's cursor is not skipped.
+    fn remembered(&self, _shard: &Shard) -> Option<DateTime<Utc>> {
+        None
+    }
 }
 
 /// The token's request budget, shared by every worker.

@@ -62,12 +62,30 @@ async fn security_events(
         .get("user-agent")
         .and_then(|v| v.to_str().ok())
         .is_some_and(|ua| ua.starts_with("cas-bridge/"));
-    let (resp, status, events) = answer(&st, method, &headers, query.as_deref().unwrap_or(""));
-    st.record(arrived, bridge, status, events);
+    let query = query.as_deref().unwrap_or("");
+    let (resp, status, events) = answer(&st, method, &headers, query);
+    st.record(arrived, bridge, asked_pair(query), status, events);
     if !st.cfg.latency.is_zero() {
         tokio::time::sleep(st.cfg.latency).await;
     }
     resp
+}
+
+/// `service:event` from a query (for the request log).
+fn asked_pair(query: &str) -> String {
+    let (mut service, mut event) = (String::new(), String::new());
+    for (k, v) in url::form_urlencoded::parse(query.as_bytes()) {
+        match k.as_ref() {
+            "service" => service = v.into_owned(),
+            "event" => event = v.into_owned(),
+            _ => {}
+        }
+    }
+    if service.is_empty() && event.is_empty() {
+        String::new()
+    } else {
+        format!("{service}:{event}")
+    }
 }
 
 fn answer(
@@ -288,7 +306,14 @@ fn answer(
             end.timestamp_millis()
         ))
         .or_default() += 1;
-    body.insert(d.events_field().into(), Value::Array(page));
+    if st.cfg.flood > 0 {
+        body.insert(
+            d.events_field().into(),
+            Value::Array(vec![json!(0); st.cfg.flood]),
+        );
+    } else {
+        body.insert(d.events_field().into(), Value::Array(page));
+    }
     let mut bytes = serde_json::to_vec(&body).unwrap_or_default();
     if st.cfg.malformed > 0.0 && rng.random_bool(st.cfg.malformed.min(1.0)) {
         bytes.truncate(bytes.len() / 2);

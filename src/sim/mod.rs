@@ -144,6 +144,10 @@ pub struct SimConfig {
     /// silent (they answer 200 with no events), as on a real tenant.
     #[arg(long = "activity", value_parser = parse_activity)]
     pub activity: Vec<PairActivity>,
+    /// A hostile API: every 200 answer carries this many items `0` as its
+    /// events (0: off).
+    #[arg(long, default_value_t = 0)]
+    pub flood: usize,
 }
 
 /// One pair's activity in the simulator (`--activity`).
@@ -200,6 +204,7 @@ impl Default for SimConfig {
             huge_bytes: 0,
             link_ttl: None,
             activity: Vec::new(),
+            flood: 0,
         }
     }
 }
@@ -228,13 +233,16 @@ impl SimConfig {
 }
 
 /// One request the simulator answered.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Served {
     /// When, ms since the epoch.
     pub at_ms: i64,
     pub status: u16,
     /// Whether the request came from cas-bridge (by its User-Agent).
     pub bridge: bool,
+    /// `service:event` as asked for (empty when the query named none).
+    #[serde(default)]
+    pub pair: String,
 }
 
 /// Counts of what the simulator answered.
@@ -421,7 +429,7 @@ impl SimState {
         lock(&self.stats).clone()
     }
 
-    fn record(&self, at_ms: i64, bridge: bool, status: u16, events: usize) {
+    fn record(&self, at_ms: i64, bridge: bool, pair: String, status: u16, events: usize) {
         let mut st = lock(&self.stats);
         if status == 429 {
             st.throttled += 1;
@@ -435,6 +443,7 @@ impl SimState {
                 at_ms,
                 status,
                 bridge,
+                pair,
             });
         }
     }

@@ -77,6 +77,8 @@ pub struct Stats {
     pub leases_lost: AtomicU64,
     pub windows_resumed: AtomicU64,
     pub stored_links_refused: AtomicU64,
+    /// Shards continued from a remembered cursor after the store lost theirs.
+    pub cursors_recovered: AtomicU64,
     /// The last [`AGES_KEPT`] event ages at acknowledgement (ms, a ring),
     /// for the demo's percentiles.
     pub ages_ms: std::sync::Mutex<(Vec<u32>, usize)>,
@@ -441,6 +443,19 @@ impl ShardTelemetry {
         self.links_refused.increment(1);
         self.reread.increment(u64::from(pages));
         warn!(shard = %self.shard, %error, pages_reread = pages, "the recorded next link was refused; reading the window again from its start");
+    }
+
+    /// The store had no cursor for the shard; it continues from the last
+    /// one this process saw (whoever held the shard then).
+    pub fn cursor_recovered(&self, cursor: DateTime<Utc>) {
+        Stats::add(&self.stats.cursors_recovered, 1);
+        counter!(
+            "cas_bridge_cursors_recovered_total",
+            "service" => self.shard.service.clone(),
+            "event" => self.shard.event.clone()
+        )
+        .increment(1);
+        warn!(shard = %self.shard, %cursor, "the coordination store has no cursor for this shard (it lost its data); continuing from the last cursor this process saw");
     }
 
     /// The shard stopped for good (until restart): nothing it can do helps.

@@ -123,6 +123,10 @@ fn describe() {
             "Shards stopped because the sink is misconfigured",
         ),
         (
+            "cas_bridge_cursors_recovered_total",
+            "Shards continued from a cursor this process remembered after the coordination store lost theirs",
+        ),
+        (
             "cas_bridge_windows_resumed_total",
             "Windows continued from a recorded page instead of their start",
         ),

@@ -162,6 +162,81 @@ async fn redis_gone_longer_than_the_lease_ttl_and_back_empty_rereads_nothing() {
     .await;
 }
 
+/// The holder of half the shards is frozen (SIGSTOP) while Redis goes
+/// away for longer than the lease TTL and comes back empty: the other
+/// replica takes the frozen one's shards, with no cursor in Redis for them.
+/// It continues from the cursors it last read from Redis, not from its own
+/// start minus `window.start_from` — that would re-read the whole run, past
+/// JetStream's duplicate window (93 s here). The frozen replica then wakes,
+/// finds its leases gone and stops working them. Nothing is missing and
+/// nothing was published twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_holder_frozen_while_redis_comes_back_empty_costs_no_reread() {
+    require_nats();
+    let redis = OwnRedis::start();
+    let sim = start_sim(SimConfig {
+        events_per_hour: 3600.0,
+        latency: Duration::from_millis(50),
+        ..sim_config()
+    })
+    .await;
+    let tag = tag();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = fleet_config(&sim, &tag, SinkKind::Nats, &redis.url(), &tag);
+    cfg.shards.pairs = eight_pairs()[..6].to_vec();
+    cfg.window.start_from = StartFrom::Ago(Duration::from_secs(20));
+    prepare_stream(&cfg).await;
+    let t0 = Utc::now();
+    let procs: Vec<BridgeProcess> = ["fa", "fb"]
+        .iter()
+        .map(|w| BridgeProcess::spawn(&cfg, w, &dir.path().join(format!("{w}.log"))))
+        .collect();
+    let obs = observer(&cfg).await;
+    wait_cursor_in(
+        &obs,
+        &cfg,
+        t0 + chrono::Duration::seconds(110),
+        Duration::from_secs(180),
+    )
+    .await;
+    // Both hold shards by now (the fair share is 3 each).
+    let held = obs.status(&cfg.shards.shards().unwrap()).await.unwrap();
+    let by_fa = held
+        .shards
+        .iter()
+        .filter(|s| s.owner.as_deref() == Some("fa"))
+        .count();
+    assert!(by_fa > 0, "the frozen replica holds shards: {held:#?}");
+    procs[0].signal("-STOP");
+    let port = redis.stop();
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let _redis = OwnRedis::start_on(port);
+    let check_to = Utc::now() - chrono::Duration::seconds(3);
+    let obs = observer(&cfg).await;
+    wait_cursor_in(
+        &obs,
+        &cfg,
+        check_to + chrono::Duration::seconds(15),
+        Duration::from_secs(120),
+    )
+    .await;
+    procs[0].signal("-CONT");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    for mut p in procs {
+        assert!(p.terminate().success(), "graceful exit");
+    }
+    let r = assert_delivered(
+        "holder frozen across an empty Redis",
+        &sim,
+        &cfg,
+        t0 - chrono::Duration::seconds(15),
+        check_to,
+    )
+    .await;
+    assert_eq!(r.duplicated, 0, "{r:?}");
+    sim.stop().await;
+}
+
 /// A tansu broker the test owns (killed on drop).
 struct OwnTansu {
     port: u16,

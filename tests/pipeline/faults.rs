@@ -323,3 +323,54 @@ async fn sigterm_with_the_broker_dead_exits_within_the_grace() {
     );
     sim.stop().await;
 }
+
+/// A 200 answer without a `Content-Length` (chunked) of ~3 MB, larger
+/// than the 1 MiB reserved for a body of unknown size: the reservation
+/// grows with the body, the page parses whole, and the page holds exactly
+/// what its body took.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunked_body_of_unknown_size_is_read_whole_within_its_reservation() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let events: Vec<String> = (0..600)
+        .map(|i| format!(r#"{{"log_item_id":"id-{i}","pad":"{}"}}"#, "x".repeat(5000)))
+        .collect();
+    let body = format!(
+        r#"{{"security_events":[{}],"next_link":""}}"#,
+        events.join(",")
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let served = body.clone();
+    tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut req = vec![0u8; 8192];
+        let _ = s.read(&mut req).await.unwrap();
+        s.write_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n")
+            .await
+            .unwrap();
+        for part in served.as_bytes().chunks(64 * 1024) {
+            s.write_all(format!("{:x}\r\n", part.len()).as_bytes())
+                .await
+                .unwrap();
+            s.write_all(part).await.unwrap();
+            s.write_all(b"\r\n").await.unwrap();
+        }
+        s.write_all(b"0\r\n\r\n").await.unwrap();
+    });
+    let mut cfg = cas_bridge::config::Config::default();
+    cfg.api.base_url = Some(format!("http://{addr}"));
+    let client =
+        cas_bridge::cas::Client::new(&cfg.api, secrecy::SecretString::from("t".to_string()))
+            .unwrap();
+    let permit = Coordination::in_memory(&cfg)
+        .budget
+        .acquire(cas_bridge::coord::Priority::Active)
+        .await
+        .unwrap();
+    let url = url::Url::parse(&format!("http://{addr}/v1/siem/security_events")).unwrap();
+    let page = client.fetch(permit, &url).await.unwrap();
+    assert_eq!(page.events.len(), 600);
+    assert!(body.len() > 3_000_000);
+    let held = page.memory.as_ref().expect("a reservation").num_permits();
+    assert_eq!(held, body.len().div_ceil(1024), "KiB held for the page");
+}

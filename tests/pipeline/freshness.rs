@@ -53,6 +53,10 @@ struct Freshness {
     woke_after_s: Option<f64>,
     max_in_any_minute: usize,
     throttled: u64,
+    /// Requests served over the run.
+    served: u64,
+    /// When the waking pair was asked for, seconds after the start.
+    wake_polls: Vec<f64>,
 }
 
 impl Freshness {
@@ -147,6 +151,12 @@ async fn measure(
         .first()
         .and_then(|(id, visible)| Some((stored.get(id.as_str())? - visible) as f64 / 1000.0));
     let stats = sim.state.stats();
+    let wake_polls = stats
+        .log
+        .iter()
+        .filter(|s| s.pair == WAKES)
+        .map(|s| (s.at_ms - t0.timestamp_millis()) as f64 / 1000.0)
+        .collect();
     Freshness {
         what,
         missing: report.missing.len(),
@@ -155,6 +165,8 @@ async fn measure(
         woke_after_s,
         max_in_any_minute: stats.max_bridge_in_any(Duration::from_secs(60)),
         throttled: stats.throttled,
+        served: stats.served,
+        wake_polls,
     }
 }
 
@@ -165,7 +177,7 @@ async fn busy_pairs_are_delivered_fresh_alone_and_in_a_fleet() {
     let (one, fleet) = tokio::join!(scenario("one process", 1), scenario("three processes", 3));
     for f in [&one, &fleet] {
         println!(
-            "{}: {} events checked, {} missing; busy pairs' latency over {} events: median {:.1} s, p90 {:.1} s, max {:.1} s; the waking pair's first event after {:?} s; at most {} requests in any 60 s, {} × 429",
+            "{}: {} events checked, {} missing; busy pairs' latency over {} events: median {:.1} s, p90 {:.1} s, max {:.1} s; the waking pair's first event after {:?} s (asked for at {:.0?} s); {} requests served, at most {} in any 60 s, {} × 429",
             f.what,
             f.checked,
             f.missing,
@@ -174,6 +186,8 @@ async fn busy_pairs_are_delivered_fresh_alone_and_in_a_fleet() {
             f.quantile(0.9),
             f.quantile(1.0),
             f.woke_after_s,
+            f.wake_polls,
+            f.served,
             f.max_in_any_minute,
             f.throttled
         );

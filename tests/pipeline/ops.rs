@@ -140,6 +140,79 @@ async fn metrics_move_and_readiness_follows_redis() {
     sim.stop().await;
 }
 
+/// A Redis that hangs (it keeps its connections and answers nothing) under
+/// one bridge holding all 48 default shards, lease TTL 10 s: readiness goes
+/// false and every shard stops before its lease can run out — renewals run
+/// side by side, each bounded — and all comes back when Redis wakes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_redis_stops_all_48_shards_before_their_leases_run_out() {
+    let redis = OwnRedis::start();
+    let sim = start_sim(sim_config()).await;
+    let tag = tag();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = fleet_config(&sim, &tag, SinkKind::Jsonl, &redis.url(), &tag);
+    cfg.sink.jsonl.path = dir.path().join("out.jsonl").display().to_string();
+    cfg.shards = cas_bridge::config::ShardsConfig::default();
+    cfg.coord.lease_ttl = cas_bridge::config::Dur::secs(10);
+    cfg.validate().unwrap();
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let log = dir.path().join("bridge.log");
+    let _bridge = BridgeProcess::spawn_with(&cfg, "hung", &log, &[("OPS__LISTEN", &listen)]);
+    let base = format!("http://{listen}");
+    let held = async || {
+        get(&format!("{base}/metrics"))
+            .await
+            .map(|(_, t)| counter(&t, "cas_bridge_leases_held"))
+    };
+    wait_for(
+        "48 shards held and ready",
+        Duration::from_secs(60),
+        async || {
+            held().await == Some(48.0)
+                && get(&format!("{base}/readyz"))
+                    .await
+                    .is_some_and(|(s, _)| s == 200)
+        },
+    )
+    .await;
+
+    redis.signal("-STOP");
+    let hung = tokio::time::Instant::now();
+    wait_for(
+        "readyz false with Redis hung",
+        Duration::from_secs(10),
+        async || {
+            get(&format!("{base}/readyz"))
+                .await
+                .is_some_and(|(s, _)| s == 503)
+        },
+    )
+    .await;
+    let not_ready = hung.elapsed();
+    wait_for("every shard stopped", Duration::from_secs(10), async || {
+        held().await == Some(0.0)
+    })
+    .await;
+    let stopped = hung.elapsed();
+    println!("Redis hung: not ready after {not_ready:?}, all 48 shards stopped after {stopped:?} (lease TTL 10 s)");
+    assert!(stopped < Duration::from_secs(10), "{stopped:?}");
+
+    redis.signal("-CONT");
+    wait_for(
+        "48 shards held and ready again",
+        Duration::from_secs(60),
+        async || {
+            held().await == Some(48.0)
+                && get(&format!("{base}/readyz"))
+                    .await
+                    .is_some_and(|(s, _)| s == 200)
+        },
+    )
+    .await;
+    sim.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_token_appears_in_no_log_line_and_no_check_config_output() {
     const TOKEN: &str = "tok-VERY-SECRET-4242";

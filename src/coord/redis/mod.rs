@@ -32,14 +32,15 @@ use redis::Script;
 use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
 
+mod checkpoints;
 mod status;
 
 pub use status::{FleetStatus, ShardStatus};
 
 use super::lua::Scripts;
 use super::{
-    Budget, BudgetUsage, CheckpointStore, CoordError, DedupStore, Fence, LeaseStore, Permit,
-    Priority, Progress, Renewal, ShardReport, Take,
+    Budget, BudgetUsage, CoordError, DedupStore, Fence, LeaseStore, Permit, Priority, Renewal,
+    ShardReport, Take,
 };
 use super::{BudgetConfig, BudgetMode};
 use crate::shard::Shard;
@@ -55,6 +56,12 @@ const MINUTE_MS: i64 = 60_000;
 /// least every [`crate::schedule::ASK_AGAIN`]).
 const WAITER_STALE: Duration = Duration::from_secs(3);
 const DAY_MS: i64 = 86_400_000;
+/// After a failed connection attempt, calls fail at once for this long.
+const RECONNECT_AFTER: Duration = Duration::from_secs(1);
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
 
 /// A hash of the token that names its budget; the token itself never
 /// reaches Redis.
@@ -74,7 +81,14 @@ pub struct RedisCoord {
     /// The connection; dropped after a connection-level failure and made
     /// again at the next call (the manager's own reconnection does not
     /// recover from every failure, e.g. a timed-out reconnect).
-    conn: tokio::sync::Mutex<Option<ConnectionManager>>,
+    conn: std::sync::Mutex<Option<ConnectionManager>>,
+    /// Held while a connection is being made: one caller makes it, the
+    /// others fail at once instead of queueing behind it (a hung Redis
+    /// would otherwise cost every waiting call a connect timeout in turn).
+    opening: tokio::sync::Mutex<()>,
+    /// When the last attempt to connect failed: callers fail at once for
+    /// [`RECONNECT_AFTER`] after it.
+    failed_at: std::sync::Mutex<Option<tokio::time::Instant>>,
     /// Key namespace.
     prefix: String,
     /// This worker's name.
@@ -89,6 +103,9 @@ pub struct RedisCoord {
     horizon: Duration,
     /// The Lua scripts (hashed once; sent by SHA, loaded again when Redis forgot them).
     scripts: Scripts,
+    /// The last cursor seen of every shard, ms (see
+    /// [`CheckpointStore::remembered`]).
+    known: std::sync::Mutex<std::collections::HashMap<Shard, i64>>,
 }
 
 impl std::fmt::Debug for RedisCoord {
@@ -118,7 +135,9 @@ impl RedisCoord {
         let conn = Self::open(&client).await?;
         Ok(Self {
             client,
-            conn: tokio::sync::Mutex::new(Some(conn)),
+            conn: std::sync::Mutex::new(Some(conn)),
+            opening: tokio::sync::Mutex::new(()),
+            failed_at: std::sync::Mutex::new(None),
             budget_key: format!("{}:budget:{}", s.prefix, token_key(s.token)),
             prefix: s.prefix.to_string(),
             worker: s.worker,
@@ -126,6 +145,7 @@ impl RedisCoord {
             budget: s.budget,
             horizon: s.dedup_horizon,
             scripts: Scripts::new(),
+            known: Default::default(),
         })
     }
 
@@ -194,15 +214,36 @@ impl RedisCoord {
         .map_err(unavailable)
     }
 
-    /// The connection, made again if the last one broke.
+    /// The connection, made again if the last one broke. While one caller
+    /// makes it, or shortly after an attempt failed, the others get
+    /// [`CoordError::Unavailable`] at once (they all retry later anyway).
     async fn connection(&self) -> Result<ConnectionManager, CoordError> {
-        let mut slot = self.conn.lock().await;
-        if let Some(c) = slot.as_ref() {
-            return Ok(c.clone());
+        let current = || lock(&self.conn).clone();
+        if let Some(c) = current() {
+            return Ok(c);
         }
-        let c = Self::open(&self.client).await?;
-        *slot = Some(c.clone());
-        Ok(c)
+        let Ok(_opening) = self.opening.try_lock() else {
+            return Err(CoordError::Unavailable("reconnecting to Redis".into()));
+        };
+        if let Some(c) = current() {
+            return Ok(c);
+        }
+        if lock(&self.failed_at).is_some_and(|t| t.elapsed() < RECONNECT_AFTER) {
+            return Err(CoordError::Unavailable(
+                "Redis did not answer the last connection attempt".into(),
+            ));
+        }
+        match Self::open(&self.client).await {
+            Ok(c) => {
+                *lock(&self.conn) = Some(c.clone());
+                *lock(&self.failed_at) = None;
+                Ok(c)
+            }
+            Err(e) => {
+                *lock(&self.failed_at) = Some(tokio::time::Instant::now());
+                Err(e)
+            }
+        }
     }
 
     /// Maps a call's outcome; a connection-level failure drops the connection.
@@ -221,7 +262,7 @@ impl RedisCoord {
             Ok(Ok(_)) => false,
         };
         if broken {
-            *self.conn.lock().await = None;
+            *lock(&self.conn) = None;
         }
         r.map_err(|_| CoordError::Unavailable("Redis call timed out".into()))?
             .map_err(unavailable)
@@ -252,86 +293,6 @@ impl RedisCoord {
     async fn now_ms(&self) -> Result<i64, CoordError> {
         let (s, us): (i64, i64) = self.cmd(&redis::cmd("TIME")).await?;
         Ok(s * 1000 + us / 1000)
-    }
-}
-
-#[async_trait]
-impl CheckpointStore for RedisCoord {
-    async fn load(&self, shard: &Shard) -> Result<Option<DateTime<Utc>>, CoordError> {
-        let v: Option<i64> = self
-            .cmd(redis::cmd("GET").arg(self.key("cursor", shard)))
-            .await?;
-        Ok(v.and_then(DateTime::from_timestamp_millis))
-    }
-
-    async fn store(
-        &self,
-        shard: &Shard,
-        fence: Fence,
-        cursor: DateTime<Utc>,
-    ) -> Result<(), CoordError> {
-        self.fenced_write(
-            shard,
-            fence,
-            "cursor",
-            cursor.timestamp_millis().to_string(),
-        )
-        .await
-    }
-
-    async fn load_progress(&self, shard: &Shard) -> Result<Option<Progress>, CoordError> {
-        let v: Option<String> = self
-            .cmd(redis::cmd("GET").arg(self.key("progress", shard)))
-            .await?;
-        // A record that does not parse (another version wrote it) is ignored:
-        // the window is read from its start, which is always safe.
-        Ok(v.and_then(|t| serde_json::from_str(&t).ok()))
-    }
-
-    async fn store_progress(
-        &self,
-        shard: &Shard,
-        fence: Fence,
-        progress: &Progress,
-    ) -> Result<(), CoordError> {
-        let text = serde_json::to_string(progress).map_err(unavailable)?;
-        self.fenced_write(shard, fence, "progress", text).await
-    }
-}
-
-impl RedisCoord {
-    /// Writes the cursor (and deletes the progress) or the progress, in one
-    /// Lua step that checks the lease holder and the fence.
-    async fn fenced_write(
-        &self,
-        shard: &Shard,
-        fence: Fence,
-        target: &str,
-        value: String,
-    ) -> Result<(), CoordError> {
-        let mut inv = self.scripts.checkpoint.prepare_invoke();
-        inv.key(self.key("lease", shard))
-            .key(self.key("fence", shard))
-            .key(self.key(target, shard))
-            .key(self.key("progress", shard))
-            .arg(&self.worker)
-            .arg(fence)
-            .arg(self.ttl.as_millis() as u64)
-            .arg(value)
-            .arg(if target == "cursor" { "1" } else { "0" });
-        let (code, current): (i64, u64) = self.run(inv).await?;
-        match code {
-            1 => Ok(()),
-            2 => {
-                tracing::warn!(%shard, fence, "Redis had lost this shard's lease and fence; restored them with the {target}");
-                Ok(())
-            }
-            _ => Err(CoordError::Fenced {
-                shard: shard.to_string(),
-                ours: fence,
-                current,
-            }),
-        }
     }
 }
 

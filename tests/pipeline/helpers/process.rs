@@ -73,6 +73,16 @@ impl BridgeProcess {
         }
     }
 
+    /// Sends a signal (`-STOP`, `-CONT`, …) without waiting.
+    pub fn signal(&self, sig: &str) {
+        let st = std::process::Command::new("kill")
+            .arg(sig)
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(st.success(), "kill {sig} failed");
+    }
+
     /// SIGKILL: no shutdown, no release.
     pub fn kill9(&mut self) {
         let _ = self.child.kill();
@@ -110,6 +120,10 @@ impl BridgeProcess {
 
 impl Drop for BridgeProcess {
     fn drop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .arg("-CONT")
+            .arg(self.child.id().to_string())
+            .status();
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

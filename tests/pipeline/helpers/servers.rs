@@ -196,6 +196,17 @@ impl OwnRedis {
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
     }
+
+    /// Sends a signal: `-STOP` makes a Redis that accepts connections and
+    /// answers nothing (a hung server), `-CONT` wakes it.
+    pub fn signal(&self, sig: &str) {
+        let st = std::process::Command::new("kill")
+            .arg(sig)
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(st.success(), "kill {sig} failed");
+    }
 }
 
 impl Drop for OwnRedis {
