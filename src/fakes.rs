@@ -132,6 +132,8 @@ pub struct FakeSink {
     /// From this call on (counting from 1), publishing never returns, like
     /// a process that dies while the broker has its records; 0 = never.
     pub hang_from_call: AtomicUsize,
+    /// What [`Sink::last_window_start`] answers.
+    pub position: Mutex<Option<String>>,
 }
 
 impl FakeSink {
@@ -154,6 +156,9 @@ impl Sink for FakeSink {
     }
     async fn prepare(&self, _topics: &[String]) -> Result<(), SinkError> {
         Ok(())
+    }
+    async fn last_window_start(&self, _topic: &str) -> Result<Option<String>, SinkError> {
+        Ok(lock(&self.position).clone())
     }
     async fn publish(&self, records: &[Record]) -> Result<(), SinkError> {
         let call = self.calls.fetch_add(1, Ordering::Relaxed) + 1;

@@ -249,3 +249,27 @@ async fn catch_up_windows_are_sized_from_the_density_seen() {
     assert_eq!(s2, e1 - chrono::Duration::minutes(2));
     assert_eq!(e2 - s2, chrono::Duration::hours(5));
 }
+
+#[tokio::test(start_paused = true)]
+async fn with_no_cursor_anywhere_a_shard_continues_where_its_topic_ends() {
+    let h = harness(vec![Ok(page(Vec::new(), None))], FakeSink::default());
+    // Nothing in the store, nothing remembered; the topic's last record
+    // came from a window that started 20 minutes ago.
+    let text = crate::cas::format_time(Utc::now() - chrono::Duration::minutes(20));
+    let last = DateTime::parse_from_rfc3339(&text)
+        .unwrap()
+        .with_timezone(&Utc);
+    *h.sink.position.lock().unwrap() = Some(text);
+    h.run_until_windows(1, 60).await;
+    let urls = h.source.requested();
+    let start = urls[0]
+        .query_pairs()
+        .find(|(k, _)| k == "start")
+        .map(|(_, v)| v.into_owned())
+        .unwrap();
+    // The first window starts one overlap before that point, not at
+    // `window.start_from` (an hour back in the fakes' settings).
+    let want = last - h.engine.planner.overlap();
+    assert_eq!(start, crate::cas::format_time(want), "{urls:?}");
+    assert_eq!(Stats::get(&h.stats().cursors_recovered), 1);
+}

@@ -224,6 +224,11 @@ impl Planner {
     }
 
     /// How far the cursor is behind `now − lag` (zero when ahead).
+    /// How far back each window starts before the cursor.
+    pub fn overlap(&self) -> chrono::Duration {
+        self.overlap
+    }
+
     /// Whether `window` ends at the live edge (`now − lag`, to the second):
     /// a steady-state window, not a catch-up one cut at its longest.
     pub fn at_edge(&self, window: &Window, now: DateTime<Utc>) -> bool {

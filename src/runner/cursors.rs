@@ -10,6 +10,28 @@ use crate::retry::Backoff;
 use crate::shard::Shard;
 
 impl Engine {
+    /// Where the sink says the shard was: the window start of the last
+    /// record on its topic (every window before it was checkpointed). A
+    /// shard that ran before continues there rather than at
+    /// `window.start_from`, even when Redis and every replica forgot it.
+    async fn sink_position(&self, shard: &Shard) -> Option<DateTime<Utc>> {
+        let topic = self.publisher.topics().topic(shard);
+        match self.publisher.sink().last_window_start(&topic).await {
+            Ok(Some(text)) => match DateTime::parse_from_rfc3339(&text) {
+                Ok(t) => Some(t.with_timezone(&Utc)),
+                Err(e) => {
+                    tracing::warn!(%shard, window_start = %crate::cas::one_line(&text, 64), error = %e, "the last record on the topic has an unreadable window start; starting at window.start_from");
+                    None
+                }
+            },
+            Ok(None) => None,
+            Err(e) => {
+                tracing::warn!(%shard, error = %e, "no cursor, and the sink cannot say where the shard was; starting at window.start_from");
+                None
+            }
+        }
+    }
+
     /// The stored position inside the window after `cursor`, if there is
     /// one worth resuming (a record of an older window is ignored).
     pub(super) async fn load_progress(
@@ -39,7 +61,13 @@ impl Engine {
                 Ok(Some(c)) => return Some(c),
                 Ok(None) => {
                     if let Some(c) = self.checkpoints.remembered(shard) {
-                        self.telemetry.shard(shard).cursor_recovered(c);
+                        self.telemetry
+                            .shard(shard)
+                            .cursor_recovered(c, "this process's memory");
+                        return Some(c);
+                    }
+                    if let Some(c) = self.sink_position(shard).await {
+                        self.telemetry.shard(shard).cursor_recovered(c, "the sink");
                         return Some(c);
                     }
                     return Some(self.settings.start_from.resolve(self.started));

@@ -9,6 +9,26 @@ use super::{Record, Sink, SinkError};
 pub struct JsonlSink {
     /// Where lines go; one writer at a time so lines never interleave.
     out: Mutex<Box<dyn AsyncWrite + Send + Unpin>>,
+    /// The file (none for stdout).
+    path: Option<std::path::PathBuf>,
+}
+
+/// How much of the file's end is searched for a topic's last record.
+const TAIL_BYTES: u64 = 8 * 1024 * 1024;
+
+/// The `window_start` of the last line of `text` whose `topic` is `topic`.
+fn last_window_start_in(text: &[u8], topic: &str) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Line<'a> {
+        #[serde(borrow)]
+        topic: std::borrow::Cow<'a, str>,
+        #[serde(borrow)]
+        window_start: std::borrow::Cow<'a, str>,
+    }
+    text.split(|b| *b == b'\n').rev().find_map(|l| {
+        let line: Line = serde_json::from_slice(l).ok()?;
+        (line.topic == topic).then(|| line.window_start.into_owned())
+    })
 }
 
 impl JsonlSink {
@@ -30,6 +50,7 @@ impl JsonlSink {
         };
         Ok(Self {
             out: Mutex::new(out),
+            path: (path != "-").then(|| path.into()),
         })
     }
 }
@@ -42,6 +63,28 @@ impl Sink for JsonlSink {
 
     async fn prepare(&self, _topics: &[String]) -> Result<(), SinkError> {
         Ok(())
+    }
+
+    async fn last_window_start(&self, topic: &str) -> Result<Option<String>, SinkError> {
+        use tokio::io::{AsyncReadExt, AsyncSeekExt};
+        let Some(path) = &self.path else {
+            return Ok(None);
+        };
+        let fail = |e: std::io::Error| {
+            SinkError::unavailable("jsonl", format!("cannot read {}: {e}", path.display()))
+        };
+        let mut f = match tokio::fs::File::open(path).await {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(fail(e)),
+        };
+        let len = f.metadata().await.map_err(fail)?.len();
+        f.seek(std::io::SeekFrom::Start(len.saturating_sub(TAIL_BYTES)))
+            .await
+            .map_err(fail)?;
+        let mut tail = Vec::new();
+        f.read_to_end(&mut tail).await.map_err(fail)?;
+        Ok(last_window_start_in(&tail, topic))
     }
 
     async fn publish(&self, records: &[Record]) -> Result<(), SinkError> {
@@ -94,6 +137,25 @@ mod tests {
     use crate::sink::PageMeta;
     use crate::validate::Violation;
     use crate::window::Window;
+
+    #[test]
+    fn the_last_window_of_a_topic_is_found_in_the_tail() {
+        let text = concat!(
+            "{\"topic\":\"a\",\"window_start\":\"w1\",\"data\":{}}\n",
+            "{\"topic\":\"b\",\"window_start\":\"w2\"}\n",
+            "{\"topic\":\"a\",\"window_start\":\"w3\"}\n",
+            "{\"topic\":\"b\",\"window_st", // a line cut by a crash
+        );
+        assert_eq!(
+            last_window_start_in(text.as_bytes(), "a").as_deref(),
+            Some("w3")
+        );
+        assert_eq!(
+            last_window_start_in(text.as_bytes(), "b").as_deref(),
+            Some("w2")
+        );
+        assert_eq!(last_window_start_in(text.as_bytes(), "c"), None);
+    }
 
     #[tokio::test]
     async fn every_record_is_one_line_with_one_topic_key() {

@@ -98,10 +98,70 @@ impl KafkaSink {
     }
 }
 
+/// The latest `cas-window-start` header among the last records of
+/// `topic`'s partitions (blocking: run off the runtime).
+fn last_window_start(cfg: &ClientConfig, topic: &str) -> Result<Option<String>, SinkError> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::{Headers, Message};
+    use rdkafka::{Offset, TopicPartitionList};
+    let wait = Duration::from_secs(10);
+    let fail = |e: rdkafka::error::KafkaError| {
+        SinkError::unavailable("kafka", format!("reading the end of {topic}: {e}"))
+    };
+    let consumer: BaseConsumer = cfg.create().map_err(fail)?;
+    let meta = consumer.fetch_metadata(Some(topic), wait).map_err(fail)?;
+    let Some(t) = meta.topics().iter().find(|t| t.name() == topic) else {
+        return Ok(None);
+    };
+    let mut latest: Option<String> = None;
+    for p in t.partitions() {
+        let (low, high) = consumer
+            .fetch_watermarks(topic, p.id(), wait)
+            .map_err(fail)?;
+        if high <= low {
+            continue;
+        }
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(topic, p.id(), Offset::Offset(high - 1))
+            .map_err(fail)?;
+        consumer.assign(&tpl).map_err(fail)?;
+        let deadline = std::time::Instant::now() + wait;
+        while std::time::Instant::now() < deadline {
+            let Some(m) = consumer.poll(Duration::from_millis(200)) else {
+                continue;
+            };
+            let m = m.map_err(fail)?;
+            let start = m.headers().and_then(|h| {
+                h.iter()
+                    .find(|h| h.key == "cas-window-start")
+                    .and_then(|h| std::str::from_utf8(h.value?).ok().map(str::to_string))
+            });
+            if let Some(s) = start {
+                if latest.as_ref().is_none_or(|l| s > *l) {
+                    latest = Some(s);
+                }
+            }
+            break;
+        }
+    }
+    Ok(latest)
+}
+
 #[async_trait]
 impl Sink for KafkaSink {
     fn name(&self) -> &'static str {
         "kafka"
+    }
+
+    async fn last_window_start(&self, topic: &str) -> Result<Option<String>, SinkError> {
+        let mut cfg = self.client.clone();
+        cfg.set("group.id", "cas-bridge-position")
+            .set("enable.auto.commit", "false")
+            .set("log_level", "3");
+        let topic = topic.to_string();
+        tokio::task::spawn_blocking(move || last_window_start(&cfg, &topic))
+            .await
+            .map_err(|e| SinkError::unavailable("kafka", e.to_string()))?
     }
 
     async fn prepare(&self, topics: &[String]) -> Result<(), SinkError> {

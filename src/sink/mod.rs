@@ -122,6 +122,12 @@ pub trait Sink: Send + Sync {
     fn connected(&self) -> bool {
         true
     }
+    /// The window start of the last record on `topic`, when the sink can
+    /// tell: where a shard whose cursor was lost with everything else in
+    /// Redis continues (every window before that one was checkpointed).
+    async fn last_window_start(&self, _topic: &str) -> Result<Option<String>, SinkError> {
+        Ok(None)
+    }
 }
 
 /// Topic / subject names from the template.

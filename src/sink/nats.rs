@@ -104,6 +104,19 @@ impl Sink for NatsSink {
         "nats"
     }
 
+    async fn last_window_start(&self, topic: &str) -> Result<Option<String>, SinkError> {
+        use async_nats::jetstream::stream::LastRawMessageErrorKind;
+        let stream = self.js.get_stream(&self.stream).await.map_err(err)?;
+        match stream.get_last_raw_message_by_subject(topic).await {
+            Ok(m) => Ok(m
+                .headers
+                .get("cas-window-start")
+                .map(|v| v.as_str().to_string())),
+            Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
+            Err(e) => Err(err(e)),
+        }
+    }
+
     async fn prepare(&self, _topics: &[String]) -> Result<(), SinkError> {
         let wanted = stream::Config {
             name: self.stream.clone(),

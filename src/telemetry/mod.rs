@@ -446,8 +446,9 @@ impl ShardTelemetry {
     }
 
     /// The store had no cursor for the shard; it continues from the last
-    /// one this process saw (whoever held the shard then).
-    pub fn cursor_recovered(&self, cursor: DateTime<Utc>) {
+    /// one this process saw (whoever held the shard then), or from the
+    /// window of its last record in the sink.
+    pub fn cursor_recovered(&self, cursor: DateTime<Utc>, from: &str) {
         Stats::add(&self.stats.cursors_recovered, 1);
         counter!(
             "cas_bridge_cursors_recovered_total",
@@ -455,7 +456,7 @@ impl ShardTelemetry {
             "event" => self.shard.event.clone()
         )
         .increment(1);
-        warn!(shard = %self.shard, %cursor, "the coordination store has no cursor for this shard (it lost its data); continuing from the last cursor this process saw");
+        warn!(shard = %self.shard, %cursor, from, "the coordination store has no cursor for this shard; continuing from where the shard was");
     }
 
     /// The shard stopped for good (until restart): nothing it can do helps.

@@ -124,7 +124,7 @@ fn describe() {
         ),
         (
             "cas_bridge_cursors_recovered_total",
-            "Shards continued from a cursor this process remembered after the coordination store lost theirs",
+            "Shards without a cursor in the coordination store continued from one this process remembered or from their topic's last record",
         ),
         (
             "cas_bridge_windows_resumed_total",

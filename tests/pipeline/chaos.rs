@@ -237,6 +237,90 @@ async fn a_holder_frozen_while_redis_comes_back_empty_costs_no_reread() {
     sim.stop().await;
 }
 
+/// The whole fleet is down for 35 s while Redis restarts empty (no
+/// persistence): no replica is left that remembers a cursor. The new
+/// replicas find none in Redis and continue where each pair's topic ends
+/// (the window start of its last record), not at their own start minus
+/// `window.start_from` (which lost 1–100+ events here in an earlier
+/// version). Returns the delivery report over the whole run.
+async fn whole_fleet_down_with_redis_empty(kind: SinkKind) -> Report {
+    let redis = OwnRedis::start();
+    let sim = start_sim(SimConfig {
+        events_per_hour: 3600.0,
+        latency: Duration::from_millis(50),
+        ..sim_config()
+    })
+    .await;
+    let tag = tag();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = fleet_config(&sim, &tag, kind, &redis.url(), &tag);
+    cfg.shards.pairs = eight_pairs()[..6].to_vec();
+    // A restart at `start_from` would read back 5 s + the overlap (12 s,
+    // over the simulator's 10 s late events): the 35 s down lose 18 s.
+    cfg.window.start_from = StartFrom::Ago(Duration::from_secs(5));
+    cfg.window.overlap = Dur::secs(12);
+    cfg.validate().unwrap();
+    prepare_stream(&cfg).await;
+    let spawn = |w: &str| BridgeProcess::spawn(&cfg, w, &dir.path().join(format!("{w}.log")));
+    let t0 = Utc::now();
+    let first: Vec<BridgeProcess> = ["wa", "wb"].iter().map(|w| spawn(w)).collect();
+    let obs = observer(&cfg).await;
+    wait_cursor_in(
+        &obs,
+        &cfg,
+        t0 + chrono::Duration::seconds(30),
+        Duration::from_secs(120),
+    )
+    .await;
+    for mut p in first {
+        assert!(p.terminate().success(), "graceful exit");
+    }
+    let port = redis.stop();
+    let _redis = OwnRedis::start_on(port);
+    tokio::time::sleep(Duration::from_secs(35)).await;
+    let second: Vec<BridgeProcess> = ["wc", "wd"].iter().map(|w| spawn(w)).collect();
+    let check_to = Utc::now() - chrono::Duration::seconds(3);
+    let obs = observer(&cfg).await;
+    wait_cursor_in(
+        &obs,
+        &cfg,
+        check_to + chrono::Duration::seconds(15),
+        Duration::from_secs(120),
+    )
+    .await;
+    for mut p in second {
+        assert!(p.terminate().success(), "graceful exit");
+    }
+    let r = assert_delivered(
+        "whole fleet down, Redis back empty",
+        &sim,
+        &cfg,
+        t0 - chrono::Duration::seconds(15),
+        check_to,
+    )
+    .await;
+    sim.stop().await;
+    r
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_whole_fleet_down_while_redis_comes_back_empty_resumes_where_the_stream_ends() {
+    require_nats();
+    let r = whole_fleet_down_with_redis_empty(SinkKind::Nats).await;
+    // The re-read (the last window and an overlap, ~25 s) is republished
+    // within JetStream's duplicate window (overlap + lag + 60 s = 75 s).
+    assert_eq!(r.duplicated, 0, "{r:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_whole_fleet_down_while_redis_comes_back_empty_resumes_where_the_topic_ends() {
+    require_kafka();
+    let r = whole_fleet_down_with_redis_empty(SinkKind::Kafka).await;
+    // Kafka keeps a re-read: at most the last window and the overlap
+    // (~25 s) of each of the 6 pairs, at one event a second.
+    assert!(r.duplicated <= 6 * 30, "{r:?}");
+}
+
 /// A tansu broker the test owns (killed on drop).
 struct OwnTansu {
     port: u16,
