@@ -58,7 +58,8 @@ pub enum Command {
 
 #[derive(Debug, clap::Args)]
 pub struct DemoArgs {
-    /// Where the events go (JSON lines).
+    /// Where the events go (JSON lines; a file is started afresh, so each
+    /// demo collects its whole history again).
     #[arg(long, default_value = "./cas-events.jsonl")]
     pub out: String,
     /// How much history to collect.
@@ -299,6 +300,9 @@ async fn demo(file: Option<PathBuf>, args: DemoArgs) -> anyhow::Result<()> {
     cfg.sink.kind = SinkKind::Jsonl;
     cfg.sink.jsonl.path = args.out.clone();
     cfg.validate()?;
+    if args.out != "-" {
+        std::fs::write(&args.out, b"").with_context(|| format!("cannot write {}", args.out))?;
+    }
     let token = SecretString::from(sim_cfg.token.clone());
     let sink = crate::sink::build(&cfg.sink, Duration::from_secs(600)).await?;
     let bridge = Arc::new(Bridge::build(

@@ -1,5 +1,9 @@
 //! JSON lines on stdout or appended to a file: the embedded default.
 
+use std::collections::HashMap;
+use std::io::{BufRead, Seek, SeekFrom};
+use std::path::Path;
+
 use async_trait::async_trait;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::Mutex;
@@ -11,24 +15,44 @@ pub struct JsonlSink {
     out: Mutex<Box<dyn AsyncWrite + Send + Unpin>>,
     /// The file (none for stdout).
     path: Option<std::path::PathBuf>,
+    /// Each topic's last window start in the file, read once.
+    positions: tokio::sync::OnceCell<HashMap<String, String>>,
 }
 
-/// How much of the file's end is searched for a topic's last record.
-const TAIL_BYTES: u64 = 8 * 1024 * 1024;
+/// How much of the file's end is searched for the pairs' last records.
+const TAIL_BYTES: u64 = 256 * 1024 * 1024;
 
-/// The `window_start` of the last line of `text` whose `topic` is `topic`.
-fn last_window_start_in(text: &[u8], topic: &str) -> Option<String> {
+/// The `window_start` of the last line of each topic in `lines` (a line
+/// that does not parse, such as one cut by a crash, is skipped).
+fn last_window_starts(lines: impl BufRead) -> HashMap<String, String> {
     #[derive(serde::Deserialize)]
-    struct Line<'a> {
-        #[serde(borrow)]
-        topic: std::borrow::Cow<'a, str>,
-        #[serde(borrow)]
-        window_start: std::borrow::Cow<'a, str>,
+    struct Line {
+        topic: String,
+        window_start: String,
     }
-    text.split(|b| *b == b'\n').rev().find_map(|l| {
-        let line: Line = serde_json::from_slice(l).ok()?;
-        (line.topic == topic).then(|| line.window_start.into_owned())
-    })
+    let mut last = HashMap::new();
+    for l in lines.split(b'\n').map_while(Result::ok) {
+        if let Ok(line) = serde_json::from_slice::<Line>(&l) {
+            last.insert(line.topic, line.window_start);
+        }
+    }
+    last
+}
+
+/// [`last_window_starts`] over the last [`TAIL_BYTES`] of a file (none if
+/// there is no file).
+fn read_positions(path: &Path) -> std::io::Result<HashMap<String, String>> {
+    let mut f = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(HashMap::new()),
+        Err(e) => return Err(e),
+    };
+    let len = f.metadata()?.len();
+    f.seek(SeekFrom::Start(len.saturating_sub(TAIL_BYTES)))?;
+    Ok(last_window_starts(std::io::BufReader::with_capacity(
+        1 << 20,
+        f,
+    )))
 }
 
 impl JsonlSink {
@@ -51,6 +75,7 @@ impl JsonlSink {
         Ok(Self {
             out: Mutex::new(out),
             path: (path != "-").then(|| path.into()),
+            positions: tokio::sync::OnceCell::new(),
         })
     }
 }
@@ -66,25 +91,23 @@ impl Sink for JsonlSink {
     }
 
     async fn last_window_start(&self, topic: &str) -> Result<Option<String>, SinkError> {
-        use tokio::io::{AsyncReadExt, AsyncSeekExt};
-        let Some(path) = &self.path else {
+        let Some(path) = self.path.clone() else {
             return Ok(None);
         };
-        let fail = |e: std::io::Error| {
-            SinkError::unavailable("jsonl", format!("cannot read {}: {e}", path.display()))
-        };
-        let mut f = match tokio::fs::File::open(path).await {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(fail(e)),
-        };
-        let len = f.metadata().await.map_err(fail)?.len();
-        f.seek(std::io::SeekFrom::Start(len.saturating_sub(TAIL_BYTES)))
-            .await
-            .map_err(fail)?;
-        let mut tail = Vec::new();
-        f.read_to_end(&mut tail).await.map_err(fail)?;
-        Ok(last_window_start_in(&tail, topic))
+        // Read once: what the file held when this process started.
+        let positions = self
+            .positions
+            .get_or_try_init(|| async {
+                let shown = path.display().to_string();
+                tokio::task::spawn_blocking(move || read_positions(&path))
+                    .await
+                    .map_err(|e| SinkError::unavailable("jsonl", e.to_string()))?
+                    .map_err(|e| {
+                        SinkError::unavailable("jsonl", format!("cannot read {shown}: {e}"))
+                    })
+            })
+            .await?;
+        Ok(positions.get(topic).cloned())
     }
 
     async fn publish(&self, records: &[Record]) -> Result<(), SinkError> {
@@ -139,22 +162,17 @@ mod tests {
     use crate::window::Window;
 
     #[test]
-    fn the_last_window_of_a_topic_is_found_in_the_tail() {
+    fn the_last_window_of_each_topic_is_found() {
         let text = concat!(
             "{\"topic\":\"a\",\"window_start\":\"w1\",\"data\":{}}\n",
             "{\"topic\":\"b\",\"window_start\":\"w2\"}\n",
             "{\"topic\":\"a\",\"window_start\":\"w3\"}\n",
             "{\"topic\":\"b\",\"window_st", // a line cut by a crash
         );
-        assert_eq!(
-            last_window_start_in(text.as_bytes(), "a").as_deref(),
-            Some("w3")
-        );
-        assert_eq!(
-            last_window_start_in(text.as_bytes(), "b").as_deref(),
-            Some("w2")
-        );
-        assert_eq!(last_window_start_in(text.as_bytes(), "c"), None);
+        let last = last_window_starts(text.as_bytes());
+        assert_eq!(last.get("a").map(String::as_str), Some("w3"));
+        assert_eq!(last.get("b").map(String::as_str), Some("w2"));
+        assert_eq!(last.get("c"), None);
     }
 
     #[tokio::test]

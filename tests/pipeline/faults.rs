@@ -374,3 +374,64 @@ async fn a_chunked_body_of_unknown_size_is_read_whole_within_its_reservation() {
     let held = page.memory.as_ref().expect("a reservation").num_permits();
     assert_eq!(held, body.len().div_ceil(1024), "KiB held for the page");
 }
+
+/// One process without Redis (cursors in memory), JSON lines to a file:
+/// stopped, down for 30 s, started again. The new process has no cursor
+/// and continues where the file ends for each pair (an earlier version
+/// started again at its own start minus `window.start_from`, skipping
+/// the time it was down beyond that).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_restarted_without_redis_continues_where_the_file_ends() {
+    let sim = start_sim(SimConfig {
+        events_per_hour: 3600.0,
+        ..sim_config()
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = bridge_config(&sim, &tag(), SinkKind::Jsonl);
+    let out = dir.path().join("out.jsonl");
+    cfg.sink.jsonl.path = out.display().to_string();
+    cfg.window.start_from = cas_bridge::config::StartFrom::Ago(Duration::from_secs(5));
+    cfg.window.overlap = cas_bridge::config::Dur::secs(12);
+    cfg.validate().unwrap();
+    let t0 = Utc::now();
+    // Until every event of [t0 − 3 s, to] is in the file.
+    let delivered_up_to = |to: chrono::DateTime<Utc>, within: Duration| {
+        let want = expected(&sim, &cfg, t0 - chrono::Duration::seconds(3), to);
+        let out = out.clone();
+        let cfg = cfg.clone();
+        async move {
+            let deadline = tokio::time::Instant::now() + within;
+            loop {
+                let text = std::fs::read(&out).unwrap_or_default();
+                let whole = &text[..text.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1)];
+                let copy = out.with_extension("copy");
+                std::fs::write(&copy, whole).unwrap();
+                if check(&want, &read_jsonl(&copy), &cfg).missing.is_empty() {
+                    return;
+                }
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "not delivered up to {to} within {within:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    };
+    let mut first = BridgeProcess::spawn(&cfg, "first", &dir.path().join("first.log"));
+    delivered_up_to(t0 + chrono::Duration::seconds(15), Duration::from_secs(60)).await;
+    assert!(first.terminate().success());
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let mut second = BridgeProcess::spawn(&cfg, "second", &dir.path().join("second.log"));
+    let to = Utc::now() + chrono::Duration::seconds(5);
+    delivered_up_to(to, Duration::from_secs(60)).await;
+    assert!(second.terminate().success());
+    let want = expected(&sim, &cfg, t0 - chrono::Duration::seconds(3), to);
+    let r = check(&want, &read_jsonl(&out), &cfg);
+    println!("restarted without Redis after 30 s down: {r:?}");
+    assert!(r.missing.is_empty() && r.wrong_routed == 0, "{r:?}");
+    // The re-read: the last window and an overlap (~15 s) of 4 pairs at
+    // one event a second, nothing more.
+    assert!(r.duplicated <= 4 * 20, "{r:?}");
+    sim.stop().await;
+}
