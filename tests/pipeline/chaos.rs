@@ -260,7 +260,11 @@ async fn whole_fleet_down_with_redis_empty(kind: SinkKind) -> Report {
     cfg.window.start_from = StartFrom::Ago(Duration::from_secs(5));
     cfg.window.overlap = Dur::secs(12);
     cfg.validate().unwrap();
-    prepare_stream(&cfg).await;
+    if kind == SinkKind::Nats {
+        // The stream exists before the processes race to create it (Kafka
+        // topics are created by the processes themselves).
+        prepare_stream(&cfg).await;
+    }
     let spawn = |w: &str| BridgeProcess::spawn(&cfg, w, &dir.path().join(format!("{w}.log")));
     let t0 = Utc::now();
     let first: Vec<BridgeProcess> = ["wa", "wb"].iter().map(|w| spawn(w)).collect();
@@ -307,8 +311,9 @@ async fn whole_fleet_down_with_redis_empty(kind: SinkKind) -> Report {
 async fn the_whole_fleet_down_while_redis_comes_back_empty_resumes_where_the_stream_ends() {
     require_nats();
     let r = whole_fleet_down_with_redis_empty(SinkKind::Nats).await;
-    // The re-read (the last window and an overlap, ~25 s) is republished
-    // within JetStream's duplicate window (overlap + lag + 60 s = 75 s).
+    // The re-read (from one overlap before the last window's start: two
+    // overlaps and a window, ~26 s) is republished within JetStream's
+    // duplicate window (overlap + lag + 60 s = 75 s).
     assert_eq!(r.duplicated, 0, "{r:?}");
 }
 
@@ -316,9 +321,9 @@ async fn the_whole_fleet_down_while_redis_comes_back_empty_resumes_where_the_str
 async fn the_whole_fleet_down_while_redis_comes_back_empty_resumes_where_the_topic_ends() {
     require_kafka();
     let r = whole_fleet_down_with_redis_empty(SinkKind::Kafka).await;
-    // Kafka keeps a re-read: at most the last window and the overlap
-    // (~25 s) of each of the 6 pairs, at one event a second.
-    assert!(r.duplicated <= 6 * 30, "{r:?}");
+    // Kafka keeps a re-read: two overlaps and the last window (~26 s) of
+    // each of the 6 pairs, at about one event a second.
+    assert!(r.duplicated <= 6 * 35, "{r:?}");
 }
 
 /// A tansu broker the test owns (killed on drop).
