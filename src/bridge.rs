@@ -156,6 +156,7 @@ impl Bridge {
                 max_pages: cfg.window.max_pages,
                 max_interval: cfg.schedule.max_interval.get(),
                 page_cap: cfg.window.page_cap,
+                per_day: cfg.budget.per_day,
             },
             status,
             Telemetry::new(),

@@ -197,9 +197,12 @@ impl LeaseKeeper {
         let live = match self.leases.heartbeat().await {
             Ok(n) => {
                 self.engine.status.set_coord_ok(true);
-                let paused = self.engine.scheduler.usage().await.paused;
-                self.engine.status.set_paused(paused);
-                self.engine.telemetry.budget_paused(paused);
+                let usage = self.engine.scheduler.usage().await;
+                self.engine.status.set_paused(usage.paused);
+                self.engine.telemetry.budget_paused(usage.paused);
+                self.engine
+                    .telemetry
+                    .budget_day(usage.last_day, self.engine.settings.per_day);
                 // Every replica keeps the fleet's cursors in memory too: a
                 // Redis that comes back empty loses none while one is up.
                 if let Err(e) = self.engine.checkpoints.refresh(&self.order).await {

@@ -65,7 +65,13 @@ async fn readyz(State(status): State<Arc<StatusBoard>>) -> impl IntoResponse {
     }
 }
 
-async fn metrics() -> impl IntoResponse {
+async fn metrics(State(status): State<Arc<StatusBoard>>) -> impl IntoResponse {
+    // What `/readyz` would answer now, as a series alerts can watch.
+    metrics::gauge!("cas_bridge_ready").set(if status.not_ready().is_empty() {
+        1.0
+    } else {
+        0.0
+    });
     (
         [("content-type", "text/plain; version=0.0.4")],
         crate::telemetry::render(),

@@ -95,6 +95,8 @@ pub struct RunnerSettings {
     pub max_interval: Duration,
     /// The most pages one window may take (`window.page_cap`).
     pub page_cap: u32,
+    /// The token's requests a day (`budget.per_day`), for the metrics.
+    pub per_day: u32,
 }
 
 impl Default for RunnerSettings {
@@ -106,6 +108,7 @@ impl Default for RunnerSettings {
             max_pages: 20,
             max_interval: Duration::from_secs(300),
             page_cap: 10_000,
+            per_day: 14_400,
         }
     }
 }

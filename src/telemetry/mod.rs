@@ -166,6 +166,12 @@ impl Telemetry {
         gauge!("cas_bridge_budget_paused_seconds").set(left.map_or(0.0, |d| d.as_secs_f64()));
     }
 
+    /// What the token's budget granted in its current day, against its limit.
+    pub fn budget_day(&self, used: u32, per_day: u32) {
+        gauge!("cas_bridge_budget_used_last_day").set(f64::from(used));
+        gauge!("cas_bridge_budget_per_day").set(f64::from(per_day));
+    }
+
     pub fn leases_held(&self, n: usize) {
         gauge!("cas_bridge_leases_held").set(n as f64);
     }
@@ -198,6 +204,9 @@ impl Telemetry {
         }
         gauge!("cas_bridge_leases_held").increment(0.0);
         gauge!("cas_bridge_budget_paused_seconds").increment(0.0);
+        gauge!("cas_bridge_ready").increment(0.0);
+        gauge!("cas_bridge_budget_used_last_day").increment(0.0);
+        gauge!("cas_bridge_budget_per_day").increment(0.0);
     }
 }
 

@@ -172,6 +172,18 @@ fn describe() {
     );
     describe_gauge!("cas_bridge_leases_held", "Shard leases this process holds");
     describe_gauge!(
+        "cas_bridge_ready",
+        "1 when /readyz answers 200 (coordination, sink and at least one working shard), else 0"
+    );
+    describe_gauge!(
+        "cas_bridge_budget_used_last_day",
+        "Requests the token's budget granted in its current day (every replica's)"
+    );
+    describe_gauge!(
+        "cas_bridge_budget_per_day",
+        "budget.per_day: the token's requests a day"
+    );
+    describe_gauge!(
         "cas_bridge_budget_paused_seconds",
         "What is left of the pause every replica honours after a 429 or a refused token (0: none)"
     );

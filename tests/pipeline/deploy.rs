@@ -11,7 +11,7 @@ fn root() -> PathBuf {
 }
 
 /// A tool from PATH or target/tools; fails with how to install it.
-fn tool(name: &str) -> PathBuf {
+pub fn tool(name: &str) -> PathBuf {
     let local = root().join("target/tools").join(name);
     if local.exists() {
         return local;
@@ -92,6 +92,7 @@ fn helm_chart_lints_renders_and_validates() {
         "HorizontalPodAutoscaler",
         "NetworkPolicy",
         "ServiceMonitor",
+        "PrometheusRule",
         "PodDisruptionBudget",
         "Deployment",
     ] {
@@ -101,12 +102,26 @@ fn helm_chart_lints_renders_and_validates() {
         !k.iter().any(|x| x == "Secret"),
         "an existing Secret is used, none created"
     );
+    let f = std::fs::read_to_string(&full).unwrap();
+    for must in [
+        "grafana_dashboard: \"1\"",
+        "topologySpreadConstraints:",
+        "envFrom:",
+        "CAS_BRIDGE__SINK__KAFKA__PROPERTIES__SASL_PASSWORD",
+        "checksum/config:",
+    ] {
+        assert!(f.contains(must), "all-on manifest lacks `{must}`");
+    }
     for m in [&default, &full] {
         let out = run(Command::new(tool("kubernetes-validate"))
             .args(["--strict", "--quiet"])
             .arg(m));
-        // ServiceMonitor is a CRD: its schema is not among Kubernetes' own.
-        for line in out.lines().filter(|l| !l.contains("ServiceMonitor")) {
+        // ServiceMonitor and PrometheusRule are CRDs: their schemas are not
+        // among Kubernetes' own.
+        for line in out
+            .lines()
+            .filter(|l| !l.contains("ServiceMonitor") && !l.contains("PrometheusRule"))
+        {
             assert!(!line.contains("ERROR") && !line.contains("FAIL"), "{line}");
         }
     }
@@ -184,4 +199,93 @@ fn docker_compose_file_is_valid() {
         assert!(text.contains(&format!("  {service}")), "{service} missing");
     }
     assert!(text.contains("replicas: 3"));
+}
+
+/// The `groups` of the chart's PrometheusRule, rendered with the default
+/// thresholds, as a rule file.
+pub fn rule_groups(dir: &Path) -> PathBuf {
+    let out = run(Command::new(tool("helm"))
+        .args(["template", "t"])
+        .arg(root().join("helm/cas-bridge"))
+        .args(["--set", "prometheusRule.enabled=true"])
+        .args(["--show-only", "templates/prometheusrule.yaml"]));
+    let groups: String = out
+        .split_once("\nspec:\n")
+        .expect("a spec")
+        .1
+        .lines()
+        .map(|l| format!("{}\n", l.strip_prefix("  ").unwrap_or(l)))
+        .collect();
+    let file = dir.join("rules.yaml");
+    std::fs::write(&file, groups).unwrap();
+    file
+}
+
+/// Every alert fires on a series that should fire it and stays silent
+/// otherwise (`helm/cas-bridge/ci/rules-test.yaml`, run by promtool).
+#[test]
+fn the_alert_rules_pass_their_promtool_tests() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = rule_groups(dir.path());
+    let out = run(Command::new(tool("promtool"))
+        .args(["check", "rules"])
+        .arg(&rules));
+    assert!(out.contains("SUCCESS: 10 rules found"), "{out}");
+    let tests = dir.path().join("rules-test.yaml");
+    std::fs::copy(root().join("helm/cas-bridge/ci/rules-test.yaml"), &tests).unwrap();
+    let out = run(Command::new(tool("promtool"))
+        .current_dir(dir.path())
+        .args(["test", "rules", "rules-test.yaml"]));
+    assert!(out.contains("SUCCESS"), "{out}");
+    // Every alert has a test.
+    let text = std::fs::read_to_string(&tests).unwrap();
+    for alert in std::fs::read_to_string(&rules)
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("- alert: "))
+    {
+        assert!(
+            text.contains(&format!("alertname: {alert}")),
+            "{alert} has no test"
+        );
+    }
+}
+
+/// The dashboard's queries, with Grafana's variables put in.
+pub fn dashboard_queries() -> Vec<String> {
+    let text =
+        std::fs::read_to_string(root().join("helm/cas-bridge/dashboards/cas-bridge.json")).unwrap();
+    let doc: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let mut out = Vec::new();
+    for p in doc["panels"].as_array().unwrap() {
+        for t in p["targets"].as_array().unwrap() {
+            out.push(
+                t["expr"]
+                    .as_str()
+                    .unwrap()
+                    .replace("$__rate_interval", "5m")
+                    .replace("$job", ".*"),
+            );
+        }
+    }
+    assert!(out.len() >= 9, "{out:?}");
+    out
+}
+
+/// Each dashboard query parses: they go through promtool as recording rules.
+#[test]
+fn the_dashboard_queries_parse() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut file = String::from("groups:\n  - name: dashboard\n    rules:\n");
+    for (i, q) in dashboard_queries().iter().enumerate() {
+        file.push_str(&format!(
+            "      - record: dashboard:query{i}\n        expr: {}\n",
+            serde_json::to_string(q).unwrap()
+        ));
+    }
+    let rules = dir.path().join("dashboard-rules.yaml");
+    std::fs::write(&rules, file).unwrap();
+    run(Command::new(tool("promtool"))
+        .args(["check", "rules"])
+        .arg(&rules));
 }

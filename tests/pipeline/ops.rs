@@ -40,6 +40,28 @@ fn counter(text: &str, name: &str) -> f64 {
         .sum()
 }
 
+/// The `cas_bridge_*` metric names in a text, histogram series named by
+/// their bucket series.
+fn metric_names(text: &str) -> std::collections::BTreeSet<String> {
+    let mut out = std::collections::BTreeSet::new();
+    let mut rest = text;
+    while let Some(i) = rest.find("cas_bridge_") {
+        let tail = &rest[i..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(tail.len());
+        let name = &tail[..end];
+        let name = name
+            .strip_suffix("_sum")
+            .or_else(|| name.strip_suffix("_count"))
+            .map(|n| format!("{n}_bucket"))
+            .unwrap_or_else(|| name.to_string());
+        out.insert(name);
+        rest = &tail[end..];
+    }
+    out
+}
+
 async fn wait_for(what: &str, timeout: Duration, mut f: impl AsyncFnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + timeout;
     while !f().await {
@@ -94,6 +116,25 @@ async fn metrics_move_and_readiness_follows_redis() {
     .await;
     for name in METRICS {
         assert!(text.contains(name), "/metrics lacks {name}:\n{text}");
+    }
+    // Every metric the chart's alerts and dashboard query is one this
+    // binary exposes.
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("helm/cas-bridge");
+    for file in [
+        "templates/prometheusrule.yaml",
+        "dashboards/cas-bridge.json",
+    ] {
+        let queried = std::fs::read_to_string(root.join(file)).unwrap();
+        let names = metric_names(&queried);
+        assert!(names.len() >= 8, "{file}: {names:?}");
+        for name in names {
+            assert!(
+                text.lines()
+                    .any(|l| l.starts_with(&format!("{name}{{"))
+                        || l.starts_with(&format!("{name} "))),
+                "{file} queries {name}, which /metrics does not have:\n{text}"
+            );
+        }
     }
     assert!(counter(&text, "cas_bridge_api_requests_total") > 0.0);
     assert!(counter(&text, "cas_bridge_budget_permits_total") > 0.0);
@@ -375,5 +416,118 @@ async fn bad_configuration_stops_the_start_naming_the_field_and_sends_nothing() 
         0,
         "no request reached the API"
     );
+    sim.stop().await;
+}
+
+/// The chart's alerts in a real Prometheus scraping a running bridge: the
+/// sink alert stays silent while the broker acknowledges, and fires once
+/// the broker is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_prometheus_fires_the_sink_alert_when_the_broker_goes() {
+    let mut nats = OwnNats::start();
+    let sim = start_sim(sim_config()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = bridge_config(&sim, &tag(), SinkKind::Nats);
+    cfg.sink.nats.url = nats.url();
+    let ops = format!("127.0.0.1:{}", free_port());
+    let _bridge = BridgeProcess::spawn_with(
+        &cfg,
+        "prom",
+        &dir.path().join("bridge.log"),
+        &[("OPS__LISTEN", &ops)],
+    );
+    let rules = crate::deploy::rule_groups(dir.path());
+    let prom_port = free_port();
+    let prom_cfg = dir.path().join("prometheus.yml");
+    std::fs::write(
+        &prom_cfg,
+        format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {}\nscrape_configs:\n  - job_name: cas-bridge\n    static_configs:\n      - targets: ['{ops}']\n",
+            rules.display()
+        ),
+    )
+    .unwrap();
+    let mut prom = std::process::Command::new(crate::deploy::tool("prometheus"))
+        .arg(format!("--config.file={}", prom_cfg.display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.path().join("tsdb").display()
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{prom_port}"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("prometheus.log")).unwrap())
+        .spawn()
+        .expect("prometheus starts (./scripts/install-tools installs it)");
+    let api = format!("http://127.0.0.1:{prom_port}/api/v1");
+    let alerts = async || -> Vec<(String, String)> {
+        let Some((200, body)) = get(&format!("{api}/alerts")).await else {
+            return Vec::new();
+        };
+        let doc: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        doc["data"]["alerts"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|x| {
+                        (
+                            x["labels"]["alertname"]
+                                .as_str()
+                                .unwrap_or_default()
+                                .to_string(),
+                            x["state"].as_str().unwrap_or_default().to_string(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    // Prometheus scrapes the bridge and evaluates the rules.
+    wait_for(
+        "Prometheus has the bridge's series",
+        Duration::from_secs(60),
+        async || {
+            get(&format!(
+                "{api}/query?query=cas_bridge_events_published_total"
+            ))
+            .await
+            .is_some_and(|(s, body)| s == 200 && body.contains("\"exchange\""))
+        },
+    )
+    .await;
+    wait_for(
+        "a few rule evaluations",
+        Duration::from_secs(30),
+        async || {
+            get(&format!("{api}/rules"))
+                .await
+                .is_some_and(|(s, body)| s == 200 && body.contains("\"health\":\"ok\""))
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let before = alerts().await;
+    assert!(
+        !before.iter().any(|(n, _)| n == "CasBridgeSinkDown"),
+        "silent while the broker acknowledges: {before:?}"
+    );
+    nats.stop();
+    let gone = tokio::time::Instant::now();
+    let mut seen = Vec::new();
+    wait_for(
+        "CasBridgeSinkDown firing",
+        Duration::from_secs(180),
+        async || {
+            seen = alerts().await;
+            seen.iter()
+                .any(|(n, s)| n == "CasBridgeSinkDown" && s == "firing")
+        },
+    )
+    .await;
+    println!(
+        "Prometheus: CasBridgeSinkDown firing {:?} after the broker stopped; alerts then: {seen:?}",
+        gone.elapsed()
+    );
+    let _ = prom.kill();
+    let _ = prom.wait();
     sim.stop().await;
 }
