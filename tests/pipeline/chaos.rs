@@ -15,17 +15,6 @@ use rand::Rng;
 
 use crate::helpers::*;
 
-fn eight_pairs() -> Vec<String> {
-    ["exchange", "onedrive"]
-        .iter()
-        .flat_map(|s| {
-            ["securityrisk", "virtualanalyzer", "ransomware", "dlp"]
-                .iter()
-                .map(move |e| format!("{s}:{e}"))
-        })
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn repeated_kill_9_of_one_of_three_processes_loses_nothing() {
     require_redis();

@@ -148,7 +148,21 @@ pub async fn assert_delivered(
 
 /// Reads a JSON-lines sink file.
 pub fn read_jsonl(path: &std::path::Path) -> Vec<Received> {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
+    parse_jsonl(&std::fs::read_to_string(path).unwrap_or_default())
+}
+
+/// Reads the whole lines of a JSON-lines file a bridge is still writing
+/// (a last line not finished yet is left out).
+pub fn read_jsonl_written(path: &std::path::Path) -> Vec<Received> {
+    parse_jsonl_written(&std::fs::read_to_string(path).unwrap_or_default())
+}
+
+/// The whole lines of `text` (read from a file still being written).
+pub fn parse_jsonl_written(text: &str) -> Vec<Received> {
+    parse_jsonl(&text[..text.rfind('\n').map_or(0, |i| i + 1)])
+}
+
+fn parse_jsonl(text: &str) -> Vec<Received> {
     text.lines()
         .map(|l| {
             let doc: Value =

@@ -75,12 +75,7 @@ impl BridgeProcess {
 
     /// Sends a signal (`-STOP`, `-CONT`, …) without waiting.
     pub fn signal(&self, sig: &str) {
-        let st = std::process::Command::new("kill")
-            .arg(sig)
-            .arg(self.child.id().to_string())
-            .status()
-            .unwrap();
-        assert!(st.success(), "kill {sig} failed");
+        super::signal(self.child.id(), sig);
     }
 
     /// SIGKILL: no shutdown, no release.

@@ -27,6 +27,18 @@ pub fn test_pairs() -> Vec<String> {
     ]
 }
 
+/// Eight pairs: four event types of two services.
+pub fn eight_pairs() -> Vec<String> {
+    ["exchange", "onedrive"]
+        .iter()
+        .flat_map(|s| {
+            ["securityrisk", "virtualanalyzer", "ransomware", "dlp"]
+                .iter()
+                .map(move |e| format!("{s}:{e}"))
+        })
+        .collect()
+}
+
 /// A simulator tuned for quick tests: no throttling, 1,200 events per hour
 /// per shard, 5 % of them 10 s late.
 pub fn sim_config() -> SimConfig {

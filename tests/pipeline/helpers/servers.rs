@@ -200,13 +200,18 @@ impl OwnRedis {
     /// Sends a signal: `-STOP` makes a Redis that accepts connections and
     /// answers nothing (a hung server), `-CONT` wakes it.
     pub fn signal(&self, sig: &str) {
-        let st = std::process::Command::new("kill")
-            .arg(sig)
-            .arg(self.child.id().to_string())
-            .status()
-            .unwrap();
-        assert!(st.success(), "kill {sig} failed");
+        signal(self.child.id(), sig);
     }
+}
+
+/// Sends `sig` (`-STOP`, `-CONT`, …) to process `pid` without waiting.
+pub fn signal(pid: u32, sig: &str) {
+    let st = std::process::Command::new("kill")
+        .arg(sig)
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
+    assert!(st.success(), "kill {sig} {pid} failed");
 }
 
 impl Drop for OwnRedis {
