@@ -8,6 +8,7 @@
 //!   cargo bench --bench bridge -- soak [minutes] [shards] [workers]
 //!   cargo bench --bench bridge -- interrupt [kill|term] [every_s]
 //!   cargo bench --bench bridge -- freshness [replicas] [minutes]
+//!   cargo bench --bench bridge -- compare [jsonl|nats|kafka] [hours] [pairs]
 //!
 //! `CAS_BRIDGE_BIN` runs another build of the binary as the bridge
 //! processes (e.g. an older commit's, for a before/after figure).
@@ -25,6 +26,9 @@ use cas_bridge::telemetry::Stats;
 use chrono::Utc;
 use secrecy::SecretString;
 use tokio_util::sync::CancellationToken;
+
+#[path = "bridge/compare.rs"]
+mod compare;
 
 const BIN: &str = env!("CARGO_BIN_EXE_cas-bridge");
 
@@ -824,6 +828,12 @@ fn main() {
     rt.block_on(async {
         match what {
             "throughput" => throughput(args.get(1).map(String::as_str).unwrap_or("jsonl")).await,
+            "compare" => {
+                let sink = args.get(1).cloned().unwrap_or_else(|| "jsonl".into());
+                let h = args.get(2).and_then(|v| v.parse().ok()).unwrap_or(12);
+                let p = args.get(3).and_then(|v| v.parse().ok()).unwrap_or(8);
+                compare::compare(&sink, h, p).await
+            }
             "backfill" => backfill().await,
             "sweep" => sweep().await,
             "soak" => {

@@ -117,7 +117,8 @@ impl Publisher {
         };
         let topic: Arc<str> = self.topics.topic(shard).into();
         let meta = Arc::new(PageMeta::new(shard, window));
-        let mut batch_ids = HashSet::with_capacity(checked.len());
+        let mut batch_ids: HashSet<&str, foldhash::fast::RandomState> =
+            HashSet::with_capacity_and_hasher(checked.len(), Default::default());
         let mut records = Vec::with_capacity(checked.len());
         let mut times = Vec::with_capacity(checked.len());
         let mut duplicates = 0;

@@ -1,7 +1,7 @@
 //! In-process coordination for the embedded mode (one process).
 
 use std::collections::{HashMap, VecDeque};
-use std::hash::{Hash, Hasher};
+use std::hash::Hasher;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -204,6 +204,8 @@ impl Budget for MemoryBudget {
 #[derive(Debug)]
 pub struct MemoryDedup {
     horizon: Duration,
+    /// Seeds of the two halves of a key, random per process.
+    seeds: (u64, u64),
     /// Sets of ids by the minute they were marked in, oldest first.
     buckets: Mutex<VecDeque<(Instant, std::collections::HashSet<u128, PreHashed>)>>,
 }
@@ -245,19 +247,19 @@ impl MemoryDedup {
     pub fn new(horizon: Duration) -> Self {
         Self {
             horizon,
+            seeds: (rand::random(), rand::random()),
             buckets: Mutex::new(VecDeque::new()),
         }
     }
 
-    fn key(shard: &Shard, id: &str) -> u128 {
-        let half = |salt: u8| {
-            let mut h = std::collections::hash_map::DefaultHasher::new();
-            salt.hash(&mut h);
-            shard.hash(&mut h);
-            id.hash(&mut h);
-            h.finish()
-        };
-        (u128::from(half(1)) << 64) | u128::from(half(2))
+    /// The hashers of one shard's keys: the shard is hashed once a page,
+    /// each id once per half (two independent 64-bit hashes make a key).
+    fn hashers(&self, shard: &Shard) -> impl Fn(&str) -> u128 {
+        use std::hash::BuildHasher;
+        let salt = foldhash::quality::FixedState::with_seed(self.seeds.0).hash_one(shard);
+        let a = foldhash::fast::FixedState::with_seed(self.seeds.0 ^ salt);
+        let b = foldhash::fast::FixedState::with_seed(self.seeds.1 ^ salt.rotate_left(29));
+        move |id| (u128::from(a.hash_one(id)) << 64) | u128::from(b.hash_one(id))
     }
 
     /// Number of ids remembered.
@@ -291,11 +293,12 @@ impl DedupStore for MemoryDedup {
         let now = Instant::now();
         let mut buckets = lock(&self.buckets);
         self.expire(&mut buckets, now);
+        let key = self.hashers(shard);
         Ok(ids
             .iter()
             .map(|id| {
-                let k = Self::key(shard, id);
-                buckets.iter().any(|(_, b)| b.contains(&k))
+                let k = key(id);
+                buckets.iter().rev().any(|(_, b)| b.contains(&k))
             })
             .collect())
     }
@@ -310,8 +313,9 @@ impl DedupStore for MemoryDedup {
         {
             buckets.push_back((now, std::collections::HashSet::with_hasher(PreHashed)));
         }
+        let key = self.hashers(shard);
         if let Some((_, b)) = buckets.back_mut() {
-            b.extend(ids.iter().map(|id| Self::key(shard, id)));
+            b.extend(ids.iter().map(|id| key(id)));
         }
         Ok(())
     }
@@ -401,5 +405,24 @@ mod tests {
         tokio::time::advance(Duration::from_secs(62)).await;
         assert_eq!(d.seen(&s, &["a"]).await.unwrap(), vec![false]);
         assert!(d.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn dedup_keys_tell_many_ids_and_shards_apart() {
+        let d = MemoryDedup::new(Duration::from_secs(600));
+        let (a, b) = (Shard::new("exchange", "dlp"), Shard::new("exchange", "dl"));
+        let marked: Vec<String> = (0..50_000).map(|i| format!("id-{i}")).collect();
+        let other: Vec<String> = (50_000..100_000).map(|i| format!("id-{i}")).collect();
+        fn refs(v: &[String]) -> Vec<&str> {
+            v.iter().map(String::as_str).collect()
+        }
+        d.mark(&a, &refs(&marked)).await.unwrap();
+        assert_eq!(d.len(), 50_000);
+        assert!(d.seen(&a, &refs(&marked)).await.unwrap().iter().all(|s| *s));
+        assert!(!d.seen(&a, &refs(&other)).await.unwrap().iter().any(|s| *s));
+        assert!(!d.seen(&b, &refs(&marked)).await.unwrap().iter().any(|s| *s));
+        // The same ids in a second process (other seeds) are its own.
+        let e = MemoryDedup::new(Duration::from_secs(600));
+        assert!(!e.seen(&a, &refs(&marked)).await.unwrap().iter().any(|s| *s));
     }
 }

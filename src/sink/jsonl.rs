@@ -123,10 +123,10 @@ impl Sink for JsonlSink {
             // One record, one line: a raw line break in valid JSON can only
             // be whitespace between tokens (strings hold them escaped), so
             // a space in its place leaves the same JSON.
-            for b in &mut buf[start..] {
-                if matches!(*b, b'\n' | b'\r') {
-                    *b = b' ';
-                }
+            let mut at = start;
+            while let Some(i) = memchr::memchr2(b'\n', b'\r', &buf[at..]) {
+                buf[at + i] = b' ';
+                at += i + 1;
             }
             buf.push(b'\n');
         }

@@ -1,0 +1,137 @@
+//! The bridge against a plain Python collector (benches/plain_collector.py),
+//! in one run: the same simulated history, the same sink, one after the
+//! other, each one's own CPU time.
+//!
+//!   cargo bench --bench bridge -- compare [jsonl|nats|kafka] [hours] [pairs]
+//!
+//! Needs Python 3 with requests and orjson (and nats-py or confluent-kafka
+//! for those sinks): `pip install requests orjson nats-py confluent-kafka`.
+
+use std::time::{Duration, Instant};
+
+use cas_bridge::config::{SinkKind, StartFrom};
+use cas_bridge::telemetry::Stats;
+use chrono::{SecondsFormat, Utc};
+
+use super::{base_config, in_process_bridge, run_until, simulator};
+
+const EVENTS_PER_HOUR: &str = "1800";
+
+pub async fn compare(sink: &str, hours: u64, pairs: usize) {
+    let (_sim, api) = simulator(&[
+        "--per-minute",
+        "0",
+        "--per-day",
+        "0",
+        "--events-per-hour",
+        EVENTS_PER_HOUR,
+    ]);
+    let mut cfg = base_config(&api, pairs);
+    let history = Duration::from_secs(hours * 3600);
+    cfg.window.start_from = StartFrom::Ago(history);
+    let tag = format!("cmp{}", std::process::id());
+    cfg.sink.topic_template = format!("{tag}.{{service}}.{{event}}");
+    cfg.sink.dead_letter = format!("{tag}.deadletter");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bridge_file = dir.path().join("bridge.jsonl");
+    let plain_file = dir.path().join("plain.jsonl");
+    let plain_sink = match sink {
+        "nats" => {
+            cfg.sink.kind = SinkKind::Nats;
+            cfg.sink.nats.url = "nats://127.0.0.1:4222".into();
+            cfg.sink.nats.stream = tag.to_uppercase();
+            format!("nats:nats://127.0.0.1:4222:PLAIN{}", tag.to_uppercase())
+        }
+        "kafka" => {
+            cfg.sink.kind = SinkKind::Kafka;
+            cfg.sink.kafka.brokers = "127.0.0.1:19092".into();
+            "kafka:127.0.0.1:19092".into()
+        }
+        _ => {
+            cfg.sink.jsonl.path = bridge_file.to_string_lossy().into_owned();
+            format!("jsonl:{}", plain_file.display())
+        }
+    };
+    // The bridge: from `hours` ago until its cursors pass `end`.
+    let end = Utc::now() - chrono::Duration::seconds(10);
+    let start = end - chrono::Duration::seconds(history.as_secs() as i64);
+    let bridge = in_process_bridge(&cfg).await;
+    let (elapsed, cpu, _) = run_until(bridge.clone(), end).await;
+    let n =
+        Stats::get(&bridge.stats().events_published) + Stats::get(&bridge.stats().dead_lettered);
+    let bridge_rate = n as f64 / cpu.max(0.001);
+    drop(bridge);
+
+    // The plain collector: the same pairs over [start, end].
+    let plain_topics = format!("plain{tag}");
+    if sink == "kafka" {
+        create_kafka_topics(&plain_topics, &cfg.shards.pairs).await;
+    }
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/plain_collector.py");
+    let t0 = Instant::now();
+    let out = std::process::Command::new("python3")
+        .arg(script)
+        .args(["--api", &api, "--token", "sim-token"])
+        .args(["--start", &start.to_rfc3339_opts(SecondsFormat::Secs, true)])
+        .args(["--end", &end.to_rfc3339_opts(SecondsFormat::Secs, true)])
+        .args(["--pairs", &cfg.shards.pairs.join(",")])
+        .args(["--sink", &plain_sink, "--prefix", &plain_topics])
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "the plain collector failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let plain_elapsed = t0.elapsed();
+    let line = String::from_utf8_lossy(&out.stdout);
+    let f: Vec<&str> = line.split_whitespace().collect();
+    let (pn, pcpu): (u64, f64) = (f[1].parse().unwrap(), f[3].parse().unwrap());
+    let plain_rate = pn as f64 / pcpu.max(0.001);
+    println!("compare → {sink}: {pairs} pairs × {hours} h at {EVENTS_PER_HOUR} events/h");
+    println!(
+        "  bridge: {n} events in {:.1} s, CPU {cpu:.2} s = {bridge_rate:.0} events per CPU-second",
+        elapsed.as_secs_f64()
+    );
+    println!(
+        "  plain Python collector: {pn} events in {:.1} s, CPU {pcpu:.2} s = {plain_rate:.0} events per CPU-second",
+        plain_elapsed.as_secs_f64()
+    );
+    println!("  ratio: {:.2} ×", bridge_rate / plain_rate);
+    if sink == "nats" {
+        delete_nats_streams(&[tag.to_uppercase(), format!("PLAIN{}", tag.to_uppercase())]).await;
+    }
+}
+
+/// tansu creates no topic on its own: the plain collector's topics exist
+/// before it runs (the bridge creates its own).
+async fn create_kafka_topics(prefix: &str, pairs: &[String]) {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", "127.0.0.1:19092")
+        .create()
+        .expect("kafka admin");
+    let names: Vec<String> = pairs
+        .iter()
+        .map(|p| format!("{prefix}.{}", p.replace(':', ".")))
+        .collect();
+    let topics: Vec<NewTopic> = names
+        .iter()
+        .map(|n| NewTopic::new(n, 1, TopicReplication::Fixed(1)))
+        .collect();
+    admin
+        .create_topics(&topics, &AdminOptions::new())
+        .await
+        .expect("create topics");
+}
+
+async fn delete_nats_streams(names: &[String]) {
+    let Ok(client) = async_nats::connect("nats://127.0.0.1:4222").await else {
+        return;
+    };
+    let js = async_nats::jetstream::new(client);
+    for name in names {
+        let _ = js.delete_stream(name).await;
+    }
+}
