@@ -1,13 +1,17 @@
 //! Where the time of one event goes: parse → id → validate → serialize, for
 //! one event of each type (as the simulator renders them, messy values and all).
+//! `all` is the path through a `serde_json::Value` (still taken by invalid
+//! events); `tape`, `validate_tape` and `all_tape` the path of a valid one.
 //!
 //!   cargo bench --bench per_event
 
 use cas_bridge::cas::Dialect;
 use cas_bridge::identity::event_id;
+use cas_bridge::identity::natural_id_on_tape;
 use cas_bridge::shard::Shard;
 use cas_bridge::sim::EventPlan;
 use cas_bridge::sink::{PageMeta, Record};
+use cas_bridge::tape::Tape;
 use cas_bridge::validate::Registry;
 use cas_bridge::window::Window;
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
@@ -64,6 +68,23 @@ fn per_event(c: &mut Criterion) {
                 let id = event_id(&shard, &v);
                 let bad = registry.check(event, &v);
                 assert!(bad.is_empty());
+                Record::event(topic.clone(), id, &meta, &raw_value)
+            })
+        });
+        let text = raw_value.get();
+        g.bench_function("tape", |b| {
+            b.iter(|| Tape::parse(black_box(text)).unwrap().root().is_object())
+        });
+        let tape = Tape::parse(text).unwrap();
+        g.bench_function("validate_tape", |b| {
+            b.iter(|| registry.is_valid(event, black_box(tape.root())))
+        });
+        g.bench_function("all_tape", |b| {
+            b.iter(|| {
+                let tape = Tape::parse(black_box(text)).unwrap();
+                let root = tape.root();
+                let id = natural_id_on_tape(root).unwrap().to_string();
+                assert!(registry.is_valid(event, root));
                 Record::event(topic.clone(), id, &meta, &raw_value)
             })
         });

@@ -10,6 +10,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::shard::Shard;
+use crate::tape::TapeNode;
 
 /// The id of `event`, fetched for `shard`.
 pub fn event_id(shard: &Shard, event: &Value) -> String {
@@ -32,6 +33,17 @@ pub fn event_id(shard: &Shard, event: &Value) -> String {
     write_canonical(message, &mut h);
     h.update(b"]");
     hex::encode(h.finalize())
+}
+
+/// The event's natural id (`log_item_id`, as [`event_id`] takes it), read
+/// from its tape; `None` when the id would be a content hash.
+pub fn natural_id_on_tape<'a>(event: TapeNode<'a>) -> Option<&'a str> {
+    event
+        .get("log_item_id")
+        .or_else(|| event.get("message").and_then(|m| m.get("log_item_id")))
+        .and_then(|n| n.as_str())
+        .map(str::trim)
+        .filter(|s| usable_id(s))
 }
 
 /// A natural id must be safe as a Kafka key and a NATS header value.

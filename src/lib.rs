@@ -68,6 +68,7 @@ pub mod sim;
 pub mod sink;
 pub mod source;
 pub mod status;
+pub mod tape;
 pub mod telemetry;
 pub mod validate;
 pub mod window;

@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::field::ConfigError;
+use crate::tape::{TapeJson, TapeNode};
 
 /// The `schemas` section.
 #[derive(Debug, Clone, Deserialize, Serialize, Default)]
@@ -53,6 +54,8 @@ pub struct Violation {
 pub struct Registry {
     /// Schemas by name: `envelope`, `message`, and one per event type.
     schemas: HashMap<String, Validator>,
+    /// The same schemas compiled for the tape (the verdict of a valid event).
+    tapes: HashMap<String, Validator<TapeJson>>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -93,6 +96,7 @@ impl Registry {
             }
         }
         let mut schemas = HashMap::new();
+        let mut tapes = HashMap::new();
         for (name, (text, origin)) in sources {
             let doc: Value = serde_json::from_str(&text).map_err(|e| {
                 ConfigError::new("schemas.dir", format!("{origin} is not JSON: {e}"))
@@ -103,6 +107,16 @@ impl Registry {
                     format!("{origin} is not a valid schema: {e}"),
                 )
             })?;
+            let t = jsonschema::options_for::<TapeJson>()
+                .with_draft(jsonschema::Draft::Draft202012)
+                .build(&doc)
+                .map_err(|e| {
+                    ConfigError::new(
+                        "schemas.dir",
+                        format!("{origin} is not a valid schema: {e}"),
+                    )
+                })?;
+            tapes.insert(name.clone(), t);
             schemas.insert(name, v);
         }
         for required in ["envelope", "message"] {
@@ -113,7 +127,7 @@ impl Registry {
                 ));
             }
         }
-        Ok(Self { schemas })
+        Ok(Self { schemas, tapes })
     }
 
     /// Checks one event fetched for request event type `event_type`.
@@ -133,6 +147,26 @@ impl Registry {
         }
         out.truncate(MAX_VIOLATIONS);
         out
+    }
+}
+
+impl Registry {
+    /// Whether one event, on a tape, passes every schema [`Registry::check`]
+    /// applies. The same verdict as `check(..).is_empty()`, without building
+    /// a `Value`; the reasons of an invalid event come from `check`.
+    pub fn is_valid(&self, event_type: &str, event: TapeNode<'_>) -> bool {
+        if !self.tapes["envelope"].is_valid(event) {
+            return false;
+        }
+        let Some(message) = event.get("message").filter(TapeNode::is_object) else {
+            return true;
+        };
+        self.tapes["message"].is_valid(message)
+            && self
+                .tapes
+                .get(event_type)
+                .filter(|_| !matches!(event_type, "envelope" | "message"))
+                .is_none_or(|specific| specific.is_valid(message))
     }
 }
 
