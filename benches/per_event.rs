@@ -59,7 +59,7 @@ fn per_event(c: &mut Criterion) {
             serde_json::value::RawValue::from_string(String::from_utf8(raw.clone()).unwrap())
                 .unwrap();
         g.bench_function("serialize", |b| {
-            b.iter(|| Record::event(topic.clone(), id.clone(), &meta, black_box(&raw_value)))
+            b.iter(|| Record::event(topic.clone(), id.clone(), &meta, black_box(raw_value.get())))
         });
         g.bench_function("all", |b| {
             b.iter(|| {
@@ -68,7 +68,7 @@ fn per_event(c: &mut Criterion) {
                 let id = event_id(&shard, &v);
                 let bad = registry.check(event, &v);
                 assert!(bad.is_empty());
-                Record::event(topic.clone(), id, &meta, &raw_value)
+                Record::event(topic.clone(), id, &meta, raw_value.get())
             })
         });
         let text = raw_value.get();
@@ -85,7 +85,7 @@ fn per_event(c: &mut Criterion) {
                 let root = tape.root();
                 let id = natural_id_on_tape(root).unwrap().to_string();
                 assert!(registry.is_valid(event, root));
-                Record::event(topic.clone(), id, &meta, &raw_value)
+                Record::event(topic.clone(), id, &meta, raw_value.get())
             })
         });
         g.finish();

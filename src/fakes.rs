@@ -49,11 +49,7 @@ pub fn event(shard: &Shard, key: u64, pad: usize) -> (Box<RawValue>, String) {
 
 /// A page of `events`, with a next link or not.
 pub fn page(events: Vec<Box<RawValue>>, next: Option<&str>) -> Page {
-    Page {
-        events,
-        next_link: next.map(str::to_string),
-        memory: None,
-    }
+    Page::from_events(&events, next.map(str::to_string))
 }
 
 pub fn status(code: u16, retry_after: Option<std::time::Duration>) -> ApiError {

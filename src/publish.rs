@@ -113,11 +113,10 @@ impl Publisher {
         tel: &ShardTelemetry,
     ) -> (Vec<Record>, Vec<DateTime<Utc>>) {
         let checked: Vec<(String, Vec<Violation>, Option<DateTime<Utc>>)> = page
-            .events
-            .iter()
+            .events()
             .map(|raw| {
                 // The fast path: a valid event with a natural id, on a tape.
-                if let Ok(tape) = Tape::parse(raw.get()) {
+                if let Ok(tape) = Tape::parse(raw) {
                     let root = tape.root();
                     if let Some(id) = natural_id_on_tape(root) {
                         if self.registry.is_valid(&shard.event, root) {
@@ -125,7 +124,7 @@ impl Publisher {
                         }
                     }
                 }
-                self.checked_slowly(shard, raw.get())
+                self.checked_slowly(shard, raw)
             })
             .collect();
         let id_refs: Vec<&str> = checked.iter().map(|(id, ..)| id.as_str()).collect();
@@ -144,7 +143,7 @@ impl Publisher {
         let mut records = Vec::with_capacity(checked.len());
         let mut times = Vec::with_capacity(checked.len());
         let mut duplicates = 0;
-        for ((raw, (id, violations, at)), seen) in page.events.iter().zip(&checked).zip(seen) {
+        for ((raw, (id, violations, at)), seen) in page.events().zip(&checked).zip(seen) {
             if seen || !batch_ids.insert(id.as_str()) {
                 duplicates += 1;
                 continue;
@@ -178,7 +177,7 @@ impl Publisher {
         status: &StatusBoard,
         cancel: &CancellationToken,
     ) -> Result<(), PublishError> {
-        if page.events.is_empty() {
+        if page.is_empty() {
             return Ok(());
         }
         let (records, times) = self.records(shard, window, &page, tel).await;

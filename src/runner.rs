@@ -357,7 +357,7 @@ impl Engine {
             (resumed, live) = (None, false);
             followed.insert(link_key(url.as_str()));
             let next = page.next_link.clone();
-            events += page.events.len() as u64;
+            events += page.len() as u64;
             self.publisher
                 .publish_page(shard, window, page, tel, &self.status, cancel)
                 .await
@@ -467,18 +467,15 @@ impl Engine {
             let e = match res {
                 // More events than asked for (twice the page size): a
                 // hostile or broken answer, refused before any work on it.
-                Ok(page)
-                    if page.events.len() as u64
-                        > 2 * u64::from(self.settings.page_limit.max(1)) =>
-                {
+                Ok(page) if page.len() as u64 > 2 * u64::from(self.settings.page_limit.max(1)) => {
                     ApiError::Malformed(format!(
                         "the page holds {} events; {} were asked for",
-                        page.events.len(),
+                        page.len(),
                         self.settings.page_limit
                     ))
                 }
                 Ok(page) => {
-                    tel.page_fetched(page.events.len(), started.elapsed());
+                    tel.page_fetched(page.len(), started.elapsed());
                     self.status.set_token_ok(true);
                     return Ok((page, grant.slot));
                 }

@@ -9,7 +9,7 @@ use url::Url;
 
 use super::error::MAX_MSG_BYTES;
 use super::ApiConfig;
-use super::{parse_page, resolve_next_link, ApiError, Dialect, ErrorBody, Page};
+use super::{parse_page_owned, resolve_next_link, ApiError, Dialect, ErrorBody, Page};
 use crate::coord::Permit;
 use crate::field::ConfigError;
 use crate::shard::Shard;
@@ -143,7 +143,7 @@ impl Client {
             .and_then(parse_retry_after);
         let (body, memory) = self.read_capped(resp).await?;
         if status == 200 {
-            let mut page = parse_page(&body, self.dialect)?;
+            let mut page = parse_page_owned(body, self.dialect)?;
             page.memory = Some(memory);
             return Ok(page);
         }

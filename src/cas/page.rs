@@ -8,14 +8,53 @@ use super::{ApiError, Dialect};
 /// One page of security events.
 #[derive(Debug, Default)]
 pub struct Page {
-    /// The vendor's event objects, whole and untouched: their JSON text
-    /// exactly as received, parsed again one at a time by the worker.
-    pub events: Vec<Box<RawValue>>,
+    /// The body, whose events are read in place.
+    text: String,
+    /// Where each event's JSON text is in `text`: the vendor's event
+    /// objects, whole and untouched, parsed one at a time by the worker.
+    spans: Vec<std::ops::Range<usize>>,
     /// The next link exactly as returned; `None` when the pages end.
     pub next_link: Option<String>,
     /// The body's share of the bytes in flight, given back when the page
     /// is dropped (see [`super::PAGE_BYTES_IN_FLIGHT`]).
     pub memory: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+impl Page {
+    /// A page of these events (each one JSON value's text).
+    pub fn from_events(events: &[Box<RawValue>], next_link: Option<String>) -> Self {
+        let mut text = String::from("[");
+        let mut spans = Vec::with_capacity(events.len());
+        for (i, e) in events.iter().enumerate() {
+            if i > 0 {
+                text.push(',');
+            }
+            let start = text.len();
+            text.push_str(e.get());
+            spans.push(start..text.len());
+        }
+        text.push(']');
+        Self {
+            text,
+            spans,
+            next_link,
+            memory: None,
+        }
+    }
+
+    /// Each event's JSON text, in page order.
+    pub fn events(&self) -> impl ExactSizeIterator<Item = &str> + '_ {
+        self.spans.iter().map(|r| &self.text[r.clone()])
+    }
+
+    /// The number of events.
+    pub fn len(&self) -> usize {
+        self.spans.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.spans.is_empty()
+    }
 }
 
 /// The most events a page may hold: twice the larger dialect's page size.
@@ -27,22 +66,27 @@ pub const MAX_PAGE_EVENTS: usize = 1000;
 /// Both dialects' envelope field names are accepted whatever the configured
 /// dialect is: a tolerant reader costs nothing here.
 #[derive(Deserialize)]
-struct Envelope {
-    #[serde(default, alias = "securityEvents", deserialize_with = "bounded")]
-    security_events: Option<Vec<Box<RawValue>>>,
+struct Envelope<'a> {
+    #[serde(
+        default,
+        borrow,
+        alias = "securityEvents",
+        deserialize_with = "bounded"
+    )]
+    security_events: Option<Vec<&'a RawValue>>,
     #[serde(default, alias = "nextLink")]
     next_link: Option<Value>,
 }
 
 /// The events array, refused past [`MAX_PAGE_EVENTS`] items without
 /// reading further.
-fn bounded<'de, D>(d: D) -> Result<Option<Vec<Box<RawValue>>>, D::Error>
+fn bounded<'de, D>(d: D) -> Result<Option<Vec<&'de RawValue>>, D::Error>
 where
     D: serde::Deserializer<'de>,
 {
     struct Events;
     impl<'de> serde::de::Visitor<'de> for Events {
-        type Value = Option<Vec<Box<RawValue>>>;
+        type Value = Option<Vec<&'de RawValue>>;
         fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
             f.write_str("an array of events")
         }
@@ -60,7 +104,7 @@ where
             mut seq: A,
         ) -> Result<Self::Value, A::Error> {
             let mut v = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(MAX_PAGE_EVENTS));
-            while let Some(e) = seq.next_element::<Box<RawValue>>()? {
+            while let Some(e) = seq.next_element::<&'de RawValue>()? {
                 if v.len() == MAX_PAGE_EVENTS {
                     return Err(serde::de::Error::custom(format_args!(
                         "more than {MAX_PAGE_EVENTS} events in one page"
@@ -76,10 +120,17 @@ where
 
 /// Parses a 200 body.
 pub fn parse_page(body: &[u8], dialect: Dialect) -> Result<Page, ApiError> {
+    parse_page_owned(body.to_vec(), dialect)
+}
+
+/// Parses a 200 body, which the page keeps: its events are read in place.
+pub fn parse_page_owned(body: Vec<u8>, dialect: Dialect) -> Result<Page, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(ApiError::Malformed("empty body".into()));
     }
-    let env: Envelope = serde_json::from_slice(body)
+    let text = String::from_utf8(body)
+        .map_err(|e| ApiError::Malformed(format!("not a {dialect} page: not UTF-8: {e}")))?;
+    let env: Envelope<'_> = serde_json::from_str(&text)
         .map_err(|e| ApiError::Malformed(format!("not a {dialect} page: {e}")))?;
     let events = env.security_events.ok_or_else(|| {
         ApiError::Malformed(format!(
@@ -104,8 +155,18 @@ pub fn parse_page(body: &[u8], dialect: Dialect) -> Result<Page, ApiError> {
             )))
         }
     };
+    // Each event borrowed from the body: where it is.
+    let base = text.as_ptr() as usize;
+    let spans = events
+        .iter()
+        .map(|e| {
+            let start = e.get().as_ptr() as usize - base;
+            start..start + e.get().len()
+        })
+        .collect();
     Ok(Page {
-        events,
+        text,
+        spans,
         next_link,
         memory: None,
     })
@@ -168,7 +229,7 @@ mod tests {
             format!(r#"{{"security_events":[{items}],"next_link":""}}"#)
         };
         let p = parse_page(page(MAX_PAGE_EVENTS).as_bytes(), Dialect::V1).unwrap();
-        assert_eq!(p.events.len(), MAX_PAGE_EVENTS);
+        assert_eq!(p.len(), MAX_PAGE_EVENTS);
         let e = parse_page(page(1_000_000).as_bytes(), Dialect::V1).unwrap_err();
         assert!(
             e.to_string().contains("more than 1000 events in one page"),
@@ -183,14 +244,16 @@ mod tests {
     fn both_dialects_parse() {
         let v1 = br#"{"current_link":"x","next_link":"https://h/v1/siem/security_events?p=2","security_events":[{"a":1}],"traceId":"t","last_log_item_generation_time":"2020-07-19T22:51:30.000Z"}"#;
         let p = parse_page(v1, Dialect::V1).unwrap();
-        assert_eq!(p.events.len(), 1);
+        assert_eq!(p.len(), 1);
+        assert_eq!(p.events().next(), Some(r#"{"a":1}"#));
         assert_eq!(
             p.next_link.as_deref(),
             Some("https://h/v1/siem/security_events?p=2")
         );
         let legacy = br#"{"selfLink":"x","nextLink":"","securityEvents":[{"a":1},{"b":2}]}"#;
         let p = parse_page(legacy, Dialect::Legacy).unwrap();
-        assert_eq!(p.events.len(), 2);
+        assert_eq!(p.len(), 2);
+        assert_eq!(p.events().collect::<Vec<_>>(), [r#"{"a":1}"#, r#"{"b":2}"#]);
         assert!(p.next_link.is_none());
     }
 

@@ -190,13 +190,13 @@ mod tests {
         // line break stays as it is.
         let text = "{\n  \"message\": {\r\n    \"note\": \"a\\nb\"\n  }\n}";
         let raw = RawValue::from_string(text.to_string()).unwrap();
-        let event = Record::event("cas.exchange.dlp".into(), "id1".into(), &page, &raw);
+        let event = Record::event("cas.exchange.dlp".into(), "id1".into(), &page, raw.get());
         let dead = Record::dead_letter(
             "cas.deadletter".into(),
             "cas.exchange.dlp",
             "id2".into(),
             &page,
-            &raw,
+            raw.get(),
             &[Violation {
                 path: "/message".into(),
                 message: "wrong".into(),

@@ -282,7 +282,7 @@ mod tests {
         };
         let page = std::sync::Arc::new(PageMeta::new(&s, &w));
         let data = serde_json::value::RawValue::from_string("{}".into()).unwrap();
-        let r = Record::event("cas.exchange.dlp".into(), "id1".into(), &page, &data);
+        let r = Record::event("cas.exchange.dlp".into(), "id1".into(), &page, data.get());
         let headers: usize = r.headers().map(|(k, v)| k.len() + v.len()).sum();
         assert_eq!(kafka::record_size(&r), r.payload.len() + 3 + headers);
         // NATS: the payload, `k: v\r\n` per header (Nats-Msg-Id too), and

@@ -80,9 +80,7 @@ struct Envelope<'a> {
     /// The size of the refused record (truncated dead letters only).
     #[serde(skip_serializing_if = "Option::is_none")]
     size: Option<usize>,
-    /// Written verbatim: the bytes the API sent (absent when truncated).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    data: Option<&'a RawValue>,
+    // The event, `data`, is written verbatim after these (see `build`).
 }
 
 /// The part of a published document a dead letter needs back.
@@ -94,7 +92,7 @@ struct Published<'a> {
 
 impl Record {
     /// A record for an event that passed validation.
-    pub fn event(topic: Arc<str>, id: String, page: &Arc<PageMeta>, data: &RawValue) -> Self {
+    pub fn event(topic: Arc<str>, id: String, page: &Arc<PageMeta>, data: &str) -> Self {
         Self::build(topic, id, page, Some(data), None, RecordKind::Event, None)
     }
 
@@ -104,7 +102,7 @@ impl Record {
         intended_topic: &str,
         id: String,
         page: &Arc<PageMeta>,
-        data: &RawValue,
+        data: &str,
         reasons: &[Violation],
     ) -> Self {
         let first = reasons.first().map(|v| v.path.as_str()).unwrap_or("");
@@ -138,7 +136,7 @@ impl Record {
             dead_letter_topic,
             refused.id.clone(),
             &refused.page,
-            Some(data.data),
+            Some(data.data.get()),
             Some((&refused.topic, &reasons)),
             RecordKind::DeadLetter,
             Some(short(&format!("broker: {reason}"))),
@@ -170,17 +168,19 @@ impl Record {
         r
     }
 
+    /// `data` is an event's JSON text exactly as the API sent it (the page
+    /// parser checked it), written as the document's last member.
     fn build(
         topic: Arc<str>,
         id: String,
         page: &Arc<PageMeta>,
-        data: Option<&RawValue>,
+        data: Option<&str>,
         dead: Option<(&str, &[Violation])>,
         kind: RecordKind,
         dead_reason: Option<String>,
     ) -> Self {
         // Sized once: the event's text is most of the document.
-        let len = data.map_or(0, |d| d.get().len());
+        let len = data.map_or(0, str::len);
         let mut payload = Vec::with_capacity(len + 192 + id.len());
         serde_json::to_writer(
             &mut payload,
@@ -193,11 +193,17 @@ impl Record {
                 intended_topic: dead.map(|d| d.0),
                 reasons: dead.map(|d| d.1),
                 size: None,
-                data,
             },
         )
-        // Serializing strings and raw JSON into a Vec cannot fail.
+        // Serializing strings into a Vec cannot fail.
         .unwrap_or_default();
+        if let Some(data) = data {
+            // `{…}` becomes `{…,"data":<the event>}`.
+            payload.pop();
+            payload.extend_from_slice(b",\"data\":");
+            payload.extend_from_slice(data.as_bytes());
+            payload.push(b'}');
+        }
         Self {
             topic,
             id,
@@ -256,7 +262,7 @@ mod tests {
         let text = r#"{"service": "Exchange", "message": {"weird": [" <a> ", null], "n": 1.50}}"#;
         let data = RawValue::from_string(text.to_string()).unwrap();
         let page = Arc::new(PageMeta::new(&s, &w));
-        let r = Record::event("cas.exchange.dlp".into(), "id1".into(), &page, &data);
+        let r = Record::event("cas.exchange.dlp".into(), "id1".into(), &page, data.get());
         // The vendor's bytes, verbatim (spacing, number forms, key order).
         assert!(String::from_utf8_lossy(&r.payload).contains(text));
         let doc: serde_json::Value = serde_json::from_slice(&r.payload).unwrap();
@@ -283,7 +289,7 @@ mod tests {
             "cas.exchange.dlp",
             "id1".into(),
             &page,
-            &data,
+            data.get(),
             &bad,
         );
         assert_eq!(&*d.topic, "cas.deadletter");
@@ -307,7 +313,7 @@ mod tests {
         let page = Arc::new(PageMeta::new(&s, &w));
         let text = r#"{"message":{"big":"xxxxxxxxxxxxxxxx"}}"#;
         let data = RawValue::from_string(text.to_string()).unwrap();
-        let r = Record::event("cas.exchange.dlp".into(), "id9".into(), &page, &data);
+        let r = Record::event("cas.exchange.dlp".into(), "id9".into(), &page, data.get());
         let d = Record::rejected("cas.dl".into(), &r, "message too large\r\n(65536)");
         assert_eq!(d.kind, RecordKind::DeadLetter);
         assert_eq!(&*d.topic, "cas.dl");

@@ -369,7 +369,7 @@ async fn a_chunked_body_of_unknown_size_is_read_whole_within_its_reservation() {
         .unwrap();
     let url = url::Url::parse(&format!("http://{addr}/v1/siem/security_events")).unwrap();
     let page = client.fetch(permit, &url).await.unwrap();
-    assert_eq!(page.events.len(), 600);
+    assert_eq!(page.len(), 600);
     assert!(body.len() > 3_000_000);
     let held = page.memory.as_ref().expect("a reservation").num_permits();
     assert_eq!(held, body.len().div_ceil(1024), "KiB held for the page");
