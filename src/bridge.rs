@@ -143,10 +143,15 @@ impl Bridge {
         let registry = Registry::load(cfg.schemas.dir.as_deref())?;
         let topics = Topics::new(&cfg.sink.topic_template, &cfg.sink.dead_letter)?;
         let status = Arc::new(StatusBoard::new(Some(sink.clone())));
+        let mut publisher = Publisher::new(registry, sink, topics, coord.dedup.clone());
+        if cfg.sink.cloudevents {
+            let origin = cfg.api.resolved_base_url()?.origin().ascii_serialization();
+            publisher = publisher.with_cloudevents(origin);
+        }
         let engine = Engine::new(
             source,
             Scheduler::new(coord.budget.clone(), PAGES_IN_FLIGHT),
-            Publisher::new(registry, sink, topics, coord.dedup.clone()),
+            publisher,
             coord.checkpoints.clone(),
             Planner::new(&cfg.window),
             RunnerSettings {

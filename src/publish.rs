@@ -49,6 +49,8 @@ pub struct Publisher {
     dedup: Arc<dyn DedupStore>,
     /// The dead-letter topic, shared by the records that go there.
     dead_letter_topic: Arc<str>,
+    /// The API's origin, when records carry CloudEvents attributes.
+    cloudevents: Option<String>,
 }
 
 impl Publisher {
@@ -65,7 +67,14 @@ impl Publisher {
             topics,
             dedup,
             dead_letter_topic,
+            cloudevents: None,
         }
+    }
+
+    /// Records carry CloudEvents attributes, `source` under this origin.
+    pub fn with_cloudevents(mut self, origin: String) -> Self {
+        self.cloudevents = Some(origin);
+        self
     }
 
     pub fn sink(&self) -> &Arc<dyn Sink> {
@@ -137,7 +146,11 @@ impl Publisher {
             }
         };
         let topic: Arc<str> = self.topics.topic(shard).into();
-        let meta = Arc::new(PageMeta::new(shard, window));
+        let mut meta = PageMeta::new(shard, window);
+        if let Some(origin) = &self.cloudevents {
+            meta = meta.with_cloudevents(origin);
+        }
+        let meta = Arc::new(meta);
         let mut batch_ids: HashSet<&str, foldhash::fast::RandomState> =
             HashSet::with_capacity_and_hasher(checked.len(), Default::default());
         let mut records = Vec::with_capacity(checked.len());
@@ -150,7 +163,9 @@ impl Publisher {
             }
             if violations.is_empty() {
                 times.extend(*at);
-                records.push(Record::event(topic.clone(), id.clone(), &meta, raw));
+                let mut r = Record::event(topic.clone(), id.clone(), &meta, raw);
+                r.occurred = *at;
+                records.push(r);
             } else {
                 records.push(Record::dead_letter(
                     self.dead_letter_topic.clone(),

@@ -26,6 +26,10 @@ pub struct SinkConfig {
     pub topic_template: String,
     /// Dead-letter topic / subject.
     pub dead_letter: String,
+    /// CloudEvents 1.0 attributes as headers (binary content mode): `ce_*`
+    /// on Kafka, `ce-*` on NATS; the payload unchanged. JSON lines has no
+    /// headers.
+    pub cloudevents: bool,
     pub kafka: KafkaConfig,
     pub nats: NatsConfig,
     pub jsonl: JsonlConfig,
@@ -37,6 +41,7 @@ impl Default for SinkConfig {
             kind: SinkKind::Jsonl,
             topic_template: "cas.{service}.{event}".into(),
             dead_letter: "cas.deadletter".into(),
+            cloudevents: false,
             kafka: KafkaConfig::default(),
             nats: NatsConfig::default(),
             jsonl: JsonlConfig::default(),

@@ -12,7 +12,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::util::Timeout;
 
-use super::{KafkaConfig, Record, Refusal, Sink, SinkError};
+use super::{Binding, KafkaConfig, Record, Refusal, Sink, SinkError};
 
 /// How long librdkafka tries to deliver one message before reporting a
 /// failure (the worker then publishes the batch again).
@@ -61,7 +61,12 @@ fn classify(code: Option<RDKafkaErrorCode>) -> Outcome {
 
 /// The bytes a record takes against `message.max.bytes`.
 pub fn record_size(r: &Record) -> usize {
-    let headers: usize = r.headers().map(|(k, v)| k.len() + v.len()).sum();
+    let ce: usize = r
+        .cloudevent(Binding::Kafka)
+        .iter()
+        .map(|(k, v)| k.len() + v.len())
+        .sum();
+    let headers: usize = r.headers().map(|(k, v)| k.len() + v.len()).sum::<usize>() + ce;
     r.payload.len() + r.id.len() + headers
 }
 
@@ -222,6 +227,12 @@ impl Sink for KafkaSink {
             let r = &records[i];
             let mut headers = OwnedHeaders::new_with_capacity(6);
             for (k, v) in r.headers() {
+                headers = headers.insert(Header {
+                    key: k,
+                    value: Some(v.as_bytes()),
+                });
+            }
+            for (k, v) in r.cloudevent(Binding::Kafka) {
                 headers = headers.insert(Header {
                     key: k,
                     value: Some(v.as_bytes()),

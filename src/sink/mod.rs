@@ -19,7 +19,7 @@ pub use config::{JsonlConfig, KafkaConfig, NatsConfig, SinkConfig, SinkKind};
 pub use jsonl::JsonlSink;
 pub use kafka::KafkaSink;
 pub use nats::NatsSink;
-pub use record::{PageMeta, Record, RecordKind};
+pub use record::{Binding, PageMeta, Record, RecordKind};
 
 use async_trait::async_trait;
 

@@ -9,7 +9,7 @@ use async_nats::jetstream::{self, stream};
 use async_trait::async_trait;
 use futures::future::join_all;
 
-use super::{NatsConfig, Record, Refusal, Sink, SinkError, Topics};
+use super::{Binding, NatsConfig, Record, Refusal, Sink, SinkError, Topics};
 
 pub struct NatsSink {
     /// The connection (flushed at shutdown).
@@ -32,11 +32,17 @@ fn err(e: impl std::fmt::Display) -> SinkError {
 /// payload and the header block (`NATS/1.0\r\n`, one `k: v\r\n` a header,
 /// a closing `\r\n`).
 pub fn message_size(r: &Record) -> usize {
+    let ce: usize = r
+        .cloudevent(Binding::Nats)
+        .iter()
+        .map(|(k, v)| k.len() + v.len() + 4)
+        .sum();
     let headers: usize = r
         .headers()
         .chain(std::iter::once(("Nats-Msg-Id", r.id.as_str())))
         .map(|(k, v)| k.len() + v.len() + 4)
-        .sum();
+        .sum::<usize>()
+        + ce;
     r.payload.len() + headers + 12
 }
 
@@ -171,6 +177,9 @@ impl Sink for NatsSink {
             headers.insert("Nats-Msg-Id", r.id.as_str());
             for (k, v) in r.headers() {
                 headers.insert(k, v);
+            }
+            for (k, v) in r.cloudevent(Binding::Nats) {
+                headers.insert(k, v.as_str());
             }
             let ack = self
                 .js

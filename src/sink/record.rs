@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
@@ -26,6 +27,18 @@ pub struct Record {
     pub dead_reason: Option<String>,
     /// The JSON document.
     pub payload: bytes::Bytes,
+    /// When the event happened (`message.detection_time`), if known: the
+    /// CloudEvents `time`.
+    pub occurred: Option<DateTime<Utc>>,
+}
+
+/// The protocol binding whose header names CloudEvents attributes take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Binding {
+    /// `ce_<attribute>`, and `content-type` for `datacontenttype`.
+    Kafka,
+    /// `ce-<attribute>`, `datacontenttype` included.
+    Nats,
 }
 
 /// What a record is.
@@ -45,6 +58,9 @@ pub enum RecordKind {
 pub struct PageMeta {
     pub service: String,
     pub event: String,
+    /// The CloudEvents `source` (API origin and pair), when the sink sends
+    /// CloudEvents attributes.
+    pub ce_source: Option<String>,
     /// The window's bounds in the API's time format, written once per page
     /// rather than once per record.
     pub window_start: String,
@@ -52,10 +68,17 @@ pub struct PageMeta {
 }
 
 impl PageMeta {
+    /// With CloudEvents attributes, `source` being `<origin>/<service>/<event>`.
+    pub fn with_cloudevents(mut self, origin: &str) -> Self {
+        self.ce_source = Some(format!("{origin}/{}/{}", self.service, self.event));
+        self
+    }
+
     pub fn new(shard: &Shard, window: &Window) -> Self {
         Self {
             service: shard.service.clone(),
             event: shard.event.clone(),
+            ce_source: None,
             window_start: crate::cas::format_time(window.start),
             window_end: crate::cas::format_time(window.end),
         }
@@ -132,7 +155,7 @@ impl Record {
             path: String::new(),
             message: format!("broker: {reason}"),
         }];
-        Self::build(
+        let mut r = Self::build(
             dead_letter_topic,
             refused.id.clone(),
             &refused.page,
@@ -140,7 +163,9 @@ impl Record {
             Some((&refused.topic, &reasons)),
             RecordKind::DeadLetter,
             Some(short(&format!("broker: {reason}"))),
-        )
+        );
+        r.occurred = refused.occurred;
+        r
     }
 
     /// A dead letter without the event: id, pair, window, the refused
@@ -165,6 +190,7 @@ impl Record {
         doc["size"] = refused.payload.len().into();
         doc["truncated"] = true.into();
         r.payload = serde_json::to_vec(&doc).unwrap_or_default().into();
+        r.occurred = refused.occurred;
         r
     }
 
@@ -211,7 +237,60 @@ impl Record {
             kind,
             dead_reason,
             payload: payload.into(),
+            occurred: None,
         }
+    }
+
+    /// The CloudEvents 1.0 attributes of the record (binary content mode),
+    /// as `binding` names its headers; none unless the sink sends them.
+    /// `id` is the event id, `source` the API origin and pair, `type`
+    /// `com.trendmicro.cas.<event>` (`….deadletter` on the dead-letter
+    /// topic), `subject` the topic, `time` the event's detection time.
+    pub fn cloudevent(&self, binding: Binding) -> Vec<(&'static str, String)> {
+        let Some(source) = &self.page.ce_source else {
+            return Vec::new();
+        };
+        let names: [&'static str; 7] = match binding {
+            Binding::Kafka => [
+                "ce_specversion",
+                "ce_id",
+                "ce_source",
+                "ce_type",
+                "ce_subject",
+                "content-type",
+                "ce_time",
+            ],
+            Binding::Nats => [
+                "ce-specversion",
+                "ce-id",
+                "ce-source",
+                "ce-type",
+                "ce-subject",
+                "ce-datacontenttype",
+                "ce-time",
+            ],
+        };
+        let ty = match self.kind {
+            RecordKind::Event => format!("com.trendmicro.cas.{}", self.page.event),
+            RecordKind::DeadLetter | RecordKind::Truncated => {
+                format!("com.trendmicro.cas.{}.deadletter", self.page.event)
+            }
+        };
+        let mut out = vec![
+            (names[0], "1.0".to_string()),
+            (names[1], self.id.clone()),
+            (names[2], source.clone()),
+            (names[3], ty),
+            (names[4], self.topic.to_string()),
+            (names[5], "application/json".to_string()),
+        ];
+        if let Some(at) = self.occurred {
+            out.push((
+                names[6],
+                at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            ));
+        }
+        out
     }
 
     /// The `cas-*` headers, in order.
@@ -343,6 +422,71 @@ mod tests {
         assert_eq!(doc["truncated"], true);
         assert!(doc.get("data").is_none());
         assert!(t.payload.len() < 1024);
+    }
+
+    #[test]
+    fn cloudevents_attributes_follow_each_binding() {
+        let shard = Shard::new("exchange", "dlp");
+        let window = Window {
+            start: DateTime::from_timestamp(0, 0).unwrap(),
+            end: DateTime::from_timestamp(60, 0).unwrap(),
+        };
+        let plain = Arc::new(PageMeta::new(&shard, &window));
+        let text = r#"{"message":{"x":1}}"#;
+        let r = Record::event("cas.exchange.dlp".into(), "id1".into(), &plain, text);
+        assert!(r.cloudevent(Binding::Kafka).is_empty(), "off by default");
+
+        let page = Arc::new(PageMeta::new(&shard, &window).with_cloudevents("https://api.test"));
+        let mut r = Record::event("cas.exchange.dlp".into(), "id1".into(), &page, text);
+        r.occurred = DateTime::from_timestamp(1_595_199_090, 0);
+        let kafka: Vec<_> = r.cloudevent(Binding::Kafka);
+        let get = |attrs: &[(&str, String)], k: &str| {
+            attrs.iter().find(|(n, _)| *n == k).map(|(_, v)| v.clone())
+        };
+        assert_eq!(get(&kafka, "ce_specversion").as_deref(), Some("1.0"));
+        assert_eq!(get(&kafka, "ce_id").as_deref(), Some("id1"));
+        assert_eq!(
+            get(&kafka, "ce_source").as_deref(),
+            Some("https://api.test/exchange/dlp")
+        );
+        assert_eq!(
+            get(&kafka, "ce_type").as_deref(),
+            Some("com.trendmicro.cas.dlp")
+        );
+        assert_eq!(
+            get(&kafka, "ce_subject").as_deref(),
+            Some("cas.exchange.dlp")
+        );
+        assert_eq!(
+            get(&kafka, "content-type").as_deref(),
+            Some("application/json")
+        );
+        assert_eq!(
+            get(&kafka, "ce_time").as_deref(),
+            Some("2020-07-19T22:51:30.000Z")
+        );
+        let nats = r.cloudevent(Binding::Nats);
+        assert_eq!(nats.len(), 7);
+        assert!(nats.iter().all(|(k, _)| k.starts_with("ce-")), "{nats:?}");
+        assert_eq!(
+            get(&nats, "ce-datacontenttype").as_deref(),
+            Some("application/json")
+        );
+        // A dead letter says so in its type, and keeps the event's time.
+        let d = Record::rejected("cas.dl".into(), &r, "too large");
+        let attrs = d.cloudevent(Binding::Kafka);
+        assert_eq!(
+            get(&attrs, "ce_type").as_deref(),
+            Some("com.trendmicro.cas.dlp.deadletter")
+        );
+        assert_eq!(get(&attrs, "ce_subject").as_deref(), Some("cas.dl"));
+        assert!(get(&attrs, "ce_time").is_some());
+        // No time known: no `time` attribute.
+        r.occurred = None;
+        assert!(get(&r.cloudevent(Binding::Kafka), "ce_time").is_none());
+        // The payload is the same document either way.
+        let p = Record::event("cas.exchange.dlp".into(), "id1".into(), &plain, text);
+        assert_eq!(r.payload, p.payload);
     }
 
     #[test]

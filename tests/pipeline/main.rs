@@ -3,6 +3,7 @@
 //! simulator's ground truth.
 
 mod chaos;
+mod cloudevents;
 mod deploy;
 mod faults;
 mod fleet;

@@ -21,6 +21,8 @@ pub struct Received {
     /// When the broker stored it, ms since the epoch (JetStream's own
     /// timestamp; Kafka's record timestamp; none for JSON lines).
     pub stored_ms: Option<i64>,
+    /// The message's headers (none for JSON lines).
+    pub headers: BTreeMap<String, String>,
 }
 
 /// What a delivery check found.
@@ -172,6 +174,7 @@ fn parse_jsonl(text: &str) -> Vec<Received> {
                 id: doc["id"].as_str().unwrap().to_string(),
                 doc,
                 stored_ms: None,
+                headers: BTreeMap::new(),
             }
         })
         .collect()
@@ -221,11 +224,18 @@ pub async fn read_nats(url: &str, stream: &str) -> Vec<Received> {
                 .info()
                 .ok()
                 .map(|i| (i.published.unix_timestamp_nanos() / 1_000_000) as i64);
+            let headers = m
+                .headers
+                .iter()
+                .flat_map(|h| h.iter())
+                .filter_map(|(k, v)| Some((k.to_string(), v.first()?.to_string())))
+                .collect();
             out.push(Received {
                 topic: m.subject.to_string(),
                 id,
                 doc,
                 stored_ms,
+                headers,
             });
         }
         assert!(
@@ -301,11 +311,23 @@ pub fn read_kafka(brokers: &str, topics: &[String]) -> Vec<Received> {
                     Some(key.as_str()),
                     "cas-event-id header is the key"
                 );
+                let headers = m
+                    .headers()
+                    .map(|h| {
+                        h.iter()
+                            .map(|h| {
+                                let v = h.value.map(String::from_utf8_lossy).unwrap_or_default();
+                                (h.key.to_string(), v.to_string())
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
                 out.push(Received {
                     topic: topic.clone(),
                     id: key,
                     doc,
                     stored_ms: m.timestamp().to_millis(),
+                    headers,
                 });
             }
         }

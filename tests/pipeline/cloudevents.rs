@@ -1,0 +1,111 @@
+//! CloudEvents 1.0 attributes as headers (`sink.cloudevents = true`), on
+//! JetStream and on Kafka (tansu): every message carries them, each one
+//! agrees with the message itself, and the payload is unchanged.
+
+use std::time::Duration;
+
+use cas_bridge::bridge::Coordination;
+use cas_bridge::config::{Config, SinkKind};
+use chrono::{DateTime, Utc};
+
+use crate::helpers::*;
+
+async fn every_message_carries_valid_attributes(mut cfg: Config, sim: cas_bridge::sim::SimHandle) {
+    cfg.sink.cloudevents = true;
+    let t0 = Utc::now();
+    let run = Running::start(build_bridge(&cfg, Coordination::in_memory(&cfg)).await);
+    let check_to = t0 - chrono::Duration::seconds(3);
+    run.wait_cursor(
+        check_to + chrono::Duration::seconds(15),
+        Duration::from_secs(120),
+    )
+    .await;
+    run.stop().await;
+    let from = t0 - chrono::Duration::seconds(590);
+    let r = assert_delivered("cloudevents", &sim, &cfg, from, check_to).await;
+    assert!(r.expected > 50, "{r:?}");
+
+    let (prefix, content_type) = match cfg.sink.kind {
+        SinkKind::Kafka => ("ce_", "content-type"),
+        _ => ("ce-", "ce-datacontenttype"),
+    };
+    let origin = url::Url::parse(&sim.base_url())
+        .unwrap()
+        .origin()
+        .ascii_serialization();
+    let got = read_sink(&cfg).await;
+    assert!(got.len() >= r.delivered, "{} read, {r:?}", got.len());
+    let (mut events, mut dead, mut timed) = (0, 0, 0);
+    for m in &got {
+        let h = |k: &str| {
+            m.headers
+                .get(&format!("{prefix}{k}"))
+                .unwrap_or_else(|| {
+                    panic!("no {prefix}{k} on {} {}: {:?}", m.topic, m.id, m.headers)
+                })
+                .as_str()
+        };
+        let (service, event) = (
+            m.doc["service"].as_str().unwrap(),
+            m.doc["event"].as_str().unwrap(),
+        );
+        assert_eq!(h("specversion"), "1.0");
+        assert_eq!(h("id"), m.id);
+        assert_eq!(h("id"), m.doc["id"].as_str().unwrap());
+        assert_eq!(h("source"), format!("{origin}/{service}/{event}"));
+        assert_eq!(h("subject"), m.topic);
+        assert_eq!(m.headers[content_type], "application/json");
+        if m.topic == cfg.sink.dead_letter {
+            assert_eq!(h("type"), format!("com.trendmicro.cas.{event}.deadletter"));
+            dead += 1;
+        } else {
+            assert_eq!(h("type"), format!("com.trendmicro.cas.{event}"));
+            events += 1;
+        }
+        // `time` is the event's own detection time, when it has one.
+        let detected = m.doc["data"]["message"]["detection_time"]
+            .as_str()
+            .and_then(|s| DateTime::parse_from_rfc3339(s.trim()).ok());
+        match (m.headers.get(&format!("{prefix}time")), detected) {
+            (Some(t), Some(d)) => {
+                assert_eq!(DateTime::parse_from_rfc3339(t).unwrap(), d, "{}", m.doc);
+                timed += 1;
+            }
+            (Some(t), None) => {
+                DateTime::parse_from_rfc3339(t).unwrap();
+            }
+            (None, _) => {}
+        }
+        // The payload is the document as ever: the event whole inside.
+        assert!(m.doc["data"].is_object(), "{}", m.doc);
+    }
+    assert!(
+        events > 50 && dead > 0,
+        "{events} events, {dead} dead letters"
+    );
+    assert!(timed > 50, "{timed} with a time");
+    sim.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cloudevents_headers_on_jetstream() {
+    let sim = start_sim(cas_bridge::sim::SimConfig {
+        bad_fraction: 0.05,
+        ..sim_config()
+    })
+    .await;
+    let cfg = bridge_config(&sim, &tag(), SinkKind::Nats);
+    every_message_carries_valid_attributes(cfg, sim).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cloudevents_headers_on_kafka() {
+    require_kafka();
+    let sim = start_sim(cas_bridge::sim::SimConfig {
+        bad_fraction: 0.05,
+        ..sim_config()
+    })
+    .await;
+    let cfg = bridge_config(&sim, &tag(), SinkKind::Kafka);
+    every_message_carries_valid_attributes(cfg, sim).await;
+}
