@@ -2,27 +2,16 @@
 //! JetStream and on Kafka (tansu): every message carries them, each one
 //! agrees with the message itself, and the payload is unchanged.
 
-use std::time::Duration;
-
-use cas_bridge::bridge::Coordination;
 use cas_bridge::config::{Config, SinkKind};
-use chrono::{DateTime, Utc};
+use chrono::DateTime;
 
 use crate::helpers::*;
 
 async fn every_message_carries_valid_attributes(mut cfg: Config, sim: cas_bridge::sim::SimHandle) {
     cfg.sink.cloudevents = true;
-    let t0 = Utc::now();
-    let run = Running::start(build_bridge(&cfg, Coordination::in_memory(&cfg)).await);
-    let check_to = t0 - chrono::Duration::seconds(3);
-    run.wait_cursor(
-        check_to + chrono::Duration::seconds(15),
-        Duration::from_secs(120),
-    )
-    .await;
+    let (run, range) = Running::caught_up(&cfg).await;
     run.stop().await;
-    let from = t0 - chrono::Duration::seconds(590);
-    let r = assert_delivered("cloudevents", &sim, &cfg, from, check_to).await;
+    let r = assert_delivered("cloudevents", &sim, &cfg, range.from, range.to).await;
     assert!(r.expected > 50, "{r:?}");
 
     let (prefix, content_type) = match cfg.sink.kind {

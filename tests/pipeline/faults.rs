@@ -226,17 +226,10 @@ async fn server_errors_and_truncated_bodies_are_retried_until_everything_arrives
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = bridge_config(&sim, &tag(), SinkKind::Jsonl);
     cfg.sink.jsonl.path = dir.path().join("out.jsonl").display().to_string();
-    let t0 = Utc::now();
-    let run = Running::start(build_bridge(&cfg, Coordination::in_memory(&cfg)).await);
-    let check_to = t0 - chrono::Duration::seconds(3);
-    run.wait_cursor(
-        check_to + chrono::Duration::seconds(15),
-        Duration::from_secs(120),
-    )
-    .await;
+    let (run, range) = Running::caught_up(&cfg).await;
     let errors = run.bridge.stats().api_errors.load(Ordering::Relaxed);
     run.stop().await;
-    let want = expected(&sim, &cfg, t0 - chrono::Duration::seconds(590), check_to);
+    let want = expected(&sim, &cfg, range.from, range.to);
     let r = check(&want, &read_jsonl(&dir.path().join("out.jsonl")), &cfg);
     assert!(errors > 0);
     let s = sim.state.stats();

@@ -9,7 +9,6 @@ use std::time::Duration;
 use chrono::Utc;
 
 use crate::helpers::*;
-use cas_bridge::bridge::Coordination;
 use cas_bridge::config::{Config, SinkKind, StartFrom};
 use cas_bridge::sim::SimHandle;
 
@@ -23,17 +22,10 @@ fn huge_sim() -> cas_bridge::sim::SimConfig {
 }
 
 async fn refused_records_are_dead_lettered(cfg: Config, sim: SimHandle, reason: &str) {
-    let t0 = Utc::now();
-    let run = Running::start(build_bridge(&cfg, Coordination::in_memory(&cfg)).await);
-    let check_to = t0 - chrono::Duration::seconds(3);
     // The cursors pass the end of the range: nothing stalled.
-    run.wait_cursor(
-        check_to + chrono::Duration::seconds(15),
-        Duration::from_secs(120),
-    )
-    .await;
+    let (run, range) = Running::caught_up(&cfg).await;
     run.stop().await;
-    let from = t0 - chrono::Duration::seconds(590);
+    let (from, check_to) = (range.from, range.to);
     let huge: usize = cfg
         .shards
         .shards()

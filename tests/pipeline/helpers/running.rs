@@ -111,7 +111,28 @@ pub struct Running {
     pub task: tokio::task::JoinHandle<()>,
 }
 
+/// What [`Running::caught_up`] covered: the range every shard's cursor
+/// passed, `[from, to]`, the one a delivery check asks for.
+pub struct Covered {
+    pub from: DateTime<Utc>,
+    pub to: DateTime<Utc>,
+}
+
 impl Running {
+    /// A bridge on `cfg` in this process (coordination in memory), run
+    /// until every cursor is 15 s past `now − 3 s`; still running. The
+    /// range covered starts 590 s back (inside [`bridge_config`]'s 10
+    /// minutes of history).
+    pub async fn caught_up(cfg: &Config) -> (Self, Covered) {
+        let t0 = Utc::now();
+        let run = Self::start(build_bridge(cfg, Coordination::in_memory(cfg)).await);
+        let to = t0 - chrono::Duration::seconds(3);
+        run.wait_cursor(to + chrono::Duration::seconds(15), Duration::from_secs(120))
+            .await;
+        let from = t0 - chrono::Duration::seconds(590);
+        (run, Covered { from, to })
+    }
+
     pub fn start(bridge: Arc<Bridge>) -> Self {
         let cancel = CancellationToken::new();
         let task = tokio::spawn(bridge.clone().run(cancel.clone()));
