@@ -393,8 +393,12 @@ where
         let end = self.0.len() as u32;
         self.0[at] = Entry::Object { len, end };
         let node = TapeNode { tape: self.0, at };
-        let names: Vec<&str> = TapeObject(node).members().map(|(k, _)| k).collect();
-        if (1..names.len()).any(|i| names[..i].contains(&names[i])) {
+        let object = TapeObject(node);
+        let repeated = object
+            .members()
+            .enumerate()
+            .any(|(i, (name, _))| object.members().take(i).any(|(k, _)| k == name));
+        if repeated {
             // A `Value` keeps the last of them; the tape does not decide
             // which one counts, so such an event takes the `Value` path.
             return Err(serde::de::Error::custom(DUPLICATE_NAMES));
