@@ -48,6 +48,16 @@ pub enum Command {
         /// e.g. http://127.0.0.1:9090/readyz
         url: String,
     },
+    /// Re-deliver a pair's events of a past range (at most 72 h back) under
+    /// the token's budget, shared with the fleet through Redis. Cursors,
+    /// in-window progress and the fleet's dedup memory are not touched.
+    /// The events keep their ids: JetStream drops those it still holds
+    /// within its duplicate window (`Nats-Msg-Id`); Kafka consumers can
+    /// dedup by the record key.
+    Replay(crate::operate::ReplayArgs),
+    /// Show or move a pair's cursor, safely while the fleet runs.
+    #[command(subcommand)]
+    Checkpoint(crate::operate::CheckpointCmd),
     /// Show the fleet: each shard's owner, lease, fence, cursor, lag and last error; the budget; live workers.
     Status {
         /// Print JSON instead of a table.
@@ -84,6 +94,14 @@ pub async fn main(cli: Cli) -> anyhow::Result<()> {
         Command::CheckConfig { without_secret } => check_config(cli.config, without_secret),
         Command::Status { json } => status(cli.config, json).await,
         Command::Probe { url } => probe(&url).await,
+        Command::Replay(args) => {
+            init_logs("text", "warn");
+            crate::operate::replay_cmd(cli.config.as_deref(), args).await
+        }
+        Command::Checkpoint(cmd) => {
+            init_logs("text", "warn");
+            crate::operate::checkpoint_cmd(cli.config.as_deref(), cmd).await
+        }
     }
 }
 
@@ -103,7 +121,7 @@ fn init_logs(format: &str, level: &str) {
 /// Cancels the token on SIGINT or SIGTERM. The handlers are installed
 /// before this returns, so a signal that arrives right after is not lost
 /// (the default action would kill the process without a graceful stop).
-fn cancel_on_signals(cancel: CancellationToken) {
+pub(crate) fn cancel_on_signals(cancel: CancellationToken) {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};

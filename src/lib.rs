@@ -58,6 +58,7 @@ mod fakes;
 pub mod field;
 pub mod fleet;
 pub mod identity;
+pub mod operate;
 pub mod ops;
 pub mod publish;
 pub mod retry;

@@ -53,6 +53,18 @@ end
 return {0, tonumber(cur or '0')}
 "#;
 
+// An operator's command takes a shard: the lease unless it is held (or
+// anyway with ARGV[3] = '1'), with a new fence, so a holder it displaced can
+// no longer write. KEYS: lease, fence. ARGV: owner, ttl_ms, force.
+// {fence, previous holder or ''} = taken; {0, holder} = held, refused.
+const SEIZE: &str = r#"
+local v = redis.call('GET', KEYS[1])
+if v and ARGV[3] ~= '1' then return {0, v} end
+local f = redis.call('INCR', KEYS[2])
+redis.call('SET', KEYS[1], ARGV[1] .. ':' .. f, 'PX', ARGV[2])
+return {f, v or ''}
+"#;
+
 const RELEASE: &str = r#"
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
@@ -162,6 +174,7 @@ pub struct Scripts {
     pub renew: Script,
     pub checkpoint: Script,
     pub release: Script,
+    pub seize: Script,
     pub heartbeat: Script,
     pub take: Script,
     pub usage: Script,
@@ -175,6 +188,7 @@ impl Scripts {
             renew: Script::new(RENEW),
             checkpoint: Script::new(CHECKPOINT),
             release: Script::new(RELEASE),
+            seize: Script::new(SEIZE),
             heartbeat: Script::new(HEARTBEAT),
             take: Script::new(TAKE),
             usage: Script::new(USAGE),

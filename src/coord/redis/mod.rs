@@ -33,8 +33,10 @@ use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
 
 mod checkpoints;
+mod operator;
 mod status;
 
+pub use operator::Seized;
 pub use status::{FleetStatus, ShardStatus};
 
 use super::lua::Scripts;

@@ -123,3 +123,25 @@ impl Drop for BridgeProcess {
         let _ = self.child.wait();
     }
 }
+
+/// Runs an operator's command of the binary (`checkpoint …`, `replay …`)
+/// with `cfg` written beside `log` as for a bridge process; returns its
+/// output once it exits.
+pub fn operator(cfg: &Config, log: &std::path::Path, args: &[&str]) -> std::process::Output {
+    let file = write_config(cfg, "operator", log);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cas-bridge"))
+        .arg("--config")
+        .arg(&file)
+        .args(args)
+        .env_clear()
+        .output()
+        .expect("the cas-bridge binary starts");
+    eprintln!(
+        "cas-bridge {}: {}\n--- stdout\n{}--- stderr\n{}",
+        args.join(" "),
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}

@@ -1,0 +1,52 @@
+//! What an operator's command does to a shard in Redis: take its lease
+//! with a new fence, so that no holder can overwrite what the command
+//! writes (`cas-bridge checkpoint set|reset`).
+
+use super::RedisCoord;
+use crate::coord::{CoordError, Fence};
+use crate::shard::Shard;
+
+/// What [`RedisCoord::seize`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Seized {
+    /// The shard is ours under this new fence. `displaced` names the worker
+    /// whose live lease was taken (`--force`): its next renewal or
+    /// checkpoint is refused and it stops working the shard.
+    Ours {
+        fence: Fence,
+        displaced: Option<String>,
+    },
+    /// A worker holds the shard (and `force` was not given).
+    Held { by: String },
+}
+
+/// `worker:fence` → `worker`.
+fn worker_of(lease: &str) -> String {
+    lease.rsplit_once(':').map_or(lease, |(w, _)| w).to_string()
+}
+
+impl RedisCoord {
+    /// Takes `shard`'s lease for this worker with a new fence; while another
+    /// worker holds it, only with `force`. The fence is bumped either way,
+    /// so a holder whose lease had lapsed cannot write either. Give it back
+    /// with [`crate::coord::LeaseStore::release`].
+    pub async fn seize(&self, shard: &Shard, force: bool) -> Result<Seized, CoordError> {
+        let mut inv = self.scripts.seize.prepare_invoke();
+        inv.key(self.key("lease", shard))
+            .key(self.key("fence", shard))
+            .arg(&self.worker)
+            .arg(self.ttl.as_millis() as u64)
+            .arg(if force { "1" } else { "0" });
+        let (fence, lease): (u64, String) = self.run(inv).await?;
+        Ok(if fence == 0 {
+            Seized::Held {
+                by: worker_of(&lease),
+            }
+        } else {
+            Seized::Ours {
+                fence,
+                displaced: (!lease.is_empty()).then(|| worker_of(&lease)),
+            }
+        })
+    }
+}

@@ -1,0 +1,315 @@
+//! The operator's commands: `replay`, `checkpoint`. `app.rs` parses the
+//! CLI and calls [`replay_cmd`] and [`checkpoint_cmd`].
+
+pub mod checkpoint;
+pub mod replay;
+
+use std::io::Write;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use chrono::{DateTime, Utc};
+use clap::Subcommand;
+use secrecy::SecretString;
+use tokio_util::sync::CancellationToken;
+
+use crate::bridge::Coordination;
+use crate::cas::Client;
+use crate::config::Config;
+use crate::coord::memory::MemoryBudget;
+use crate::coord::redis::RedisCoord;
+use crate::coord::Budget;
+use crate::publish::Publisher;
+use crate::shard::Shard;
+use crate::sink::Topics;
+use crate::validate::Registry;
+
+pub use replay::{ReplayProgress, ReplayRange, ReplaySummary};
+
+/// A time on the command line: RFC 3339 (`2026-12-02T10:00:00Z`), `now`,
+/// or a duration meaning that long ago (`90m`, `2h`).
+pub fn parse_time(s: &str, now: DateTime<Utc>) -> anyhow::Result<DateTime<Utc>> {
+    let s = s.trim();
+    if s == "now" {
+        return Ok(now);
+    }
+    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
+        return Ok(t.with_timezone(&Utc));
+    }
+    match crate::config::parse_duration(s) {
+        Ok(d) => Ok(now - chrono::Duration::from_std(d)?),
+        Err(_) => anyhow::bail!(
+            "{s:?} is not a time: give RFC 3339 (2026-12-02T10:00:00Z), `now`, or a duration back from now (90m, 2h)"
+        ),
+    }
+}
+
+/// `cas-bridge checkpoint …`.
+#[derive(Debug, Subcommand)]
+pub enum CheckpointCmd {
+    /// Each pair's cursor, window in flight, holder and fence.
+    Show {
+        /// SERVICE:EVENT (repeatable); every configured pair when none.
+        #[arg(long = "pair")]
+        pairs: Vec<String>,
+        /// Print JSON instead of lines.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Moves a pair's cursor to TIME and forgets its window in flight. The
+    /// shard's lease is taken with a new fence first, so no holder can
+    /// overwrite the move. Ids the fleet delivered within its dedup
+    /// horizon are not sent again after a move back: use `replay` to
+    /// re-deliver.
+    Set {
+        /// SERVICE:EVENT.
+        #[arg(long)]
+        pair: String,
+        /// RFC 3339, `now`, or a duration back from now (`2h`).
+        #[arg(long)]
+        to: String,
+        /// Take the shard from the worker holding it (it stops working the
+        /// shard at its next lease renewal); without it a held shard is refused.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Moves a pair's cursor to where a new pair starts (`window.start_from`,
+    /// counted from now), as `set` does.
+    Reset {
+        /// SERVICE:EVENT.
+        #[arg(long)]
+        pair: String,
+        /// As for `set`.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+/// `cas-bridge replay …`.
+#[derive(Debug, clap::Args)]
+pub struct ReplayArgs {
+    /// SERVICE:EVENT.
+    #[arg(long)]
+    pub pair: String,
+    /// The range's start: RFC 3339, or a duration back from now (`3h`).
+    /// At most 72 h back (the API's limit), less 5 minutes.
+    #[arg(long)]
+    pub from: String,
+    /// The range's end: RFC 3339, `now`, or a duration back from now.
+    #[arg(long)]
+    pub to: String,
+    /// A topic template for the replayed events (`{service}`, `{event}`);
+    /// `sink.topic_template` when not given. Dead letters go to `sink.dead_letter`.
+    #[arg(long)]
+    pub topic: Option<String>,
+    /// The longest window per request sequence: shorter shows progress
+    /// sooner; each window costs at least one request.
+    #[arg(long, default_value = "1h")]
+    pub window: String,
+}
+
+fn shard_arg(s: &str, cfg: &Config) -> anyhow::Result<Shard> {
+    let shard: Shard = s
+        .parse()
+        .map_err(|e| anyhow::anyhow!("--pair {s:?}: {e}"))?;
+    if !cfg.shards.shards()?.contains(&shard) {
+        tracing::warn!(%shard, "the pair is not in shards.pairs");
+    }
+    Ok(shard)
+}
+
+/// Redis for an operator's command: the fleet's keys, under a worker name
+/// of its own; it does not join the fleet. Without a token (a command that
+/// spends no budget may run without one) the budget key is a placeholder.
+async fn redis_for(cfg: &Config, what: &str) -> anyhow::Result<Arc<RedisCoord>> {
+    if cfg.coord.redis_url.is_none() {
+        anyhow::bail!("{what} works on the fleet's state in Redis: set coord.redis_url (env CAS_BRIDGE__COORD__REDIS_URL)");
+    }
+    let token = cfg
+        .api
+        .resolved_token()
+        .unwrap_or_else(|_| SecretString::from(String::new()));
+    let mut own = cfg.clone();
+    own.coord.worker_id = Some(format!("{what}-{}", crate::bridge::default_worker_id()));
+    let (_, rc) = Coordination::redis(&own, &token)
+        .await
+        .with_context(|| format!("{what}: cannot reach Redis"))?;
+    Ok(rc)
+}
+
+/// `cas-bridge checkpoint`.
+pub async fn checkpoint_cmd(file: Option<&Path>, cmd: CheckpointCmd) -> anyhow::Result<()> {
+    let cfg = Config::load(file)?;
+    let rc = redis_for(&cfg, "checkpoint").await?;
+    match cmd {
+        CheckpointCmd::Show { pairs, json } => {
+            let shards = if pairs.is_empty() {
+                cfg.shards.shards()?
+            } else {
+                pairs
+                    .iter()
+                    .map(|p| shard_arg(p, &cfg))
+                    .collect::<anyhow::Result<_>>()?
+            };
+            let st = rc.status(&shards).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&st.shards)?);
+            } else {
+                for s in &st.shards {
+                    println!("{}", checkpoint::describe(s));
+                }
+            }
+        }
+        CheckpointCmd::Set { pair, to, force } => {
+            let shard = shard_arg(&pair, &cfg)?;
+            let to = parse_time(&to, Utc::now())?;
+            print_moved(&checkpoint::set(&rc, &shard, to, force).await?);
+        }
+        CheckpointCmd::Reset { pair, force } => {
+            let shard = shard_arg(&pair, &cfg)?;
+            let to = cfg.window.start_from.resolve(Utc::now());
+            print_moved(&checkpoint::set(&rc, &shard, to, force).await?);
+        }
+    }
+    Ok(())
+}
+
+fn print_moved(m: &checkpoint::Moved) {
+    println!("before: {}", checkpoint::describe(&m.before));
+    if let Some(w) = &m.displaced {
+        println!("took the shard from {w}: it stops working it at its next lease renewal");
+    }
+    println!("after:  {}", checkpoint::describe(&m.after));
+}
+
+/// `cas-bridge replay`.
+pub async fn replay_cmd(file: Option<&Path>, args: ReplayArgs) -> anyhow::Result<()> {
+    let cfg = Config::load(file)?;
+    cfg.runnable()?;
+    let now = Utc::now();
+    let range = ReplayRange {
+        shard: shard_arg(&args.pair, &cfg)?,
+        from: parse_time(&args.from, now)?,
+        to: parse_time(&args.to, now)?,
+        window: crate::config::parse_duration(&args.window)
+            .map_err(|e| anyhow::anyhow!("--window: {e}"))?
+            .min(cfg.window.max.get()),
+        page_cap: cfg.window.page_cap,
+    };
+    range.check(now)?;
+    let token = cfg.api.resolved_token()?;
+    let budget: Arc<dyn Budget> = if cfg.coord.redis_url.is_some() {
+        redis_for(&cfg, "replay").await?
+    } else {
+        tracing::warn!("coord.redis_url is not set: the replay counts its requests alone; a bridge running on the same token does not see them");
+        Arc::new(MemoryBudget::new(cfg.budget.clone()))
+    };
+    let template = args
+        .topic
+        .clone()
+        .unwrap_or_else(|| cfg.sink.topic_template.clone());
+    let topics = Topics::new(&template, &cfg.sink.dead_letter).context("--topic")?;
+    let dup_window = cfg.window.overlap.get() + cfg.window.lag.get() + Duration::from_secs(60);
+    let sink = crate::sink::build(&cfg.sink, dup_window).await?;
+    sink.prepare(&[topics.topic(&range.shard), topics.dead_letter().to_string()])
+        .await?;
+    let registry = Registry::load(cfg.schemas.dir.as_deref())?;
+    let mut publisher = Publisher::new(registry, sink.clone(), topics.clone(), replay::own_dedup());
+    if cfg.sink.cloudevents {
+        let origin = cfg.api.resolved_base_url()?.origin().ascii_serialization();
+        publisher = publisher.with_cloudevents(origin);
+    }
+    let source = Client::new(&cfg.api, token)?;
+    let cancel = CancellationToken::new();
+    crate::app::cancel_on_signals(cancel.clone());
+    eprintln!(
+        "replay {} {}..{} to {} ({} window(s); the fleet's cursors are not touched)",
+        range.shard,
+        crate::cas::format_time(range.from),
+        crate::cas::format_time(range.to),
+        topics.topic(&range.shard),
+        range.windows().len()
+    );
+    let summary = replay::replay(
+        &range,
+        &source,
+        budget.as_ref(),
+        &publisher,
+        draw_progress,
+        &cancel,
+    )
+    .await;
+    eprintln!();
+    let _ = sink.flush().await;
+    let p = &summary.progress;
+    println!("replay summary:");
+    println!("  windows        {}/{}", p.windows_done, p.windows);
+    println!("  requests       {}", p.requests);
+    println!("  pages          {}", p.pages);
+    println!("  published      {}", p.published);
+    println!("  dead-lettered  {}", p.dead_lettered);
+    println!(
+        "  duplicates     {} (sent twice by the API, left out)",
+        summary.duplicates
+    );
+    println!("  elapsed        {:.1}s", summary.elapsed.as_secs_f64());
+    if let Some(why) = summary.stopped {
+        anyhow::bail!("the replay stopped before the end of the range: {why}");
+    }
+    Ok(())
+}
+
+/// A bar on stderr: redrawn after every page on a terminal, one line per
+/// window otherwise (a log file or a pod's log gets no carriage returns).
+fn draw_progress(p: &ReplayProgress) {
+    use std::io::IsTerminal;
+    const WIDTH: usize = 30;
+    let mut err = std::io::stderr().lock();
+    let terminal = err.is_terminal();
+    if !terminal && !p.window_ended {
+        return;
+    }
+    let done = (p.windows_done * WIDTH)
+        .checked_div(p.windows)
+        .unwrap_or(WIDTH);
+    let _ = write!(
+        err,
+        "{}[{}{}] windows {}/{}  pages {}  events {}  dead-lettered {}  requests {}{}",
+        if terminal { "\r" } else { "" },
+        "#".repeat(done),
+        "-".repeat(WIDTH - done),
+        p.windows_done,
+        p.windows,
+        p.pages,
+        p.published,
+        p.dead_lettered,
+        p.requests,
+        if terminal { "" } else { "\n" }
+    );
+    let _ = err.flush();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_on_the_command_line() {
+        let now = DateTime::parse_from_rfc3339("2026-12-02T12:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        assert_eq!(parse_time("now", now).unwrap(), now);
+        assert_eq!(
+            parse_time("2h", now).unwrap(),
+            now - chrono::Duration::hours(2)
+        );
+        assert_eq!(
+            parse_time("2026-12-01T10:00:00+01:00", now).unwrap(),
+            DateTime::parse_from_rfc3339("2026-12-01T09:00:00Z").unwrap()
+        );
+        let e = parse_time("yesterday", now).unwrap_err().to_string();
+        assert!(e.contains("RFC 3339"), "{e}");
+    }
+}

@@ -1,0 +1,272 @@
+//! The operator's commands, through the real binary against real Redis:
+//! `replay` re-delivers exactly a range and moves no cursor; `checkpoint
+//! set` while two replicas run is honoured and not overwritten.
+
+use std::collections::{BTreeSet, HashSet};
+use std::time::Duration;
+
+use cas_bridge::config::SinkKind;
+use cas_bridge::coord::{Budget, CheckpointStore};
+use cas_bridge::shard::Shard;
+use chrono::{DateTime, SubsecRound, Utc};
+
+use crate::helpers::*;
+
+fn rfc(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_delivers_exactly_the_range_and_moves_no_cursor() {
+    require_redis();
+    let sim = start_sim(cas_bridge::sim::SimConfig {
+        bad_fraction: 0.05,
+        ..sim_config()
+    })
+    .await;
+    let tag = tag();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = fleet_config(&sim, &tag, SinkKind::Jsonl, REDIS_URL, &tag);
+    cfg.sink.jsonl.path = dir.path().join("fleet.jsonl").display().to_string();
+    // The fleet delivers the history, then stops: its cursors and dedup
+    // memory stay in Redis.
+    let t0 = Utc::now();
+    let run = member(&cfg, "fleet-a").await;
+    let obs = observer(&cfg).await;
+    wait_cursor_in(
+        &obs,
+        &cfg,
+        t0 - chrono::Duration::seconds(3),
+        Duration::from_secs(90),
+    )
+    .await;
+    run.stop().await;
+
+    let shard = Shard::new("exchange", "dlp");
+    let cursor = obs.load(&shard).await.unwrap();
+    let progress = obs.load_progress(&shard).await.unwrap();
+    let served = sim.state.stats().served;
+
+    let (from, to) = (
+        (t0 - chrono::Duration::seconds(500)).trunc_subsecs(3),
+        (t0 - chrono::Duration::seconds(200)).trunc_subsecs(3),
+    );
+    let mut rcfg = cfg.clone();
+    let out = dir.path().join("replay.jsonl");
+    rcfg.sink.jsonl.path = out.display().to_string();
+    let template = format!("{tag}.replay.{{service}}.{{event}}");
+    let res = operator(
+        &rcfg,
+        &dir.path().join("replay.log"),
+        &[
+            "replay",
+            "--pair",
+            "exchange:dlp",
+            "--from",
+            &rfc(from),
+            "--to",
+            &rfc(to),
+            "--topic",
+            &template,
+            "--window",
+            "2m",
+        ],
+    );
+    assert!(res.status.success(), "replay failed");
+    let summary = String::from_utf8_lossy(&res.stdout).to_string();
+
+    // Exactly the simulator's ids of the range: valid ones on the replay
+    // topic, bad ones on the dead-letter topic, each once.
+    let bad: HashSet<String> = sim.state.bad_ids(&shard, from, to).into_iter().collect();
+    let truth = sim.state.truth(&shard, from, to);
+    assert!(
+        truth.len() > 50 && !bad.is_empty(),
+        "{} ids, {} bad",
+        truth.len(),
+        bad.len()
+    );
+    let want: BTreeSet<(String, String)> = truth
+        .iter()
+        .map(|id| {
+            let topic = if bad.contains(id) {
+                cfg.sink.dead_letter.clone()
+            } else {
+                format!("{tag}.replay.exchange.dlp")
+            };
+            (topic, id.clone())
+        })
+        .collect();
+    let got = read_jsonl(&out);
+    let got_set: BTreeSet<(String, String)> = got
+        .iter()
+        .map(|m| (m.topic.clone(), m.id.clone()))
+        .collect();
+    assert_eq!(got.len(), got_set.len(), "an id was replayed twice");
+    assert_eq!(
+        got_set, want,
+        "the replay delivered other ids than the range's"
+    );
+    assert!(
+        summary.contains(&format!("published      {}", truth.len() - bad.len())),
+        "{summary}"
+    );
+
+    // No cursor or progress moved; the requests were taken from the
+    // fleet's budget in Redis.
+    assert_eq!(obs.load(&shard).await.unwrap(), cursor);
+    assert_eq!(obs.load_progress(&shard).await.unwrap(), progress);
+    let requests = sim.state.stats().served - served;
+    assert!(
+        requests >= 3,
+        "three windows of 2 minutes at least: {requests}"
+    );
+    assert!(
+        obs.usage().await.last_minute >= requests as u32,
+        "the replay's {requests} requests are counted in the shared budget"
+    );
+    sim.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_refuses_a_range_past_the_api_reach_naming_it() {
+    let sim = start_sim(sim_config()).await;
+    let tag = tag();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = bridge_config(&sim, &tag, SinkKind::Jsonl);
+    cfg.sink.jsonl.path = dir.path().join("r.jsonl").display().to_string();
+    let res = operator(
+        &cfg,
+        &dir.path().join("r.log"),
+        &[
+            "replay",
+            "--pair",
+            "exchange:dlp",
+            "--from",
+            "73h",
+            "--to",
+            "70h",
+        ],
+    );
+    assert!(!res.status.success());
+    let err = String::from_utf8_lossy(&res.stderr);
+    assert!(err.contains("72 h limit"), "{err}");
+    assert_eq!(sim.state.stats().served, 0, "nothing was asked of the API");
+    sim.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checkpoint_set_while_two_replicas_run_is_honoured_and_not_overwritten() {
+    require_redis();
+    let sim = start_sim(sim_config()).await;
+    let tag = tag();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = fleet_config(&sim, &tag, SinkKind::Jsonl, REDIS_URL, &tag);
+    let mut a = cfg.clone();
+    a.sink.jsonl.path = dir.path().join("a.jsonl").display().to_string();
+    cfg.sink.jsonl.path = dir.path().join("b.jsonl").display().to_string();
+    let t0 = Utc::now();
+    let run_a = member(&a, "replica-a").await;
+    let run_b = member(&cfg, "replica-b").await;
+    let obs = observer(&cfg).await;
+    wait_cursor_in(
+        &obs,
+        &cfg,
+        t0 - chrono::Duration::seconds(3),
+        Duration::from_secs(90),
+    )
+    .await;
+    let shard = Shard::new("onedrive", "securityrisk");
+    let log = dir.path().join("cp.log");
+
+    // Held by a replica: refused without --force, nothing changed.
+    let before = obs.load(&shard).await.unwrap().unwrap();
+    let back = (Utc::now() - chrono::Duration::seconds(400)).trunc_subsecs(0);
+    let args = [
+        "checkpoint",
+        "set",
+        "--pair",
+        "onedrive:securityrisk",
+        "--to",
+    ];
+    let refused = operator(&cfg, &log, &[&args[..], &[rfc(back).as_str()]].concat());
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("--force"),
+        "the refusal says how to go on"
+    );
+    assert!(obs.load(&shard).await.unwrap().unwrap() >= before);
+
+    // With --force: the holder is displaced, the cursor is moved back, and
+    // the next window the fleet asks for starts at the new cursor less the
+    // overlap (30 s): no holder wrote its own cursor over it.
+    let moved = operator(
+        &cfg,
+        &log,
+        &[&args[..], &[rfc(back).as_str(), "--force"]].concat(),
+    );
+    assert!(moved.status.success());
+    let text = String::from_utf8_lossy(&moved.stdout).to_string();
+    assert!(
+        text.contains("before:") && text.contains("after:"),
+        "{text}"
+    );
+    assert!(text.contains(&cas_bridge::cas::format_time(back)), "{text}");
+    let restart_key = format!(
+        "onedrive:securityrisk:{}:",
+        (back - chrono::Duration::seconds(30)).timestamp_millis()
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !sim
+        .state
+        .stats()
+        .page_reads
+        .keys()
+        .any(|k| k.starts_with(&restart_key))
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no window from the new cursor within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The fleet goes on from there: the shard's cursor passes now again.
+    let again = Utc::now();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while obs
+        .load(&shard)
+        .await
+        .unwrap()
+        .is_none_or(|c| c < again - chrono::Duration::seconds(3))
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the shard did not catch up again"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // `show` reads it; `reset` moves it to window.start_from (10 min back).
+    let shown = operator(
+        &cfg,
+        &log,
+        &["checkpoint", "show", "--pair", "onedrive:securityrisk"],
+    );
+    assert!(shown.status.success());
+    assert!(String::from_utf8_lossy(&shown.stdout).starts_with("onedrive:securityrisk  cursor "));
+    run_a.stop().await;
+    run_b.stop().await;
+    let reset_at = Utc::now();
+    let reset = operator(
+        &cfg,
+        &log,
+        &["checkpoint", "reset", "--pair", "onedrive:securityrisk"],
+    );
+    assert!(reset.status.success());
+    let c = obs.load(&shard).await.unwrap().unwrap();
+    let want = reset_at - chrono::Duration::seconds(600);
+    assert!(
+        (c - want).num_seconds().abs() <= 5,
+        "reset to {c}, want about {want}"
+    );
+    sim.stop().await;
+}
