@@ -55,6 +55,11 @@ pub enum Command {
     /// within its duplicate window (`Nats-Msg-Id`); Kafka consumers can
     /// dedup by the record key.
     Replay(crate::operate::ReplayArgs),
+    /// Publish dead letters again: each event is checked against the
+    /// current schemas; those that pass go to the topic they were meant
+    /// for (header `cas-redriven`), the rest stay, counted by reason.
+    /// Idempotent by id (remembered in Redis when `coord.redis_url` is set).
+    Redrive(crate::operate::RedriveArgs),
     /// Show or move a pair's cursor, safely while the fleet runs.
     #[command(subcommand)]
     Checkpoint(crate::operate::CheckpointCmd),
@@ -97,6 +102,10 @@ pub async fn main(cli: Cli) -> anyhow::Result<()> {
         Command::Replay(args) => {
             init_logs("text", "warn");
             crate::operate::replay_cmd(cli.config.as_deref(), args).await
+        }
+        Command::Redrive(args) => {
+            init_logs("text", "warn");
+            crate::operate::redrive_cmd(cli.config.as_deref(), args).await
         }
         Command::Checkpoint(cmd) => {
             init_logs("text", "warn");

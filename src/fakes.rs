@@ -156,6 +156,14 @@ impl Sink for FakeSink {
     async fn last_window_start(&self, _topic: &str) -> Result<Option<String>, SinkError> {
         Ok(lock(&self.position).clone())
     }
+    async fn read_back(&self, topic: &str, _max: usize) -> Result<Vec<bytes::Bytes>, SinkError> {
+        Ok(self
+            .accepted()
+            .into_iter()
+            .filter(|r| &*r.topic == topic)
+            .map(|r| r.payload)
+            .collect())
+    }
     async fn publish(&self, records: &[Record]) -> Result<(), SinkError> {
         let call = self.calls.fetch_add(1, Ordering::Relaxed) + 1;
         let hang = self.hang_from_call.load(Ordering::Relaxed);

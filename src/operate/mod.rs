@@ -1,7 +1,9 @@
-//! The operator's commands: `replay`, `checkpoint`. `app.rs` parses the
-//! CLI and calls [`replay_cmd`] and [`checkpoint_cmd`].
+//! The operator's commands: `replay`, `checkpoint`, `redrive`. `app.rs`
+//! parses the CLI and calls [`replay_cmd`], [`checkpoint_cmd`] and
+//! [`redrive_cmd`].
 
 pub mod checkpoint;
+pub mod redrive;
 pub mod replay;
 
 use std::io::Write;
@@ -108,6 +110,86 @@ pub struct ReplayArgs {
     /// sooner; each window costs at least one request.
     #[arg(long, default_value = "1h")]
     pub window: String,
+}
+
+/// `cas-bridge redrive`.
+#[derive(Debug, clap::Args)]
+pub struct RedriveArgs {
+    /// Count what would be published again; publish nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Refuse a dead-letter topic holding more records than this (they
+    /// are read into memory).
+    #[arg(long, default_value_t = 100_000)]
+    pub max: usize,
+}
+
+/// `cas-bridge redrive`.
+pub async fn redrive_cmd(file: Option<&Path>, args: RedriveArgs) -> anyhow::Result<()> {
+    let cfg = Config::load(file)?;
+    let registry = Registry::load(cfg.schemas.dir.as_deref())?;
+    let dup_window = cfg.window.overlap.get() + cfg.window.lag.get() + Duration::from_secs(60);
+    let sink = crate::sink::build(&cfg.sink, dup_window).await?;
+    let in_redis;
+    let in_memory = redrive::InMemory::default();
+    let ledger: &dyn redrive::Ledger = if cfg.coord.redis_url.is_some() {
+        in_redis = redrive::InRedis {
+            coord: redis_for(&cfg, "redrive").await?,
+            dead_letter_topic: cfg.sink.dead_letter.clone(),
+        };
+        &in_redis
+    } else {
+        tracing::warn!("coord.redis_url is not set: the ids published are remembered for this run only; a second run publishes them again");
+        &in_memory
+    };
+    let origin = match cfg.sink.cloudevents {
+        true => Some(cfg.api.resolved_base_url()?.origin().ascii_serialization()),
+        false => None,
+    };
+    let s = redrive::Redrive {
+        sink: sink.as_ref(),
+        registry: &registry,
+        dead_letter_topic: &cfg.sink.dead_letter,
+        ledger,
+        max: args.max,
+        dry_run: args.dry_run,
+        cloudevents: origin.as_deref(),
+    }
+    .run()
+    .await?;
+    let _ = sink.flush().await;
+    println!("redrive summary ({}):", cfg.sink.dead_letter);
+    println!("  dead letters read     {}", s.read);
+    println!(
+        "  published again       {}{}",
+        s.republished,
+        if args.dry_run {
+            " (dry run: would be)"
+        } else {
+            ""
+        }
+    );
+    println!("  published before      {}", s.already);
+    println!(
+        "  still invalid         {}",
+        s.still_invalid.values().map(|(n, _)| n).sum::<u64>()
+    );
+    for (path, (n, first)) in &s.still_invalid {
+        println!("    {n:>6}  at {path} (the first: {first})");
+    }
+    println!(
+        "  without the event     {} (truncated: the broker refused it whole)",
+        s.without_event
+    );
+    println!("  not a dead letter     {}", s.unreadable);
+    println!(
+        "  refused by the broker {}",
+        s.refused.values().sum::<u64>()
+    );
+    for (reason, n) in &s.refused {
+        println!("    {n:>6}  {reason}");
+    }
+    Ok(())
 }
 
 fn shard_arg(s: &str, cfg: &Config) -> anyhow::Result<Shard> {

@@ -90,6 +90,16 @@ impl Sink for JsonlSink {
         Ok(())
     }
 
+    async fn read_back(&self, topic: &str, max: usize) -> Result<Vec<bytes::Bytes>, SinkError> {
+        let Some(path) = &self.path else {
+            return Err(SinkError::misconfigured(
+                "jsonl",
+                "standard output cannot be read back",
+            ));
+        };
+        super::read::jsonl(path, topic, max).await
+    }
+
     async fn last_window_start(&self, topic: &str) -> Result<Option<String>, SinkError> {
         let Some(path) = self.path.clone() else {
             return Ok(None);

@@ -169,6 +169,14 @@ impl Sink for KafkaSink {
             .map_err(|e| SinkError::unavailable("kafka", e.to_string()))?
     }
 
+    async fn read_back(&self, topic: &str, max: usize) -> Result<Vec<bytes::Bytes>, SinkError> {
+        let cfg = self.client.clone();
+        let topic = topic.to_string();
+        tokio::task::spawn_blocking(move || super::read::kafka(&cfg, &topic, max))
+            .await
+            .map_err(|e| SinkError::unavailable("kafka", e.to_string()))?
+    }
+
     async fn prepare(&self, topics: &[String]) -> Result<(), SinkError> {
         if !self.create_topics {
             return Ok(());

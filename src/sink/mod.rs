@@ -13,6 +13,7 @@ mod config;
 mod jsonl;
 mod kafka;
 mod nats;
+pub mod read;
 mod record;
 
 pub use config::{JsonlConfig, KafkaConfig, NatsConfig, SinkConfig, SinkKind};
@@ -127,6 +128,14 @@ pub trait Sink: Send + Sync {
     /// Redis continues (every window before that one was checkpointed).
     async fn last_window_start(&self, _topic: &str) -> Result<Option<String>, SinkError> {
         Ok(None)
+    }
+    /// Every record payload on `topic`, from its start to where it ended
+    /// when the read began; refused with more than `max` records.
+    async fn read_back(&self, _topic: &str, _max: usize) -> Result<Vec<bytes::Bytes>, SinkError> {
+        Err(SinkError::misconfigured(
+            self.name(),
+            "this sink cannot be read back",
+        ))
     }
 }
 

@@ -1,6 +1,6 @@
 //! NATS JetStream: the stream is created if absent; `Nats-Msg-Id` = event id
-//! so the server drops duplicates within its duplicate window; every publish
-//! ack is awaited.
+//! (see [`msg_id`]) so the server drops duplicates within its duplicate
+//! window; every publish ack is awaited.
 
 use std::future::IntoFuture;
 use std::time::Duration;
@@ -39,11 +39,21 @@ pub fn message_size(r: &Record) -> usize {
         .sum();
     let headers: usize = r
         .headers()
-        .chain(std::iter::once(("Nats-Msg-Id", r.id.as_str())))
+        .chain(std::iter::once(("Nats-Msg-Id", msg_id(r).as_ref())))
         .map(|(k, v)| k.len() + v.len() + 4)
         .sum::<usize>()
         + ce;
     r.payload.len() + headers + 12
+}
+
+/// The `Nats-Msg-Id` JetStream dedups by: the event id; for a record
+/// `redrive` publishes, `<id>:redriven`, so the dead letter that carries
+/// the same id does not make the server drop it as a duplicate.
+pub fn msg_id(r: &Record) -> std::borrow::Cow<'_, str> {
+    match &r.redriven {
+        None => std::borrow::Cow::Borrowed(r.id.as_str()),
+        Some(_) => std::borrow::Cow::Owned(format!("{}:redriven", r.id)),
+    }
 }
 
 impl NatsSink {
@@ -123,6 +133,10 @@ impl Sink for NatsSink {
         }
     }
 
+    async fn read_back(&self, topic: &str, max: usize) -> Result<Vec<bytes::Bytes>, SinkError> {
+        super::read::nats(&self.js, &self.stream, topic, max).await
+    }
+
     async fn prepare(&self, _topics: &[String]) -> Result<(), SinkError> {
         let wanted = stream::Config {
             name: self.stream.clone(),
@@ -174,7 +188,7 @@ impl Sink for NatsSink {
                 continue;
             }
             let mut headers = async_nats::HeaderMap::new();
-            headers.insert("Nats-Msg-Id", r.id.as_str());
+            headers.insert("Nats-Msg-Id", msg_id(r).as_ref());
             for (k, v) in r.headers() {
                 headers.insert(k, v);
             }

@@ -30,6 +30,9 @@ pub struct Record {
     /// When the event happened (`message.detection_time`), if known: the
     /// CloudEvents `time`.
     pub occurred: Option<DateTime<Utc>>,
+    /// When `cas-bridge redrive` published it again from the dead letters
+    /// (the `cas-redriven` header), if it did.
+    pub redriven: Option<String>,
 }
 
 /// The protocol binding whose header names CloudEvents attributes take.
@@ -238,6 +241,7 @@ impl Record {
             dead_reason,
             payload: payload.into(),
             occurred: None,
+            redriven: None,
         }
     }
 
@@ -308,6 +312,7 @@ impl Record {
                 .as_deref()
                 .map(|r| ("cas-dead-letter-reason", r)),
         )
+        .chain(self.redriven.as_deref().map(|t| ("cas-redriven", t)))
     }
 }
 

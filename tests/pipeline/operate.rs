@@ -270,3 +270,113 @@ async fn checkpoint_set_while_two_replicas_run_is_honoured_and_not_overwritten()
     );
     sim.stop().await;
 }
+
+/// The fleet dead-letters the simulator's bad events; the schema is then
+/// "fixed" (a detection time may also be a number) and `redrive` runs
+/// twice: the dead letters that pass now reach their topics once, with
+/// `cas-redriven`; the ones whose message is not an object stay.
+async fn redrive_republishes_fixed_records_once(kind: SinkKind) {
+    require_redis();
+    let sim = start_sim(cas_bridge::sim::SimConfig {
+        bad_fraction: 0.2,
+        ..sim_config()
+    })
+    .await;
+    let tag = tag();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = fleet_config(&sim, &tag, kind, REDIS_URL, &tag);
+    let (run, _) = {
+        let t0 = Utc::now();
+        let run = member(&cfg, "fleet-a").await;
+        let obs = observer(&cfg).await;
+        wait_cursor_in(
+            &obs,
+            &cfg,
+            t0 - chrono::Duration::seconds(3),
+            Duration::from_secs(120),
+        )
+        .await;
+        (run, obs)
+    };
+    run.stop().await;
+
+    // The oracle, from the dead letters themselves: those whose event has a
+    // message object fail only on the detection time's type.
+    let before = read_sink(&cfg).await;
+    let dead: Vec<&Received> = before
+        .iter()
+        .filter(|m| m.topic == cfg.sink.dead_letter)
+        .collect();
+    let fixable: BTreeSet<(String, String)> = dead
+        .iter()
+        .filter(|m| m.doc["data"]["message"].is_object())
+        .map(|m| {
+            (
+                m.doc["intended_topic"].as_str().unwrap().to_string(),
+                m.id.clone(),
+            )
+        })
+        .collect();
+    let stay = dead
+        .iter()
+        .filter(|m| !m.doc["data"]["message"].is_object())
+        .count();
+    assert!(
+        fixable.len() > 10 && stay > 10,
+        "{} fixable, {stay} stay",
+        fixable.len()
+    );
+
+    let schemas = dir.path().join("schemas");
+    std::fs::create_dir(&schemas).unwrap();
+    let mut message: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string("schemas/message.json").unwrap()).unwrap();
+    message["properties"]["detection_time"] = serde_json::json!({"type": ["string", "integer"]});
+    std::fs::write(schemas.join("message.json"), message.to_string()).unwrap();
+    let mut fixed = cfg.clone();
+    fixed.schemas.dir = Some(schemas);
+    let log = dir.path().join("redrive.log");
+
+    let first = operator(&fixed, &log, &["redrive"]);
+    assert!(first.status.success());
+    let text = String::from_utf8_lossy(&first.stdout).to_string();
+    assert!(
+        text.contains(&format!("published again       {}\n", fixable.len())),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("still invalid         {stay}\n")),
+        "{text}"
+    );
+    let second = operator(&fixed, &log, &["redrive"]);
+    assert!(second.status.success());
+    let text = String::from_utf8_lossy(&second.stdout).to_string();
+    assert!(text.contains("published again       0\n"), "{text}");
+
+    let after = read_sink(&cfg).await;
+    let redriven: Vec<&Received> = after
+        .iter()
+        .filter(|m| m.headers.contains_key("cas-redriven"))
+        .collect();
+    let got: BTreeSet<(String, String)> = redriven
+        .iter()
+        .map(|m| (m.topic.clone(), m.id.clone()))
+        .collect();
+    assert_eq!(redriven.len(), got.len(), "a record was redriven twice");
+    assert_eq!(got, fixable);
+    // Nothing else moved: the dead letters stay, the rest is as before.
+    assert_eq!(after.len(), before.len() + fixable.len());
+    sim.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redrive_republishes_fixed_records_once_on_jetstream() {
+    require_nats();
+    redrive_republishes_fixed_records_once(SinkKind::Nats).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redrive_republishes_fixed_records_once_on_kafka() {
+    require_kafka();
+    redrive_republishes_fixed_records_once(SinkKind::Kafka).await;
+}

@@ -50,3 +50,44 @@ impl RedisCoord {
         })
     }
 }
+
+/// How long the ids `redrive` published are remembered (longer than any
+/// dead-letter topic is likely to keep its records).
+const REDRIVEN_TTL_MS: u64 = 90 * 86_400_000;
+
+impl RedisCoord {
+    fn redriven_key(&self, dead_letter_topic: &str) -> String {
+        format!("{}:redriven:{dead_letter_topic}", self.prefix)
+    }
+
+    /// For each id, whether `redrive` already published it from
+    /// `dead_letter_topic`.
+    pub async fn redriven(
+        &self,
+        dead_letter_topic: &str,
+        ids: &[&str],
+    ) -> Result<Vec<bool>, CoordError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut cmd = redis::cmd("SMISMEMBER");
+        cmd.arg(self.redriven_key(dead_letter_topic)).arg(ids);
+        self.cmd(&cmd).await
+    }
+
+    /// Records ids as published by `redrive` (after the broker took them).
+    pub async fn mark_redriven(
+        &self,
+        dead_letter_topic: &str,
+        ids: &[&str],
+    ) -> Result<(), CoordError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let key = self.redriven_key(dead_letter_topic);
+        let mut pipe = redis::pipe();
+        pipe.cmd("SADD").arg(&key).arg(ids).ignore();
+        pipe.cmd("PEXPIRE").arg(&key).arg(REDRIVEN_TTL_MS).ignore();
+        self.pipe(&pipe).await
+    }
+}

@@ -209,12 +209,21 @@ pub async fn read_nats(url: &str, stream: &str) -> Vec<Received> {
         while let Some(m) = batch.next().await {
             let m = m.unwrap();
             let doc: Value = serde_json::from_slice(&m.payload).unwrap();
-            let id = m
+            let msg_id = m
                 .headers
                 .as_ref()
                 .and_then(|h| h.get(async_nats::header::NATS_MESSAGE_ID))
                 .map(|v| v.to_string())
                 .unwrap_or_else(|| panic!("no Nats-Msg-Id in {:?}", m.headers));
+            let redriven = m
+                .headers
+                .as_ref()
+                .is_some_and(|h| h.get("cas-redriven").is_some());
+            // The event id; `<id>:redriven` for what `redrive` published.
+            let id = match msg_id.strip_suffix(":redriven") {
+                Some(id) if redriven => id.to_string(),
+                _ => msg_id,
+            };
             assert_eq!(
                 doc["id"].as_str(),
                 Some(id.as_str()),
