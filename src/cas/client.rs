@@ -65,11 +65,39 @@ impl std::fmt::Debug for Client {
 impl Client {
     pub fn new(cfg: &ApiConfig, token: SecretString) -> Result<Self, ConfigError> {
         let base = cfg.resolved_base_url()?;
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .timeout(cfg.timeout.get())
             .connect_timeout(cfg.timeout.get().min(Duration::from_secs(10)))
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("cas-bridge/", env!("CARGO_PKG_VERSION")))
+            // Proxies come only from `api.proxy` / HTTPS_PROXY, below.
+            .no_proxy();
+        if let Some(p) = cfg.proxy_url().filter(|_| base.scheme() == "https") {
+            let shown = crate::field::redact_urls(&p);
+            let proxy = reqwest::Proxy::https(&p)
+                .map_err(|e| ConfigError::new("api.proxy", format!("`{shown}`: {e}")))?
+                .no_proxy(reqwest::NoProxy::from_env());
+            tracing::info!(proxy = %shown, "requests to the API go through a proxy, inside CONNECT tunnels");
+            builder = builder.proxy(proxy);
+        }
+        if let Some(f) = &cfg.ca_file {
+            let pem = std::fs::read(f).map_err(|e| {
+                ConfigError::new("api.ca_file", format!("cannot read {}: {e}", f.display()))
+            })?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .ok()
+                .filter(|c| !c.is_empty())
+                .ok_or_else(|| {
+                    ConfigError::new(
+                        "api.ca_file",
+                        format!("{} holds no PEM certificate", f.display()),
+                    )
+                })?;
+            for c in certs {
+                builder = builder.add_root_certificate(c);
+            }
+        }
+        let http = builder
             .build()
             .map_err(|e| ConfigError::new("api", format!("HTTP client: {e}")))?;
         Ok(Self {
@@ -223,8 +251,20 @@ fn transport(e: reqwest::Error) -> ApiError {
     } else if e.is_body() || e.is_decode() {
         ApiError::Malformed(format!("truncated body: {e}"))
     } else {
-        // reqwest's Display never includes headers, so the token cannot leak here.
-        ApiError::Transport(e.to_string())
+        // reqwest's Display never includes headers, so the token cannot
+        // leak here; the causes say what failed (a refused certificate, a
+        // proxy that would not connect, a reset).
+        let mut text = e.to_string();
+        let mut cause = std::error::Error::source(&e);
+        while let Some(c) = cause {
+            let said = c.to_string();
+            if !text.contains(&said) {
+                text.push_str(": ");
+                text.push_str(&said);
+            }
+            cause = c.source();
+        }
+        ApiError::Transport(crate::cas::one_line(&text, 600))
     }
 }
 

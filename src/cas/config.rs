@@ -47,6 +47,21 @@ pub struct ApiConfig {
     pub page_limit: Option<u32>,
     /// Largest response body accepted, in bytes.
     pub max_body_bytes: u64,
+    /// An outbound proxy for the API, `http://[user:password@]host:port`;
+    /// by default `HTTPS_PROXY` (or `https_proxy`), with `NO_PROXY`. Only
+    /// an https API goes through it, inside a CONNECT tunnel.
+    #[serde(serialize_with = "redact_proxy")]
+    pub proxy: Option<String>,
+    /// A PEM bundle of CA certificates trusted for the API besides the
+    /// built-in roots (e.g. a TLS-inspecting proxy's CA).
+    pub ca_file: Option<PathBuf>,
+}
+
+fn redact_proxy<S: Serializer>(v: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+    match v {
+        None => s.serialize_none(),
+        Some(p) => s.serialize_str(&crate::field::redact_urls(p)),
+    }
 }
 
 impl Default for ApiConfig {
@@ -60,6 +75,8 @@ impl Default for ApiConfig {
             timeout: Dur::secs(30),
             page_limit: None,
             max_body_bytes: 32 * 1024 * 1024,
+            proxy: None,
+            ca_file: None,
         }
     }
 }
@@ -85,6 +102,18 @@ fn header_safe(field: &str, token: &str) -> Result<(), ConfigError> {
 pub const MAX_BODY_CAP: u64 = 256 * 1024 * 1024;
 
 impl ApiConfig {
+    /// The proxy requests to the API go through, if any: `api.proxy`, else
+    /// `HTTPS_PROXY` / `https_proxy`; hosts in `NO_PROXY` go direct. Only
+    /// an https API uses one (`HTTP_PROXY` is never used: the token would
+    /// reach the proxy in clear).
+    pub fn proxy_url(&self) -> Option<String> {
+        self.proxy.clone().or_else(|| {
+            ["HTTPS_PROXY", "https_proxy"]
+                .iter()
+                .find_map(|k| std::env::var(k).ok().filter(|v| !v.trim().is_empty()))
+        })
+    }
+
     /// The base URL from `base_url` or `region` (default: the US host).
     pub fn resolved_base_url(&self) -> Result<url::Url, ConfigError> {
         let raw = match (&self.base_url, &self.region) {
@@ -186,6 +215,24 @@ impl ApiConfig {
                 ));
             }
         }
+        if let Some(p) = &self.proxy {
+            let shown = crate::field::redact_urls(p);
+            let u = url::Url::parse(p).map_err(|e| {
+                ConfigError::new("api.proxy", format!("`{shown}` is not a URL: {e}"))
+            })?;
+            if !matches!(u.scheme(), "http" | "https") || u.host_str().is_none() {
+                return Err(ConfigError::new(
+                    "api.proxy",
+                    format!("`{shown}`: give http://host:port (or https://)"),
+                ));
+            }
+            if self.resolved_base_url()?.scheme() != "https" {
+                return Err(ConfigError::new(
+                    "api.proxy",
+                    "the API is plain http: the token would cross the proxy in clear; use an https API (the proxy then sees only a CONNECT tunnel)",
+                ));
+            }
+        }
         if !(64 * 1024..=MAX_BODY_CAP).contains(&self.max_body_bytes) {
             return Err(ConfigError::new(
                 "api.max_body_bytes",
@@ -268,6 +315,48 @@ mod tests {
             ApiConfig::default().resolved_token().unwrap_err().field,
             "api.token"
         );
+    }
+
+    #[test]
+    fn a_proxy_is_for_an_https_api_only_and_its_password_is_never_shown() {
+        let mut c = ApiConfig {
+            proxy: Some("http://ops:hunter2@proxy.corp:3128".into()),
+            ..ApiConfig::default()
+        };
+        assert!(c.validate().is_ok());
+        let shown = serde_json::to_string(&c).unwrap();
+        assert!(
+            shown.contains("proxy.corp:3128") && !shown.contains("hunter2"),
+            "{shown}"
+        );
+        // The token must not cross the proxy in clear.
+        c.base_url = Some("http://127.0.0.1:8080".into());
+        let e = c.validate().unwrap_err();
+        assert_eq!(e.field, "api.proxy");
+        assert!(e.problem.contains("in clear"), "{e}");
+        c.base_url = None;
+        c.proxy = Some("proxy.corp:3128".into());
+        assert_eq!(c.validate().unwrap_err().field, "api.proxy");
+        c.proxy = Some("ftp://proxy.corp".into());
+        assert_eq!(c.validate().unwrap_err().field, "api.proxy");
+    }
+
+    #[test]
+    fn a_ca_file_must_hold_certificates() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("ca.pem");
+        std::fs::write(&f, "not a certificate").unwrap();
+        let token = || SecretString::from("t".to_string());
+        let mut c = ApiConfig {
+            ca_file: Some(f),
+            ..ApiConfig::default()
+        };
+        let e = super::super::Client::new(&c, token()).unwrap_err();
+        assert_eq!(e.field, "api.ca_file");
+        assert!(e.problem.contains("no PEM certificate"), "{e}");
+        c.ca_file = Some(dir.path().join("missing.pem"));
+        let e = super::super::Client::new(&c, token()).unwrap_err();
+        assert!(e.problem.contains("cannot read"), "{e}");
     }
 
     #[test]

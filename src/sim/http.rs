@@ -268,10 +268,11 @@ fn answer(
         format_time(end)
     );
     let path = st.cfg.dialect.path();
-    let current = format!("http://{host}{path}?{}", query);
+    let scheme = if st.cfg.https_links { "https" } else { "http" };
+    let current = format!("{scheme}://{host}{path}?{}", query);
     let next = if more {
         format!(
-            "http://{link_host}{path}?{base_query}&page_token={}.{asof}.{}",
+            "{scheme}://{link_host}{path}?{base_query}&page_token={}.{asof}.{}",
             offset + page.len(),
             now.timestamp_millis()
         )

@@ -126,6 +126,10 @@ pub struct SimConfig {
     /// Next links point to this `host:port` instead of the simulator.
     #[arg(long)]
     pub foreign_next_link: Option<String>,
+    /// Next links say `https://` (the simulator stands behind a TLS front
+    /// that forwards to it, e.g. `socat OPENSSL-LISTEN:… TCP:…`).
+    #[arg(long)]
+    pub https_links: bool,
     /// Bytes of padding added to every 200 body (oversized bodies).
     #[arg(long, default_value_t = 0)]
     pub pad_bytes: usize,
@@ -203,6 +207,7 @@ impl Default for SimConfig {
             huge_fraction: 0.0,
             huge_bytes: 0,
             link_ttl: None,
+            https_links: false,
             activity: Vec::new(),
             flood: 0,
         }

@@ -10,6 +10,7 @@ mod fleet;
 mod freshness;
 mod helpers;
 mod limits;
+mod network;
 mod operate;
 mod ops;
 mod resume;
