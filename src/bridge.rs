@@ -81,6 +81,16 @@ impl Coordination {
                 budget: cfg.budget.clone(),
                 token,
                 dedup_horizon: Planner::new(&cfg.window).dedup_horizon(),
+                tls: crate::coord::redis::TlsFiles {
+                    ca: cfg.coord.tls_ca_file.clone(),
+                    cert: cfg.coord.tls_cert_file.clone(),
+                    key: cfg.coord.tls_key_file.clone(),
+                },
+                sentinel: cfg
+                    .coord
+                    .sentinel_master
+                    .as_deref()
+                    .map(|m| (m, cfg.coord.sentinels.as_slice())),
             })
             .await?,
         );

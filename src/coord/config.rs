@@ -1,6 +1,7 @@
 //! The `budget` and `coord` sections: the token's request budget and the
 //! fleet's coordination store.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
@@ -102,6 +103,28 @@ pub struct CoordConfig {
     pub lease_ttl: Dur,
     /// This worker's name (default: host name, process id and a random suffix).
     pub worker_id: Option<String>,
+    /// A PEM bundle of CA certificates trusted for `rediss://` (instead of
+    /// the built-in roots).
+    pub tls_ca_file: Option<PathBuf>,
+    /// A client certificate (PEM), for a Redis that asks for one; with
+    /// `tls_key_file`.
+    pub tls_cert_file: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    pub tls_key_file: Option<PathBuf>,
+    /// Redis Sentinel: the name of the master the sentinels watch. The
+    /// master's address comes from them; `redis_url` gives the rest
+    /// (scheme, user, password, db), its host is not used.
+    pub sentinel_master: Option<String>,
+    /// Redis Sentinel: each sentinel's `host:port`.
+    pub sentinels: Vec<String>,
+}
+
+/// A `host:port`.
+pub fn host_port(s: &str) -> Option<(String, u16)> {
+    let (h, p) = s.trim().rsplit_once(':')?;
+    let h = h.trim_start_matches('[').trim_end_matches(']');
+    (!h.is_empty()).then_some(())?;
+    Some((h.to_string(), p.parse().ok()?))
 }
 
 impl Default for CoordConfig {
@@ -111,6 +134,11 @@ impl Default for CoordConfig {
             prefix: "cas-bridge".into(),
             lease_ttl: Dur::secs(15),
             worker_id: None,
+            tls_ca_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
+            sentinel_master: None,
+            sentinels: Vec::new(),
         }
     }
 }
@@ -128,6 +156,52 @@ impl CoordConfig {
                     ))
                 }
             }
+        }
+        let tls_url = self
+            .redis_url
+            .as_ref()
+            .is_some_and(|u| u.expose_secret().starts_with("rediss://"));
+        if (self.tls_ca_file.is_some() || self.tls_cert_file.is_some()) && !tls_url {
+            return Err(ConfigError::new(
+                "coord.tls_ca_file",
+                "TLS files need a rediss:// coord.redis_url",
+            ));
+        }
+        if self.tls_cert_file.is_some() != self.tls_key_file.is_some() {
+            return Err(ConfigError::new(
+                "coord.tls_cert_file",
+                "a client certificate needs its key (coord.tls_key_file), and a key its certificate",
+            ));
+        }
+        match (&self.sentinel_master, self.sentinels.is_empty()) {
+            (Some(m), _) if m.trim().is_empty() => {
+                return Err(ConfigError::new("coord.sentinel_master", "is empty"));
+            }
+            (Some(_), true) => {
+                return Err(ConfigError::new(
+                    "coord.sentinels",
+                    "coord.sentinel_master needs at least one sentinel (host:port)",
+                ));
+            }
+            (None, false) => {
+                return Err(ConfigError::new(
+                    "coord.sentinel_master",
+                    "coord.sentinels needs the master's name",
+                ));
+            }
+            _ => {}
+        }
+        if let Some(bad) = self.sentinels.iter().find(|s| host_port(s).is_none()) {
+            return Err(ConfigError::new(
+                "coord.sentinels",
+                format!("`{bad}` is not host:port"),
+            ));
+        }
+        if self.sentinel_master.is_some() && self.redis_url.is_none() {
+            return Err(ConfigError::new(
+                "coord.redis_url",
+                "with Sentinel, set it for the scheme and credentials, e.g. redis://:password@sentinel/0 (its host is not used)",
+            ));
         }
         let p = &self.prefix;
         if p.is_empty()
@@ -204,6 +278,40 @@ mod tests {
         assert_eq!(bad(|c| c.prefix = "{x}".into()), "coord.prefix");
         assert_eq!(bad(|c| c.lease_ttl = Dur::secs(1)), "coord.lease_ttl");
         assert_eq!(bad(|c| c.worker_id = Some("a:b".into())), "coord.worker_id");
+        assert_eq!(
+            bad(|c| c.tls_ca_file = Some("ca.pem".into())),
+            "coord.tls_ca_file"
+        );
+        assert_eq!(
+            bad(|c| {
+                c.redis_url = Some("rediss://r:6380".to_string().into());
+                c.tls_cert_file = Some("c.pem".into());
+            }),
+            "coord.tls_cert_file"
+        );
+        assert_eq!(
+            bad(|c| c.sentinel_master = Some("m".into())),
+            "coord.sentinels"
+        );
+        assert_eq!(
+            bad(|c| c.sentinels = vec!["127.0.0.1:26379".into()]),
+            "coord.sentinel_master"
+        );
+        assert_eq!(
+            bad(|c| {
+                c.sentinel_master = Some("m".into());
+                c.sentinels = vec!["127.0.0.1".into()];
+            }),
+            "coord.sentinels"
+        );
+        assert_eq!(
+            bad(|c| {
+                c.sentinel_master = Some("m".into());
+                c.sentinels = vec!["127.0.0.1:26379".into()];
+            }),
+            "coord.redis_url"
+        );
+        assert_eq!(host_port("[::1]:26379"), Some(("::1".into(), 26379)));
         assert!(CoordConfig::default().validate().is_ok());
     }
 

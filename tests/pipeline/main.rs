@@ -13,6 +13,7 @@ mod limits;
 mod network;
 mod operate;
 mod ops;
+mod redis_shapes;
 mod resume;
 
 use std::time::Duration;

@@ -35,9 +35,11 @@ use sha2::{Digest, Sha256};
 mod checkpoints;
 mod operator;
 mod status;
+mod target;
 
 pub use operator::Seized;
 pub use status::{FleetStatus, ShardStatus};
+pub use target::{RedisTarget, TlsFiles};
 
 use super::lua::Scripts;
 use super::{
@@ -78,8 +80,8 @@ fn unavailable(e: impl std::fmt::Display) -> CoordError {
 
 /// Redis coordination for one worker.
 pub struct RedisCoord {
-    /// Where to connect again.
-    client: redis::Client,
+    /// Where to connect again (for Sentinel, asked at every connection).
+    target: RedisTarget,
     /// The connection; dropped after a connection-level failure and made
     /// again at the next call (the manager's own reconnection does not
     /// recover from every failure, e.g. a timed-out reconnect).
@@ -128,15 +130,19 @@ pub struct RedisSettings<'a> {
     pub budget: BudgetConfig,
     pub token: &'a SecretString,
     pub dedup_horizon: Duration,
+    /// TLS files for `rediss://`.
+    pub tls: TlsFiles,
+    /// Redis Sentinel: the master's name and the sentinels' `host:port`.
+    pub sentinel: Option<(&'a str, &'a [String])>,
 }
 
 impl RedisCoord {
     /// Connects (fails if Redis does not answer now; reconnects later by itself).
     pub async fn connect(s: RedisSettings<'_>) -> Result<Self, CoordError> {
-        let client = redis::Client::open(s.url.expose_secret()).map_err(unavailable)?;
-        let conn = Self::open(&client).await?;
+        let target = RedisTarget::new(s.url, &s.tls, s.sentinel)?;
+        let conn = Self::open(&target).await?;
         Ok(Self {
-            client,
+            target,
             conn: std::sync::Mutex::new(Some(conn)),
             opening: tokio::sync::Mutex::new(()),
             failed_at: std::sync::Mutex::new(None),
@@ -202,18 +208,19 @@ impl RedisCoord {
         }
     }
 
-    async fn open(client: &redis::Client) -> Result<ConnectionManager, CoordError> {
+    async fn open(target: &RedisTarget) -> Result<ConnectionManager, CoordError> {
         let cfg = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(CALL_TIMEOUT)
             .set_response_timeout(CALL_TIMEOUT)
             .set_number_of_retries(1);
-        tokio::time::timeout(
-            CALL_TIMEOUT * 2,
-            ConnectionManager::new_with_config(client.clone(), cfg),
-        )
+        tokio::time::timeout(CALL_TIMEOUT * 2, async {
+            let client = target.client().await?;
+            ConnectionManager::new_with_config(client, cfg)
+                .await
+                .map_err(unavailable)
+        })
         .await
         .map_err(|_| CoordError::Unavailable("connecting to Redis timed out".into()))?
-        .map_err(unavailable)
     }
 
     /// The connection, made again if the last one broke. While one caller
@@ -235,7 +242,7 @@ impl RedisCoord {
                 "Redis did not answer the last connection attempt".into(),
             ));
         }
-        match Self::open(&self.client).await {
+        match Self::open(&self.target).await {
             Ok(c) => {
                 *lock(&self.conn) = Some(c.clone());
                 *lock(&self.failed_at) = None;
@@ -260,6 +267,10 @@ impl RedisCoord {
                     || e.is_timeout()
                     || e.is_connection_dropped()
                     || e.is_connection_refusal()
+                    // A master demoted by a fail-over (or a replica named
+                    // by mistake): connect again, through Sentinel when it
+                    // is configured, to whoever is master now.
+                    || e.kind() == redis::ErrorKind::ReadOnly
             }
             Ok(Ok(_)) => false,
         };

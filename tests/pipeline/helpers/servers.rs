@@ -164,17 +164,19 @@ impl OwnRedis {
     }
 
     pub fn start_on(port: u16) -> Self {
+        let args: Vec<String> = ["--bind", "127.0.0.1", "--port", &port.to_string()]
+            .iter()
+            .map(|a| a.to_string())
+            .collect();
+        Self::start_with(port, &args)
+    }
+
+    /// `redis-server ARGS` (nothing kept on disk), once `port` accepts
+    /// connections: a TLS-only server, a replica, a sentinel.
+    pub fn start_with(port: u16, args: &[String]) -> Self {
         let child = std::process::Command::new("redis-server")
-            .args([
-                "--bind",
-                "127.0.0.1",
-                "--port",
-                &port.to_string(),
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
+            .args(args)
+            .args(["--save", "", "--appendonly", "no"])
             .stdout(std::process::Stdio::null())
             .spawn()
             .unwrap_or_else(|e| {
