@@ -172,7 +172,12 @@ impl Redrive<'_> {
             r.redriven = Some(now.clone());
             ready.push(r);
         }
-        for batch in ready.chunks(BATCH) {
+        // One topic per call, as the bridge publishes a page.
+        ready.sort_by(|a, b| a.topic.cmp(&b.topic));
+        let batches = ready
+            .chunk_by(|a, b| a.topic == b.topic)
+            .flat_map(|same| same.chunks(BATCH));
+        for batch in batches {
             let ids: Vec<&str> = batch.iter().map(|r| r.id.as_str()).collect();
             let done = self.ledger.done(&ids).await?;
             let todo: Vec<Record> = batch
