@@ -109,6 +109,8 @@ fn helm_chart_lints_renders_and_validates() {
         "envFrom:",
         "CAS_BRIDGE__SINK__KAFKA__PROPERTIES__SASL_PASSWORD",
         "checksum/config:",
+        "secretName: cas-bridge-tls",
+        "mountPath: /var/run/secrets/cas-bridge-tls",
     ] {
         assert!(f.contains(must), "all-on manifest lacks `{must}`");
     }
@@ -183,7 +185,15 @@ fn the_rendered_config_file_is_one_the_bridge_accepts() {
             .collect();
         let file = dir.path().join(format!("{name}.config.yaml"));
         std::fs::write(&file, body).unwrap();
-        let cfg = cas_bridge::config::Config::load_from(Some(&file), Vec::new());
+        // The chart gives the Redis URL from a Secret, as a variable; the
+        // all-on values use TLS and Sentinel, which need a rediss:// one.
+        let vars = values.as_ref().map(|_| {
+            (
+                "CAS_BRIDGE__COORD__REDIS_URL".to_string(),
+                "rediss://bridge:secret@sentinel/0".to_string(),
+            )
+        });
+        let cfg = cas_bridge::config::Config::load_from(Some(&file), vars);
         assert!(cfg.is_ok(), "{name}: {:?}", cfg.err());
     }
 }
