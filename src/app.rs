@@ -48,15 +48,18 @@ pub enum Command {
         /// e.g. http://127.0.0.1:9090/readyz
         url: String,
     },
-    /// Re-deliver a pair's events of a past range (at most 72 h back) under
-    /// the token's budget, shared with the fleet through Redis. Cursors,
+    /// Re-deliver a pair's events of a past range (at most 72 h back).
+    ///
+    /// Requests take permits from the token's budget, shared with the
+    /// fleet through Redis. Cursors,
     /// in-window progress and the fleet's dedup memory are not touched.
     /// The events keep their ids: JetStream drops those it still holds
     /// within its duplicate window (`Nats-Msg-Id`); Kafka consumers can
     /// dedup by the record key.
     Replay(crate::operate::ReplayArgs),
-    /// Publish dead letters again: each event is checked against the
-    /// current schemas; those that pass go to the topic they were meant
+    /// Publish dead letters that pass the current schemas again.
+    ///
+    /// Each event is checked against the current schemas; those that pass go to the topic they were meant
     /// for (header `cas-redriven`), the rest stay, counted by reason.
     /// Idempotent by id (remembered in Redis when `coord.redis_url` is set).
     Redrive(crate::operate::RedriveArgs),
