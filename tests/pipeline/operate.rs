@@ -12,6 +12,15 @@ use chrono::{DateTime, SubsecRound, Utc};
 
 use crate::helpers::*;
 
+/// Asserts that the command succeeded and its summary has every line.
+fn says(out: &std::process::Output, lines: &[String]) {
+    assert!(out.status.success(), "the command failed");
+    let text = String::from_utf8_lossy(&out.stdout);
+    for l in lines {
+        assert!(text.contains(l.as_str()), "no `{l}` in:\n{text}");
+    }
+}
+
 fn rfc(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
@@ -30,17 +39,9 @@ async fn replay_delivers_exactly_the_range_and_moves_no_cursor() {
     cfg.sink.jsonl.path = dir.path().join("fleet.jsonl").display().to_string();
     // The fleet delivers the history, then stops: its cursors and dedup
     // memory stay in Redis.
-    let t0 = Utc::now();
-    let run = member(&cfg, "fleet-a").await;
-    let obs = observer(&cfg).await;
-    wait_cursor_in(
-        &obs,
-        &cfg,
-        t0 - chrono::Duration::seconds(3),
-        Duration::from_secs(90),
-    )
-    .await;
-    run.stop().await;
+    let fleet = Fleet::caught_up(&[(&cfg, "fleet-a")]).await;
+    let (obs, t0) = (fleet.observer.clone(), fleet.t0);
+    fleet.stop().await;
 
     let shard = Shard::new("exchange", "dlp");
     let cursor = obs.load(&shard).await.unwrap();
@@ -164,17 +165,8 @@ async fn checkpoint_set_while_two_replicas_run_is_honoured_and_not_overwritten()
     let mut a = cfg.clone();
     a.sink.jsonl.path = dir.path().join("a.jsonl").display().to_string();
     cfg.sink.jsonl.path = dir.path().join("b.jsonl").display().to_string();
-    let t0 = Utc::now();
-    let run_a = member(&a, "replica-a").await;
-    let run_b = member(&cfg, "replica-b").await;
-    let obs = observer(&cfg).await;
-    wait_cursor_in(
-        &obs,
-        &cfg,
-        t0 - chrono::Duration::seconds(3),
-        Duration::from_secs(90),
-    )
-    .await;
+    let fleet = Fleet::caught_up(&[(&a, "replica-a"), (&cfg, "replica-b")]).await;
+    let obs = fleet.observer.clone();
     let shard = Shard::new("onedrive", "securityrisk");
     let log = dir.path().join("cp.log");
 
@@ -253,8 +245,7 @@ async fn checkpoint_set_while_two_replicas_run_is_honoured_and_not_overwritten()
     );
     assert!(shown.status.success());
     assert!(String::from_utf8_lossy(&shown.stdout).starts_with("onedrive:securityrisk  cursor "));
-    run_a.stop().await;
-    run_b.stop().await;
+    fleet.stop().await;
     let reset_at = Utc::now();
     let reset = operator(
         &cfg,
@@ -285,20 +276,7 @@ async fn redrive_republishes_fixed_records_once(kind: SinkKind, dry_run_only: bo
     let tag = tag();
     let dir = tempfile::tempdir().unwrap();
     let cfg = fleet_config(&sim, &tag, kind, REDIS_URL, &tag);
-    let (run, _) = {
-        let t0 = Utc::now();
-        let run = member(&cfg, "fleet-a").await;
-        let obs = observer(&cfg).await;
-        wait_cursor_in(
-            &obs,
-            &cfg,
-            t0 - chrono::Duration::seconds(3),
-            Duration::from_secs(120),
-        )
-        .await;
-        (run, obs)
-    };
-    run.stop().await;
+    Fleet::caught_up(&[(&cfg, "fleet-a")]).await.stop().await;
 
     // The oracle, from the dead letters themselves: those whose event has a
     // message object fail only on the detection time's type.
@@ -339,41 +317,30 @@ async fn redrive_republishes_fixed_records_once(kind: SinkKind, dry_run_only: bo
 
     // A dry run reads and counts, and publishes nothing.
     let dry = operator(&fixed, &log, &["redrive", "--dry-run"]);
-    assert!(dry.status.success());
-    let text = String::from_utf8_lossy(&dry.stdout).to_string();
-    assert!(
-        text.contains(&format!("dead letters read     {}\n", dead.len())),
-        "{text}"
-    );
-    assert!(
-        text.contains(&format!("published again       {} (dry run", fixable.len())),
-        "{text}"
-    );
-    assert!(
-        text.contains(&format!("still invalid         {stay}\n")),
-        "{text}"
+    let invalid = format!("still invalid         {stay}\n");
+    says(
+        &dry,
+        &[
+            format!("dead letters read     {}\n", dead.len()),
+            format!("published again       {} (dry run", fixable.len()),
+            invalid.clone(),
+        ],
     );
     assert_eq!(read_sink(&cfg).await.len(), before.len());
     if dry_run_only {
         sim.stop().await;
         return;
     }
-
     let first = operator(&fixed, &log, &["redrive"]);
-    assert!(first.status.success());
-    let text = String::from_utf8_lossy(&first.stdout).to_string();
-    assert!(
-        text.contains(&format!("published again       {}\n", fixable.len())),
-        "{text}"
-    );
-    assert!(
-        text.contains(&format!("still invalid         {stay}\n")),
-        "{text}"
+    says(
+        &first,
+        &[
+            format!("published again       {}\n", fixable.len()),
+            invalid,
+        ],
     );
     let second = operator(&fixed, &log, &["redrive"]);
-    assert!(second.status.success());
-    let text = String::from_utf8_lossy(&second.stdout).to_string();
-    assert!(text.contains("published again       0\n"), "{text}");
+    says(&second, &["published again       0\n".to_string()]);
 
     let after = read_sink(&cfg).await;
     let redriven: Vec<&Received> = after

@@ -11,6 +11,16 @@ use secrecy::SecretString;
 
 use crate::helpers::*;
 
+/// Waits until every cursor passed `to` by 15 s (late events re-read).
+async fn caught_up_to(
+    obs: &cas_bridge::coord::redis::RedisCoord,
+    cfg: &Config,
+    to: chrono::DateTime<Utc>,
+) {
+    let past = to + chrono::Duration::seconds(15);
+    wait_cursor_in(obs, cfg, past, Duration::from_secs(90)).await;
+}
+
 fn args(list: &[&str]) -> Vec<String> {
     list.iter().map(|a| a.to_string()).collect()
 }
@@ -88,18 +98,11 @@ async fn a_tls_only_redis_with_a_private_ca_an_acl_user_and_a_client_certificate
     assert!(e.to_lowercase().contains("authentication failed"), "{e}");
 
     // With all of it, the fleet member works and delivers everything.
-    let t0 = Utc::now();
-    let run = member(&cfg, "tls-a").await;
-    let obs = observer(&cfg).await;
+    let fleet = Fleet::caught_up(&[(&cfg, "tls-a")]).await;
+    let t0 = fleet.t0;
     let to = t0 - chrono::Duration::seconds(3);
-    wait_cursor_in(
-        &obs,
-        &cfg,
-        to + chrono::Duration::seconds(15),
-        Duration::from_secs(90),
-    )
-    .await;
-    run.stop().await;
+    caught_up_to(&fleet.observer, &cfg, to).await;
+    fleet.stop().await;
     let r = assert_delivered(
         "redis tls",
         &sim,
@@ -197,17 +200,8 @@ async fn the_fleet_follows_a_sentinel_fail_over_and_loses_nothing() {
     cfg.coord.sentinels = vec![format!("127.0.0.1:{sp}")];
     cfg.validate().unwrap();
     prepare_stream(&cfg).await;
-    let t0 = Utc::now();
-    let a = member(&cfg, "sentinel-a").await;
-    let b = member(&cfg, "sentinel-b").await;
-    let obs = observer(&cfg).await;
-    wait_cursor_in(
-        &obs,
-        &cfg,
-        t0 - chrono::Duration::seconds(3),
-        Duration::from_secs(90),
-    )
-    .await;
+    let fleet = Fleet::caught_up(&[(&cfg, "sentinel-a"), (&cfg, "sentinel-b")]).await;
+    let (obs, t0) = (fleet.observer.clone(), fleet.t0);
 
     // The master dies; the sentinel promotes the replica.
     let killed = Instant::now();
@@ -231,15 +225,8 @@ async fn the_fleet_follows_a_sentinel_fail_over_and_loses_nothing() {
         followed.as_secs_f64()
     );
     let to = Utc::now() - chrono::Duration::seconds(20);
-    wait_cursor_in(
-        &obs,
-        &cfg,
-        to + chrono::Duration::seconds(15),
-        Duration::from_secs(90),
-    )
-    .await;
-    a.stop().await;
-    b.stop().await;
+    caught_up_to(&obs, &cfg, to).await;
+    fleet.stop().await;
     let r = assert_delivered(
         "sentinel",
         &sim,

@@ -246,3 +246,44 @@ pub async fn prepare_stream(cfg: &Config) {
         .await
         .unwrap();
 }
+
+/// Fleet members in this process, each `(config, worker name)`, started
+/// together and run until every cursor in the first config's Redis passed
+/// the moment they started less 3 s (the history they were given).
+pub struct Fleet {
+    pub members: Vec<Running>,
+    pub observer: Arc<cas_bridge::coord::redis::RedisCoord>,
+    /// When they started.
+    pub t0: DateTime<Utc>,
+}
+
+impl Fleet {
+    pub async fn caught_up(members: &[(&Config, &str)]) -> Self {
+        let t0 = Utc::now();
+        let mut running = Vec::new();
+        for (cfg, worker) in members {
+            running.push(member(cfg, worker).await);
+        }
+        let cfg = members[0].0;
+        let observer = observer(cfg).await;
+        wait_cursor_in(
+            &observer,
+            cfg,
+            t0 - chrono::Duration::seconds(3),
+            Duration::from_secs(120),
+        )
+        .await;
+        Self {
+            members: running,
+            observer,
+            t0,
+        }
+    }
+
+    /// Stops every member.
+    pub async fn stop(self) {
+        for m in self.members {
+            m.stop().await;
+        }
+    }
+}
