@@ -76,13 +76,6 @@ pub fn bridge_config(sim: &SimHandle, tag: &str, kind: SinkKind) -> Config {
     c.sink.nats.url = NATS_URL.into();
     c.sink.nats.stream = tag.to_uppercase();
     c.sink.kafka.brokers = kafka_brokers();
-    // One request in flight per partition: tansu 0.6 has acknowledged
-    // records of concurrent in-flight batches to one partition (the
-    // dead-letter topic, shared by every pair) without keeping them.
-    c.sink
-        .kafka
-        .properties
-        .insert("max.in.flight.requests.per.connection".into(), "1".into());
     c.shutdown.grace = Dur::secs(10);
     c.validate().expect("test config is valid");
     c
