@@ -167,7 +167,7 @@ async fn run(file: Option<PathBuf>) -> anyhow::Result<()> {
     let cfg = Config::load(file.as_deref())?;
     init_logs(&cfg.log.format, &cfg.log.level);
     let token = cfg.api.resolved_token()?;
-    let dup_window = cfg.window.overlap.get() + cfg.window.lag.get() + Duration::from_secs(60);
+    let dup_window = cfg.sink_dedup_window();
     let coord = if cfg.coord.redis_url.is_some() {
         let mut retry = crate::retry::Backoff::new(Duration::from_secs(1), Duration::from_secs(32));
         loop {

@@ -154,8 +154,7 @@ impl Bridge {
         let topics = Topics::new(&cfg.sink.topic_template, &cfg.sink.dead_letter)?;
         let status = Arc::new(StatusBoard::new(Some(sink.clone())));
         let mut publisher = Publisher::new(registry, sink, topics, coord.dedup.clone());
-        if cfg.sink.cloudevents {
-            let origin = cfg.api.resolved_base_url()?.origin().ascii_serialization();
+        if let Some(origin) = cfg.cloudevents_origin()? {
             publisher = publisher.with_cloudevents(origin);
         }
         let engine = Engine::new(

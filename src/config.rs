@@ -55,6 +55,23 @@ pub struct Config {
 }
 
 impl Config {
+    /// How long the sink's server-side dedup must remember an id: the
+    /// overlap a window re-reads, the lag, and a minute to spare.
+    pub fn sink_dedup_window(&self) -> std::time::Duration {
+        self.window.overlap.get() + self.window.lag.get() + std::time::Duration::from_secs(60)
+    }
+
+    /// The CloudEvents `source` origin (the API's), when records carry
+    /// CloudEvents attributes.
+    pub fn cloudevents_origin(&self) -> Result<Option<String>, ConfigError> {
+        if !self.sink.cloudevents {
+            return Ok(None);
+        }
+        Ok(Some(
+            self.api.resolved_base_url()?.origin().ascii_serialization(),
+        ))
+    }
+
     /// Loads defaults, then `file` (if any), then `CAS_BRIDGE__*` variables,
     /// and validates the result.
     pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {

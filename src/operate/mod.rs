@@ -9,7 +9,6 @@ pub mod replay;
 use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context;
 use chrono::{DateTime, Utc};
@@ -128,7 +127,7 @@ pub struct RedriveArgs {
 pub async fn redrive_cmd(file: Option<&Path>, args: RedriveArgs) -> anyhow::Result<()> {
     let cfg = Config::load(file)?;
     let registry = Registry::load(cfg.schemas.dir.as_deref())?;
-    let dup_window = cfg.window.overlap.get() + cfg.window.lag.get() + Duration::from_secs(60);
+    let dup_window = cfg.sink_dedup_window();
     let sink = crate::sink::build(&cfg.sink, dup_window).await?;
     let in_redis;
     let in_memory = redrive::InMemory::default();
@@ -142,10 +141,7 @@ pub async fn redrive_cmd(file: Option<&Path>, args: RedriveArgs) -> anyhow::Resu
         tracing::warn!("coord.redis_url is not set: the ids published are remembered for this run only; a second run publishes them again");
         &in_memory
     };
-    let origin = match cfg.sink.cloudevents {
-        true => Some(cfg.api.resolved_base_url()?.origin().ascii_serialization()),
-        false => None,
-    };
+    let origin = cfg.cloudevents_origin()?;
     let s = redrive::Redrive {
         sink: sink.as_ref(),
         registry: &registry,
@@ -293,14 +289,13 @@ pub async fn replay_cmd(file: Option<&Path>, args: ReplayArgs) -> anyhow::Result
         .clone()
         .unwrap_or_else(|| cfg.sink.topic_template.clone());
     let topics = Topics::new(&template, &cfg.sink.dead_letter).context("--topic")?;
-    let dup_window = cfg.window.overlap.get() + cfg.window.lag.get() + Duration::from_secs(60);
+    let dup_window = cfg.sink_dedup_window();
     let sink = crate::sink::build(&cfg.sink, dup_window).await?;
     sink.prepare(&[topics.topic(&range.shard), topics.dead_letter().to_string()])
         .await?;
     let registry = Registry::load(cfg.schemas.dir.as_deref())?;
     let mut publisher = Publisher::new(registry, sink.clone(), topics.clone(), replay::own_dedup());
-    if cfg.sink.cloudevents {
-        let origin = cfg.api.resolved_base_url()?.origin().ascii_serialization();
+    if let Some(origin) = cfg.cloudevents_origin()? {
         publisher = publisher.with_cloudevents(origin);
     }
     let source = Client::new(&cfg.api, token)?;
