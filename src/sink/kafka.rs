@@ -105,15 +105,20 @@ impl KafkaSink {
 
 /// The latest `cas-window-start` header among the last records of
 /// `topic`'s partitions (blocking: run off the runtime).
-fn last_window_start(cfg: &ClientConfig, topic: &str) -> Result<Option<String>, SinkError> {
-    use rdkafka::consumer::{BaseConsumer, Consumer};
+///
+/// Each partition is read from the record before the end `ListOffsets`
+/// reports to the end the fetch reports: on Kafka that is the last record;
+/// on a broker whose `ListOffsets` answer lags (tansu 0.6 reports the first
+/// record of the last batch) it is the rest of that batch.
+fn last_window_start(client: &ClientConfig, topic: &str) -> Result<Option<String>, SinkError> {
+    use rdkafka::consumer::Consumer;
     use rdkafka::message::{Headers, Message};
-    use rdkafka::{Offset, TopicPartitionList};
+    use rdkafka::Offset;
     let wait = Duration::from_secs(10);
     let fail = |e: rdkafka::error::KafkaError| {
         SinkError::unavailable("kafka", format!("reading the end of {topic}: {e}"))
     };
-    let consumer: BaseConsumer = cfg.create().map_err(fail)?;
+    let consumer = super::read::kafka_reader(client, "cas-bridge-position").map_err(fail)?;
     let meta = consumer.fetch_metadata(Some(topic), wait).map_err(fail)?;
     let Some(t) = meta.topics().iter().find(|t| t.name() == topic) else {
         return Ok(None);
@@ -126,16 +131,7 @@ fn last_window_start(cfg: &ClientConfig, topic: &str) -> Result<Option<String>, 
         if high <= low {
             continue;
         }
-        let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset(topic, p.id(), Offset::Offset(high - 1))
-            .map_err(fail)?;
-        consumer.assign(&tpl).map_err(fail)?;
-        let deadline = std::time::Instant::now() + wait;
-        while std::time::Instant::now() < deadline {
-            let Some(m) = consumer.poll(Duration::from_millis(200)) else {
-                continue;
-            };
-            let m = m.map_err(fail)?;
+        super::read::kafka_partition(&consumer, topic, p.id(), Offset::Offset(high - 1), |m| {
             let start = m.headers().and_then(|h| {
                 h.iter()
                     .find(|h| h.key == "cas-window-start")
@@ -146,8 +142,8 @@ fn last_window_start(cfg: &ClientConfig, topic: &str) -> Result<Option<String>, 
                     latest = Some(s);
                 }
             }
-            break;
-        }
+            Ok(())
+        })?;
     }
     Ok(latest)
 }
@@ -159,10 +155,7 @@ impl Sink for KafkaSink {
     }
 
     async fn last_window_start(&self, topic: &str) -> Result<Option<String>, SinkError> {
-        let mut cfg = self.client.clone();
-        cfg.set("group.id", "cas-bridge-position")
-            .set("enable.auto.commit", "false")
-            .set("log_level", "3");
+        let cfg = self.client.clone();
         let topic = topic.to_string();
         tokio::task::spawn_blocking(move || last_window_start(&cfg, &topic))
             .await

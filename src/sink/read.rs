@@ -1,5 +1,6 @@
-//! Reading a topic back, from its start to where it ended when the read
-//! began (`cas-bridge redrive` reads the dead letters this way).
+//! Reading a topic back, from its start to its end (`cas-bridge redrive`
+//! reads the dead letters this way; a restart without Redis reads the last
+//! records of a topic).
 
 use std::time::Duration;
 
@@ -17,24 +18,85 @@ fn too_many(sink: &'static str, topic: &str, max: usize) -> SinkError {
     )
 }
 
+/// A consumer for reading partitions to their end: it reports reaching
+/// the end of a partition (`enable.partition.eof`) and commits nothing.
+pub(super) fn kafka_reader(
+    client: &rdkafka::ClientConfig,
+    group: &str,
+) -> Result<rdkafka::consumer::BaseConsumer, rdkafka::error::KafkaError> {
+    let mut cfg = client.clone();
+    cfg.set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
+        .set("log_level", "3");
+    cfg.create()
+}
+
+/// Reads partition `partition` of `topic` from `from` to its end and hands
+/// each message to `each`.
+///
+/// The end is where the broker's fetch answer says the partition ends (its
+/// high watermark), not a `ListOffsets` answer read beforehand: a
+/// Kafka-compatible broker may answer that one wrongly (tansu 0.6's
+/// object-store engine answers "latest" with the first offset of the last
+/// batch written, plus one, so the rest of that batch looked absent).
+pub(super) fn kafka_partition(
+    consumer: &rdkafka::consumer::BaseConsumer,
+    topic: &str,
+    partition: i32,
+    from: rdkafka::Offset,
+    mut each: impl FnMut(&rdkafka::message::BorrowedMessage<'_>) -> Result<(), SinkError>,
+) -> Result<(), SinkError> {
+    use rdkafka::consumer::Consumer;
+    use rdkafka::error::KafkaError;
+    use rdkafka::message::Message;
+    use rdkafka::TopicPartitionList;
+    let fail = |e: KafkaError| {
+        SinkError::unavailable("kafka", format!("reading {topic}/{partition}: {e}"))
+    };
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, partition, from)
+        .map_err(fail)?;
+    consumer.assign(&tpl).map_err(fail)?;
+    let mut idle = std::time::Instant::now();
+    loop {
+        match consumer.poll(Duration::from_millis(200)) {
+            None if idle.elapsed() > READ_WAIT => {
+                return Err(SinkError::unavailable(
+                    "kafka",
+                    format!(
+                        "reading {topic}/{partition}: no message and no end of the partition in {} s",
+                        READ_WAIT.as_secs()
+                    ),
+                ));
+            }
+            None => {}
+            Some(Err(KafkaError::PartitionEOF(p))) if p == partition => return Ok(()),
+            // The end or a message of a partition read before this one.
+            Some(Err(KafkaError::PartitionEOF(_))) => {}
+            Some(Ok(m)) if m.topic() != topic || m.partition() != partition => {}
+            Some(Err(e)) => return Err(fail(e)),
+            Some(Ok(m)) => {
+                idle = std::time::Instant::now();
+                each(&m)?;
+            }
+        }
+    }
+}
+
 /// Every record payload of a Kafka topic, partition by partition, from the
-/// low to the high watermark seen when the read began.
+/// start to the end each partition has when the read reaches it.
 pub fn kafka(
     client: &rdkafka::ClientConfig,
     topic: &str,
     max: usize,
 ) -> Result<Vec<Bytes>, SinkError> {
-    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::consumer::Consumer;
     use rdkafka::message::Message;
-    use rdkafka::{Offset, TopicPartitionList};
     let fail = |e: rdkafka::error::KafkaError| {
         SinkError::unavailable("kafka", format!("reading {topic}: {e}"))
     };
-    let mut cfg = client.clone();
-    cfg.set("group.id", "cas-bridge-read")
-        .set("enable.auto.commit", "false")
-        .set("log_level", "3");
-    let consumer: BaseConsumer = cfg.create().map_err(fail)?;
+    let consumer = kafka_reader(client, "cas-bridge-read").map_err(fail)?;
     let meta = consumer
         .fetch_metadata(Some(topic), READ_WAIT)
         .map_err(fail)?;
@@ -43,39 +105,13 @@ pub fn kafka(
     };
     let mut out = Vec::new();
     for p in t.partitions() {
-        let (low, high) = consumer
-            .fetch_watermarks(topic, p.id(), READ_WAIT)
-            .map_err(fail)?;
-        if high <= low {
-            continue;
-        }
-        if out.len() as i64 + (high - low) > max as i64 {
-            return Err(too_many("kafka", topic, max));
-        }
-        let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset(topic, p.id(), Offset::Offset(low))
-            .map_err(fail)?;
-        consumer.assign(&tpl).map_err(fail)?;
-        let mut next = low;
-        let mut idle = std::time::Instant::now();
-        while next < high {
-            let Some(m) = consumer.poll(Duration::from_millis(200)) else {
-                if idle.elapsed() > READ_WAIT {
-                    return Err(SinkError::unavailable(
-                        "kafka",
-                        format!(
-                            "reading {topic}/{}: stalled at offset {next} of {high}",
-                            p.id()
-                        ),
-                    ));
-                }
-                continue;
-            };
-            let m = m.map_err(fail)?;
-            idle = std::time::Instant::now();
-            next = m.offset() + 1;
+        kafka_partition(&consumer, topic, p.id(), rdkafka::Offset::Beginning, |m| {
+            if out.len() == max {
+                return Err(too_many("kafka", topic, max));
+            }
             out.push(Bytes::copy_from_slice(m.payload().unwrap_or_default()));
-        }
+            Ok(())
+        })?;
     }
     Ok(out)
 }
