@@ -1,14 +1,16 @@
 //! Kafka: an idempotent producer with `acks=all`; key = event id.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use futures::future::join_all;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
+use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::config::ClientConfig;
-use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, Message, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::util::Timeout;
 
@@ -18,9 +20,62 @@ use super::{Binding, KafkaConfig, Record, Refusal, Sink, SinkError};
 /// failure (the worker then publishes the batch again).
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// What one `publish` call waits for: how many of its records librdkafka
+/// has not reported on yet, and those it reported as not delivered. One per
+/// call, shared by its records' delivery reports (one reference count each,
+/// instead of a future and a channel per record).
+#[derive(Default)]
+struct Pending {
+    left: AtomicUsize,
+    failed: Mutex<Vec<Failed>>,
+    done: tokio::sync::Notify,
+}
+
+/// A record librdkafka reported as not delivered.
+struct Failed {
+    topic: String,
+    key: Vec<u8>,
+    error: KafkaError,
+}
+
+impl Pending {
+    /// One record reported on (delivered, failed, or never queued).
+    fn settle(&self) {
+        if self.left.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.done.notify_one();
+        }
+    }
+}
+
+/// Routes librdkafka's delivery reports to the `publish` call that sent
+/// the record.
+struct Deliveries;
+
+impl ClientContext for Deliveries {}
+
+impl ProducerContext for Deliveries {
+    type DeliveryOpaque = Arc<Pending>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, pending: Arc<Pending>) {
+        if let Err((error, m)) = result {
+            let failed = Failed {
+                topic: m.topic().to_string(),
+                key: m.key().unwrap_or_default().to_vec(),
+                error: error.clone(),
+            };
+            pending
+                .failed
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(failed);
+        }
+        pending.settle();
+    }
+}
+
 pub struct KafkaSink {
-    /// The producer; cloned handles share one librdkafka instance.
-    producer: FutureProducer,
+    /// The producer; its own thread serves the delivery reports.
+    producer: ThreadedProducer<Deliveries>,
     /// Client settings, kept for the admin client.
     client: ClientConfig,
     /// Whether to create topics in [`Sink::prepare`].
@@ -89,9 +144,10 @@ impl KafkaSink {
                 DELIVERY_TIMEOUT.as_millis().to_string(),
             )
             .set("linger.ms", "5");
-        let producer: FutureProducer = producer_cfg.create().map_err(|e| {
-            SinkError::misconfigured("kafka", format!("cannot create the producer: {e}"))
-        })?;
+        let producer: ThreadedProducer<Deliveries> =
+            producer_cfg.create_with_context(Deliveries).map_err(|e| {
+                SinkError::misconfigured("kafka", format!("cannot create the producer: {e}"))
+            })?;
         Ok(Self {
             producer,
             client,
@@ -224,8 +280,34 @@ impl Sink for KafkaSink {
                 sent.push(index);
             }
         }
-        let sends = sent.iter().map(|&i| {
-            let r = &records[i];
+        let pending = Arc::new(Pending::default());
+        pending.left.store(sent.len(), Ordering::Release);
+        let mut transient = Vec::new();
+        // `None`: a report for a record this call cannot place (counted as
+        // not acknowledged, so the call is retried).
+        let mut outcome = |index: Option<usize>, e: &KafkaError| -> Result<(), SinkError> {
+            let Some(index) = index else {
+                transient.push(e.to_string());
+                return Ok(());
+            };
+            match classify(e.rdkafka_error_code()) {
+                Outcome::Transient => transient.push(e.to_string()),
+                Outcome::Refused => refused.push(Refusal {
+                    index,
+                    reason: e.to_string(),
+                }),
+                Outcome::Misconfigured => {
+                    return Err(SinkError::misconfigured(
+                        "kafka",
+                        format!("publish to {}: {e}", records[index].topic),
+                    ))
+                }
+            }
+            Ok(())
+        };
+        let mut not_queued = Vec::new();
+        for &index in &sent {
+            let r = &records[index];
             let mut headers = OwnedHeaders::new_with_capacity(6);
             for (k, v) in r.headers() {
                 headers = headers.insert(Header {
@@ -239,28 +321,48 @@ impl Sink for KafkaSink {
                     value: Some(v.as_bytes()),
                 });
             }
-            let rec = FutureRecord::to(&r.topic)
+            let mut rec = BaseRecord::with_opaque_to(&r.topic, pending.clone())
                 .key(r.id.as_bytes())
                 .payload(r.payload.as_ref())
                 .headers(headers);
-            self.producer.send(rec, Timeout::After(DELIVERY_TIMEOUT))
-        });
-        let mut transient = Vec::new();
-        for (res, &index) in join_all(sends).await.into_iter().zip(&sent) {
-            if let Err((e, _msg)) = res {
-                match classify(e.rdkafka_error_code()) {
-                    Outcome::Transient => transient.push(e.to_string()),
-                    Outcome::Refused => refused.push(Refusal {
-                        index,
-                        reason: e.to_string(),
-                    }),
-                    Outcome::Misconfigured => {
-                        return Err(SinkError::misconfigured(
-                            "kafka",
-                            format!("publish to {}: {e}", records[index].topic),
-                        ))
+            loop {
+                match self.producer.send(rec) {
+                    Ok(()) => break,
+                    // librdkafka's queue is full: its thread drains it.
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                        rec = back;
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                    Err((e, _)) => {
+                        not_queued.push((index, e));
+                        pending.settle();
+                        break;
                     }
                 }
+            }
+        }
+        if pending.left.load(Ordering::Acquire) > 0 {
+            // Every queued record gets a report within `message.timeout.ms`.
+            pending.done.notified().await;
+        }
+        for (index, e) in &not_queued {
+            outcome(Some(*index), e)?;
+        }
+        let failed = std::mem::take(&mut *pending.failed.lock().unwrap_or_else(|e| e.into_inner()));
+        if !failed.is_empty() {
+            // Reports name topic and key; a call may hold a key twice (a
+            // dead letter beside an event), so each index is taken once.
+            let mut taken = vec![false; records.len()];
+            for f in &failed {
+                let index = sent.iter().copied().find(|&i| {
+                    !taken[i]
+                        && *records[i].topic == f.topic
+                        && records[i].id.as_bytes() == f.key.as_slice()
+                });
+                if let Some(i) = index {
+                    taken[i] = true;
+                }
+                outcome(index, &f.error)?;
             }
         }
         refused.sort_by_key(|r| r.index);
@@ -273,5 +375,147 @@ impl Sink for KafkaSink {
             .await
             .map_err(|e| SinkError::unavailable("kafka", e.to_string()))?
             .map_err(|e| SinkError::unavailable("kafka", format!("flush: {e}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::shard::Shard;
+    use crate::sink::PageMeta;
+    use crate::window::Window;
+    use rdkafka::mocking::MockCluster;
+    use rdkafka::producer::DefaultProducerContext;
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+
+    fn records(topics: &[&str], n: usize) -> Vec<Record> {
+        let shard = Shard::new("exchange", "dlp");
+        let w = Window {
+            start: chrono::DateTime::from_timestamp(0, 0).unwrap(),
+            end: chrono::DateTime::from_timestamp(60, 0).unwrap(),
+        };
+        let meta = Arc::new(PageMeta::new(&shard, &w));
+        (0..n)
+            .map(|i| {
+                let topic = topics[i % topics.len()];
+                Record::event(
+                    topic.into(),
+                    format!("id-{i}"),
+                    &meta,
+                    &format!("{{\"n\":{i}}}"),
+                )
+            })
+            .collect()
+    }
+
+    fn sink(cluster: &MockCluster<'_, DefaultProducerContext>, topics: &[&str]) -> KafkaSink {
+        for t in topics {
+            cluster.create_topic(t, 2, 1).unwrap();
+        }
+        KafkaSink::new(&KafkaConfig {
+            brokers: cluster.bootstrap_servers(),
+            create_topics: false,
+            ..KafkaConfig::default()
+        })
+        .unwrap()
+    }
+
+    /// One call's records are all reported on before it returns: each is
+    /// on its topic when it does, once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_call_returns_when_every_record_is_acknowledged() {
+        let cluster = MockCluster::new(1).unwrap();
+        let topics = ["a.one", "a.two"];
+        let sink = sink(&cluster, &topics);
+        let batch = records(&topics, 300);
+        // Two calls at once share the producer and each waits for its own.
+        let (first, second) = batch.split_at(120);
+        let (r1, r2) = tokio::join!(sink.publish(first), sink.publish(second));
+        r1.unwrap();
+        r2.unwrap();
+        let mut ids = Vec::new();
+        for t in topics {
+            for b in sink.read_back(t, 1000).await.unwrap() {
+                let doc: serde_json::Value = serde_json::from_slice(&b).unwrap();
+                assert_eq!(
+                    doc["data"]["n"].as_u64().unwrap() % 2,
+                    (t == "a.two") as u64
+                );
+                ids.push(doc["id"].as_str().unwrap().to_string());
+            }
+        }
+        ids.sort();
+        let mut want: Vec<String> = (0..300).map(|i| format!("id-{i}")).collect();
+        want.sort();
+        assert_eq!(ids, want);
+    }
+
+    /// A broker that refuses records for good: each refused record is named
+    /// by its index in the call, so the publisher dead-letters exactly those.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn records_the_broker_refuses_are_named_by_their_index() {
+        let cluster = MockCluster::new(1).unwrap();
+        let topics = ["b.one"];
+        let sink = sink(&cluster, &topics);
+        sink.publish(&records(&topics, 3)).await.unwrap();
+        cluster.request_errors(
+            RDKafkaApiKey::Produce,
+            &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE; 50],
+        );
+        let batch = records(&topics, 5);
+        match sink.publish(&batch).await {
+            Err(SinkError::Rejected { refused, .. }) => {
+                assert!(!refused.is_empty());
+                let mut at: Vec<usize> = refused.iter().map(|r| r.index).collect();
+                at.dedup();
+                assert_eq!(at.len(), refused.len(), "an index named twice: {at:?}");
+                assert!(at.iter().all(|&i| i < 5), "{at:?}");
+                assert!(
+                    refused[0].reason.contains("too large"),
+                    "{}",
+                    refused[0].reason
+                );
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+
+    /// A record larger than `message.max.bytes` is refused before it is sent.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_oversized_record_is_refused_before_sending() {
+        let cluster = MockCluster::new(1).unwrap();
+        let topics = ["c.one"];
+        for t in topics {
+            cluster.create_topic(t, 1, 1).unwrap();
+        }
+        let sink = KafkaSink::new(&KafkaConfig {
+            brokers: cluster.bootstrap_servers(),
+            create_topics: false,
+            properties: [("message.max.bytes".to_string(), "2000".to_string())].into(),
+            ..KafkaConfig::default()
+        })
+        .unwrap();
+        let mut batch = records(&topics, 3);
+        batch[1] = Record::event(
+            "c.one".into(),
+            "big".into(),
+            &Arc::new(PageMeta::new(
+                &Shard::new("exchange", "dlp"),
+                &Window {
+                    start: chrono::DateTime::from_timestamp(0, 0).unwrap(),
+                    end: chrono::DateTime::from_timestamp(60, 0).unwrap(),
+                },
+            )),
+            &format!("\"{}\"", "x".repeat(5000)),
+        );
+        match sink.publish(&batch).await {
+            Err(SinkError::Rejected { refused, .. }) => {
+                assert_eq!(refused.len(), 1);
+                assert_eq!(refused[0].index, 1);
+                assert!(refused[0].reason.contains("message.max.bytes"));
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        assert_eq!(sink.read_back("c.one", 10).await.unwrap().len(), 2);
     }
 }
