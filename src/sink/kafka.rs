@@ -24,7 +24,6 @@ const DELIVERY_TIMEOUT: Duration = Duration::from_secs(30);
 /// has not reported on yet, and those it reported as not delivered. One per
 /// call, shared by its records' delivery reports (one reference count each,
 /// instead of a future and a channel per record).
-#[derive(Default)]
 struct Pending {
     left: AtomicUsize,
     failed: Mutex<Vec<Failed>>,
@@ -39,6 +38,14 @@ struct Failed {
 }
 
 impl Pending {
+    fn new(records: usize) -> Self {
+        Self {
+            left: AtomicUsize::new(records),
+            failed: Mutex::default(),
+            done: tokio::sync::Notify::new(),
+        }
+    }
+
     /// One record reported on (delivered, failed, or never queued).
     fn settle(&self) {
         if self.left.fetch_sub(1, Ordering::AcqRel) == 1 {
@@ -280,8 +287,7 @@ impl Sink for KafkaSink {
                 sent.push(index);
             }
         }
-        let pending = Arc::new(Pending::default());
-        pending.left.store(sent.len(), Ordering::Release);
+        let pending = Arc::new(Pending::new(sent.len()));
         let mut transient = Vec::new();
         // `None`: a report for a record this call cannot place (counted as
         // not acknowledged, so the call is retried).
@@ -305,6 +311,8 @@ impl Sink for KafkaSink {
             }
             Ok(())
         };
+        // Records librdkafka would not even queue: settled now, judged with
+        // the reports once every queued record has one.
         let mut not_queued = Vec::new();
         for &index in &sent {
             let r = &records[index];
@@ -388,13 +396,16 @@ mod tests {
     use rdkafka::producer::DefaultProducerContext;
     use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 
-    fn records(topics: &[&str], n: usize) -> Vec<Record> {
-        let shard = Shard::new("exchange", "dlp");
+    fn meta() -> Arc<PageMeta> {
         let w = Window {
             start: chrono::DateTime::from_timestamp(0, 0).unwrap(),
             end: chrono::DateTime::from_timestamp(60, 0).unwrap(),
         };
-        let meta = Arc::new(PageMeta::new(&shard, &w));
+        Arc::new(PageMeta::new(&Shard::new("exchange", "dlp"), &w))
+    }
+
+    fn records(topics: &[&str], n: usize) -> Vec<Record> {
+        let meta = meta();
         (0..n)
             .map(|i| {
                 let topic = topics[i % topics.len()];
@@ -408,16 +419,30 @@ mod tests {
             .collect()
     }
 
-    fn sink(cluster: &MockCluster<'_, DefaultProducerContext>, topics: &[&str]) -> KafkaSink {
+    /// A sink on `cluster`, whose `topics` it creates with `partitions`.
+    fn sink_with(
+        cluster: &MockCluster<'_, DefaultProducerContext>,
+        topics: &[&str],
+        partitions: i32,
+        properties: &[(&str, &str)],
+    ) -> KafkaSink {
         for t in topics {
-            cluster.create_topic(t, 2, 1).unwrap();
+            cluster.create_topic(t, partitions, 1).unwrap();
         }
         KafkaSink::new(&KafkaConfig {
             brokers: cluster.bootstrap_servers(),
             create_topics: false,
+            properties: properties
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             ..KafkaConfig::default()
         })
         .unwrap()
+    }
+
+    fn sink(cluster: &MockCluster<'_, DefaultProducerContext>, topics: &[&str]) -> KafkaSink {
+        sink_with(cluster, topics, 2, &[])
     }
 
     /// One call's records are all reported on before it returns: each is
@@ -485,27 +510,12 @@ mod tests {
     async fn an_oversized_record_is_refused_before_sending() {
         let cluster = MockCluster::new(1).unwrap();
         let topics = ["c.one"];
-        for t in topics {
-            cluster.create_topic(t, 1, 1).unwrap();
-        }
-        let sink = KafkaSink::new(&KafkaConfig {
-            brokers: cluster.bootstrap_servers(),
-            create_topics: false,
-            properties: [("message.max.bytes".to_string(), "2000".to_string())].into(),
-            ..KafkaConfig::default()
-        })
-        .unwrap();
+        let sink = sink_with(&cluster, &topics, 1, &[("message.max.bytes", "2000")]);
         let mut batch = records(&topics, 3);
         batch[1] = Record::event(
             "c.one".into(),
             "big".into(),
-            &Arc::new(PageMeta::new(
-                &Shard::new("exchange", "dlp"),
-                &Window {
-                    start: chrono::DateTime::from_timestamp(0, 0).unwrap(),
-                    end: chrono::DateTime::from_timestamp(60, 0).unwrap(),
-                },
-            )),
+            &meta(),
             &format!("\"{}\"", "x".repeat(5000)),
         );
         match sink.publish(&batch).await {
