@@ -166,7 +166,7 @@ async fn run(file: Option<PathBuf>) -> anyhow::Result<()> {
     cancel_on_signals(cancel.clone());
     let cfg = Config::load(file.as_deref())?;
     init_logs(&cfg.log.format, &cfg.log.level);
-    let token = cfg.api.resolved_token()?;
+    let token = first_token(&cfg)?;
     let dup_window = cfg.sink_dedup_window();
     let coord = if cfg.coord.redis_url.is_some() {
         let mut retry = crate::retry::Backoff::new(Duration::from_secs(1), Duration::from_secs(32));
@@ -189,7 +189,7 @@ async fn run(file: Option<PathBuf>) -> anyhow::Result<()> {
         Coordination::in_memory(&cfg)
     };
     let sink = crate::sink::build(&cfg.sink, dup_window).await?;
-    let bridge = Arc::new(Bridge::build(&cfg, token, sink, coord)?);
+    let bridge = Arc::new(Bridge::build_tenants(&cfg, sink, coord)?);
     let ops_cancel = CancellationToken::new();
     let (addr, ops) =
         crate::ops::serve(cfg.ops.addr()?, bridge.status().clone(), ops_cancel.clone())
@@ -203,16 +203,26 @@ async fn run(file: Option<PathBuf>) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The first tenant's token (the top-level one without `tenants`): the
+/// budget `status` shows and the fleet's connection is made with.
+fn first_token(cfg: &Config) -> anyhow::Result<SecretString> {
+    let tenants = cfg.tenants()?;
+    let first = tenants
+        .first()
+        .ok_or_else(|| anyhow::anyhow!("no tenant is configured"))?;
+    Ok(first.api.resolved_token().map_err(|e| first.named(e))?)
+}
+
 async fn status(file: Option<PathBuf>, json: bool) -> anyhow::Result<()> {
     let cfg = Config::load(file.as_deref())?;
     if cfg.coord.redis_url.is_none() {
         anyhow::bail!("status reads the fleet's state from Redis: set coord.redis_url (env CAS_BRIDGE__COORD__REDIS_URL)");
     }
-    let token = cfg.api.resolved_token()?;
+    let token = first_token(&cfg)?;
     let mut quiet = cfg.clone();
     quiet.coord.worker_id = Some("status".into());
     let (_, rc) = Coordination::redis(&quiet, &token).await?;
-    let st = rc.status(&cfg.shards.shards()?).await?;
+    let st = rc.status(&cfg.all_shards()?).await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&st)?);
         return Ok(());

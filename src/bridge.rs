@@ -16,15 +16,18 @@ use tracing::{error, info, warn};
 use crate::cas::Client;
 use crate::config::Config;
 use crate::coord::memory::{MemoryBudget, MemoryCheckpoints, MemoryDedup, SoleWorker};
+use crate::coord::redis::token_key;
 use crate::coord::redis::{RedisCoord, RedisSettings};
-use crate::coord::{Budget, BudgetUsage, CheckpointStore, CoordError, DedupStore, LeaseStore};
+use crate::coord::{
+    Budget, BudgetConfig, BudgetUsage, CheckpointStore, CoordError, DedupStore, LeaseStore,
+};
 use crate::field::ConfigError;
 use crate::fleet::LeaseKeeper;
 use crate::publish::Publisher;
 use crate::retry::Backoff;
-use crate::runner::{Engine, Faults, RunnerSettings};
+use crate::runner::{Engine, Faults, Lane, RunnerSettings};
 use crate::schedule::{Scheduler, PAGES_IN_FLIGHT};
-use crate::shard::Shard;
+use crate::shard::{Shard, DEFAULT_TENANT};
 use crate::sink::{Sink, Topics};
 use crate::source::PageSource;
 use crate::status::{ShardProgress, StatusBoard};
@@ -37,23 +40,55 @@ pub const FLUSH_BOUND: Duration = Duration::from_secs(3);
 /// How long giving the leases back may take at shutdown.
 pub const RELEASE_BOUND: Duration = Duration::from_secs(2);
 
+/// Where the budget of a token is kept.
+#[derive(Clone)]
+pub enum Budgets {
+    /// In this process (the embedded mode).
+    Memory,
+    /// In Redis, shared by the fleet.
+    Redis(Arc<RedisCoord>),
+}
+
+impl Budgets {
+    /// The budget of `token` with these limits.
+    pub fn for_token(&self, token: &SecretString, cfg: &BudgetConfig) -> Arc<dyn Budget> {
+        match self {
+            Budgets::Memory => Arc::new(MemoryBudget::new(cfg.clone())),
+            Budgets::Redis(rc) => Arc::new(rc.budget_for(token, cfg.clone())),
+        }
+    }
+}
+
 /// The coordination stores a bridge uses.
 #[derive(Clone)]
 pub struct Coordination {
     pub checkpoints: Arc<dyn CheckpointStore>,
+    /// The budget of the top-level token (a bridge without tenants).
     pub budget: Arc<dyn Budget>,
+    /// Where each tenant's token's budget is made.
+    pub budgets: Budgets,
     pub dedup: Arc<dyn DedupStore>,
     pub leases: Arc<dyn LeaseStore>,
+}
+
+/// The longest dedup horizon of any tenant's windows.
+fn dedup_horizon(cfg: &Config) -> Duration {
+    let top = Planner::new(&cfg.window).dedup_horizon();
+    cfg.tenants()
+        .unwrap_or_default()
+        .iter()
+        .map(|t| Planner::new(&t.window).dedup_horizon())
+        .fold(top, Duration::max)
 }
 
 impl Coordination {
     /// The embedded mode: one process, everything in memory.
     pub fn in_memory(cfg: &Config) -> Self {
-        let horizon = Planner::new(&cfg.window).dedup_horizon();
         Self {
             checkpoints: Arc::new(MemoryCheckpoints::default()),
             budget: Arc::new(MemoryBudget::new(cfg.budget.clone())),
-            dedup: Arc::new(MemoryDedup::new(horizon)),
+            budgets: Budgets::Memory,
+            dedup: Arc::new(MemoryDedup::new(dedup_horizon(cfg))),
             leases: Arc::new(SoleWorker),
         }
     }
@@ -80,7 +115,7 @@ impl Coordination {
                 lease_ttl: cfg.coord.lease_ttl.get(),
                 budget: cfg.budget.clone(),
                 token,
-                dedup_horizon: Planner::new(&cfg.window).dedup_horizon(),
+                dedup_horizon: dedup_horizon(cfg),
                 tls: crate::coord::redis::TlsFiles {
                     ca: cfg.coord.tls_ca_file.clone(),
                     cert: cfg.coord.tls_cert_file.clone(),
@@ -98,6 +133,7 @@ impl Coordination {
             Self {
                 checkpoints: rc.clone(),
                 budget: rc.clone(),
+                budgets: Budgets::Redis(rc.clone()),
                 dedup: rc.clone(),
                 leases: rc.clone(),
             },
@@ -118,6 +154,19 @@ pub fn default_worker_id() -> String {
     format!("{host}-{}-{r:04x}", std::process::id())
 }
 
+/// What a tenant's shard runners need besides their stages.
+fn settings(cfg: &Config, t: &crate::tenant::Tenant) -> RunnerSettings {
+    RunnerSettings {
+        start_from: t.window.start_from,
+        max_pause: t.budget.max_pause.get(),
+        page_limit: t.api.effective_page_limit(),
+        max_pages: t.window.max_pages,
+        max_interval: cfg.schedule.max_interval.get(),
+        page_cap: t.window.page_cap,
+        per_day: t.budget.per_day,
+    }
+}
+
 /// One bridge process.
 pub struct Bridge {
     /// What the shard runners share.
@@ -131,8 +180,8 @@ pub struct Bridge {
 }
 
 impl Bridge {
-    /// A bridge over the given sink and coordination, with the HTTP client
-    /// as its page source.
+    /// A bridge of the default tenant alone over the given sink and
+    /// coordination, with the HTTP client (and `token`) as its page source.
     pub fn build(
         cfg: &Config,
         token: SecretString,
@@ -143,6 +192,47 @@ impl Bridge {
         Self::with_source(cfg, Arc::new(client), sink, coord)
     }
 
+    /// A bridge of every configured tenant: each its own HTTP client
+    /// (host and token, read now) and window settings; tenants that share
+    /// a token share its budget and scheduler.
+    pub fn build_tenants(
+        cfg: &Config,
+        sink: Arc<dyn Sink>,
+        coord: Coordination,
+    ) -> Result<Self, ConfigError> {
+        let tenants = cfg.tenants()?;
+        let mut schedulers: HashMap<String, Arc<Scheduler>> = HashMap::new();
+        let mut lanes = HashMap::new();
+        let mut origins = Vec::new();
+        let mut shards = Vec::new();
+        for t in &tenants {
+            let token = t.api.resolved_token().map_err(|e| t.named(e))?;
+            let client = Client::new(&t.api, token.clone()).map_err(|e| t.named(e))?;
+            let scheduler = schedulers
+                .entry(token_key(&token))
+                .or_insert_with(|| {
+                    let budget = coord.budgets.for_token(&token, &t.budget);
+                    Arc::new(Scheduler::new(budget, PAGES_IN_FLIGHT))
+                })
+                .clone();
+            if cfg.sink.cloudevents {
+                let origin = t.api.resolved_base_url().map_err(|e| t.named(e))?;
+                origins.push((t.name.clone(), origin.origin().ascii_serialization()));
+            }
+            lanes.insert(
+                Arc::from(t.name.as_str()),
+                Lane {
+                    source: Arc::new(client),
+                    scheduler,
+                    planner: Planner::new(&t.window),
+                    settings: settings(cfg, t),
+                },
+            );
+            shards.extend(t.shards()?);
+        }
+        Self::assemble(cfg, lanes, origins, shards, sink, coord)
+    }
+
     /// As [`Bridge::build`] with any page source (tests use a fake).
     pub fn with_source(
         cfg: &Config,
@@ -150,35 +240,48 @@ impl Bridge {
         sink: Arc<dyn Sink>,
         coord: Coordination,
     ) -> Result<Self, ConfigError> {
+        let sole = crate::tenant::Tenant::sole(&cfg.api, &cfg.shards, &cfg.window, &cfg.budget);
+        let lane = Lane {
+            source,
+            scheduler: Arc::new(Scheduler::new(coord.budget.clone(), PAGES_IN_FLIGHT)),
+            planner: Planner::new(&cfg.window),
+            settings: settings(cfg, &sole),
+        };
+        let origins = cfg
+            .cloudevents_origin()?
+            .map(|o| (sole.name.clone(), o))
+            .into_iter()
+            .collect();
+        let lanes = HashMap::from([(Arc::from(sole.name.as_str()), lane)]);
+        Self::assemble(cfg, lanes, origins, sole.shards()?, sink, coord)
+    }
+
+    fn assemble(
+        cfg: &Config,
+        lanes: HashMap<Arc<str>, Lane>,
+        origins: Vec<(String, String)>,
+        shards: Vec<Shard>,
+        sink: Arc<dyn Sink>,
+        coord: Coordination,
+    ) -> Result<Self, ConfigError> {
         let registry = Registry::load(cfg.schemas.dir.as_deref())?;
         let topics = Topics::new(&cfg.sink.topic_template, &cfg.sink.dead_letter)?;
         let status = Arc::new(StatusBoard::new(Some(sink.clone())));
         let mut publisher = Publisher::new(registry, sink, topics, coord.dedup.clone());
-        if let Some(origin) = cfg.cloudevents_origin()? {
-            publisher = publisher.with_cloudevents(origin);
+        for (tenant, origin) in origins {
+            publisher = publisher.with_cloudevents_of(&tenant, origin);
         }
-        let engine = Engine::new(
-            source,
-            Scheduler::new(coord.budget.clone(), PAGES_IN_FLIGHT),
+        let engine = Engine::with_lanes(
+            lanes,
             publisher,
             coord.checkpoints.clone(),
-            Planner::new(&cfg.window),
-            RunnerSettings {
-                start_from: cfg.window.start_from,
-                max_pause: cfg.budget.max_pause.get(),
-                page_limit: cfg.api.effective_page_limit(),
-                max_pages: cfg.window.max_pages,
-                max_interval: cfg.schedule.max_interval.get(),
-                page_cap: cfg.window.page_cap,
-                per_day: cfg.budget.per_day,
-            },
             status,
             Telemetry::new(),
         );
         Ok(Self {
             engine: Arc::new(engine),
             leases: coord.leases,
-            shards: cfg.shards.shards()?,
+            shards,
             grace: cfg.shutdown.grace.get(),
         })
     }
@@ -225,8 +328,18 @@ impl Bridge {
         self.engine.status.not_ready()
     }
 
+    /// The budget's use of the default tenant's token (the first
+    /// tenant's when tenants are named).
     pub async fn budget_usage(&self) -> BudgetUsage {
-        self.engine.scheduler.usage().await
+        let lane = self
+            .engine
+            .lanes
+            .get(DEFAULT_TENANT)
+            .or_else(|| self.shards.first().and_then(|s| self.engine.lane(s)));
+        match lane {
+            Some(l) => l.scheduler.usage().await,
+            None => BudgetUsage::default(),
+        }
     }
 
     /// Runs until `cancel` fires: prepares the sink, keeps a fair share of
@@ -261,7 +374,19 @@ impl Bridge {
             self.engine.telemetry.shard(s).register();
         }
         self.engine.telemetry.register_all();
-        info!(shards = self.shards.len(), sink = sink.name(), api = %self.engine.source.describe(), "bridge started");
+        for (tenant, lane) in &self.engine.lanes {
+            self.engine.telemetry.budget_paused(tenant, None);
+            self.engine
+                .telemetry
+                .budget_day(tenant, 0, lane.settings.per_day);
+            info!(%tenant, api = %lane.source.describe(), "tenant");
+        }
+        info!(
+            shards = self.shards.len(),
+            tenants = self.engine.lanes.len(),
+            sink = sink.name(),
+            "bridge started"
+        );
         let mut keeper = LeaseKeeper::new(
             self.leases.clone(),
             self.engine.clone(),

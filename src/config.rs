@@ -23,6 +23,7 @@ pub use crate::schedule::ScheduleConfig;
 pub use crate::shard::{ShardsConfig, DEFAULT_EVENTS, DEFAULT_SERVICES};
 pub use crate::sink::{JsonlConfig, KafkaConfig, NatsConfig, SinkConfig, SinkKind};
 pub use crate::telemetry::LogConfig;
+pub use crate::tenant::{Tenant, TenantSpec};
 pub use crate::validate::SchemasConfig;
 pub use crate::window::{StartFrom, WindowConfig, API_MAX_WINDOW, API_REACH};
 
@@ -52,6 +53,10 @@ pub struct Config {
     pub log: LogConfig,
     /// The health and metrics server.
     pub ops: OpsConfig,
+    /// Several CAS accounts in one fleet; each may override `api`,
+    /// `shards`, `window` and `budget` (see [`crate::tenant`]). Empty: the
+    /// top-level sections are the one tenant, `default`.
+    pub tenants: Vec<TenantSpec>,
 }
 
 impl Config {
@@ -70,6 +75,27 @@ impl Config {
         Ok(Some(
             self.api.resolved_base_url()?.origin().ascii_serialization(),
         ))
+    }
+
+    /// Every tenant, its sections resolved (one, `default`, without
+    /// `tenants`).
+    pub fn tenants(&self) -> Result<Vec<Tenant>, ConfigError> {
+        crate::tenant::resolve(
+            &self.tenants,
+            &self.api,
+            &self.shards,
+            &self.window,
+            &self.budget,
+        )
+    }
+
+    /// Every shard of every tenant.
+    pub fn all_shards(&self) -> Result<Vec<crate::shard::Shard>, ConfigError> {
+        let mut out = Vec::new();
+        for t in self.tenants()? {
+            out.extend(t.shards()?);
+        }
+        Ok(out)
     }
 
     /// Loads defaults, then `file` (if any), then `CAS_BRIDGE__*` variables,
@@ -125,13 +151,36 @@ impl Config {
         self.sink.validate()?;
         self.shutdown.validate()?;
         self.ops.addr()?;
-        self.log.validate()
+        self.log.validate()?;
+        let tenants = self.tenants()?;
+        for t in &tenants {
+            self.schedule
+                .validate(t.window.min_interval.get())
+                .map_err(|e| t.named(e))?;
+        }
+        if tenants.len() > 1 {
+            for (field, template) in [
+                ("sink.topic_template", &self.sink.topic_template),
+                ("sink.dead_letter", &self.sink.dead_letter),
+            ] {
+                if !template.contains("{tenant}") {
+                    return Err(ConfigError::new(
+                        field,
+                        format!("`{template}` has no {{tenant}}: with {} tenants their events would mix on one topic (e.g. cas.{{tenant}}.{{service}}.{{event}}, cas.{{tenant}}.deadletter)", tenants.len()),
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// What `run` needs beyond a valid file: the token (read from the
     /// token file when one is named). `check-config` fails when this does.
     pub fn runnable(&self) -> Result<(), ConfigError> {
-        self.api.resolved_token().map(|_| ())
+        for t in self.tenants()? {
+            t.api.resolved_token().map_err(|e| t.named(e))?;
+        }
+        Ok(())
     }
 
     /// The effective configuration as JSON, every secret redacted: the
@@ -273,7 +322,7 @@ mod tests {
             ("CAS_BRIDGE__API__REGION", "mars", "api.region"),
             (
                 "CAS_BRIDGE__SINK__TOPIC_TEMPLATE",
-                "cas.{tenant}",
+                "cas.{pair}",
                 "sink.topic_template",
             ),
             ("CAS_BRIDGE__API__PAGE_LIMIT", "501", "api.page_limit"),

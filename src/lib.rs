@@ -22,7 +22,8 @@
 //! - [`retry`]: the one backoff type.
 //! - [`config`]: layering (defaults, file, env) and the fan-out to the sections.
 //! - [`field`]: the leaf under every section: field errors, durations.
-//! - [`shard`]: the (service, event) pair: the unit of work, leases and cursors.
+//! - [`shard`]: the (tenant, service, event): the unit of work, leases and cursors.
+//! - [`tenant`]: several CAS accounts in one fleet: each tenant's sections over the top level.
 //! - [`cas`]: the API client: requests, the two dialects, pagination, errors.
 //! - [`window`]: window planning and cursor arithmetic (overlap, lag, 72 h reach, 3-day cap).
 //! - [`identity`]: stable event ids (`log_item_id`, else a content hash).
@@ -71,5 +72,6 @@ pub mod source;
 pub mod status;
 pub mod tape;
 pub mod telemetry;
+pub mod tenant;
 pub mod validate;
 pub mod window;

@@ -8,7 +8,7 @@
 //! dead-lettered with the broker's reason, so one record never stalls its
 //! shard; a misconfigured sink stops the shard with a clear error.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use chrono::{DateTime, NaiveDateTime, Utc};
@@ -47,10 +47,10 @@ pub struct Publisher {
     topics: Topics,
     /// Ids already delivered.
     dedup: Arc<dyn DedupStore>,
-    /// The dead-letter topic, shared by the records that go there.
-    dead_letter_topic: Arc<str>,
-    /// The API's origin, when records carry CloudEvents attributes.
-    cloudevents: Option<String>,
+    /// Each tenant's dead-letter topic, shared by the records that go there.
+    dead_letter_topics: std::sync::Mutex<HashMap<Arc<str>, Arc<str>>>,
+    /// Each tenant's API origin, when records carry CloudEvents attributes.
+    cloudevents: HashMap<Arc<str>, String>,
 }
 
 impl Publisher {
@@ -60,21 +60,38 @@ impl Publisher {
         topics: Topics,
         dedup: Arc<dyn DedupStore>,
     ) -> Self {
-        let dead_letter_topic = topics.dead_letter().into();
         Self {
             registry,
             sink,
             topics,
             dedup,
-            dead_letter_topic,
-            cloudevents: None,
+            dead_letter_topics: Default::default(),
+            cloudevents: HashMap::new(),
         }
     }
 
-    /// Records carry CloudEvents attributes, `source` under this origin.
-    pub fn with_cloudevents(mut self, origin: String) -> Self {
-        self.cloudevents = Some(origin);
+    /// The default tenant's records carry CloudEvents attributes, `source`
+    /// under this origin.
+    pub fn with_cloudevents(self, origin: String) -> Self {
+        self.with_cloudevents_of(crate::shard::DEFAULT_TENANT, origin)
+    }
+
+    /// `tenant`'s records carry CloudEvents attributes, `source` under
+    /// this origin (its API's).
+    pub fn with_cloudevents_of(mut self, tenant: &str, origin: String) -> Self {
+        self.cloudevents.insert(tenant.into(), origin);
         self
+    }
+
+    /// The dead-letter topic of a shard's tenant (made once per tenant).
+    fn dead_letter_topic(&self, shard: &Shard) -> Arc<str> {
+        let mut m = self
+            .dead_letter_topics
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        m.entry(shard.tenant.clone())
+            .or_insert_with(|| self.topics.dead_letter_of(&shard.tenant).into())
+            .clone()
     }
 
     pub fn sink(&self) -> &Arc<dyn Sink> {
@@ -147,9 +164,10 @@ impl Publisher {
         };
         let topic: Arc<str> = self.topics.topic(shard).into();
         let mut meta = PageMeta::new(shard, window);
-        if let Some(origin) = &self.cloudevents {
+        if let Some(origin) = self.cloudevents.get(&shard.tenant) {
             meta = meta.with_cloudevents(origin);
         }
+        let dead_letter_topic = self.dead_letter_topic(shard);
         let meta = Arc::new(meta);
         let mut batch_ids: HashSet<&str, foldhash::fast::RandomState> =
             HashSet::with_capacity_and_hasher(checked.len(), Default::default());
@@ -168,7 +186,7 @@ impl Publisher {
                 records.push(r);
             } else {
                 records.push(Record::dead_letter(
-                    self.dead_letter_topic.clone(),
+                    dead_letter_topic.clone(),
                     &topic,
                     id.clone(),
                     &meta,
@@ -283,7 +301,7 @@ impl Publisher {
                         )));
                     }
                     Some(f) => replacements.push(Record::rejected(
-                        self.dead_letter_topic.clone(),
+                        self.dead_letter_topic(shard),
                         &r,
                         &f.reason,
                     )),

@@ -226,9 +226,10 @@ async fn catch_up_windows_are_sized_from_the_density_seen() {
     let (big, _) = events(&shard(), 0..1000, 0);
     let mut h = harness_with(vec![Ok(page(big, None))], FakeSink::default(), checkpoints);
     let e = Arc::get_mut(&mut h.engine).unwrap();
-    e.settings.page_limit = 500;
-    e.settings.max_pages = 1;
-    e.planner = crate::window::Planner::new(&crate::window::WindowConfig {
+    let lane = e.default_lane_mut().expect("the default tenant's lane");
+    lane.settings.page_limit = 500;
+    lane.settings.max_pages = 1;
+    lane.planner = crate::window::Planner::new(&crate::window::WindowConfig {
         max: crate::field::Dur::secs(10 * 3600),
         ..crate::window::WindowConfig::default()
     });
@@ -269,7 +270,7 @@ async fn with_no_cursor_anywhere_a_shard_continues_where_its_topic_ends() {
         .unwrap();
     // The first window starts one overlap before that point, not at
     // `window.start_from` (an hour back in the fakes' settings).
-    let want = last - h.engine.planner.overlap();
+    let want = last - h.engine.lanes[DEFAULT_TENANT].planner.overlap();
     assert_eq!(start, crate::cas::format_time(want), "{urls:?}");
     assert_eq!(Stats::get(&h.stats().cursors_recovered), 1);
 }

@@ -23,6 +23,7 @@
 //! backoff, pause every shard on the token (429, capped at
 //! `budget.max_pause`; 401/403), or park the shard with a long backoff.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,7 +37,7 @@ use crate::coord::{CheckpointStore, CoordError, Fence, Progress};
 use crate::publish::{PublishError, Publisher};
 use crate::retry::Backoff;
 use crate::schedule::{Ask, Pacing, Priority, Scheduler, Slot};
-use crate::shard::Shard;
+use crate::shard::{Shard, DEFAULT_TENANT};
 use crate::source::PageSource;
 use crate::status::StatusBoard;
 use crate::telemetry::{ShardTelemetry, Telemetry};
@@ -113,20 +114,27 @@ impl Default for RunnerSettings {
     }
 }
 
+/// What the shards of one tenant share.
+pub struct Lane {
+    /// Where its pages come from (its API host and token).
+    pub source: Arc<dyn PageSource>,
+    /// Who asks its token's budget next (tenants that share a token share
+    /// one scheduler).
+    pub scheduler: Arc<Scheduler>,
+    /// Its window planning.
+    pub planner: Planner,
+    /// Its start, pause cap, page size, window sizing.
+    pub settings: RunnerSettings,
+}
+
 /// What every shard runner of one process shares.
 pub struct Engine {
-    /// Where pages come from.
-    pub source: Arc<dyn PageSource>,
-    /// Who asks the budget next.
-    pub scheduler: Scheduler,
+    /// Each tenant's source, scheduler and windows.
+    pub lanes: HashMap<Arc<str>, Lane>,
     /// Validate, dedup, publish.
     pub publisher: Publisher,
     /// Cursors (fenced).
     pub checkpoints: Arc<dyn CheckpointStore>,
-    /// Window planning.
-    pub planner: Planner,
-    /// Start, pause cap, page size, window sizing.
-    pub settings: RunnerSettings,
     /// When the process started (`window.start_from` counts from here).
     pub started: DateTime<Utc>,
     /// What every stage reports.
@@ -142,6 +150,7 @@ pub struct Engine {
 }
 
 impl Engine {
+    /// An engine of the default tenant alone.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         source: Arc<dyn PageSource>,
@@ -153,13 +162,28 @@ impl Engine {
         status: Arc<StatusBoard>,
         telemetry: Telemetry,
     ) -> Self {
-        Self {
+        let lane = Lane {
             source,
-            scheduler,
-            publisher,
-            checkpoints,
+            scheduler: Arc::new(scheduler),
             planner,
             settings,
+        };
+        let lanes = HashMap::from([(Arc::from(DEFAULT_TENANT), lane)]);
+        Self::with_lanes(lanes, publisher, checkpoints, status, telemetry)
+    }
+
+    /// An engine of these tenants' lanes.
+    pub fn with_lanes(
+        lanes: HashMap<Arc<str>, Lane>,
+        publisher: Publisher,
+        checkpoints: Arc<dyn CheckpointStore>,
+        status: Arc<StatusBoard>,
+        telemetry: Telemetry,
+    ) -> Self {
+        Self {
+            lanes,
+            publisher,
+            checkpoints,
             started: Utc::now(),
             status,
             telemetry,
@@ -167,6 +191,16 @@ impl Engine {
             halt: CancellationToken::new(),
             delivered: AtomicU64::new(0),
         }
+    }
+
+    /// The lane of a shard's tenant.
+    pub fn lane(&self, shard: &Shard) -> Option<&Lane> {
+        self.lanes.get(&shard.tenant)
+    }
+
+    /// The default tenant's lane, to adjust before the engine runs (tests).
+    pub fn default_lane_mut(&mut self) -> Option<&mut Lane> {
+        self.lanes.get_mut(DEFAULT_TENANT)
     }
 
     /// The loop of one shard held with `fence`. `cancel` stops it at once;
@@ -192,6 +226,13 @@ impl Engine {
         cancel: CancellationToken,
         drain: CancellationToken,
     ) {
+        let Some(lane) = self.lane(&shard) else {
+            // Unreachable: shards come from the configured tenants.
+            let why = format!("no tenant `{}` is configured", shard.tenant);
+            tel.stopped(&why);
+            self.status.set_stopped(&shard, why);
+            return;
+        };
         let Some(mut cursor) = self.load_cursor(&shard, &cancel).await else {
             return;
         };
@@ -201,7 +242,7 @@ impl Engine {
         // Events a second in the last window with events: sizes the next.
         let mut density: Option<f64> = None;
         // How busy the pair is: sets how often it is polled.
-        let mut pacing = Pacing::new(self.planner.min_interval(), self.settings.max_interval);
+        let mut pacing = Pacing::new(lane.planner.min_interval(), lane.settings.max_interval);
         let mut interval = self.show_pacing(&shard, &pacing, &tel, pacing.interval(false));
         while !cancel.is_cancelled() && !drain.is_cancelled() {
             let (window, start) = match resume.take() {
@@ -214,8 +255,8 @@ impl Engine {
                 ),
                 None => {
                     let longest =
-                        Planner::sized(self.settings.max_pages, self.settings.page_limit, density);
-                    match self
+                        Planner::sized(lane.settings.max_pages, lane.settings.page_limit, density);
+                    match lane
                         .planner
                         .plan_every(cursor, Utc::now(), longest, interval)
                     {
@@ -231,7 +272,7 @@ impl Engine {
                             if !gap.is_zero() {
                                 tel.gap_skipped(gap.as_secs(), cursor);
                             }
-                            let behind = self.planner.behind(cursor, Utc::now());
+                            let behind = lane.planner.behind(cursor, Utc::now());
                             (window, Start::First(pacing.ask(behind)))
                         }
                     }
@@ -286,6 +327,11 @@ impl Engine {
         }
     }
 
+    fn lane_or_stop(&self, shard: &Shard) -> Result<&Lane, Abort> {
+        self.lane(shard)
+            .ok_or_else(|| Abort::Stop(format!("no tenant `{}` is configured", shard.tenant)))
+    }
+
     /// Shows the pair's rate and `interval` in metrics and `status`.
     fn show_pacing(
         &self,
@@ -316,14 +362,15 @@ impl Engine {
         cancel: &CancellationToken,
         drain: &CancellationToken,
     ) -> Result<u64, Abort> {
-        let first = self.source.first_page(shard, window);
-        let mut live = matches!(start, Start::First(_)) && self.planner.at_edge(window, Utc::now());
+        let lane = self.lane_or_stop(shard)?;
+        let first = lane.source.first_page(shard, window);
+        let mut live = matches!(start, Start::First(_)) && lane.planner.at_edge(window, Utc::now());
         let pages_left = Ask::new(Priority::PagesLeft);
         // A window read again from its start goes as a catch-up would.
         let again = Ask::new(Priority::Backlog);
         let (mut url, mut pages, mut events, mut resumed, mut ask) = match start {
             Start::First(ask) => (first, 0u32, 0u64, None, ask),
-            Start::Resume(p) => match self.source.next_page(&p.next) {
+            Start::Resume(p) => match lane.source.next_page(&p.next) {
                 Ok(u) => {
                     tel.window_resumed(p.pages);
                     (u, p.pages, p.events, Some(p.pages), pages_left)
@@ -347,7 +394,7 @@ impl Engine {
                     // The stored link is refused (expired, or the API does
                     // not know it): read the window again from its start.
                     tel.stored_link_refused(&e, resumed.take().unwrap_or(0));
-                    url = self.source.first_page(shard, window);
+                    url = lane.source.first_page(shard, window);
                     (pages, events) = (0, 0);
                     ask = again;
                     continue;
@@ -371,17 +418,17 @@ impl Engine {
                 self.status.set_window(shard, None);
                 return Ok(events);
             };
-            url = self.source.next_page(&raw).map_err(Abort::Park)?;
+            url = lane.source.next_page(&raw).map_err(Abort::Park)?;
             if !followed.insert(link_key(url.as_str())) {
                 return Err(Abort::Park(ApiError::PageLoop(format!(
                     "page {} links back to a page already read in this window",
                     pages
                 ))));
             }
-            if pages >= self.settings.page_cap {
+            if pages >= lane.settings.page_cap {
                 return Err(Abort::Park(ApiError::PageLoop(format!(
                     "{pages} pages and still a next link (window.page_cap {})",
-                    self.settings.page_cap
+                    lane.settings.page_cap
                 ))));
             }
             let progress = Progress {
@@ -431,11 +478,12 @@ impl Engine {
         cancel: &CancellationToken,
         drain: &CancellationToken,
     ) -> Result<(Page, Slot), Abort> {
+        let lane = self.lane_or_stop(shard)?;
         let mut retry = Backoff::request();
         let mut malformed = 0u32;
         loop {
             let grant = tokio::select! {
-                g = self.scheduler.grant(shard, ask) => g,
+                g = lane.scheduler.grant(shard, ask) => g,
                 _ = cancel.cancelled() => return Err(Abort::Cancelled),
                 _ = drain.cancelled() => return Err(Abort::Drained),
             };
@@ -454,24 +502,24 @@ impl Engine {
             tel.permit(grant.permit.waited());
             // Only at the first permit: a retry asks for the same page.
             if let Some(w) = stretch.take() {
-                if self.planner.stretch(w, Utc::now()) {
-                    *url = self.source.first_page(shard, w);
+                if lane.planner.stretch(w, Utc::now()) {
+                    *url = lane.source.first_page(shard, w);
                 }
             }
             tracing::debug!(%shard, %url, "request");
             let started = std::time::Instant::now();
             let res = tokio::select! {
-                r = self.source.fetch(grant.permit, url) => r,
+                r = lane.source.fetch(grant.permit, url) => r,
                 _ = cancel.cancelled() => return Err(Abort::Cancelled),
             };
             let e = match res {
                 // More events than asked for (twice the page size): a
                 // hostile or broken answer, refused before any work on it.
-                Ok(page) if page.len() as u64 > 2 * u64::from(self.settings.page_limit.max(1)) => {
+                Ok(page) if page.len() as u64 > 2 * u64::from(lane.settings.page_limit.max(1)) => {
                     ApiError::Malformed(format!(
                         "the page holds {} events; {} were asked for",
                         page.len(),
-                        self.settings.page_limit
+                        lane.settings.page_limit
                     ))
                 }
                 Ok(page) => {
@@ -508,16 +556,16 @@ impl Engine {
                     tel.request_failed(&status, started.elapsed(), &e, None);
                     let pause = asked
                         .unwrap_or(DEFAULT_RATE_LIMIT_PAUSE)
-                        .min(self.settings.max_pause);
+                        .min(lane.settings.max_pause);
                     tel.rate_limited(pause, asked);
-                    self.scheduler.pause(pause).await;
+                    lane.scheduler.pause(pause).await;
                     Duration::ZERO
                 }
                 Action::Authentication => {
                     tel.request_failed(&status, started.elapsed(), &e, Some(AUTH_PAUSE));
                     self.status.set_token_ok(false);
                     tracing::error!(%shard, error = %e, "the API refused the token; every shard backs off");
-                    self.scheduler.pause(AUTH_PAUSE).await;
+                    lane.scheduler.pause(AUTH_PAUSE).await;
                     Duration::ZERO
                 }
                 Action::Park => {

@@ -1,9 +1,14 @@
-//! A shard is one configured (service, event) pair: the unit of work, of
+//! A shard is one configured (tenant, service, event): the unit of work, of
 //! leases and of cursors. Routing, keys and checkpoints use the **request**
 //! pair, never the `service`/`event` values found inside returned events.
+//!
+//! A configuration without `tenants` has one tenant, [`DEFAULT_TENANT`];
+//! its shards print, and are keyed in Redis, as before tenants existed
+//! (`service/event`), so a single-tenant fleet keeps its cursors.
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -24,6 +29,9 @@ pub const DEFAULT_SERVICES: [&str; 12] = [
     "salesforce_production",
     "teams_chat",
 ];
+/// The tenant of a configuration without `tenants`.
+pub const DEFAULT_TENANT: &str = "default";
+
 /// The 4 event types every current integration polls.
 pub const DEFAULT_EVENTS: [&str; 4] = ["securityrisk", "virtualanalyzer", "ransomware", "dlp"];
 
@@ -46,13 +54,20 @@ impl Default for ShardsConfig {
 }
 
 impl ShardsConfig {
-    /// The configured shards, parsed and checked for duplicates.
+    /// The configured shards of the default tenant, parsed and checked
+    /// for duplicates.
     pub fn shards(&self) -> Result<Vec<Shard>, ConfigError> {
+        self.shards_of(DEFAULT_TENANT)
+    }
+
+    /// The configured shards of `tenant`, parsed and checked for duplicates.
+    pub fn shards_of(&self, tenant: &str) -> Result<Vec<Shard>, ConfigError> {
         let mut out: Vec<Shard> = Vec::with_capacity(self.pairs.len());
         for p in &self.pairs {
-            let shard: Shard = p
+            let mut shard: Shard = p
                 .parse()
                 .map_err(|e: String| ConfigError::new("shards.pairs", e))?;
+            shard.tenant = tenant.into();
             if out.contains(&shard) {
                 return Err(ConfigError::new(
                     "shards.pairs",
@@ -68,9 +83,12 @@ impl ShardsConfig {
     }
 }
 
-/// One (service, event) pair as requested from the API.
+/// One (service, event) pair of one tenant, as requested from its API.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Shard {
+    /// The tenant (CAS account) whose API is asked: [`DEFAULT_TENANT`]
+    /// unless the configuration names tenants.
+    pub tenant: Arc<str>,
     /// The `service` request parameter, e.g. `exchange`.
     pub service: String,
     /// The `event` request parameter, e.g. `dlp`.
@@ -78,17 +96,34 @@ pub struct Shard {
 }
 
 impl Shard {
+    /// A pair of the default tenant.
     pub fn new(service: impl Into<String>, event: impl Into<String>) -> Self {
+        Self::of(DEFAULT_TENANT, service, event)
+    }
+
+    /// A pair of `tenant`.
+    pub fn of(tenant: &str, service: impl Into<String>, event: impl Into<String>) -> Self {
         Self {
+            tenant: tenant.into(),
             service: service.into(),
             event: event.into(),
         }
+    }
+
+    /// Whether it belongs to the default tenant (keyed and printed as
+    /// before tenants existed).
+    pub fn default_tenant(&self) -> bool {
+        &*self.tenant == DEFAULT_TENANT
     }
 }
 
 impl fmt::Display for Shard {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.service, self.event)
+        if self.default_tenant() {
+            write!(f, "{}/{}", self.service, self.event)
+        } else {
+            write!(f, "{}/{}/{}", self.tenant, self.service, self.event)
+        }
     }
 }
 
@@ -126,6 +161,8 @@ mod tests {
         let s: Shard = "exchange:dlp".parse().unwrap();
         assert_eq!(s, Shard::new("exchange", "dlp"));
         assert_eq!(s.to_string(), "exchange/dlp");
+        assert_eq!(Shard::of("acme", "box", "dlp").to_string(), "acme/box/dlp");
+        assert_ne!(Shard::of("acme", "box", "dlp"), Shard::new("box", "dlp"));
         assert!("exchange".parse::<Shard>().is_err());
         assert!("ex change:dlp".parse::<Shard>().is_err());
         assert!(":dlp".parse::<Shard>().is_err());

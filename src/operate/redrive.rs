@@ -68,6 +68,9 @@ impl Ledger for InMemory {
 #[derive(Deserialize)]
 struct DeadLetter {
     id: String,
+    /// Absent in dead letters written before tenants existed.
+    #[serde(default)]
+    tenant: Option<String>,
     service: String,
     event: String,
     window_start: String,
@@ -153,6 +156,11 @@ impl Redrive<'_> {
                 continue;
             }
             let mut meta = PageMeta {
+                tenant: dl
+                    .tenant
+                    .as_deref()
+                    .unwrap_or(crate::shard::DEFAULT_TENANT)
+                    .into(),
                 service: dl.service.clone(),
                 event: dl.event.clone(),
                 ce_source: None,

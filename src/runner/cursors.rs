@@ -70,7 +70,8 @@ impl Engine {
                         self.telemetry.shard(shard).cursor_recovered(c, "the sink");
                         return Some(c);
                     }
-                    return Some(self.settings.start_from.resolve(self.started));
+                    let lane = self.lane(shard)?;
+                    return Some(lane.settings.start_from.resolve(self.started));
                 }
                 Err(e) => {
                     tracing::warn!(%shard, error = %e, "cannot load the cursor; retrying");

@@ -157,15 +157,18 @@ fn valid_name(s: &str) -> bool {
 }
 
 impl Topics {
-    /// Checks the template (`{service}`, `{event}` are the only placeholders)
-    /// and the dead-letter name: both must give names valid for Kafka topics
-    /// and NATS subjects.
+    /// Checks the template (`{tenant}`, `{service}`, `{event}` are the
+    /// only placeholders) and the dead-letter name (`{tenant}` only): both
+    /// must give names valid for Kafka topics and NATS subjects.
     pub fn new(template: &str, dead_letter: &str) -> Result<Self, ConfigError> {
-        let probe = template.replace("{service}", "s").replace("{event}", "e");
+        let probe = template
+            .replace("{tenant}", "t")
+            .replace("{service}", "s")
+            .replace("{event}", "e");
         if probe.contains('{') || probe.contains('}') {
             return Err(ConfigError::new(
                 "sink.topic_template",
-                format!("`{template}`: only {{service}} and {{event}} may be used"),
+                format!("`{template}`: only {{tenant}}, {{service}} and {{event}} may be used"),
             ));
         }
         if !valid_name(&probe) {
@@ -174,7 +177,14 @@ impl Topics {
                 format!("`{template}` does not give a valid topic (A-Z a-z 0-9 . _ -, no empty segment)"),
             ));
         }
-        if !valid_name(dead_letter) {
+        let dl_probe = dead_letter.replace("{tenant}", "t");
+        if dl_probe.contains('{') || dl_probe.contains('}') {
+            return Err(ConfigError::new(
+                "sink.dead_letter",
+                format!("`{dead_letter}`: only {{tenant}} may be used"),
+            ));
+        }
+        if !valid_name(&dl_probe) {
             return Err(ConfigError::new(
                 "sink.dead_letter",
                 format!(
@@ -197,18 +207,28 @@ impl Topics {
     /// The topic of a shard's events.
     pub fn topic(&self, shard: &Shard) -> String {
         self.template
+            .replace("{tenant}", &shard.tenant)
             .replace("{service}", &shard.service)
             .replace("{event}", &shard.event)
     }
 
-    pub fn dead_letter(&self) -> &str {
-        &self.dead_letter
+    /// The dead-letter topic of the default tenant.
+    pub fn dead_letter(&self) -> String {
+        self.dead_letter_of(crate::shard::DEFAULT_TENANT)
     }
 
-    /// Every topic the shards need, dead letter included.
+    /// The dead-letter topic of `tenant`.
+    pub fn dead_letter_of(&self, tenant: &str) -> String {
+        self.dead_letter.replace("{tenant}", tenant)
+    }
+
+    /// Every topic the shards need, their tenants' dead letters included.
     pub fn all(&self, shards: &[Shard]) -> Vec<String> {
         let mut v: Vec<String> = shards.iter().map(|s| self.topic(s)).collect();
-        v.push(self.dead_letter.clone());
+        v.extend(shards.iter().map(|s| self.dead_letter_of(&s.tenant)));
+        if shards.is_empty() {
+            v.push(self.dead_letter());
+        }
         v.sort();
         v.dedup();
         v
@@ -222,7 +242,13 @@ impl Topics {
             .map(|t| if t.contains('{') { "*" } else { t })
             .collect::<Vec<_>>()
             .join(".");
-        let mut v = vec![wild, self.dead_letter.clone()];
+        let dl = self
+            .dead_letter
+            .split('.')
+            .map(|t| if t.contains('{') { "*" } else { t })
+            .collect::<Vec<_>>()
+            .join(".");
+        let mut v = vec![wild, dl];
         v.dedup();
         v
     }
@@ -255,7 +281,22 @@ mod tests {
         assert_eq!(t.topic(&s), "cas.onedrive.securityrisk");
         assert_eq!(t.subject_filters(), vec!["cas.*.*", "cas.deadletter"]);
         assert_eq!(t.all(&[s.clone(), s]).len(), 2);
-        assert!(Topics::new("cas.{tenant}", "d").is_err());
+        assert!(Topics::new("cas.{pair}", "d").is_err());
+        assert!(Topics::new("cas.x", "d.{service}").is_err());
+        let t = Topics::new("cas.{tenant}.{service}.{event}", "cas.{tenant}.dl").unwrap();
+        let acme = Shard::of("acme", "box", "dlp");
+        assert_eq!(t.topic(&acme), "cas.acme.box.dlp");
+        assert_eq!(t.dead_letter_of("acme"), "cas.acme.dl");
+        assert_eq!(
+            t.all(&[acme, Shard::of("beta", "box", "dlp")]),
+            vec![
+                "cas.acme.box.dlp",
+                "cas.acme.dl",
+                "cas.beta.box.dlp",
+                "cas.beta.dl"
+            ]
+        );
+        assert_eq!(t.subject_filters(), vec!["cas.*.*.*", "cas.*.dl"]);
         assert!(Topics::new("cas..{event}", "d").is_err());
         assert!(Topics::new("cas.{service}.{event}", "dead letter").is_err());
         assert!(Topics::new("cas.all", "cas.all").is_err());

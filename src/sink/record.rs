@@ -59,6 +59,8 @@ pub enum RecordKind {
 /// What every record of one page has in common.
 #[derive(Debug, Clone)]
 pub struct PageMeta {
+    /// The tenant (`default` without `tenants`).
+    pub tenant: Arc<str>,
     pub service: String,
     pub event: String,
     /// The CloudEvents `source` (API origin and pair), when the sink sends
@@ -79,6 +81,7 @@ impl PageMeta {
 
     pub fn new(shard: &Shard, window: &Window) -> Self {
         Self {
+            tenant: shard.tenant.clone(),
             service: shard.service.clone(),
             event: shard.event.clone(),
             ce_source: None,
@@ -93,6 +96,7 @@ impl PageMeta {
 #[derive(Serialize)]
 struct Envelope<'a> {
     id: &'a str,
+    tenant: &'a str,
     service: &'a str,
     event: &'a str,
     window_start: &'a str,
@@ -215,6 +219,7 @@ impl Record {
             &mut payload,
             &Envelope {
                 id: &id,
+                tenant: &page.tenant,
                 service: &page.service,
                 event: &page.event,
                 window_start: &page.window_start,
@@ -301,6 +306,7 @@ impl Record {
     pub fn headers(&self) -> impl Iterator<Item = (&'static str, &str)> {
         [
             ("cas-event-id", self.id.as_str()),
+            ("cas-tenant", &*self.page.tenant),
             ("cas-service", self.page.service.as_str()),
             ("cas-event", self.page.event.as_str()),
             ("cas-window-start", self.page.window_start.as_str()),
@@ -352,12 +358,14 @@ mod tests {
         let doc: serde_json::Value = serde_json::from_slice(&r.payload).unwrap();
         assert_eq!(doc["data"]["message"]["weird"][0], " <a> ");
         assert_eq!(doc["service"], "exchange");
+        assert_eq!(doc["tenant"], "default");
         assert_eq!(doc["window_end"], "1970-01-01T00:01:00.000Z");
         let headers: Vec<_> = r.headers().collect();
         assert_eq!(
             headers,
             vec![
                 ("cas-event-id", "id1"),
+                ("cas-tenant", "default"),
                 ("cas-service", "exchange"),
                 ("cas-event", "dlp"),
                 ("cas-window-start", "1970-01-01T00:00:00.000Z"),

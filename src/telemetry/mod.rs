@@ -161,15 +161,18 @@ impl Telemetry {
         ShardTelemetry::new(shard, self.stats.clone())
     }
 
-    /// What is left of the budget's pause (0 when none).
-    pub fn budget_paused(&self, left: Option<Duration>) {
-        gauge!("cas_bridge_budget_paused_seconds").set(left.map_or(0.0, |d| d.as_secs_f64()));
+    /// What is left of a tenant's budget's pause (0 when none).
+    pub fn budget_paused(&self, tenant: &str, left: Option<Duration>) {
+        gauge!("cas_bridge_budget_paused_seconds", "tenant" => tenant.to_string())
+            .set(left.map_or(0.0, |d| d.as_secs_f64()));
     }
 
-    /// What the token's budget granted in its current day, against its limit.
-    pub fn budget_day(&self, used: u32, per_day: u32) {
-        gauge!("cas_bridge_budget_used_last_day").set(f64::from(used));
-        gauge!("cas_bridge_budget_per_day").set(f64::from(per_day));
+    /// What a tenant's token's budget granted in its current day, against
+    /// its limit.
+    pub fn budget_day(&self, tenant: &str, used: u32, per_day: u32) {
+        let t = tenant.to_string();
+        gauge!("cas_bridge_budget_used_last_day", "tenant" => t.clone()).set(f64::from(used));
+        gauge!("cas_bridge_budget_per_day", "tenant" => t).set(f64::from(per_day));
     }
 
     pub fn leases_held(&self, n: usize) {
@@ -191,8 +194,6 @@ impl Telemetry {
     pub fn register_all(&self) {
         for name in [
             "cas_bridge_duplicates_skipped_total",
-            "cas_bridge_budget_permits_total",
-            "cas_bridge_rate_limited_total",
             "cas_bridge_leases_lost_total",
             "cas_bridge_window_gap_seconds_total",
         ] {
@@ -203,10 +204,7 @@ impl Telemetry {
             counter!("cas_bridge_sink_errors_total", "kind" => kind).increment(0);
         }
         gauge!("cas_bridge_leases_held").increment(0.0);
-        gauge!("cas_bridge_budget_paused_seconds").increment(0.0);
         gauge!("cas_bridge_ready").increment(0.0);
-        gauge!("cas_bridge_budget_used_last_day").increment(0.0);
-        gauge!("cas_bridge_budget_per_day").increment(0.0);
     }
 }
 
@@ -244,14 +242,15 @@ pub struct ShardTelemetry {
 impl ShardTelemetry {
     fn new(shard: &Shard, stats: Arc<Stats>) -> Self {
         let l = [
+            ("tenant", shard.tenant.to_string()),
             ("service", shard.service.clone()),
             ("event", shard.event.clone()),
         ];
         let dead = |reason: DeadReason| {
-            let [s, e] = l.clone();
+            let [t, s, e] = l.clone();
             counter!(
                 "cas_bridge_events_dead_lettered_total",
-                &[s, e, ("reason", reason.label().to_string())]
+                &[t, s, e, ("reason", reason.label().to_string())]
             )
         };
         let sink = |kind: &'static str| counter!("cas_bridge_sink_errors_total", "kind" => kind);
@@ -271,11 +270,11 @@ impl ShardTelemetry {
             lag: gauge!("cas_bridge_checkpoint_lag_seconds", &l),
             duplicates: counter!("cas_bridge_duplicates_skipped_total"),
             gap: counter!("cas_bridge_window_gap_seconds_total"),
-            permits: counter!("cas_bridge_budget_permits_total"),
+            permits: counter!("cas_bridge_budget_permits_total", "tenant" => shard.tenant.to_string()),
             budget_wait: histogram!("cas_bridge_budget_wait_seconds"),
             api_duration: histogram!("cas_bridge_api_request_duration_seconds"),
             publish_duration: histogram!("cas_bridge_sink_publish_duration_seconds"),
-            rate_limited: counter!("cas_bridge_rate_limited_total"),
+            rate_limited: counter!("cas_bridge_rate_limited_total", "tenant" => shard.tenant.to_string()),
             sink_errors: SINK_ERROR_KINDS.map(sink),
             parked: counter!("cas_bridge_shards_parked_total", &l),
             stopped: counter!("cas_bridge_shards_stopped_total", &l),
@@ -294,6 +293,9 @@ impl ShardTelemetry {
         self.published.increment(0);
         self.dead[0].increment(0);
         self.windows.increment(0);
+        // Per tenant (the shard's handles carry its tenant).
+        self.permits.increment(0);
+        self.rate_limited.increment(0);
     }
 
     /// A permit was granted after `waited`.
@@ -461,6 +463,7 @@ impl ShardTelemetry {
         Stats::add(&self.stats.cursors_recovered, 1);
         counter!(
             "cas_bridge_cursors_recovered_total",
+            "tenant" => self.shard.tenant.to_string(),
             "service" => self.shard.service.clone(),
             "event" => self.shard.event.clone()
         )

@@ -2,7 +2,8 @@
 //! heartbeats, fenced checkpoints, the token's shared budget and the shared
 //! dedup memory.
 //!
-//! Keys (all under `coord.prefix`, written `P` here; a shard is `svc:event`):
+//! Keys (all under `coord.prefix`, written `P` here; a shard is `svc:event`
+//! for the default tenant, `tenant:svc:event` for a named one):
 //! - `P:workers` — sorted set of live workers, scored by heartbeat expiry;
 //! - `P:lease:<shard>` — `worker:fence`, with the lease TTL;
 //! - `P:fence:<shard>` — the fencing counter, bumped at every acquisition;
@@ -32,34 +33,25 @@ use redis::Script;
 use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
 
+mod budget;
 mod checkpoints;
 mod operator;
 mod status;
 mod target;
 
+use budget::BudgetKeys;
+pub use budget::RedisBudget;
 pub use operator::Seized;
 pub use status::{FleetStatus, ShardStatus};
 pub use target::{RedisTarget, TlsFiles};
 
 use super::lua::Scripts;
-use super::{
-    Budget, BudgetUsage, CoordError, DedupStore, Fence, LeaseStore, Permit, Priority, Renewal,
-    ShardReport, Take,
-};
-use super::{BudgetConfig, BudgetMode};
+use super::BudgetConfig;
+use super::{CoordError, DedupStore, Fence, LeaseStore, Renewal, ShardReport};
 use crate::shard::Shard;
 
 /// Every Redis call gives up after this long (the caller retries later).
 const CALL_TIMEOUT: Duration = Duration::from_secs(3);
-/// The budget's minute and day, before `budget.margin` is added: a permit
-/// is taken on Redis's clock but counted by the API when the request
-/// arrives, and those two instants differ by a variable delay.
-const MINUTE_MS: i64 = 60_000;
-/// A worker's waiting request counts against less urgent ones on other
-/// workers for this long after it last asked (its scheduler asks again at
-/// least every [`crate::schedule::ASK_AGAIN`]).
-const WAITER_STALE: Duration = Duration::from_secs(3);
-const DAY_MS: i64 = 86_400_000;
 /// After a failed connection attempt, calls fail at once for this long.
 const RECONNECT_AFTER: Duration = Duration::from_secs(1);
 
@@ -99,10 +91,9 @@ pub struct RedisCoord {
     worker: String,
     /// Lease lifetime.
     ttl: Duration,
-    /// Limits and counting mode.
-    budget: BudgetConfig,
-    /// `P:budget:<token hash>`.
-    budget_key: String,
+    /// The budget of the token it was made with (`status`, `replay`,
+    /// a single-tenant bridge); [`RedisCoord::budget_for`] gives others.
+    own: BudgetKeys,
     /// How long delivered ids are remembered.
     horizon: Duration,
     /// The Lua scripts (hashed once; sent by SHA, loaded again when Redis forgot them).
@@ -146,11 +137,10 @@ impl RedisCoord {
             conn: std::sync::Mutex::new(Some(conn)),
             opening: tokio::sync::Mutex::new(()),
             failed_at: std::sync::Mutex::new(None),
-            budget_key: format!("{}:budget:{}", s.prefix, token_key(s.token)),
+            own: BudgetKeys::new(s.prefix, s.token, s.budget),
             prefix: s.prefix.to_string(),
             worker: s.worker,
             ttl: s.lease_ttl,
-            budget: s.budget,
             horizon: s.dedup_horizon,
             scripts: Scripts::new(),
             known: Default::default(),
@@ -161,20 +151,19 @@ impl RedisCoord {
         &self.worker
     }
 
+    /// `P:<kind>:<service>:<event>` for the default tenant (the layout
+    /// before tenants existed, so its cursors are kept), and
+    /// `P:<kind>:<tenant>:<service>:<event>` for a named one (a part never
+    /// holds `:`, so the two layouts cannot meet).
     fn key(&self, kind: &str, shard: &Shard) -> String {
-        format!("{}:{kind}:{}:{}", self.prefix, shard.service, shard.event)
-    }
-
-    fn budget_keys(&self) -> [String; 6] {
-        let mode = self.mode();
-        [
-            format!("{}:{mode}:minute", self.budget_key),
-            format!("{}:{mode}:day", self.budget_key),
-            format!("{}:pause", self.budget_key),
-            format!("{}:seq", self.budget_key),
-            format!("{}:last", self.budget_key),
-            format!("{}:waiters", self.budget_key),
-        ]
+        if shard.default_tenant() {
+            format!("{}:{kind}:{}:{}", self.prefix, shard.service, shard.event)
+        } else {
+            format!(
+                "{}:{kind}:{}:{}:{}",
+                self.prefix, shard.tenant, shard.service, shard.event
+            )
+        }
     }
 
     /// A call of a script over a shard's lease, fence and cursor keys, with
@@ -195,17 +184,6 @@ impl RedisCoord {
             .arg(self.ttl.as_millis() as u64)
             .arg(cursor_ms);
         inv
-    }
-
-    fn margin_ms(&self) -> i64 {
-        self.budget.margin.get().as_millis() as i64
-    }
-
-    fn mode(&self) -> &'static str {
-        match self.budget.mode {
-            BudgetMode::Sliding => "sliding",
-            BudgetMode::Fixed => "fixed",
-        }
     }
 
     async fn open(target: &RedisTarget) -> Result<ConnectionManager, CoordError> {
@@ -306,58 +284,6 @@ impl RedisCoord {
     async fn now_ms(&self) -> Result<i64, CoordError> {
         let (s, us): (i64, i64) = self.cmd(&redis::cmd("TIME")).await?;
         Ok(s * 1000 + us / 1000)
-    }
-}
-
-#[async_trait]
-impl Budget for RedisCoord {
-    async fn try_acquire(&self, priority: Priority) -> Result<Take, CoordError> {
-        let keys = self.budget_keys();
-        let mut inv = self.scripts.take.prepare_invoke();
-        for k in &keys {
-            inv.key(k);
-        }
-        inv.arg(self.budget.per_minute)
-            .arg(self.budget.per_day)
-            .arg(MINUTE_MS + self.margin_ms())
-            .arg(DAY_MS + self.margin_ms())
-            .arg(self.mode())
-            .arg(self.budget.pace().as_millis() as u64)
-            .arg(&self.worker)
-            .arg(priority.rank())
-            .arg(WAITER_STALE.as_millis() as u64);
-        let (ok, wait_ms): (i64, i64) = self.run(inv).await?;
-        Ok(if ok == 1 {
-            Take::Granted(Permit::new(Duration::ZERO))
-        } else {
-            Take::Wait(Duration::from_millis(wait_ms.clamp(1, 10_000) as u64))
-        })
-    }
-
-    async fn pause(&self, for_: Duration) {
-        let keys = self.budget_keys();
-        let mut inv = self.scripts.pause.prepare_invoke();
-        inv.key(&keys[2]).arg(for_.as_millis().max(1) as u64);
-        if let Err(e) = self.run::<i64>(inv).await {
-            tracing::warn!(error = %e, "cannot set the shared pause");
-        }
-    }
-
-    async fn usage(&self) -> BudgetUsage {
-        let keys = self.budget_keys();
-        let mut inv = self.scripts.usage.prepare_invoke();
-        inv.key(&keys[0])
-            .key(&keys[1])
-            .key(&keys[2])
-            .arg(MINUTE_MS + self.margin_ms())
-            .arg(DAY_MS + self.margin_ms())
-            .arg(self.mode());
-        let (m, d, p): (u32, u32, i64) = self.run(inv).await.unwrap_or((0, 0, 0));
-        BudgetUsage {
-            last_minute: m,
-            last_day: d,
-            paused: (p > 0).then(|| Duration::from_millis(p as u64)),
-        }
     }
 }
 

@@ -10,7 +10,9 @@ use crate::shard::Shard;
 /// What `status` shows of one shard.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct ShardStatus {
+    /// `service:event`, with `tenant:` before it for a named tenant.
     pub shard: String,
+    pub tenant: String,
     pub owner: Option<String>,
     pub lease_expires_in_ms: Option<i64>,
     pub fence: Option<u64>,
@@ -84,7 +86,12 @@ impl RedisCoord {
                 .await?
                 .filter(|p| cursor.is_none_or(|c| p.end > c));
             out.push(ShardStatus {
-                shard: format!("{}:{}", shard.service, shard.event),
+                shard: if shard.default_tenant() {
+                    format!("{}:{}", shard.service, shard.event)
+                } else {
+                    format!("{}:{}:{}", shard.tenant, shard.service, shard.event)
+                },
+                tenant: shard.tenant.to_string(),
                 owner: lease
                     .as_deref()
                     .and_then(|l| l.rsplit_once(':'))
@@ -114,8 +121,8 @@ impl RedisCoord {
             budget_last_minute: usage.last_minute,
             budget_today: usage.last_day,
             budget_paused_s: usage.paused.map(|p| p.as_secs().max(1)),
-            per_minute: self.budget.per_minute,
-            per_day: self.budget.per_day,
+            per_minute: self.own.cfg.per_minute,
+            per_day: self.own.cfg.per_day,
             shards: out,
         })
     }
