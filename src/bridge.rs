@@ -13,7 +13,7 @@ use secrecy::SecretString;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::cas::Client;
+use crate::cas::{Client, Token};
 use crate::config::Config;
 use crate::coord::memory::{MemoryBudget, MemoryCheckpoints, MemoryDedup, SoleWorker};
 use crate::coord::redis::token_key;
@@ -206,12 +206,14 @@ impl Bridge {
         let mut origins = Vec::new();
         let mut shards = Vec::new();
         for t in &tenants {
-            let token = t.api.resolved_token().map_err(|e| t.named(e))?;
-            let client = Client::new(&t.api, token.clone()).map_err(|e| t.named(e))?;
+            let token = Token::from_config(&t.api).map_err(|e| t.named(e))?;
+            // The budget stays the one of the token read at the start.
+            let first = token.current();
+            let client = Client::with_token(&t.api, token).map_err(|e| t.named(e))?;
             let scheduler = schedulers
-                .entry(token_key(&token))
+                .entry(token_key(&first))
                 .or_insert_with(|| {
-                    let budget = coord.budgets.for_token(&token, &t.budget);
+                    let budget = coord.budgets.for_token(&first, &t.budget);
                     Arc::new(Scheduler::new(budget, PAGES_IN_FLIGHT))
                 })
                 .clone();

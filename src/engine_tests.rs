@@ -278,6 +278,28 @@ async fn a_refused_token_backs_off_and_shows_in_readiness() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_refused_token_with_a_new_one_in_its_file_asks_again_at_once() {
+    let (p1, ids) = events(&shard(), 0..2, 0);
+    let h = harness(
+        vec![Err(status(401, None)), Ok(page(p1, None))],
+        FakeSink::default(),
+    );
+    h.source
+        .rotated
+        .store(1, std::sync::atomic::Ordering::Relaxed);
+    let started = tokio::time::Instant::now();
+    h.run_until_windows(1, 30).await;
+    assert!(
+        started.elapsed() < crate::runner::AUTH_PAUSE,
+        "no back-off: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(h.source.requested().len(), 2);
+    assert_eq!(h.sink.ids_on(TOPIC), ids);
+    assert!(h.engine.status.not_ready().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_foreign_next_link_parks_without_a_request_there() {
     let (p1, ids) = events(&shard(), 0..2, 0);
     let h = harness(

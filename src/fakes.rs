@@ -71,6 +71,9 @@ pub struct FakeSource {
     script: Mutex<VecDeque<Result<Page, ApiError>>>,
     /// Every URL requested, in order.
     pub requests: Mutex<Vec<Url>>,
+    /// Credentials read again after a refusal that turned out new (a
+    /// rotated token), counted down.
+    pub rotated: AtomicUsize,
 }
 
 impl FakeSource {
@@ -78,6 +81,7 @@ impl FakeSource {
         Arc::new(Self {
             script: Mutex::new(script.into()),
             requests: Mutex::new(Vec::new()),
+            rotated: AtomicUsize::new(0),
         })
     }
 
@@ -109,6 +113,11 @@ impl PageSource for FakeSource {
     }
     fn describe(&self) -> String {
         "fake".into()
+    }
+    fn reload_credentials(&self) -> bool {
+        self.rotated
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+            .is_ok()
     }
 }
 

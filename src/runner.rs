@@ -561,6 +561,13 @@ impl Engine {
                     lane.scheduler.pause(pause).await;
                     Duration::ZERO
                 }
+                Action::Authentication if lane.source.reload_credentials() => {
+                    // The token file holds a new token (rotated): send
+                    // again with it rather than back off.
+                    tel.request_failed(&status, started.elapsed(), &e, Some(Duration::ZERO));
+                    tracing::warn!(%shard, error = %e, "the API refused the token; the token file holds a new one, asking again with it");
+                    Duration::ZERO
+                }
                 Action::Authentication => {
                     tel.request_failed(&status, started.elapsed(), &e, Some(AUTH_PAUSE));
                     self.status.set_token_ok(false);

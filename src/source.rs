@@ -20,6 +20,11 @@ pub trait PageSource: Send + Sync {
     async fn fetch(&self, permit: Permit, url: &Url) -> Result<Page, ApiError>;
     /// Where pages come from, for the start-up log line.
     fn describe(&self) -> String;
+    /// Reads the credentials again after the API refused them; whether
+    /// they changed (then the request is worth sending again at once).
+    fn reload_credentials(&self) -> bool {
+        false
+    }
 }
 
 #[async_trait]
@@ -35,5 +40,8 @@ impl PageSource for Client {
     }
     fn describe(&self) -> String {
         format!("{} ({} dialect)", self.base(), self.dialect())
+    }
+    fn reload_credentials(&self) -> bool {
+        self.reload_token()
     }
 }

@@ -8,6 +8,7 @@ use secrecy::{ExposeSecret, SecretString};
 use url::Url;
 
 use super::error::MAX_MSG_BYTES;
+use super::token::Token;
 use super::ApiConfig;
 use super::{parse_page_owned, resolve_next_link, ApiError, Dialect, ErrorBody, Page};
 use crate::coord::Permit;
@@ -28,8 +29,8 @@ pub struct Client {
     http: reqwest::Client,
     /// The configured API host: the only host that ever sees the token.
     base: Url,
-    /// The bearer token.
-    token: SecretString,
+    /// The bearer token (followed in its file, when it comes from one).
+    token: Arc<Token>,
     /// Which shape of the API to speak.
     dialect: Dialect,
     /// `limit` on the first request of a window.
@@ -63,7 +64,13 @@ impl std::fmt::Debug for Client {
 }
 
 impl Client {
+    /// A client sending this token, always.
     pub fn new(cfg: &ApiConfig, token: SecretString) -> Result<Self, ConfigError> {
+        Self::with_token(cfg, Token::fixed(token))
+    }
+
+    /// A client sending `token` as it is at each request.
+    pub fn with_token(cfg: &ApiConfig, token: Token) -> Result<Self, ConfigError> {
         let base = cfg.resolved_base_url()?;
         let mut builder = reqwest::Client::builder()
             .timeout(cfg.timeout.get())
@@ -103,7 +110,7 @@ impl Client {
         Ok(Self {
             http,
             base,
-            token,
+            token: Arc::new(token),
             dialect: cfg.dialect,
             page_limit: cfg.effective_page_limit(),
             max_body: cfg.max_body_bytes,
@@ -111,6 +118,12 @@ impl Client {
                 kib(PAGE_BYTES_IN_FLIGHT.max(cfg.max_body_bytes)) as usize,
             )),
         })
+    }
+
+    /// Reads the token file again (after the API refused the token);
+    /// whether the token changed.
+    pub fn reload_token(&self) -> bool {
+        self.token.reload()
     }
 
     pub fn dialect(&self) -> Dialect {
@@ -158,7 +171,7 @@ impl Client {
         let resp = self
             .http
             .get(url.clone())
-            .bearer_auth(self.token.expose_secret())
+            .bearer_auth(self.token.current().expose_secret())
             .header(reqwest::header::ACCEPT, "application/json")
             .send()
             .await

@@ -63,8 +63,20 @@ async fn security_events(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|ua| ua.starts_with("cas-bridge/"));
     let query = query.as_deref().unwrap_or("");
-    let (resp, status, events) = answer(&st, method, &headers, query);
-    st.record(arrived, bridge, asked_pair(query), status, events);
+    let token = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|a| a.strip_prefix("Bearer "))
+        .and_then(|t| st.token_index(t));
+    let (resp, status, events) = answer(&st, method, &headers, query, token.is_some());
+    let served = super::Served {
+        at_ms: arrived,
+        status,
+        bridge,
+        pair: asked_pair(query),
+        token,
+    };
+    st.record(arrived, served, events);
     if !st.cfg.latency.is_zero() {
         tokio::time::sleep(st.cfg.latency).await;
     }
@@ -93,6 +105,7 @@ fn answer(
     method: Method,
     headers: &HeaderMap,
     query: &str,
+    token_ok: bool,
 ) -> (Response, u16, usize) {
     let fail = |s: StatusCode, code: i64, msg: &str| (error(s, code, msg), s.as_u16(), 0);
     if method != Method::GET {
@@ -102,11 +115,7 @@ fn answer(
             "The request API method is not supported",
         );
     }
-    let auth = headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    if auth.strip_prefix("Bearer ") != Some(st.cfg.token.as_str()) {
+    if !token_ok {
         return fail(
             StatusCode::UNAUTHORIZED,
             -4010001,

@@ -248,6 +248,10 @@ pub struct Served {
     /// `service:event` as asked for (empty when the query named none).
     #[serde(default)]
     pub pair: String,
+    /// Which of the accepted tokens it carried (its place in the list
+    /// [`SimState::set_tokens`] set; 0 is `--token`), if any.
+    #[serde(default)]
+    pub token: Option<usize>,
 }
 
 /// Counts of what the simulator answered.
@@ -318,6 +322,8 @@ type PageKey = (Shard, i64, i64, i64);
 /// The simulator's shared state.
 pub struct SimState {
     cfg: SimConfig,
+    /// The tokens it accepts (`--token` at the start).
+    tokens: Mutex<Vec<String>>,
     plan: EventPlan,
     throttle: Mutex<Throttle>,
     stats: Mutex<SimStats>,
@@ -334,6 +340,7 @@ impl SimState {
     pub fn new(cfg: SimConfig) -> Self {
         Self {
             plan: cfg.plan(),
+            tokens: Mutex::new(vec![cfg.token.clone()]),
             cfg,
             throttle: Mutex::new(Throttle::default()),
             stats: Mutex::new(SimStats::default()),
@@ -434,7 +441,19 @@ impl SimState {
         lock(&self.stats).clone()
     }
 
-    fn record(&self, at_ms: i64, bridge: bool, pair: String, status: u16, events: usize) {
+    /// Accepts these tokens from now on (e.g. the old and the new one
+    /// during a rotation; the new one alone when the old is revoked).
+    pub fn set_tokens(&self, tokens: Vec<String>) {
+        *lock(&self.tokens) = tokens;
+    }
+
+    /// Which accepted token `bearer` is, if any.
+    fn token_index(&self, bearer: &str) -> Option<usize> {
+        lock(&self.tokens).iter().position(|t| t == bearer)
+    }
+
+    fn record(&self, at_ms: i64, served: Served, events: usize) {
+        let status = served.status;
         let mut st = lock(&self.stats);
         if status == 429 {
             st.throttled += 1;
@@ -444,12 +463,7 @@ impl SimState {
         *st.by_status.entry(status).or_default() += 1;
         st.events_returned += events as u64;
         if st.log.len() < 2_000_000 {
-            st.log.push(Served {
-                at_ms,
-                status,
-                bridge,
-                pair,
-            });
+            st.log.push(Served { at_ms, ..served });
         }
     }
 

@@ -212,7 +212,7 @@ pub async fn min_cursor_in(
 ) -> Option<DateTime<Utc>> {
     use cas_bridge::coord::CheckpointStore;
     let mut min: Option<DateTime<Utc>> = None;
-    for s in cfg.shards.shards().unwrap() {
+    for s in cfg.all_shards().unwrap() {
         let c = obs.load(&s).await.ok()??;
         min = Some(min.map_or(c, |m| m.min(c)));
     }
@@ -229,7 +229,7 @@ pub async fn wait_cursor_in(
     let deadline = tokio::time::Instant::now() + timeout;
     while min_cursor_in(obs, cfg).await.is_none_or(|c| c < t) {
         if tokio::time::Instant::now() > deadline {
-            let st = obs.status(&cfg.shards.shards().unwrap()).await;
+            let st = obs.status(&cfg.all_shards().unwrap()).await;
             panic!("cursors did not reach {t} within {timeout:?}: {st:#?}");
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
