@@ -15,6 +15,7 @@ mod operate;
 mod ops;
 mod redis_shapes;
 mod resume;
+mod tenants;
 
 use std::time::Duration;
 

@@ -1,0 +1,251 @@
+//! Several tenants in one fleet: each on its own simulated API host, with
+//! its own token, pairs and budget; two replicas of the real binary through
+//! Redis, to NATS JetStream.
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::Duration;
+
+use cas_bridge::config::{SinkKind, StartFrom, TenantSpec};
+use cas_bridge::shard::Shard;
+use cas_bridge::sim::{SimConfig, SimHandle, ThrottleMode};
+use chrono::Utc;
+use serde_json::json;
+
+use crate::helpers::*;
+
+struct TenantUnderTest {
+    name: &'static str,
+    pairs: Vec<&'static str>,
+    per_minute: u32,
+    sim: SimHandle,
+    token_file: std::path::PathBuf,
+}
+
+fn shards(t: &TenantUnderTest) -> Vec<Shard> {
+    t.pairs
+        .iter()
+        .map(|p| {
+            let (s, e) = p.split_once(':').unwrap();
+            Shard::new(s, e)
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_tenants_on_their_own_hosts_topics_and_budgets_and_a_token_rotated_mid_run() {
+    require_redis();
+    require_nats();
+    let dir = tempfile::tempdir().unwrap();
+    let tag = tag();
+    let mut tenants = Vec::new();
+    for (i, (name, pairs, per_minute)) in [
+        ("acme", vec!["exchange:dlp", "box:ransomware"], 40),
+        (
+            "beta",
+            vec!["exchange:dlp", "onedrive:securityrisk", "gmail:ransomware"],
+            30,
+        ),
+        ("gamma", vec!["teams:dlp"], 20),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let token = format!("token-of-{name}");
+        let sim = start_sim(SimConfig {
+            token: token.clone(),
+            seed: 100 + i as u64,
+            per_minute,
+            per_day: 0,
+            throttle: ThrottleMode::Sliding,
+            ..sim_config()
+        })
+        .await;
+        let token_file = dir.path().join(format!("{name}.token"));
+        std::fs::write(&token_file, format!("{token}\n")).unwrap();
+        tenants.push(TenantUnderTest {
+            name,
+            pairs,
+            per_minute,
+            sim,
+            token_file,
+        });
+    }
+    // The top level points at the first simulator with the wrong token:
+    // only the tenants' own sections may reach their APIs.
+    let mut cfg = fleet_config(&tenants[0].sim, &tag, SinkKind::Nats, REDIS_URL, &tag);
+    cfg.sink.topic_template = format!("{tag}.{{tenant}}.{{service}}.{{event}}");
+    cfg.sink.dead_letter = format!("{tag}.{{tenant}}.deadletter");
+    cfg.window.start_from = StartFrom::Ago(Duration::from_secs(600));
+    cfg.tenants = tenants
+        .iter()
+        .map(|t| TenantSpec {
+            name: t.name.into(),
+            api: json!({
+                "base_url": t.sim.base_url(),
+                "token_file": t.token_file,
+            })
+            .as_object()
+            .unwrap()
+            .clone(),
+            shards: json!({ "pairs": t.pairs }).as_object().unwrap().clone(),
+            budget: json!({ "per_minute": t.per_minute })
+                .as_object()
+                .unwrap()
+                .clone(),
+            ..TenantSpec::default()
+        })
+        .collect();
+    cfg.validate().expect("a valid multi-tenant configuration");
+    assert_eq!(cfg.all_shards().unwrap().len(), 6);
+    prepare_stream(&cfg).await;
+
+    let t0 = Utc::now();
+    let mut procs: Vec<BridgeProcess> = (0..2)
+        .map(|i| {
+            BridgeProcess::spawn(
+                &cfg,
+                &format!("p{i}"),
+                &dir.path().join(format!("p{i}.log")),
+            )
+        })
+        .collect();
+    let obs = observer(&cfg).await;
+    wait_cursor_in(&obs, &cfg, t0, Duration::from_secs(120)).await;
+
+    // Rotation: beta's API accepts the old and the new token; the file is
+    // rewritten (as a Secret update does); later the old one is revoked.
+    let beta = &tenants[1];
+    beta.sim
+        .state
+        .set_tokens(vec!["token-of-beta".into(), "token-of-beta-2".into()]);
+    let rotated_at = Utc::now().timestamp_millis();
+    std::fs::write(&beta.token_file, "token-of-beta-2\n").unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let first_use = loop {
+        let log = beta.sim.state.stats().log;
+        if let Some(r) = log
+            .iter()
+            .find(|r| r.at_ms >= rotated_at && r.token == Some(1))
+        {
+            break r.at_ms - rotated_at;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the new token was not used within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Revoked: its place in the list stays taken, so the log's indexes
+    // keep their meaning (1 is the new token).
+    beta.sim
+        .state
+        .set_tokens(vec!["revoked".into(), "token-of-beta-2".into()]);
+    let t1 = Utc::now();
+    wait_cursor_in(
+        &obs,
+        &cfg,
+        t1 + chrono::Duration::seconds(15),
+        Duration::from_secs(120),
+    )
+    .await;
+    for p in &mut procs {
+        assert!(p.terminate().success(), "graceful exit");
+    }
+
+    let got = read_nats(NATS_URL, &cfg.sink.nats.stream).await;
+    let check_to = t1;
+    let from = t0 - chrono::Duration::seconds(590);
+    // The oracle: each simulator's own ids, on topics written out here.
+    let mut owner: HashMap<String, &str> = HashMap::new();
+    for t in &tenants {
+        for s in shards(t) {
+            for id in t
+                .sim
+                .state
+                .truth(&s, t0 - chrono::Duration::hours(1), Utc::now())
+            {
+                assert!(
+                    owner.insert(id, t.name).is_none(),
+                    "the simulators' ids must differ"
+                );
+            }
+        }
+    }
+    let mut count: HashMap<&str, usize> = HashMap::new();
+    let mut per_tenant: BTreeMap<&str, usize> = BTreeMap::new();
+    for m in &got {
+        let tenant = owner
+            .get(&m.id)
+            .unwrap_or_else(|| panic!("{} on {} is no simulator's event", m.id, m.topic));
+        let service = m.doc["service"].as_str().unwrap();
+        let event = m.doc["event"].as_str().unwrap();
+        assert_eq!(
+            m.topic,
+            format!("{tag}.{tenant}.{service}.{event}"),
+            "{} of {tenant} on another tenant's topic",
+            m.id
+        );
+        assert_eq!(m.doc["tenant"], *tenant);
+        assert_eq!(
+            m.headers.get("cas-tenant").map(String::as_str),
+            Some(*tenant)
+        );
+        *count.entry(m.id.as_str()).or_default() += 1;
+        *per_tenant.entry(tenant).or_default() += 1;
+    }
+    for t in &tenants {
+        let mut missing = 0;
+        let mut want = 0;
+        for s in shards(t) {
+            for id in t.sim.state.truth(&s, from, check_to) {
+                want += 1;
+                if !count.contains_key(id.as_str()) {
+                    missing += 1;
+                }
+            }
+        }
+        let st = t.sim.state.stats();
+        let max = st.max_in_any(Duration::from_secs(60));
+        let refused: Vec<_> = st.log.iter().filter(|r| r.status == 401).collect();
+        println!(
+            "{}: {want} expected, {missing} missing, {} received; {} requests, max {max} in any 60 s (budget {}), 429: {}, 401: {}",
+            t.name,
+            per_tenant.get(t.name).copied().unwrap_or(0),
+            st.served,
+            t.per_minute,
+            st.throttled,
+            refused.len()
+        );
+        assert!(want > 0, "{}: the checked range holds no event", t.name);
+        assert_eq!(missing, 0, "{}: events missing", t.name);
+        assert_eq!(st.throttled, 0, "{}: no 429", t.name);
+        assert!(
+            max as u32 <= t.per_minute,
+            "{}: {max} in one minute",
+            t.name
+        );
+        if t.name != "beta" {
+            assert!(refused.is_empty(), "{}: its token was refused", t.name);
+        }
+    }
+    let dup: usize = count.values().map(|n| n - 1).sum();
+    assert_eq!(dup, 0, "JetStream removes duplicates by id");
+    // After the rotation (plus the requests in flight then), beta's API
+    // saw only the new token.
+    let log = beta.sim.state.stats().log;
+    let old_after: usize = log
+        .iter()
+        .filter(|r| r.at_ms > rotated_at + 1_000 && r.token == Some(0))
+        .count();
+    let new_uses = log.iter().filter(|r| r.token == Some(1)).count();
+    println!("beta: the new token first used {first_use} ms after the file changed; {new_uses} requests with it; old token after +1 s: {old_after}");
+    assert_eq!(
+        old_after, 0,
+        "the old token reached the API after the file changed"
+    );
+    let seen: HashSet<&str> = per_tenant.keys().copied().collect();
+    assert_eq!(seen.len(), 3);
+    for t in tenants {
+        t.sim.stop().await;
+    }
+}
