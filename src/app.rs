@@ -164,7 +164,7 @@ pub(crate) fn cancel_on_signals(cancel: CancellationToken) {
 async fn run(file: Option<PathBuf>) -> anyhow::Result<()> {
     let cancel = CancellationToken::new();
     cancel_on_signals(cancel.clone());
-    let cfg = Config::load(file.as_deref())?;
+    let mut cfg = Config::load(file.as_deref())?;
     init_logs(&cfg.log.format, &cfg.log.level);
     let token = first_token(&cfg)?;
     let dup_window = cfg.sink_dedup_window();
@@ -189,14 +189,64 @@ async fn run(file: Option<PathBuf>) -> anyhow::Result<()> {
         Coordination::in_memory(&cfg)
     };
     let sink = crate::sink::build(&cfg.sink, dup_window).await?;
-    let bridge = Arc::new(Bridge::build_tenants(&cfg, sink, coord)?);
+    let status = Arc::new(crate::status::StatusBoard::new(Some(sink.clone())));
+    let mut bridge = Arc::new(Bridge::build_tenants_on(
+        &cfg,
+        sink.clone(),
+        coord.clone(),
+        status.clone(),
+    )?);
     let ops_cancel = CancellationToken::new();
-    let (addr, ops) =
-        crate::ops::serve(cfg.ops.addr()?, bridge.status().clone(), ops_cancel.clone())
-            .await
-            .with_context(|| format!("ops.listen: cannot listen on {}", cfg.ops.listen))?;
+    let (addr, ops) = crate::ops::serve(cfg.ops.addr()?, status.clone(), ops_cancel.clone())
+        .await
+        .with_context(|| format!("ops.listen: cannot listen on {}", cfg.ops.listen))?;
     tracing::info!(%addr, "ops server listening (/healthz, /readyz, /metrics)");
-    bridge.run(cancel).await;
+    let telemetry = crate::telemetry::Telemetry::new();
+    let mut hash = crate::reload::config_hash(&cfg);
+    telemetry.config_in_force(&hash, None, bridge.shards().len());
+    // `seen`: the file's configuration last looked at (the one in force,
+    // or a later one that could not be applied).
+    let mut seen = cfg.clone();
+    let mut round = cancel.child_token();
+    let mut task = tokio::spawn(bridge.clone().run(round.clone()));
+    loop {
+        let change = async {
+            match &file {
+                Some(f) => crate::reload::next_config(f, &seen).await,
+                None => std::future::pending().await,
+            }
+        };
+        let new = tokio::select! {
+            _ = &mut task => break,
+            c = change => c,
+        };
+        seen = new.clone();
+        // The new bridge is built before the running one stops: a change
+        // that cannot be built leaves the running one alone.
+        let next = match Bridge::build_tenants_on(&new, sink.clone(), coord.clone(), status.clone())
+        {
+            Ok(b) => Arc::new(b),
+            Err(e) => {
+                tracing::error!(error = %e, config = %hash, "the changed configuration cannot be applied; the configuration in force stays");
+                continue;
+            }
+        };
+        let restart = crate::reload::needs_restart(&cfg, &new);
+        if !restart.is_empty() {
+            tracing::warn!(sections = ?restart, "these sections changed and take effect at the next restart");
+        }
+        round.cancel();
+        let _ = task.await;
+        if cancel.is_cancelled() {
+            break;
+        }
+        let old = std::mem::replace(&mut hash, crate::reload::config_hash(&new));
+        telemetry.config_in_force(&hash, Some(&old), next.shards().len());
+        cfg = new;
+        bridge = next;
+        round = cancel.child_token();
+        task = tokio::spawn(bridge.clone().run(round.clone()));
+    }
     ops_cancel.cancel();
     // A client holding a connection open must not keep the process alive.
     let _ = tokio::time::timeout(Duration::from_secs(1), ops).await;

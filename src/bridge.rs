@@ -200,6 +200,18 @@ impl Bridge {
         sink: Arc<dyn Sink>,
         coord: Coordination,
     ) -> Result<Self, ConfigError> {
+        let status = Arc::new(StatusBoard::new(Some(sink.clone())));
+        Self::build_tenants_on(cfg, sink, coord, status)
+    }
+
+    /// As [`Bridge::build_tenants`], reporting to `status` (kept across a
+    /// live change of the configuration, so `/readyz` and `/metrics` stay).
+    pub fn build_tenants_on(
+        cfg: &Config,
+        sink: Arc<dyn Sink>,
+        coord: Coordination,
+        status: Arc<StatusBoard>,
+    ) -> Result<Self, ConfigError> {
         let tenants = cfg.tenants()?;
         let mut schedulers: HashMap<String, Arc<Scheduler>> = HashMap::new();
         let mut lanes = HashMap::new();
@@ -232,7 +244,8 @@ impl Bridge {
             );
             shards.extend(t.shards()?);
         }
-        Self::assemble(cfg, lanes, origins, shards, sink, coord)
+        status.retain(&shards);
+        Self::assemble(cfg, lanes, origins, shards, sink, coord, status)
     }
 
     /// As [`Bridge::build`] with any page source (tests use a fake).
@@ -255,9 +268,11 @@ impl Bridge {
             .into_iter()
             .collect();
         let lanes = HashMap::from([(Arc::from(sole.name.as_str()), lane)]);
-        Self::assemble(cfg, lanes, origins, sole.shards()?, sink, coord)
+        let status = Arc::new(StatusBoard::new(Some(sink.clone())));
+        Self::assemble(cfg, lanes, origins, sole.shards()?, sink, coord, status)
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn assemble(
         cfg: &Config,
         lanes: HashMap<Arc<str>, Lane>,
@@ -265,10 +280,10 @@ impl Bridge {
         shards: Vec<Shard>,
         sink: Arc<dyn Sink>,
         coord: Coordination,
+        status: Arc<StatusBoard>,
     ) -> Result<Self, ConfigError> {
         let registry = Registry::load(cfg.schemas.dir.as_deref())?;
         let topics = Topics::new(&cfg.sink.topic_template, &cfg.sink.dead_letter)?;
-        let status = Arc::new(StatusBoard::new(Some(sink.clone())));
         let mut publisher = Publisher::new(registry, sink, topics, coord.dedup.clone());
         for (tenant, origin) in origins {
             publisher = publisher.with_cloudevents_of(&tenant, origin);

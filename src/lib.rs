@@ -32,6 +32,7 @@
 //! - [`sink`]: Kafka, NATS JetStream and JSON lines behind one trait; typed errors.
 //! - [`sim`]: the built-in CAS API simulator.
 //! - [`ops`]: `/healthz`, `/readyz`, `/metrics`.
+//! - [`reload`]: live changes of the configuration file (tenants, pairs, windows, budgets).
 //! - [`app`]: the commands of the binary (`run`, `demo`, `simulate`, `check-config`, `status`).
 //!
 //! Configuration depends on the stages (each owns its section), never the
@@ -62,6 +63,7 @@ pub mod identity;
 pub mod operate;
 pub mod ops;
 pub mod publish;
+pub mod reload;
 pub mod retry;
 pub mod runner;
 pub mod schedule;

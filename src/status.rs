@@ -88,6 +88,12 @@ impl StatusBoard {
         }
     }
 
+    /// Forgets the shards no longer configured (after a live change).
+    pub fn retain(&self, configured: &[Shard]) {
+        let keep: std::collections::HashSet<&Shard> = configured.iter().collect();
+        lock(&self.shards).retain(|s, _| keep.contains(s));
+    }
+
     /// Changes one shard's entry.
     pub fn update(&self, shard: &Shard, f: impl FnOnce(&mut ShardProgress)) {
         f(lock(&self.shards).entry(shard.clone()).or_default());

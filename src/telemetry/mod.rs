@@ -175,6 +175,26 @@ impl Telemetry {
         gauge!("cas_bridge_budget_per_day", "tenant" => t).set(f64::from(per_day));
     }
 
+    /// The configuration this process runs now (`previous`: the one it
+    /// replaced, after a live change).
+    pub fn config_in_force(&self, hash: &str, previous: Option<&str>, shards: usize) {
+        if let Some(p) = previous {
+            gauge!("cas_bridge_config_info", "hash" => p.to_string()).set(0.0);
+        }
+        gauge!("cas_bridge_config_info", "hash" => hash.to_string()).set(1.0);
+        match previous {
+            None => info!(config = hash, shards, "configuration in force"),
+            Some(p) => {
+                info!(
+                    config = hash,
+                    previous = p,
+                    shards,
+                    "configuration changed: now in force"
+                )
+            }
+        }
+    }
+
     pub fn leases_held(&self, n: usize) {
         gauge!("cas_bridge_leases_held").set(n as f64);
     }

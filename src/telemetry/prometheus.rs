@@ -172,6 +172,10 @@ fn describe() {
     );
     describe_gauge!("cas_bridge_leases_held", "Shard leases this process holds");
     describe_gauge!(
+        "cas_bridge_config_info",
+        "1 for the configuration this process runs (label hash: SHA-256 of its redacted JSON, 12 hex digits), 0 for one it ran before a live change"
+    );
+    describe_gauge!(
         "cas_bridge_ready",
         "1 when /readyz answers 200 (coordination, sink and at least one working shard), else 0"
     );
