@@ -184,8 +184,9 @@ impl Telemetry {
         gauge!("cas_bridge_config_info", "hash" => hash.to_string()).set(1.0);
         match previous {
             None => info!(config = hash, shards, "configuration in force"),
+            // Seen at the default level: it changes what the process does.
             Some(p) => {
-                info!(
+                warn!(
                     config = hash,
                     previous = p,
                     shards,

@@ -249,3 +249,171 @@ async fn three_tenants_on_their_own_hosts_topics_and_budgets_and_a_token_rotated
         t.sim.stop().await;
     }
 }
+
+fn spec(t: &TenantUnderTest) -> TenantSpec {
+    TenantSpec {
+        name: t.name.into(),
+        api: json!({ "base_url": t.sim.base_url(), "token_file": t.token_file })
+            .as_object()
+            .unwrap()
+            .clone(),
+        shards: json!({ "pairs": t.pairs }).as_object().unwrap().clone(),
+        ..TenantSpec::default()
+    }
+}
+
+/// Waits until `log` holds `text`.
+async fn wait_log(log: &std::path::Path, text: &str, within: Duration) {
+    let deadline = tokio::time::Instant::now() + within;
+    while !std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .contains(text)
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "`{text}` not in {} within {within:?}:\n{}",
+            log.display(),
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_added_and_one_removed_by_editing_the_file_while_two_replicas_run() {
+    require_redis();
+    require_nats();
+    let dir = tempfile::tempdir().unwrap();
+    let tag = tag();
+    let mut tenants = Vec::new();
+    for (i, (name, pairs)) in [
+        ("acme", vec!["exchange:dlp", "box:ransomware"]),
+        ("beta", vec!["onedrive:securityrisk"]),
+        ("gamma", vec!["teams:dlp", "gmail:ransomware"]),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let token = format!("token-of-{name}");
+        let sim = start_sim(SimConfig {
+            token: token.clone(),
+            seed: 200 + i as u64,
+            ..sim_config()
+        })
+        .await;
+        let token_file = dir.path().join(format!("{name}.token"));
+        std::fs::write(&token_file, &token).unwrap();
+        tenants.push(TenantUnderTest {
+            name,
+            pairs,
+            per_minute: 0,
+            sim,
+            token_file,
+        });
+    }
+    let mut cfg = fleet_config(&tenants[0].sim, &tag, SinkKind::Nats, REDIS_URL, &tag);
+    cfg.sink.topic_template = format!("{tag}.{{tenant}}.{{service}}.{{event}}");
+    cfg.sink.dead_letter = format!("{tag}.{{tenant}}.deadletter");
+    cfg.tenants = vec![spec(&tenants[0]), spec(&tenants[1])];
+    cfg.validate().unwrap();
+    prepare_stream(&cfg).await;
+    let t0 = Utc::now();
+    let logs: Vec<_> = (0..2)
+        .map(|i| dir.path().join(format!("p{i}.log")))
+        .collect();
+    let mut procs: Vec<BridgeProcess> = logs
+        .iter()
+        .enumerate()
+        .map(|(i, log)| BridgeProcess::spawn(&cfg, &format!("p{i}"), log))
+        .collect();
+    let obs = observer(&cfg).await;
+    wait_cursor_in(&obs, &cfg, t0, Duration::from_secs(90)).await;
+
+    // A file that does not load is refused; the configuration in force stays.
+    for log in &logs {
+        std::fs::write(log.with_extension("yaml"), "window:\n  max: 9d\n").unwrap();
+    }
+    for log in &logs {
+        wait_log(
+            log,
+            "the changed configuration file is refused",
+            Duration::from_secs(15),
+        )
+        .await;
+    }
+    let t1 = Utc::now();
+    wait_cursor_in(&obs, &cfg, t1, Duration::from_secs(60)).await;
+
+    // acme removed, gamma added.
+    let mut next = cfg.clone();
+    next.tenants = vec![spec(&tenants[1]), spec(&tenants[2])];
+    next.validate().unwrap();
+    for (i, log) in logs.iter().enumerate() {
+        write_config(&next, &format!("p{i}"), log);
+    }
+    let changed = Utc::now();
+    for log in &logs {
+        wait_log(
+            log,
+            "configuration changed: now in force",
+            Duration::from_secs(30),
+        )
+        .await;
+    }
+    wait_cursor_in(
+        &obs,
+        &next,
+        changed + chrono::Duration::seconds(10),
+        Duration::from_secs(120),
+    )
+    .await;
+    let acme: Vec<Shard> = shards(&tenants[0])
+        .iter()
+        .map(|s| Shard::of("acme", &s.service, &s.event))
+        .collect();
+    let st = obs.status(&acme).await.unwrap();
+    for s in &st.shards {
+        assert!(s.owner.is_none(), "removed tenant's lease released: {s:?}");
+        assert!(s.cursor.is_some(), "removed tenant's cursor kept: {s:?}");
+    }
+    let quiet_from = changed.timestamp_millis() + 5_000;
+    let acme_after = tenants[0]
+        .sim
+        .state
+        .stats()
+        .log
+        .iter()
+        .filter(|r| r.at_ms > quiet_from)
+        .count();
+    for p in &mut procs {
+        assert!(p.terminate().success(), "graceful exit");
+    }
+    assert_eq!(
+        acme_after, 0,
+        "the removed tenant's API was asked after the change"
+    );
+
+    // gamma's history since t0 − 590 s (its start) is delivered on its topics.
+    let got = read_nats(NATS_URL, &cfg.sink.nats.stream).await;
+    let ids: HashSet<&str> = got
+        .iter()
+        .filter(|m| m.topic.starts_with(&format!("{tag}.gamma.")))
+        .map(|m| m.id.as_str())
+        .collect();
+    let mut want = 0;
+    for s in shards(&tenants[2]) {
+        for id in tenants[2]
+            .sim
+            .state
+            .truth(&s, changed - chrono::Duration::seconds(590), changed)
+        {
+            want += 1;
+            assert!(ids.contains(id.as_str()), "gamma's {id} missing");
+        }
+    }
+    println!("gamma: {want} events of its history delivered after it was added; acme asked {acme_after} times after its removal");
+    assert!(want > 0);
+    for t in tenants {
+        t.sim.stop().await;
+    }
+}
