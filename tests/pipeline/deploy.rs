@@ -142,6 +142,45 @@ fn helm_chart_lints_renders_and_validates() {
     ] {
         assert!(d.contains(must), "default manifest lacks `{must}`");
     }
+    // Tenants: one token volume each, a Secret made only for the tenant
+    // without an existing one, no top-level token, and pods left running
+    // on a ConfigMap change when asked.
+    let tenants_values = chart.join("ci/tenants-values.yaml");
+    run(Command::new(tool("helm"))
+        .args(["lint", "--strict"])
+        .arg(&chart)
+        .arg("-f")
+        .arg(&tenants_values));
+    let tenants = render(Some(&tenants_values), dir.path(), "tenants.yaml");
+    let out = run(Command::new(tool("kubernetes-validate"))
+        .args(["--strict", "--quiet"])
+        .arg(&tenants));
+    assert!(!out.contains("ERROR") && !out.contains("FAIL"), "{out}");
+    assert_eq!(
+        kinds(&tenants).iter().filter(|k| *k == "Secret").count(),
+        1,
+        "one Secret: globex's (acme names an existing one)"
+    );
+    let t = std::fs::read_to_string(&tenants).unwrap();
+    for must in [
+        "name: t-cas-bridge-token-globex",
+        "secretName: cas-token-acme",
+        "secretName: t-cas-bridge-token-globex",
+        "mountPath: /var/run/secrets/cas-bridge/tenants/acme",
+    ] {
+        assert!(t.contains(must), "tenants manifest lacks `{must}`");
+    }
+    for must_not in ["CAS_BRIDGE__API__TOKEN_FILE", "checksum/config", "subPath"] {
+        assert!(!t.contains(must_not), "tenants manifest has `{must_not}`");
+    }
+    // A tenant name that cannot go into topics and keys is refused.
+    let out = Command::new(tool("helm"))
+        .args(["template", "t"])
+        .arg(&chart)
+        .args(["--set", "tenants[0].name=Acme.Corp"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "a bad tenant name is refused");
     // A grace period shorter than the bridge's own is refused at render time.
     let out = Command::new(tool("helm"))
         .args(["template", "t"])
@@ -170,6 +209,10 @@ fn the_rendered_config_file_is_one_the_bridge_accepts() {
             Some(root().join("helm/cas-bridge/ci/all-on-values.yaml")),
             "a.yaml",
         ),
+        (
+            Some(root().join("helm/cas-bridge/ci/tenants-values.yaml")),
+            "t.yaml",
+        ),
     ] {
         let m = render(values.as_deref(), dir.path(), name);
         let text = std::fs::read_to_string(&m).unwrap();
@@ -195,6 +238,21 @@ fn the_rendered_config_file_is_one_the_bridge_accepts() {
         });
         let cfg = cas_bridge::config::Config::load_from(Some(&file), vars);
         assert!(cfg.is_ok(), "{name}: {:?}", cfg.err());
+        // Every tenant's token file is where the chart mounts its Secret.
+        for t in cfg.unwrap().tenants().unwrap() {
+            if t.name == "default" {
+                continue;
+            }
+            let dir = format!("/var/run/secrets/cas-bridge/tenants/{}", t.name);
+            assert_eq!(
+                t.api.token_file.unwrap().display().to_string(),
+                format!("{dir}/token")
+            );
+            assert!(
+                text.contains(&format!("mountPath: {dir}\n")),
+                "{name}: {dir} not mounted"
+            );
+        }
     }
 }
 
