@@ -64,8 +64,7 @@ pub enum Command {
     /// Idempotent by id (remembered in Redis when `coord.redis_url` is set).
     Redrive(crate::operate::RedriveArgs),
     /// Show or move a pair's cursor, safely while the fleet runs.
-    #[command(subcommand)]
-    Checkpoint(crate::operate::CheckpointCmd),
+    Checkpoint(crate::operate::CheckpointArgs),
     /// Show the fleet: each shard's owner, lease, fence, cursor, lag and last error; the budget; live workers.
     Status {
         /// Print JSON instead of a table.
@@ -110,9 +109,9 @@ pub async fn main(cli: Cli) -> anyhow::Result<()> {
             init_logs("text", "warn");
             crate::operate::redrive_cmd(cli.config.as_deref(), args).await
         }
-        Command::Checkpoint(cmd) => {
+        Command::Checkpoint(args) => {
             init_logs("text", "warn");
-            crate::operate::checkpoint_cmd(cli.config.as_deref(), cmd).await
+            crate::operate::checkpoint_cmd(cli.config.as_deref(), args).await
         }
     }
 }

@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::bridge::Coordination;
 use crate::cas::Client;
-use crate::config::Config;
+use crate::config::{Config, Tenant};
 use crate::coord::memory::MemoryBudget;
 use crate::coord::redis::RedisCoord;
 use crate::coord::Budget;
@@ -88,9 +88,23 @@ pub enum CheckpointCmd {
     },
 }
 
+/// `cas-bridge checkpoint [--tenant NAME] …`.
+#[derive(Debug, clap::Args)]
+pub struct CheckpointArgs {
+    /// The tenant whose pairs are meant (required when several are
+    /// configured; `show` without it shows every tenant's).
+    #[arg(long, global = true)]
+    pub tenant: Option<String>,
+    #[command(subcommand)]
+    pub cmd: CheckpointCmd,
+}
+
 /// `cas-bridge replay …`.
 #[derive(Debug, clap::Args)]
 pub struct ReplayArgs {
+    /// The tenant (required when several are configured).
+    #[arg(long)]
+    pub tenant: Option<String>,
     /// SERVICE:EVENT.
     #[arg(long)]
     pub pair: String,
@@ -101,7 +115,7 @@ pub struct ReplayArgs {
     /// The range's end: RFC 3339, `now`, or a duration back from now.
     #[arg(long)]
     pub to: String,
-    /// A topic template for the replayed events (`{service}`, `{event}`);
+    /// A topic template for the replayed events (`{tenant}`, `{service}`, `{event}`);
     /// `sink.topic_template` when not given. Dead letters go to `sink.dead_letter`.
     #[arg(long)]
     pub topic: Option<String>,
@@ -114,6 +128,10 @@ pub struct ReplayArgs {
 /// `cas-bridge redrive`.
 #[derive(Debug, clap::Args)]
 pub struct RedriveArgs {
+    /// The tenant whose dead-letter topic is read (required when several
+    /// are configured).
+    #[arg(long)]
+    pub tenant: Option<String>,
     /// Count what would be published again; publish nothing.
     #[arg(long)]
     pub dry_run: bool,
@@ -126,6 +144,9 @@ pub struct RedriveArgs {
 /// `cas-bridge redrive`.
 pub async fn redrive_cmd(file: Option<&Path>, args: RedriveArgs) -> anyhow::Result<()> {
     let cfg = Config::load(file)?;
+    let tenant = tenant_arg(&cfg, args.tenant.as_deref())?;
+    let topics = Topics::new(&cfg.sink.topic_template, &cfg.sink.dead_letter)?;
+    let dead_letter = topics.dead_letter_of(&tenant.name);
     let registry = Registry::load(cfg.schemas.dir.as_deref())?;
     let dup_window = cfg.sink_dedup_window();
     let sink = crate::sink::build(&cfg.sink, dup_window).await?;
@@ -134,18 +155,18 @@ pub async fn redrive_cmd(file: Option<&Path>, args: RedriveArgs) -> anyhow::Resu
     let ledger: &dyn redrive::Ledger = if cfg.coord.redis_url.is_some() {
         in_redis = redrive::InRedis {
             coord: redis_for(&cfg, "redrive").await?,
-            dead_letter_topic: cfg.sink.dead_letter.clone(),
+            dead_letter_topic: dead_letter.clone(),
         };
         &in_redis
     } else {
         tracing::warn!("coord.redis_url is not set: the ids published are remembered for this run only; a second run publishes them again");
         &in_memory
     };
-    let origin = cfg.cloudevents_origin()?;
+    let origin = origin_of(&cfg, &tenant)?;
     let s = redrive::Redrive {
         sink: sink.as_ref(),
         registry: &registry,
-        dead_letter_topic: &cfg.sink.dead_letter,
+        dead_letter_topic: &dead_letter,
         ledger,
         max: args.max,
         dry_run: args.dry_run,
@@ -154,7 +175,7 @@ pub async fn redrive_cmd(file: Option<&Path>, args: RedriveArgs) -> anyhow::Resu
     .run()
     .await?;
     let _ = sink.flush().await;
-    println!("redrive summary ({}):", cfg.sink.dead_letter);
+    println!("redrive summary ({dead_letter}):");
     println!("  dead letters read     {}", s.read);
     println!(
         "  published again       {}{}",
@@ -188,12 +209,52 @@ pub async fn redrive_cmd(file: Option<&Path>, args: RedriveArgs) -> anyhow::Resu
     Ok(())
 }
 
-fn shard_arg(s: &str, cfg: &Config) -> anyhow::Result<Shard> {
-    let shard: Shard = s
+/// The tenant a command works on: the one named, or the only one.
+fn tenant_arg(cfg: &Config, name: Option<&str>) -> anyhow::Result<Tenant> {
+    let tenants = cfg.tenants()?;
+    let names = || {
+        tenants
+            .iter()
+            .map(|t| t.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    match name {
+        Some(n) => tenants
+            .iter()
+            .find(|t| t.name == n)
+            .cloned()
+            .ok_or_else(|| {
+                anyhow::anyhow!("--tenant {n:?}: no such tenant (configured: {})", names())
+            }),
+        None if tenants.len() == 1 => Ok(tenants[0].clone()),
+        None => anyhow::bail!(
+            "{} tenants are configured: name one with --tenant ({})",
+            tenants.len(),
+            names()
+        ),
+    }
+}
+
+/// The CloudEvents origin of a tenant's records, when they carry them.
+fn origin_of(cfg: &Config, tenant: &Tenant) -> anyhow::Result<Option<String>> {
+    if !cfg.sink.cloudevents {
+        return Ok(None);
+    }
+    let url = tenant
+        .api
+        .resolved_base_url()
+        .map_err(|e| tenant.named(e))?;
+    Ok(Some(url.origin().ascii_serialization()))
+}
+
+fn shard_arg(s: &str, tenant: &Tenant) -> anyhow::Result<Shard> {
+    let mut shard: Shard = s
         .parse()
         .map_err(|e| anyhow::anyhow!("--pair {s:?}: {e}"))?;
-    if !cfg.shards.shards()?.contains(&shard) {
-        tracing::warn!(%shard, "the pair is not in shards.pairs");
+    shard.tenant = tenant.name.as_str().into();
+    if !tenant.shards()?.contains(&shard) {
+        tracing::warn!(%shard, "the pair is not among the tenant's configured pairs");
     }
     Ok(shard)
 }
@@ -218,18 +279,22 @@ async fn redis_for(cfg: &Config, what: &str) -> anyhow::Result<Arc<RedisCoord>> 
 }
 
 /// `cas-bridge checkpoint`.
-pub async fn checkpoint_cmd(file: Option<&Path>, cmd: CheckpointCmd) -> anyhow::Result<()> {
+pub async fn checkpoint_cmd(file: Option<&Path>, args: CheckpointArgs) -> anyhow::Result<()> {
     let cfg = Config::load(file)?;
     let rc = redis_for(&cfg, "checkpoint").await?;
-    match cmd {
+    let tenant = || tenant_arg(&cfg, args.tenant.as_deref());
+    match args.cmd {
         CheckpointCmd::Show { pairs, json } => {
-            let shards = if pairs.is_empty() {
-                cfg.shards.shards()?
-            } else {
-                pairs
-                    .iter()
-                    .map(|p| shard_arg(p, &cfg))
-                    .collect::<anyhow::Result<_>>()?
+            let shards = match (pairs.is_empty(), &args.tenant) {
+                (true, None) => cfg.all_shards()?,
+                (true, Some(_)) => tenant()?.shards()?,
+                (false, _) => {
+                    let t = tenant()?;
+                    pairs
+                        .iter()
+                        .map(|p| shard_arg(p, &t))
+                        .collect::<anyhow::Result<_>>()?
+                }
             };
             let st = rc.status(&shards).await?;
             if json {
@@ -241,13 +306,14 @@ pub async fn checkpoint_cmd(file: Option<&Path>, cmd: CheckpointCmd) -> anyhow::
             }
         }
         CheckpointCmd::Set { pair, to, force } => {
-            let shard = shard_arg(&pair, &cfg)?;
+            let shard = shard_arg(&pair, &tenant()?)?;
             let to = parse_time(&to, Utc::now())?;
             print_moved(&checkpoint::set(&rc, &shard, to, force).await?);
         }
         CheckpointCmd::Reset { pair, force } => {
-            let shard = shard_arg(&pair, &cfg)?;
-            let to = cfg.window.start_from.resolve(Utc::now());
+            let t = tenant()?;
+            let shard = shard_arg(&pair, &t)?;
+            let to = t.window.start_from.resolve(Utc::now());
             print_moved(&checkpoint::set(&rc, &shard, to, force).await?);
         }
     }
@@ -265,24 +331,28 @@ fn print_moved(m: &checkpoint::Moved) {
 /// `cas-bridge replay`.
 pub async fn replay_cmd(file: Option<&Path>, args: ReplayArgs) -> anyhow::Result<()> {
     let cfg = Config::load(file)?;
-    cfg.runnable()?;
+    let tenant = tenant_arg(&cfg, args.tenant.as_deref())?;
+    let token = tenant.api.resolved_token().map_err(|e| tenant.named(e))?;
     let now = Utc::now();
     let range = ReplayRange {
-        shard: shard_arg(&args.pair, &cfg)?,
+        shard: shard_arg(&args.pair, &tenant)?,
         from: parse_time(&args.from, now)?,
         to: parse_time(&args.to, now)?,
         window: crate::config::parse_duration(&args.window)
             .map_err(|e| anyhow::anyhow!("--window: {e}"))?
-            .min(cfg.window.max.get()),
-        page_cap: cfg.window.page_cap,
+            .min(tenant.window.max.get()),
+        page_cap: tenant.window.page_cap,
     };
     range.check(now)?;
-    let token = cfg.api.resolved_token()?;
     let budget: Arc<dyn Budget> = if cfg.coord.redis_url.is_some() {
-        redis_for(&cfg, "replay").await?
+        Arc::new(
+            redis_for(&cfg, "replay")
+                .await?
+                .budget_for(&token, tenant.budget.clone()),
+        )
     } else {
         tracing::warn!("coord.redis_url is not set: the replay counts its requests alone; a bridge running on the same token does not see them");
-        Arc::new(MemoryBudget::new(cfg.budget.clone()))
+        Arc::new(MemoryBudget::new(tenant.budget.clone()))
     };
     let template = args
         .topic
@@ -291,14 +361,17 @@ pub async fn replay_cmd(file: Option<&Path>, args: ReplayArgs) -> anyhow::Result
     let topics = Topics::new(&template, &cfg.sink.dead_letter).context("--topic")?;
     let dup_window = cfg.sink_dedup_window();
     let sink = crate::sink::build(&cfg.sink, dup_window).await?;
-    sink.prepare(&[topics.topic(&range.shard), topics.dead_letter().to_string()])
-        .await?;
+    sink.prepare(&[
+        topics.topic(&range.shard),
+        topics.dead_letter_of(&tenant.name),
+    ])
+    .await?;
     let registry = Registry::load(cfg.schemas.dir.as_deref())?;
     let mut publisher = Publisher::new(registry, sink.clone(), topics.clone(), replay::own_dedup());
-    if let Some(origin) = cfg.cloudevents_origin()? {
-        publisher = publisher.with_cloudevents(origin);
+    if let Some(origin) = origin_of(&cfg, &tenant)? {
+        publisher = publisher.with_cloudevents_of(&tenant.name, origin);
     }
-    let source = Client::new(&cfg.api, token)?;
+    let source = Client::new(&tenant.api, token).map_err(|e| tenant.named(e))?;
     let cancel = CancellationToken::new();
     crate::app::cancel_on_signals(cancel.clone());
     eprintln!(
@@ -371,6 +444,28 @@ fn draw_progress(p: &ReplayProgress) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_tenant_of_a_command_is_named_or_the_only_one() {
+        let mut cfg = Config::default();
+        assert_eq!(tenant_arg(&cfg, None).unwrap().name, "default");
+        let spec = |n: &str| crate::tenant::TenantSpec {
+            name: n.into(),
+            api: serde_json::json!({"token": "t"})
+                .as_object()
+                .unwrap()
+                .clone(),
+            ..Default::default()
+        };
+        cfg.tenants = vec![spec("acme"), spec("beta")];
+        let e = tenant_arg(&cfg, None).unwrap_err().to_string();
+        assert!(e.contains("--tenant") && e.contains("acme, beta"), "{e}");
+        let beta = tenant_arg(&cfg, Some("beta")).unwrap();
+        let e = tenant_arg(&cfg, Some("gamma")).unwrap_err().to_string();
+        assert!(e.contains("no such tenant"), "{e}");
+        let shard = shard_arg("box:dlp", &beta).unwrap();
+        assert_eq!(shard, Shard::of("beta", "box", "dlp"));
+    }
 
     #[test]
     fn times_on_the_command_line() {
