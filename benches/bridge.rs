@@ -9,6 +9,7 @@
 //!   cargo bench --bench bridge -- interrupt [kill|term] [every_s]
 //!   cargo bench --bench bridge -- freshness [replicas] [minutes]
 //!   cargo bench --bench bridge -- compare [jsonl|nats|kafka] [hours] [pairs]
+//!   cargo bench --bench bridge -- tenants [tenants] [pairs] [replicas] [minutes]
 //!
 //! `CAS_BRIDGE_BIN` runs another build of the binary as the bridge
 //! processes (e.g. an older commit's, for a before/after figure).
@@ -29,6 +30,8 @@ use tokio_util::sync::CancellationToken;
 
 #[path = "bridge/compare.rs"]
 mod compare;
+#[path = "bridge/tenants.rs"]
+mod tenants;
 
 const BIN: &str = env!("CARGO_BIN_EXE_cas-bridge");
 
@@ -834,6 +837,13 @@ fn main() {
                 let p = args.get(3).and_then(|v| v.parse().ok()).unwrap_or(8);
                 compare::compare(&sink, h, p).await
             }
+            "tenants" => {
+                let t = args.get(1).and_then(|v| v.parse().ok()).unwrap_or(200);
+                let p = args.get(2).and_then(|v| v.parse().ok()).unwrap_or(48);
+                let r = args.get(3).and_then(|v| v.parse().ok()).unwrap_or(3);
+                let m = args.get(4).and_then(|v| v.parse().ok()).unwrap_or(4);
+                tenants::tenants(t, p, r, m).await
+            }
             "backfill" => backfill().await,
             "sweep" => sweep().await,
             "soak" => {
@@ -858,7 +868,7 @@ fn main() {
                 let m = args.get(2).and_then(|v| v.parse().ok()).unwrap_or(10);
                 freshness(r, m).await
             }
-            _ => eprintln!("usage: cargo bench --bench bridge -- throughput [jsonl|nats|kafka] | backfill | sweep | budget <workers> [minutes] [margin] | soak [minutes] [shards] [workers] | interrupt [kill|term] [every_s] | freshness [replicas] [minutes]"),
+            _ => eprintln!("usage: cargo bench --bench bridge -- throughput [jsonl|nats|kafka] | backfill | sweep | budget <workers> [minutes] [margin] | soak [minutes] [shards] [workers] | interrupt [kill|term] [every_s] | freshness [replicas] [minutes] | tenants [tenants] [pairs] [replicas] [minutes]"),
         }
     });
 }

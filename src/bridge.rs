@@ -13,7 +13,7 @@ use secrecy::SecretString;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::cas::{Client, Token};
+use crate::cas::{page_memory, Client, Token};
 use crate::config::Config;
 use crate::coord::memory::{MemoryBudget, MemoryCheckpoints, MemoryDedup, SoleWorker};
 use crate::coord::redis::token_key;
@@ -213,6 +213,10 @@ impl Bridge {
         status: Arc<StatusBoard>,
     ) -> Result<Self, ConfigError> {
         let tenants = cfg.tenants()?;
+        // The page bodies in flight are bounded once for the process, and
+        // taken in turn by every tenant (a FIFO semaphore).
+        let largest = tenants.iter().map(|t| t.api.max_body_bytes).max();
+        let memory = page_memory(largest.unwrap_or(0));
         let mut schedulers: HashMap<String, Arc<Scheduler>> = HashMap::new();
         let mut lanes = HashMap::new();
         let mut origins = Vec::new();
@@ -221,7 +225,9 @@ impl Bridge {
             let token = Token::from_config(&t.api).map_err(|e| t.named(e))?;
             // The budget stays the one of the token read at the start.
             let first = token.current();
-            let client = Client::with_token(&t.api, token).map_err(|e| t.named(e))?;
+            let client = Client::with_token(&t.api, token)
+                .map_err(|e| t.named(e))?
+                .sharing_memory(memory.clone());
             let scheduler = schedulers
                 .entry(token_key(&first))
                 .or_insert_with(|| {

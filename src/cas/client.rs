@@ -50,6 +50,15 @@ pub struct Client {
 /// few hundred KB are never held back by it).
 pub const PAGE_BYTES_IN_FLIGHT: u64 = 32 * 1024 * 1024;
 
+/// The bound of the page bodies held at once, for clients whose largest
+/// `api.max_body_bytes` is `max_body` (in KiB permits, FIFO: clients that
+/// share it are served in turn).
+pub fn page_memory(max_body: u64) -> Arc<Semaphore> {
+    Arc::new(Semaphore::new(
+        kib(PAGE_BYTES_IN_FLIGHT.max(max_body)) as usize
+    ))
+}
+
 fn kib(bytes: u64) -> u32 {
     bytes.div_ceil(1024).clamp(1, u64::from(u32::MAX)) as u32
 }
@@ -114,10 +123,15 @@ impl Client {
             dialect: cfg.dialect,
             page_limit: cfg.effective_page_limit(),
             max_body: cfg.max_body_bytes,
-            memory: Arc::new(Semaphore::new(
-                kib(PAGE_BYTES_IN_FLIGHT.max(cfg.max_body_bytes)) as usize,
-            )),
+            memory: page_memory(cfg.max_body_bytes),
         })
+    }
+
+    /// The same client, holding its page bodies against `memory` (one
+    /// bound shared by several clients: every tenant of a process).
+    pub fn sharing_memory(mut self, memory: Arc<Semaphore>) -> Self {
+        self.memory = memory;
+        self
     }
 
     /// Reads the token file again (after the API refused the token);

@@ -15,7 +15,7 @@ mod error;
 mod page;
 mod token;
 
-pub use client::{format_time, parse_retry_after, Client, PAGE_BYTES_IN_FLIGHT};
+pub use client::{format_time, page_memory, parse_retry_after, Client, PAGE_BYTES_IN_FLIGHT};
 pub use config::{ApiConfig, REGIONS};
 pub use error::{one_line, Action, ApiError, ErrorBody};
 pub use page::{parse_page, parse_page_owned, resolve_next_link, Page};

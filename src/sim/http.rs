@@ -17,9 +17,9 @@ use serde_json::{json, Value};
 use super::*;
 
 /// The simulator's routes.
-pub fn router(state: Arc<SimState>) -> Router {
+pub fn router(tenants: Arc<Tenants>) -> Router {
     Router::new()
-        .route(state.cfg.dialect.path(), any(security_events))
+        .route(tenants.0[0].cfg.dialect.path(), any(security_events))
         .route("/_sim/truth", get(truth))
         .route("/_sim/stats", get(stats))
         .fallback(|| async {
@@ -29,7 +29,7 @@ pub fn router(state: Arc<SimState>) -> Router {
                 "The request API is not supported",
             )
         })
-        .with_state(state)
+        .with_state(tenants)
 }
 
 fn error(status: StatusCode, code: i64, msg: &str) -> Response {
@@ -51,11 +51,12 @@ fn parse_time(s: &str) -> Option<DateTime<Utc>> {
 }
 
 async fn security_events(
-    State(st): State<Arc<SimState>>,
+    State(tenants): State<Arc<Tenants>>,
     method: Method,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Response {
+    let st = tenants.by_token(&headers);
     // Counted at arrival, as the API counts; the added latency delays the answer.
     let arrived = Utc::now().timestamp_millis();
     let bridge = headers
@@ -68,7 +69,7 @@ async fn security_events(
         .and_then(|v| v.to_str().ok())
         .and_then(|a| a.strip_prefix("Bearer "))
         .and_then(|t| st.token_index(t));
-    let (resp, status, events) = answer(&st, method, &headers, query, token.is_some());
+    let (resp, status, events) = answer(st, method, &headers, query, token.is_some());
     let served = super::Served {
         at_ms: arrived,
         status,
@@ -334,13 +335,19 @@ fn answer(
 
 #[derive(Deserialize)]
 struct TruthQuery {
+    /// The tenant's index (`--tenants`); 0 by default.
+    #[serde(default)]
+    tenant: usize,
     service: String,
     event: String,
     start: String,
     end: String,
 }
 
-async fn truth(State(st): State<Arc<SimState>>, Query(q): Query<TruthQuery>) -> Response {
+async fn truth(State(tenants): State<Arc<Tenants>>, Query(q): Query<TruthQuery>) -> Response {
+    let Some(st) = tenants.0.get(q.tenant) else {
+        return error(StatusCode::BAD_REQUEST, -4000001, "no such tenant");
+    };
     let (Some(start), Some(end)) = (parse_time(&q.start), parse_time(&q.end)) else {
         return error(StatusCode::BAD_REQUEST, -4000001, "start/end");
     };
@@ -359,6 +366,16 @@ async fn truth(State(st): State<Arc<SimState>>, Query(q): Query<TruthQuery>) -> 
     .into_response()
 }
 
-async fn stats(State(st): State<Arc<SimState>>) -> Json<SimStats> {
-    Json(st.stats())
+/// `?tenant=i`: one tenant's counters (the first's without it).
+async fn stats(State(tenants): State<Arc<Tenants>>, Query(q): Query<TenantQuery>) -> Response {
+    match tenants.0.get(q.tenant) {
+        Some(st) => Json(st.stats()).into_response(),
+        None => error(StatusCode::BAD_REQUEST, -4000001, "no such tenant"),
+    }
+}
+
+#[derive(Deserialize)]
+struct TenantQuery {
+    #[serde(default)]
+    tenant: usize,
 }

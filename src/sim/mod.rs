@@ -87,6 +87,11 @@ pub struct SimConfig {
         hide_env_values = true
     )]
     pub token: String,
+    /// Serve this many tenants (0: one, with `--token`): tenant `i` has
+    /// the token `<token>-<i>`, its own events (seed `seed + i`) and its
+    /// own budget (`--per-minute`, `--per-day` each).
+    #[arg(long, default_value_t = 0)]
+    pub tenants: u32,
     /// Requests accepted per minute (per token); 0 = unlimited.
     #[arg(long, default_value_t = 20)]
     pub per_minute: u32,
@@ -190,6 +195,7 @@ impl Default for SimConfig {
             listen: ([127, 0, 0, 1], 0).into(),
             dialect: Dialect::V1,
             token: "sim-token".into(),
+            tenants: 0,
             per_minute: 20,
             per_day: 14_400,
             throttle: ThrottleMode::Fixed,
@@ -319,7 +325,23 @@ struct Throttle {
 /// (shard, start ms, end ms, as-of ms): what a window's pages share.
 type PageKey = (Shard, i64, i64, i64);
 
-/// The simulator's shared state.
+/// The tenants a simulator serves; a request goes to the one whose token
+/// it carries (to the first when it carries none of them: a 401 there).
+pub struct Tenants(pub Vec<Arc<SimState>>);
+
+impl Tenants {
+    fn by_token(&self, headers: &axum::http::HeaderMap) -> &Arc<SimState> {
+        let bearer = headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|a| a.strip_prefix("Bearer "));
+        bearer
+            .and_then(|b| self.0.iter().find(|t| t.token_index(b).is_some()))
+            .unwrap_or(&self.0[0])
+    }
+}
+
+/// The simulator's shared state (one tenant's).
 pub struct SimState {
     cfg: SimConfig,
     /// The tokens it accepts (`--token` at the start).
@@ -518,7 +540,10 @@ impl SimState {
 /// A running simulator.
 pub struct SimHandle {
     pub addr: SocketAddr,
+    /// The first (or only) tenant's state.
     pub state: Arc<SimState>,
+    /// Every tenant's state, by index (`--tenants`); one without it.
+    pub tenants: Vec<Arc<SimState>>,
     cancel: CancellationToken,
     task: tokio::task::JoinHandle<()>,
 }
@@ -540,9 +565,23 @@ impl SimHandle {
 pub async fn start(cfg: SimConfig) -> std::io::Result<SimHandle> {
     let listener = tokio::net::TcpListener::bind(cfg.listen).await?;
     let addr = listener.local_addr()?;
-    let state = Arc::new(SimState::new(cfg));
+    let tenants: Vec<Arc<SimState>> = if cfg.tenants == 0 {
+        vec![Arc::new(SimState::new(cfg))]
+    } else {
+        (0..cfg.tenants)
+            .map(|i| {
+                Arc::new(SimState::new(SimConfig {
+                    token: format!("{}-{i}", cfg.token),
+                    seed: cfg.seed + u64::from(i),
+                    tenants: 0,
+                    ..cfg.clone()
+                }))
+            })
+            .collect()
+    };
+    let state = tenants[0].clone();
     let cancel = CancellationToken::new();
-    let app = router(state.clone());
+    let app = router(Arc::new(Tenants(tenants.clone())));
     let c = cancel.clone();
     let task = tokio::spawn(async move {
         let _ = axum::serve(listener, app)
@@ -552,6 +591,7 @@ pub async fn start(cfg: SimConfig) -> std::io::Result<SimHandle> {
     Ok(SimHandle {
         addr,
         state,
+        tenants,
         cancel,
         task,
     })
@@ -560,6 +600,44 @@ pub async fn start(cfg: SimConfig) -> std::io::Result<SimHandle> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tenants_are_told_apart_by_token_each_with_its_events_and_budget() {
+        let base = SimConfig {
+            per_minute: 2,
+            ..SimConfig::default()
+        };
+        let states: Vec<Arc<SimState>> = (0..3u64)
+            .map(|i| {
+                Arc::new(SimState::new(SimConfig {
+                    token: format!("t-{i}"),
+                    seed: 1 + i,
+                    ..base.clone()
+                }))
+            })
+            .collect();
+        let tenants = Tenants(states.clone());
+        let mut h = axum::http::HeaderMap::new();
+        h.insert("authorization", "Bearer t-2".parse().unwrap());
+        assert!(Arc::ptr_eq(tenants.by_token(&h), &states[2]));
+        h.insert("authorization", "Bearer nobody".parse().unwrap());
+        assert!(Arc::ptr_eq(tenants.by_token(&h), &states[0]));
+        // Own events: the same pair and range, other ids.
+        let shard = Shard::new("exchange", "dlp");
+        let (from, to) = (
+            chrono::Utc::now() - chrono::Duration::hours(6),
+            chrono::Utc::now(),
+        );
+        let a = states[0].truth(&shard, from, to);
+        let b = states[1].truth(&shard, from, to);
+        assert!(!a.is_empty() && !b.is_empty());
+        assert!(a.iter().all(|id| !b.contains(id)));
+        // Own budget: tenant 0 spent, tenant 1 not.
+        let now = chrono::Utc::now().timestamp_millis();
+        assert!(states[0].admit(now).is_ok() && states[0].admit(now).is_ok());
+        assert!(states[0].admit(now).is_err());
+        assert!(states[1].admit(now).is_ok());
+    }
 
     #[test]
     fn activity_flags_parse_and_say_what_is_wrong() {
