@@ -349,7 +349,7 @@ async fn bad_configuration_stops_the_start_naming_the_field_and_sends_nothing() 
         ("SINK__KIND", "kinesis", "kind"),
         (
             "SINK__TOPIC_TEMPLATE",
-            "cas.{tenant}.{event}",
+            "cas.{pair}.{event}",
             "sink.topic_template",
         ),
         ("SINK__DEAD_LETTER", "dead letter", "sink.dead_letter"),
