@@ -841,7 +841,7 @@ fn main() {
                 let t = args.get(1).and_then(|v| v.parse().ok()).unwrap_or(200);
                 let p = args.get(2).and_then(|v| v.parse().ok()).unwrap_or(48);
                 let r = args.get(3).and_then(|v| v.parse().ok()).unwrap_or(3);
-                let m = args.get(4).and_then(|v| v.parse().ok()).unwrap_or(4);
+                let m = args.get(4).and_then(|v| v.parse().ok()).unwrap_or(7);
                 tenants::tenants(t, p, r, m).await
             }
             "backfill" => backfill().await,

@@ -384,6 +384,36 @@ mod tests {
     }
 
     #[test]
+    fn several_tenants_need_tenant_in_both_templates() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        let tenants = "[[tenants]]\nname = \"acme\"\n[tenants.api]\ntoken = \"a\"\n[[tenants]]\nname = \"beta\"\n[tenants.api]\ntoken = \"b\"\nregion = \"eu\"\n";
+        std::fs::write(&f, tenants).unwrap();
+        let e = Config::load_from(Some(&f), Vec::new()).unwrap_err();
+        assert_eq!(e.field, "sink.topic_template", "{e}");
+        assert!(e.problem.contains("would mix"), "{e}");
+        let with_topic =
+            format!("[sink]\ntopic_template = \"cas.{{tenant}}.{{service}}.{{event}}\"\n{tenants}");
+        std::fs::write(&f, &with_topic).unwrap();
+        let e = Config::load_from(Some(&f), Vec::new()).unwrap_err();
+        assert_eq!(e.field, "sink.dead_letter", "{e}");
+        let both = with_topic.replace("[sink]\n", "[sink]\ndead_letter = \"cas.{tenant}.dl\"\n");
+        std::fs::write(&f, both).unwrap();
+        let c = Config::load_from(Some(&f), Vec::new()).unwrap();
+        let shards = c.all_shards().unwrap();
+        assert_eq!(shards.len(), 96);
+        assert!(c.runnable().is_ok());
+        assert_eq!(c.tenants().unwrap()[1].api.region.as_deref(), Some("eu"));
+        // One tenant alone may leave {tenant} out.
+        std::fs::write(
+            &f,
+            "[[tenants]]\nname = \"acme\"\n[tenants.api]\ntoken = \"a\"\n",
+        )
+        .unwrap();
+        assert!(Config::load_from(Some(&f), Vec::new()).is_ok());
+    }
+
+    #[test]
     fn kafka_without_brokers_is_refused_outside_demo() {
         let e = load(&[("CAS_BRIDGE__SINK__KIND", "kafka")]).unwrap_err();
         assert_eq!(e.field, "sink.kafka.brokers");

@@ -41,9 +41,12 @@ use crate::shard::{Shard, DEFAULT_TENANT};
 use crate::source::PageSource;
 use crate::status::StatusBoard;
 use crate::telemetry::{ShardTelemetry, Telemetry};
-use crate::window::{Plan, Planner, StartFrom, Window};
+use crate::window::{Plan, Planner, Window};
 
 mod cursors;
+mod lane;
+
+pub use lane::{Lane, RunnerSettings};
 
 /// How long every shard backs off after the API refused the token.
 pub const AUTH_PAUSE: Duration = Duration::from_secs(60);
@@ -79,52 +82,6 @@ enum Start {
     First(Ask),
     /// The stored position of an interrupted reading.
     Resume(Progress),
-}
-
-/// What the runner needs besides the stages.
-#[derive(Debug, Clone, Copy)]
-pub struct RunnerSettings {
-    /// Where a shard without a cursor starts.
-    pub start_from: StartFrom,
-    /// The longest pause a 429 may impose.
-    pub max_pause: Duration,
-    /// Events per page (`api.page_limit` in force).
-    pub page_limit: u32,
-    /// Pages a catch-up window is sized to hold (`window.max_pages`).
-    pub max_pages: u32,
-    /// The longest a pair waits between polls (`schedule.max_interval`).
-    pub max_interval: Duration,
-    /// The most pages one window may take (`window.page_cap`).
-    pub page_cap: u32,
-    /// The token's requests a day (`budget.per_day`), for the metrics.
-    pub per_day: u32,
-}
-
-impl Default for RunnerSettings {
-    fn default() -> Self {
-        Self {
-            start_from: StartFrom::Ago(Duration::from_secs(3600)),
-            max_pause: Duration::from_secs(300),
-            page_limit: 500,
-            max_pages: 20,
-            max_interval: Duration::from_secs(300),
-            page_cap: 10_000,
-            per_day: 14_400,
-        }
-    }
-}
-
-/// What the shards of one tenant share.
-pub struct Lane {
-    /// Where its pages come from (its API host and token).
-    pub source: Arc<dyn PageSource>,
-    /// Who asks its token's budget next (tenants that share a token share
-    /// one scheduler).
-    pub scheduler: Arc<Scheduler>,
-    /// Its window planning.
-    pub planner: Planner,
-    /// Its start, pause cap, page size, window sizing.
-    pub settings: RunnerSettings,
 }
 
 /// What every shard runner of one process shares.
@@ -601,3 +558,7 @@ fn link_key(link: &str) -> u64 {
 #[cfg(test)]
 #[path = "engine_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "tenant_tests.rs"]
+mod tenant_tests;

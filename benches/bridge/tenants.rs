@@ -3,7 +3,8 @@
 //!
 //!   cargo bench --bench bridge -- tenants [tenants] [pairs] [replicas] [minutes]
 //!
-//! Defaults: 200 tenants × 48 pairs (9,600 shards), 3 replicas, 4 minutes.
+//! Defaults: 200 tenants × 48 pairs (9,600 shards), 3 replicas, 7 minutes
+//! (one sweep of a tenant's 48 pairs at 10 requests a minute is 4.8).
 //! Prints: when the fleet held every shard and when every shard had a
 //! cursor; then, over the last `minutes − 2` minutes (the steady state),
 //! Redis's commands per second and CPU, the script calls per second (lease
@@ -212,6 +213,11 @@ pub async fn tenants(tenants: usize, pairs: usize, replicas: usize, minutes: u64
             100.0 * cpu / secs
         );
     }
+    let checkpointed = count(&mut conn, &format!("{prefix}:cursor:*")).await;
+    println!(
+        "  checkpointed: {checkpointed} of {shards} shards (one sweep of a tenant's {pairs} pairs at {PER_MINUTE} requests/min takes {:.1} min)",
+        pairs as f64 / f64::from(PER_MINUTE)
+    );
     for p in &mut procs {
         p.term();
     }
@@ -247,8 +253,8 @@ pub async fn tenants(tenants: usize, pairs: usize, replicas: usize, minutes: u64
         .query_async(&mut conn)
         .await
         .unwrap_or(());
-    if all_held.is_none() || all_cursors.is_none() {
-        println!("  NOT every shard was held and checkpointed within {minutes} min");
+    if all_held.is_none() {
+        println!("  NOT every shard was held within {minutes} min");
     }
 }
 
