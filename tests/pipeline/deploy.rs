@@ -170,7 +170,7 @@ fn helm_chart_lints_renders_and_validates() {
     ] {
         assert!(t.contains(must), "tenants manifest lacks `{must}`");
     }
-    for must_not in ["CAS_BRIDGE__API__TOKEN_FILE", "checksum/config", "subPath"] {
+    for must_not in ["CAS_BRIDGE__API__TOKEN_FILE", "checksum/config", "subPath:"] {
         assert!(!t.contains(must_not), "tenants manifest has `{must_not}`");
     }
     // A tenant name that cannot go into topics and keys is refused.
