@@ -236,19 +236,14 @@ impl Topics {
 
     /// NATS subjects covering the template: a token with a placeholder becomes `*`.
     pub fn subject_filters(&self) -> Vec<String> {
-        let wild = self
-            .template
-            .split('.')
-            .map(|t| if t.contains('{') { "*" } else { t })
-            .collect::<Vec<_>>()
-            .join(".");
-        let dl = self
-            .dead_letter
-            .split('.')
-            .map(|t| if t.contains('{') { "*" } else { t })
-            .collect::<Vec<_>>()
-            .join(".");
-        let mut v = vec![wild, dl];
+        let wild = |template: &str| {
+            template
+                .split('.')
+                .map(|t| if t.contains('{') { "*" } else { t })
+                .collect::<Vec<_>>()
+                .join(".")
+        };
+        let mut v = vec![wild(&self.template), wild(&self.dead_letter)];
         v.dedup();
         v
     }

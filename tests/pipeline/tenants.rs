@@ -30,36 +30,26 @@ fn shards(t: &TenantUnderTest) -> Vec<Shard> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn three_tenants_on_their_own_hosts_topics_and_budgets_and_a_token_rotated_mid_run() {
-    require_redis();
-    require_nats();
-    let dir = tempfile::tempdir().unwrap();
-    let tag = tag();
+/// A simulator per tenant, each with its own token file (`per_minute` 0:
+/// unthrottled; else a sliding budget the tenant is configured with too).
+async fn start_tenants(
+    dir: &std::path::Path,
+    specs: Vec<(&'static str, Vec<&'static str>, u32)>,
+    seed: u64,
+) -> Vec<TenantUnderTest> {
     let mut tenants = Vec::new();
-    for (i, (name, pairs, per_minute)) in [
-        ("acme", vec!["exchange:dlp", "box:ransomware"], 40),
-        (
-            "beta",
-            vec!["exchange:dlp", "onedrive:securityrisk", "gmail:ransomware"],
-            30,
-        ),
-        ("gamma", vec!["teams:dlp"], 20),
-    ]
-    .into_iter()
-    .enumerate()
-    {
+    for (i, (name, pairs, per_minute)) in specs.into_iter().enumerate() {
         let token = format!("token-of-{name}");
         let sim = start_sim(SimConfig {
             token: token.clone(),
-            seed: 100 + i as u64,
+            seed: seed + i as u64,
             per_minute,
             per_day: 0,
             throttle: ThrottleMode::Sliding,
             ..sim_config()
         })
         .await;
-        let token_file = dir.path().join(format!("{name}.token"));
+        let token_file = dir.join(format!("{name}.token"));
         std::fs::write(&token_file, format!("{token}\n")).unwrap();
         tenants.push(TenantUnderTest {
             name,
@@ -69,32 +59,60 @@ async fn three_tenants_on_their_own_hosts_topics_and_budgets_and_a_token_rotated
             token_file,
         });
     }
-    // The top level points at the first simulator with the wrong token:
-    // only the tenants' own sections may reach their APIs.
-    let mut cfg = fleet_config(&tenants[0].sim, &tag, SinkKind::Nats, REDIS_URL, &tag);
-    cfg.sink.topic_template = format!("{tag}.{{tenant}}.{{service}}.{{event}}");
-    cfg.sink.dead_letter = format!("{tag}.{{tenant}}.deadletter");
-    cfg.window.start_from = StartFrom::Ago(Duration::from_secs(600));
-    cfg.tenants = tenants
-        .iter()
-        .map(|t| TenantSpec {
-            name: t.name.into(),
-            api: json!({
-                "base_url": t.sim.base_url(),
-                "token_file": t.token_file,
-            })
+    tenants
+}
+
+/// The tenant's entry of `tenants`: its simulator, token file, pairs and budget.
+fn spec(t: &TenantUnderTest) -> TenantSpec {
+    let mut spec = TenantSpec {
+        name: t.name.into(),
+        api: json!({ "base_url": t.sim.base_url(), "token_file": t.token_file })
             .as_object()
             .unwrap()
             .clone(),
-            shards: json!({ "pairs": t.pairs }).as_object().unwrap().clone(),
-            budget: json!({ "per_minute": t.per_minute })
-                .as_object()
-                .unwrap()
-                .clone(),
-            ..TenantSpec::default()
-        })
-        .collect();
+        shards: json!({ "pairs": t.pairs }).as_object().unwrap().clone(),
+        ..TenantSpec::default()
+    };
+    if t.per_minute > 0 {
+        spec.budget.insert("per_minute".into(), json!(t.per_minute));
+    }
+    spec
+}
+
+/// A fleet configuration on Redis and NATS: the top level points at the
+/// first simulator with the wrong token (only the tenants' own sections may
+/// reach their APIs), topics and dead letters per tenant.
+fn fleet(tenants: &[&TenantUnderTest], tag: &str) -> cas_bridge::config::Config {
+    let mut cfg = fleet_config(&tenants[0].sim, tag, SinkKind::Nats, REDIS_URL, tag);
+    cfg.sink.topic_template = format!("{tag}.{{tenant}}.{{service}}.{{event}}");
+    cfg.sink.dead_letter = format!("{tag}.{{tenant}}.deadletter");
+    cfg.tenants = tenants.iter().map(|t| spec(t)).collect();
     cfg.validate().expect("a valid multi-tenant configuration");
+    cfg
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_tenants_on_their_own_hosts_topics_and_budgets_and_a_token_rotated_mid_run() {
+    require_redis();
+    require_nats();
+    let dir = tempfile::tempdir().unwrap();
+    let tag = tag();
+    let tenants = start_tenants(
+        dir.path(),
+        vec![
+            ("acme", vec!["exchange:dlp", "box:ransomware"], 40),
+            (
+                "beta",
+                vec!["exchange:dlp", "onedrive:securityrisk", "gmail:ransomware"],
+                30,
+            ),
+            ("gamma", vec!["teams:dlp"], 20),
+        ],
+        100,
+    )
+    .await;
+    let mut cfg = fleet(&tenants.iter().collect::<Vec<_>>(), &tag);
+    cfg.window.start_from = StartFrom::Ago(Duration::from_secs(600));
     assert_eq!(cfg.all_shards().unwrap().len(), 6);
     prepare_stream(&cfg).await;
 
@@ -250,18 +268,6 @@ async fn three_tenants_on_their_own_hosts_topics_and_budgets_and_a_token_rotated
     }
 }
 
-fn spec(t: &TenantUnderTest) -> TenantSpec {
-    TenantSpec {
-        name: t.name.into(),
-        api: json!({ "base_url": t.sim.base_url(), "token_file": t.token_file })
-            .as_object()
-            .unwrap()
-            .clone(),
-        shards: json!({ "pairs": t.pairs }).as_object().unwrap().clone(),
-        ..TenantSpec::default()
-    }
-}
-
 /// Waits until `log` holds `text`.
 async fn wait_log(log: &std::path::Path, text: &str, within: Duration) {
     let deadline = tokio::time::Instant::now() + within;
@@ -285,37 +291,17 @@ async fn a_tenant_added_and_one_removed_by_editing_the_file_while_two_replicas_r
     require_nats();
     let dir = tempfile::tempdir().unwrap();
     let tag = tag();
-    let mut tenants = Vec::new();
-    for (i, (name, pairs)) in [
-        ("acme", vec!["exchange:dlp", "box:ransomware"]),
-        ("beta", vec!["onedrive:securityrisk"]),
-        ("gamma", vec!["teams:dlp", "gmail:ransomware"]),
-    ]
-    .into_iter()
-    .enumerate()
-    {
-        let token = format!("token-of-{name}");
-        let sim = start_sim(SimConfig {
-            token: token.clone(),
-            seed: 200 + i as u64,
-            ..sim_config()
-        })
-        .await;
-        let token_file = dir.path().join(format!("{name}.token"));
-        std::fs::write(&token_file, &token).unwrap();
-        tenants.push(TenantUnderTest {
-            name,
-            pairs,
-            per_minute: 0,
-            sim,
-            token_file,
-        });
-    }
-    let mut cfg = fleet_config(&tenants[0].sim, &tag, SinkKind::Nats, REDIS_URL, &tag);
-    cfg.sink.topic_template = format!("{tag}.{{tenant}}.{{service}}.{{event}}");
-    cfg.sink.dead_letter = format!("{tag}.{{tenant}}.deadletter");
-    cfg.tenants = vec![spec(&tenants[0]), spec(&tenants[1])];
-    cfg.validate().unwrap();
+    let tenants = start_tenants(
+        dir.path(),
+        vec![
+            ("acme", vec!["exchange:dlp", "box:ransomware"], 0),
+            ("beta", vec!["onedrive:securityrisk"], 0),
+            ("gamma", vec!["teams:dlp", "gmail:ransomware"], 0),
+        ],
+        200,
+    )
+    .await;
+    let cfg = fleet(&[&tenants[0], &tenants[1]], &tag);
     prepare_stream(&cfg).await;
     let t0 = Utc::now();
     let logs: Vec<_> = (0..2)
