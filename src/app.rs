@@ -271,22 +271,60 @@ async fn status(file: Option<PathBuf>, json: bool) -> anyhow::Result<()> {
     let mut quiet = cfg.clone();
     quiet.coord.worker_id = Some("status".into());
     let (_, rc) = Coordination::redis(&quiet, &token).await?;
-    let st = rc.status(&cfg.all_shards()?).await?;
+    let mut st = rc.status(&cfg.all_shards()?).await?;
+    if !cfg.tenants.is_empty() {
+        for t in cfg.tenants()? {
+            let (usage, error) = match t.api.resolved_token() {
+                Ok(token) => {
+                    let b = rc.budget_for(&token, t.budget.clone());
+                    (crate::coord::Budget::usage(&b).await, None)
+                }
+                Err(e) => (Default::default(), Some(t.named(e).to_string())),
+            };
+            st.tenants.push(crate::coord::redis::TenantBudget {
+                tenant: t.name.clone(),
+                last_minute: usage.last_minute,
+                today: usage.last_day,
+                paused_s: usage.paused.map(|p| p.as_secs().max(1)),
+                per_minute: t.budget.per_minute,
+                per_day: t.budget.per_day,
+                error,
+            });
+        }
+    }
     if json {
         println!("{}", serde_json::to_string_pretty(&st)?);
         return Ok(());
     }
     println!("workers ({}): {}", st.workers.len(), st.workers.join(", "));
-    println!(
-        "budget: {}/{} in the last minute, {}/{} today{}",
-        st.budget_last_minute,
-        st.per_minute,
-        st.budget_today,
-        st.per_day,
-        st.budget_paused_s
-            .map(|s| format!("; PAUSED for {s} s more (the API throttled the token or refused it)"))
+    let paused = |s: Option<u64>| {
+        s.map(|s| format!("; PAUSED for {s} s more (the API throttled the token or refused it)"))
             .unwrap_or_default()
-    );
+    };
+    if st.tenants.is_empty() {
+        println!(
+            "budget: {}/{} in the last minute, {}/{} today{}",
+            st.budget_last_minute,
+            st.per_minute,
+            st.budget_today,
+            st.per_day,
+            paused(st.budget_paused_s)
+        );
+    }
+    for t in &st.tenants {
+        match &t.error {
+            Some(e) => println!("budget of {}: unknown ({e})", t.tenant),
+            None => println!(
+                "budget of {}: {}/{} in the last minute, {}/{} today{}",
+                t.tenant,
+                t.last_minute,
+                t.per_minute,
+                t.today,
+                t.per_day,
+                paused(t.paused_s)
+            ),
+        }
+    }
     println!(
         "{:<36} {:<28} {:>9} {:>6} {:<24} {:>8} {:>6} {:>8} {:>7}  last error",
         "shard", "owner", "lease ms", "fence", "cursor", "lag s", "pages", "ev/min", "every s"

@@ -166,6 +166,43 @@ async fn three_tenants_on_their_own_hosts_topics_and_budgets_and_a_token_rotated
         Duration::from_secs(120),
     )
     .await;
+    // The operator's view, per tenant.
+    let op_log = dir.path().join("op.log");
+    let out = operator(&cfg, &op_log, &["status"]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    for t in &tenants {
+        let line = format!("budget of {}: ", t.name);
+        assert!(text.contains(&line), "{line} missing:\n{text}");
+        assert!(
+            text.contains(&format!("/{} in the last minute", t.per_minute)),
+            "{text}"
+        );
+        for s in shards(t) {
+            let row = format!("{}:{}:{} ", t.name, s.service, s.event);
+            assert!(text.contains(&row), "{row} missing:\n{text}");
+        }
+    }
+    let out = operator(
+        &cfg,
+        &op_log,
+        &["checkpoint", "show", "--tenant", "gamma", "--json"],
+    );
+    assert!(out.status.success());
+    let shown: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(shown.as_array().map(Vec::len), Some(1), "{shown}");
+    assert_eq!(shown[0]["shard"], "gamma:teams:dlp");
+    assert!(shown[0]["cursor"].is_string(), "{shown}");
+    let out = operator(
+        &cfg,
+        &op_log,
+        &["checkpoint", "show", "--pair", "teams:dlp"],
+    );
+    assert!(
+        !out.status.success(),
+        "several tenants: --tenant is required"
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--tenant"));
     for p in &mut procs {
         assert!(p.terminate().success(), "graceful exit");
     }

@@ -42,7 +42,7 @@ mod target;
 use budget::BudgetKeys;
 pub use budget::RedisBudget;
 pub use operator::Seized;
-pub use status::{FleetStatus, ShardStatus};
+pub use status::{FleetStatus, ShardStatus, TenantBudget};
 pub use target::{RedisTarget, TlsFiles};
 
 use super::lua::Scripts;

@@ -42,6 +42,22 @@ pub struct FleetStatus {
     pub per_minute: u32,
     pub per_day: u32,
     pub shards: Vec<ShardStatus>,
+    /// Each named tenant's token's budget (empty without `tenants`: the
+    /// fields above are then the one token's).
+    pub tenants: Vec<TenantBudget>,
+}
+
+/// One tenant's token's budget, as `status` shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TenantBudget {
+    pub tenant: String,
+    pub last_minute: u32,
+    pub today: u32,
+    pub paused_s: Option<u64>,
+    pub per_minute: u32,
+    pub per_day: u32,
+    /// Why it could not be read (the token file), if it could not.
+    pub error: Option<String>,
 }
 
 impl RedisCoord {
@@ -124,6 +140,7 @@ impl RedisCoord {
             per_minute: self.own.cfg.per_minute,
             per_day: self.own.cfg.per_day,
             shards: out,
+            tenants: Vec::new(),
         })
     }
 }
