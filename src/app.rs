@@ -276,7 +276,7 @@ async fn status(file: Option<PathBuf>, json: bool) -> anyhow::Result<()> {
         for t in cfg.tenants()? {
             let (usage, error) = match t.api.resolved_token() {
                 Ok(token) => {
-                    let b = rc.budget_for(&token, t.budget.clone());
+                    let b = rc.budget_of(&t.name, &token, t.budget.clone());
                     (crate::coord::Budget::usage(&b).await, None)
                 }
                 Err(e) => (Default::default(), Some(t.named(e).to_string())),

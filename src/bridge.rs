@@ -50,11 +50,18 @@ pub enum Budgets {
 }
 
 impl Budgets {
-    /// The budget of `token` with these limits.
-    pub fn for_token(&self, token: &SecretString, cfg: &BudgetConfig) -> Arc<dyn Budget> {
+    /// The budget of `tenant`'s token (`token`, as held now) with these
+    /// limits. In Redis it keeps the key its first user gave it, across
+    /// token rotations.
+    pub fn for_tenant(
+        &self,
+        tenant: &str,
+        token: &SecretString,
+        cfg: &BudgetConfig,
+    ) -> Arc<dyn Budget> {
         match self {
             Budgets::Memory => Arc::new(MemoryBudget::new(cfg.clone())),
-            Budgets::Redis(rc) => Arc::new(rc.budget_for(token, cfg.clone())),
+            Budgets::Redis(rc) => Arc::new(rc.budget_of(tenant, token, cfg.clone())),
         }
     }
 }
@@ -223,7 +230,7 @@ impl Bridge {
         let mut shards = Vec::new();
         for t in &tenants {
             let token = Token::from_config(&t.api).map_err(|e| t.named(e))?;
-            // The budget stays the one of the token read at the start.
+            // Tenants that hold the same token share its budget.
             let first = token.current();
             let client = Client::with_token(&t.api, token)
                 .map_err(|e| t.named(e))?
@@ -231,7 +238,7 @@ impl Bridge {
             let scheduler = schedulers
                 .entry(token_key(&first))
                 .or_insert_with(|| {
-                    let budget = coord.budgets.for_token(&first, &t.budget);
+                    let budget = coord.budgets.for_tenant(&t.name, &first, &t.budget);
                     Arc::new(Scheduler::new(budget, PAGES_IN_FLIGHT))
                 })
                 .clone();

@@ -345,11 +345,12 @@ pub async fn replay_cmd(file: Option<&Path>, args: ReplayArgs) -> anyhow::Result
     };
     range.check(now)?;
     let budget: Arc<dyn Budget> = if cfg.coord.redis_url.is_some() {
-        Arc::new(
-            redis_for(&cfg, "replay")
-                .await?
-                .budget_for(&token, tenant.budget.clone()),
-        )
+        // The tenant's budget key, as the fleet uses it (across rotations).
+        Arc::new(redis_for(&cfg, "replay").await?.budget_of(
+            &tenant.name,
+            &token,
+            tenant.budget.clone(),
+        ))
     } else {
         tracing::warn!("coord.redis_url is not set: the replay counts its requests alone; a bridge running on the same token does not see them");
         Arc::new(MemoryBudget::new(tenant.budget.clone()))

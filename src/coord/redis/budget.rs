@@ -2,6 +2,14 @@
 //! Redis's own clock, the shared pause, the fleet's waiting heads. Keys
 //! `P:budget:<token hash>:…`: tenants that share a token share one budget;
 //! the token itself is never a key.
+//!
+//! A tenant's token is rotated while the fleet runs, and replicas see the
+//! new file at different moments (or start after it): were each to key the
+//! budget by the token it holds, replicas on the old and the new token
+//! would count apart and together exceed it. So a tenant's budget key is
+//! fixed by the first replica that uses it, under `P:budget-of:<tenant>`
+//! (the hash of the token it held then), and every replica and command
+//! uses that key afterwards, whatever token it holds now.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,11 +32,18 @@ const DAY_MS: i64 = 86_400_000;
 /// least every [`crate::schedule::ASK_AGAIN`]).
 const WAITER_STALE: Duration = Duration::from_secs(3);
 
+/// How long a tenant's budget key is remembered after its last lookup.
+const BUDGET_OF_TTL_S: u64 = 90 * 86_400;
+
 /// One token's budget: where it is kept and its limits.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub(super) struct BudgetKeys {
-    /// `P:budget:<token hash>`.
+    /// `P:budget:<hash of the token given>`.
     key: String,
+    /// The tenant it belongs to, whose first key stands (see the module).
+    tenant: Option<String>,
+    /// The key in force, once looked up.
+    resolved: tokio::sync::OnceCell<String>,
     /// Limits and counting mode.
     pub(super) cfg: BudgetConfig,
 }
@@ -37,20 +52,51 @@ impl BudgetKeys {
     pub(super) fn new(prefix: &str, token: &SecretString, cfg: BudgetConfig) -> Self {
         Self {
             key: format!("{prefix}:budget:{}", token_key(token)),
+            tenant: None,
+            resolved: tokio::sync::OnceCell::new(),
             cfg,
         }
     }
 
-    fn keys(&self) -> [String; 6] {
+    /// The key in force: the token's own, or the one the tenant's first
+    /// user recorded.
+    async fn current(&self, coord: &RedisCoord) -> Result<&str, CoordError> {
+        let Some(tenant) = &self.tenant else {
+            return Ok(&self.key);
+        };
+        self.resolved
+            .get_or_try_init(|| async {
+                let map = format!("{}:budget-of:{tenant}", coord.prefix);
+                let mut pipe = redis::pipe();
+                pipe.cmd("SET")
+                    .arg(&map)
+                    .arg(&self.key)
+                    .arg("NX")
+                    .ignore()
+                    .cmd("EXPIRE")
+                    .arg(&map)
+                    .arg(BUDGET_OF_TTL_S)
+                    .ignore()
+                    .cmd("GET")
+                    .arg(&map);
+                let (key,): (Option<String>,) = coord.query_pipe(&pipe).await?;
+                Ok(key.unwrap_or_else(|| self.key.clone()))
+            })
+            .await
+            .map(String::as_str)
+    }
+
+    async fn keys(&self, coord: &RedisCoord) -> Result<[String; 6], CoordError> {
         let mode = self.mode();
-        [
-            format!("{}:{mode}:minute", self.key),
-            format!("{}:{mode}:day", self.key),
-            format!("{}:pause", self.key),
-            format!("{}:seq", self.key),
-            format!("{}:last", self.key),
-            format!("{}:waiters", self.key),
-        ]
+        let key = self.current(coord).await?;
+        Ok([
+            format!("{key}:{mode}:minute"),
+            format!("{key}:{mode}:day"),
+            format!("{key}:pause"),
+            format!("{key}:seq"),
+            format!("{key}:last"),
+            format!("{key}:waiters"),
+        ])
     }
 
     fn margin_ms(&self) -> i64 {
@@ -74,8 +120,25 @@ impl RedisCoord {
         }
     }
 
+    /// The budget of `tenant`'s token: the key its first user recorded
+    /// (`token` is the one held now; it names the key only when the
+    /// tenant has none yet), so a rotated token keeps the budget's count.
+    pub fn budget_of(
+        self: &Arc<Self>,
+        tenant: &str,
+        token: &SecretString,
+        cfg: BudgetConfig,
+    ) -> RedisBudget {
+        let mut keys = BudgetKeys::new(&self.prefix, token, cfg);
+        keys.tenant = Some(tenant.to_string());
+        RedisBudget {
+            coord: self.clone(),
+            keys,
+        }
+    }
+
     async fn take_from(&self, b: &BudgetKeys, priority: Priority) -> Result<Take, CoordError> {
-        let keys = b.keys();
+        let keys = b.keys(self).await?;
         let mut inv = self.scripts.take.prepare_invoke();
         for k in &keys {
             inv.key(k);
@@ -98,7 +161,13 @@ impl RedisCoord {
     }
 
     async fn pause_of(&self, b: &BudgetKeys, for_: Duration) {
-        let keys = b.keys();
+        let keys = match b.keys(self).await {
+            Ok(k) => k,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot set the shared pause");
+                return;
+            }
+        };
         let mut inv = self.scripts.pause.prepare_invoke();
         inv.key(&keys[2]).arg(for_.as_millis().max(1) as u64);
         if let Err(e) = self.run::<i64>(inv).await {
@@ -107,7 +176,9 @@ impl RedisCoord {
     }
 
     async fn usage_of(&self, b: &BudgetKeys) -> BudgetUsage {
-        let keys = b.keys();
+        let Ok(keys) = b.keys(self).await else {
+            return BudgetUsage::default();
+        };
         let mut inv = self.scripts.usage.prepare_invoke();
         inv.key(&keys[0])
             .key(&keys[1])

@@ -14,7 +14,9 @@
 //! - `P:dedup:<shard>` — delivered ids scored by expiry;
 //! - `P:budget:<token hash>:…` — permits granted, the shared pause, and
 //!   `…:waiters`: per worker, the priority of the request at the head of
-//!   its queue, so a permit goes to the most urgent request in the fleet.
+//!   its queue, so a permit goes to the most urgent request in the fleet;
+//! - `P:budget-of:<tenant>` — which `P:budget:<token hash>` a tenant's
+//!   budget is (set by its first user; it outlives token rotations).
 //!
 //! What must stay true here:
 //! - the budget is checked and taken in one Lua call on Redis's own clock
@@ -271,6 +273,15 @@ impl RedisCoord {
     async fn cmd<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, CoordError> {
         let mut conn = self.connection().await?;
         let r = tokio::time::timeout(CALL_TIMEOUT, cmd.query_async(&mut conn)).await;
+        self.settle(r).await
+    }
+
+    async fn query_pipe<T: redis::FromRedisValue>(
+        &self,
+        pipe: &redis::Pipeline,
+    ) -> Result<T, CoordError> {
+        let mut conn = self.connection().await?;
+        let r = tokio::time::timeout(CALL_TIMEOUT, pipe.query_async::<T>(&mut conn)).await;
         self.settle(r).await
     }
 
