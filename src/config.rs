@@ -404,6 +404,14 @@ mod tests {
         assert_eq!(shards.len(), 96);
         assert!(c.runnable().is_ok());
         assert_eq!(c.tenants().unwrap()[1].api.region.as_deref(), Some("eu"));
+        // A tenant's inline token is redacted like the top-level one.
+        assert!(
+            !c.redacted_json().contains("\"a\""),
+            "{}",
+            c.redacted_json()
+        );
+        assert!(!format!("{c:?}").contains("String(\"b\")"), "{c:?}");
+        assert!(format!("{c:?}").contains("[REDACTED]"));
         // One tenant alone may leave {tenant} out.
         std::fs::write(
             &f,

@@ -24,8 +24,9 @@ use crate::field::ConfigError;
 use crate::shard::{Shard, ShardsConfig, DEFAULT_TENANT};
 use crate::window::WindowConfig;
 
-/// One entry of `tenants`, as written: the sections it overrides.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+/// One entry of `tenants`, as written: the sections it overrides. Its
+/// `Debug` shows no token.
+#[derive(Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TenantSpec {
     /// Used in topics, Redis keys, metrics and logs.
@@ -34,6 +35,22 @@ pub struct TenantSpec {
     pub shards: Map<String, Value>,
     pub window: Map<String, Value>,
     pub budget: Map<String, Value>,
+}
+
+impl std::fmt::Debug for TenantSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut api = self.api.clone();
+        if let Some(t) = api.get_mut("token") {
+            *t = Value::String("[REDACTED]".into());
+        }
+        f.debug_struct("TenantSpec")
+            .field("name", &self.name)
+            .field("api", &api)
+            .field("shards", &self.shards)
+            .field("window", &self.window)
+            .field("budget", &self.budget)
+            .finish()
+    }
 }
 
 /// One tenant, its sections resolved.
