@@ -32,6 +32,10 @@ const DAY_MS: i64 = 86_400_000;
 /// least every [`crate::schedule::ASK_AGAIN`]).
 const WAITER_STALE: Duration = Duration::from_secs(3);
 
+/// The lookup of a tenant's budget key, boxed.
+type Lookup<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<String, CoordError>> + Send + 'a>>;
+
 /// How long a tenant's budget key is remembered after its last lookup.
 const BUDGET_OF_TTL_S: u64 = 90 * 86_400;
 
@@ -64,24 +68,30 @@ impl BudgetKeys {
         let Some(tenant) = &self.tenant else {
             return Ok(&self.key);
         };
+        if let Some(key) = self.resolved.get() {
+            return Ok(key);
+        }
+        // Boxed: the lookup's future inside every budget call's future
+        // nests deeper than the compiler's layout limit otherwise.
+        let lookup: Lookup<'_> = Box::pin(async move {
+            let map = format!("{}:budget-of:{tenant}", coord.prefix);
+            let mut pipe = redis::pipe();
+            pipe.cmd("SET")
+                .arg(&map)
+                .arg(&self.key)
+                .arg("NX")
+                .ignore()
+                .cmd("EXPIRE")
+                .arg(&map)
+                .arg(BUDGET_OF_TTL_S)
+                .ignore()
+                .cmd("GET")
+                .arg(&map);
+            let (key,): (Option<String>,) = coord.query_pipe(&pipe).await?;
+            Ok(key.unwrap_or_else(|| self.key.clone()))
+        });
         self.resolved
-            .get_or_try_init(|| async {
-                let map = format!("{}:budget-of:{tenant}", coord.prefix);
-                let mut pipe = redis::pipe();
-                pipe.cmd("SET")
-                    .arg(&map)
-                    .arg(&self.key)
-                    .arg("NX")
-                    .ignore()
-                    .cmd("EXPIRE")
-                    .arg(&map)
-                    .arg(BUDGET_OF_TTL_S)
-                    .ignore()
-                    .cmd("GET")
-                    .arg(&map);
-                let (key,): (Option<String>,) = coord.query_pipe(&pipe).await?;
-                Ok(key.unwrap_or_else(|| self.key.clone()))
-            })
+            .get_or_try_init(|| lookup)
             .await
             .map(String::as_str)
     }
