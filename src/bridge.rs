@@ -242,9 +242,8 @@ impl Bridge {
                     Arc::new(Scheduler::new(budget, PAGES_IN_FLIGHT))
                 })
                 .clone();
-            if cfg.sink.cloudevents {
-                let origin = t.api.resolved_base_url().map_err(|e| t.named(e))?;
-                origins.push((t.name.clone(), origin.origin().ascii_serialization()));
+            if let Some(origin) = t.cloudevents_origin(cfg.sink.cloudevents)? {
+                origins.push((t.name.clone(), origin));
             }
             lanes.insert(
                 Arc::from(t.name.as_str()),

@@ -47,8 +47,6 @@ pub struct Publisher {
     topics: Topics,
     /// Ids already delivered.
     dedup: Arc<dyn DedupStore>,
-    /// Each tenant's dead-letter topic, shared by the records that go there.
-    dead_letter_topics: std::sync::Mutex<HashMap<Arc<str>, Arc<str>>>,
     /// Each tenant's API origin, when records carry CloudEvents attributes.
     cloudevents: HashMap<Arc<str>, String>,
 }
@@ -65,7 +63,6 @@ impl Publisher {
             sink,
             topics,
             dedup,
-            dead_letter_topics: Default::default(),
             cloudevents: HashMap::new(),
         }
     }
@@ -83,15 +80,10 @@ impl Publisher {
         self
     }
 
-    /// The dead-letter topic of a shard's tenant (made once per tenant).
+    /// The dead-letter topic of a shard's tenant, shared by a page's
+    /// records that go there.
     fn dead_letter_topic(&self, shard: &Shard) -> Arc<str> {
-        let mut m = self
-            .dead_letter_topics
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        m.entry(shard.tenant.clone())
-            .or_insert_with(|| self.topics.dead_letter_of(&shard.tenant).into())
-            .clone()
+        self.topics.dead_letter_of(&shard.tenant).into()
     }
 
     pub fn sink(&self) -> &Arc<dyn Sink> {

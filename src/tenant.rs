@@ -94,6 +94,16 @@ impl Tenant {
         ConfigError::new(format!("tenants.{}.{}", self.name, e.field), e.problem)
     }
 
+    /// The CloudEvents `source` origin of its records (its API's), when
+    /// records carry CloudEvents attributes (`sink.cloudevents`).
+    pub fn cloudevents_origin(&self, on: bool) -> Result<Option<String>, ConfigError> {
+        if !on {
+            return Ok(None);
+        }
+        let url = self.api.resolved_base_url().map_err(|e| self.named(e))?;
+        Ok(Some(url.origin().ascii_serialization()))
+    }
+
     /// Checks its sections (not the token file).
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.api.validate().map_err(|e| self.named(e))?;

@@ -162,7 +162,7 @@ pub async fn redrive_cmd(file: Option<&Path>, args: RedriveArgs) -> anyhow::Resu
         tracing::warn!("coord.redis_url is not set: the ids published are remembered for this run only; a second run publishes them again");
         &in_memory
     };
-    let origin = origin_of(&cfg, &tenant)?;
+    let origin = tenant.cloudevents_origin(cfg.sink.cloudevents)?;
     let s = redrive::Redrive {
         sink: sink.as_ref(),
         registry: &registry,
@@ -234,18 +234,6 @@ fn tenant_arg(cfg: &Config, name: Option<&str>) -> anyhow::Result<Tenant> {
             names()
         ),
     }
-}
-
-/// The CloudEvents origin of a tenant's records, when they carry them.
-fn origin_of(cfg: &Config, tenant: &Tenant) -> anyhow::Result<Option<String>> {
-    if !cfg.sink.cloudevents {
-        return Ok(None);
-    }
-    let url = tenant
-        .api
-        .resolved_base_url()
-        .map_err(|e| tenant.named(e))?;
-    Ok(Some(url.origin().ascii_serialization()))
 }
 
 fn shard_arg(s: &str, tenant: &Tenant) -> anyhow::Result<Shard> {
@@ -369,7 +357,7 @@ pub async fn replay_cmd(file: Option<&Path>, args: ReplayArgs) -> anyhow::Result
     .await?;
     let registry = Registry::load(cfg.schemas.dir.as_deref())?;
     let mut publisher = Publisher::new(registry, sink.clone(), topics.clone(), replay::own_dedup());
-    if let Some(origin) = origin_of(&cfg, &tenant)? {
+    if let Some(origin) = tenant.cloudevents_origin(cfg.sink.cloudevents)? {
         publisher = publisher.with_cloudevents_of(&tenant.name, origin);
     }
     let source = Client::new(&tenant.api, token).map_err(|e| tenant.named(e))?;
