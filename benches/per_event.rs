@@ -73,16 +73,24 @@ fn per_event(c: &mut Criterion) {
         });
         let text = raw_value.get();
         g.bench_function("tape", |b| {
-            b.iter(|| Tape::parse(black_box(text)).unwrap().root().is_object())
+            b.iter(|| {
+                Tape::parse(black_box(text))
+                    .unwrap()
+                    .doc()
+                    .root()
+                    .is_object()
+            })
         });
         let tape = Tape::parse(text).unwrap();
+        let doc = tape.doc();
         g.bench_function("validate_tape", |b| {
-            b.iter(|| registry.is_valid(event, black_box(tape.root())))
+            b.iter(|| registry.is_valid(event, black_box(doc.root())))
         });
         g.bench_function("all_tape", |b| {
             b.iter(|| {
                 let tape = Tape::parse(black_box(text)).unwrap();
-                let root = tape.root();
+                let doc = tape.doc();
+                let root = doc.root();
                 let id = natural_id_on_tape(root).unwrap().to_string();
                 assert!(registry.is_valid(event, root));
                 Record::event(topic.clone(), id, &meta, raw_value.get())

@@ -130,12 +130,24 @@ impl Publisher {
         page: &Page,
         tel: &ShardTelemetry,
     ) -> (Vec<Record>, Vec<DateTime<Utc>>) {
+        let read = page.doc();
         let checked: Vec<(String, Vec<Violation>, Option<DateTime<Utc>>)> = page
             .events()
-            .map(|raw| {
-                // The fast path: a valid event with a natural id, on a tape.
-                if let Ok(tape) = Tape::parse(raw) {
-                    let root = tape.root();
+            .zip(page.roots())
+            .map(|(raw, root)| {
+                // The fast path: a valid event with a natural id, on the
+                // tape the page was read into (or, without one, its own).
+                let own = match root {
+                    Some(_) => None,
+                    None => Tape::parse(raw).ok(),
+                };
+                let doc = own.as_ref().map(Tape::doc);
+                let root = match (root, &doc) {
+                    (Some(at), _) => Some(read.node(at)),
+                    (None, Some(doc)) => Some(doc.root()),
+                    (None, None) => None,
+                };
+                if let Some(root) = root {
                     if let Some(id) = natural_id_on_tape(root) {
                         if self.registry.is_valid(&shard.event, root) {
                             return (id.to_string(), Vec::new(), event_time_on_tape(root));

@@ -199,6 +199,17 @@ impl Client {
         let (body, memory) = self.read_capped(resp).await?;
         if status == 200 {
             let mut page = parse_page_owned(body, self.dialect)?;
+            // The events' tapes, read with the body, are held with it when
+            // there is room; else the worker parses each event itself.
+            let mut memory = memory;
+            match self
+                .memory
+                .clone()
+                .try_acquire_many_owned(kib(page.tape_bytes() as u64))
+            {
+                Ok(more) => memory.merge(more),
+                Err(_) => page.drop_tapes(),
+            }
             page.memory = Some(memory);
             return Ok(page);
         }

@@ -1,9 +1,10 @@
-use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::Value;
 use url::Url;
 
 use super::{ApiError, Dialect};
+use crate::tape::parse::{self, skip_ws, MAX_DEPTH};
+use crate::tape::{Doc, TapeBuf};
 
 /// One page of security events.
 #[derive(Debug, Default)]
@@ -11,8 +12,15 @@ pub struct Page {
     /// The body, whose events are read in place.
     text: String,
     /// Where each event's JSON text is in `text`: the vendor's event
-    /// objects, whole and untouched, parsed one at a time by the worker.
+    /// objects, whole and untouched.
     spans: Vec<std::ops::Range<usize>>,
+    /// The events' tapes, built while the page was read (their strings are
+    /// spans of `text`).
+    tape: TapeBuf,
+    /// Where each event's tape starts; `None` for an event whose tape the
+    /// page does not hold (it repeats a member name, or the tapes were let
+    /// go for memory): the worker parses it on its own.
+    roots: Vec<Option<u32>>,
     /// The next link exactly as returned; `None` when the pages end.
     pub next_link: Option<String>,
     /// The body's share of the bytes in flight, given back when the page
@@ -24,27 +32,50 @@ impl Page {
     /// A page of these events (each one JSON value's text).
     pub fn from_events(events: &[Box<RawValue>], next_link: Option<String>) -> Self {
         let mut text = String::from("[");
-        let mut spans = Vec::with_capacity(events.len());
         for (i, e) in events.iter().enumerate() {
             if i > 0 {
                 text.push(',');
             }
-            let start = text.len();
             text.push_str(e.get());
-            spans.push(start..text.len());
         }
         text.push(']');
-        Self {
-            text,
-            spans,
+        let mut page = Self {
+            tape: TapeBuf::for_text(text.len()),
             next_link,
-            memory: None,
-        }
+            ..Self::default()
+        };
+        // Each item is JSON already; a failure would leave a short page,
+        // which the tests using this would see.
+        let _ = events_array(&text, 0, &mut page, usize::MAX);
+        page.text = text;
+        page
     }
 
     /// Each event's JSON text, in page order.
     pub fn events(&self) -> impl ExactSizeIterator<Item = &str> + '_ {
         self.spans.iter().map(|r| &self.text[r.clone()])
+    }
+
+    /// The events' tapes: [`Doc::node`] of an event's root.
+    pub fn doc(&self) -> Doc<'_> {
+        self.tape.doc(&self.text)
+    }
+
+    /// Where each event's tape starts in [`Page::doc`], in page order
+    /// (`None`: parse the event itself).
+    pub fn roots(&self) -> impl ExactSizeIterator<Item = Option<usize>> + '_ {
+        self.roots.iter().map(|r| r.map(|at| at as usize))
+    }
+
+    /// The bytes the tapes take beside the body.
+    pub fn tape_bytes(&self) -> usize {
+        self.tape.bytes() + self.roots.capacity() * std::mem::size_of::<Option<u32>>()
+    }
+
+    /// Lets the tapes go (the events are parsed one by one instead).
+    pub fn drop_tapes(&mut self) {
+        self.tape = TapeBuf::default();
+        self.roots.iter_mut().for_each(|r| *r = None);
     }
 
     /// The number of events.
@@ -63,59 +94,47 @@ impl Page {
 /// strictly, any page over twice the page size it asked for).
 pub const MAX_PAGE_EVENTS: usize = 1000;
 
-/// Both dialects' envelope field names are accepted whatever the configured
-/// dialect is: a tolerant reader costs nothing here.
-#[derive(Deserialize)]
-struct Envelope<'a> {
-    #[serde(
-        default,
-        borrow,
-        alias = "securityEvents",
-        deserialize_with = "bounded"
-    )]
-    security_events: Option<Vec<&'a RawValue>>,
-    #[serde(default, alias = "nextLink")]
-    next_link: Option<Value>,
-}
-
-/// The events array, refused past [`MAX_PAGE_EVENTS`] items without
-/// reading further.
-fn bounded<'de, D>(d: D) -> Result<Option<Vec<&'de RawValue>>, D::Error>
-where
-    D: serde::Deserializer<'de>,
-{
-    struct Events;
-    impl<'de> serde::de::Visitor<'de> for Events {
-        type Value = Option<Vec<&'de RawValue>>;
-        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-            f.write_str("an array of events")
+/// Reads the events array (or `null`) at `at` into `page` (its spans,
+/// tapes and roots; `page.text` is not used: the strings are spans of
+/// `text`), at most `most` of them. Returns the position after it, and
+/// whether it was an array.
+fn events_array(
+    text: &str,
+    at: usize,
+    page: &mut Page,
+    most: usize,
+) -> Result<(usize, bool), String> {
+    let b = text.as_bytes();
+    let mut i = skip_ws(b, at);
+    if b.get(i..i + 4) == Some(b"null") {
+        return Ok((i + 4, false));
+    }
+    if b.get(i) != Some(&b'[') {
+        return Err(format!("expected an array of events at byte {i}"));
+    }
+    i = skip_ws(b, i + 1);
+    if b.get(i) == Some(&b']') {
+        return Ok((i + 1, true));
+    }
+    loop {
+        i = skip_ws(b, i);
+        if page.spans.len() == most {
+            return Err(format!("more than {most} events in one page"));
         }
-        fn visit_unit<E>(self) -> Result<Self::Value, E> {
-            Ok(None)
-        }
-        fn visit_none<E>(self) -> Result<Self::Value, E> {
-            Ok(None)
-        }
-        fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-            d.deserialize_seq(self)
-        }
-        fn visit_seq<A: serde::de::SeqAccess<'de>>(
-            self,
-            mut seq: A,
-        ) -> Result<Self::Value, A::Error> {
-            let mut v = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(MAX_PAGE_EVENTS));
-            while let Some(e) = seq.next_element::<&'de RawValue>()? {
-                if v.len() == MAX_PAGE_EVENTS {
-                    return Err(serde::de::Error::custom(format_args!(
-                        "more than {MAX_PAGE_EVENTS} events in one page"
-                    )));
-                }
-                v.push(e);
-            }
-            Ok(Some(v))
+        let root = page.tape.entries.len() as u32;
+        // The page's object and its array are two levels already.
+        let (end, flags) =
+            parse::value(text, i, &mut page.tape, MAX_DEPTH - 2).map_err(|e| e.to_string())?;
+        page.spans.push(i..end);
+        page.roots.push((!flags.repeated_names).then_some(root));
+        i = skip_ws(b, end);
+        match b.get(i) {
+            Some(b',') => i += 1,
+            Some(b']') => return Ok((i + 1, true)),
+            None => return Err(format!("EOF while parsing the events at byte {i}")),
+            Some(_) => return Err(format!("expected `,` or `]` at byte {i}")),
         }
     }
-    d.deserialize_option(Events)
 }
 
 /// Parses a 200 body.
@@ -123,22 +142,88 @@ pub fn parse_page(body: &[u8], dialect: Dialect) -> Result<Page, ApiError> {
     parse_page_owned(body.to_vec(), dialect)
 }
 
-/// Parses a 200 body, which the page keeps: its events are read in place.
+/// Parses a 200 body, which the page keeps: its events are read in place,
+/// and their tapes built, in one pass over it. Both dialects' field names
+/// are accepted whatever the configured dialect is (a tolerant reader
+/// costs nothing here); other members are checked as JSON and skipped.
 pub fn parse_page_owned(body: Vec<u8>, dialect: Dialect) -> Result<Page, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(ApiError::Malformed("empty body".into()));
     }
     let text = String::from_utf8(body)
         .map_err(|e| ApiError::Malformed(format!("not a {dialect} page: not UTF-8: {e}")))?;
-    let env: Envelope<'_> = serde_json::from_str(&text)
-        .map_err(|e| ApiError::Malformed(format!("not a {dialect} page: {e}")))?;
-    let events = env.security_events.ok_or_else(|| {
-        ApiError::Malformed(format!(
+    let malformed =
+        |e: &dyn std::fmt::Display| ApiError::Malformed(format!("not a {dialect} page: {e}"));
+    let mut page = Page {
+        tape: TapeBuf::for_text(text.len()),
+        ..Page::default()
+    };
+    let (mut events, mut next_link): (Option<bool>, Option<Value>) = (None, None);
+    let b = text.as_bytes();
+    let mut i = skip_ws(b, 0);
+    if b.get(i) != Some(&b'{') {
+        return Err(malformed(&format_args!("expected an object at byte {i}")));
+    }
+    i = skip_ws(b, i + 1);
+    if b.get(i) == Some(&b'}') {
+        i += 1;
+    } else {
+        let mut scratch = TapeBuf::default();
+        loop {
+            let (name, next) = parse::string_at(&text, i).map_err(|e| malformed(&e))?;
+            i = skip_ws(b, next);
+            if b.get(i) != Some(&b':') {
+                return Err(malformed(&format_args!("expected `:` at byte {i}")));
+            }
+            i += 1;
+            match &*name {
+                "security_events" | "securityEvents" => {
+                    if events.is_some() {
+                        return Err(malformed(&"duplicate field `security_events`"));
+                    }
+                    let (next, array) = events_array(&text, i, &mut page, MAX_PAGE_EVENTS)
+                        .map_err(|e| malformed(&e))?;
+                    events = Some(array);
+                    i = next;
+                }
+                other => {
+                    let link = matches!(other, "next_link" | "nextLink");
+                    if link && next_link.is_some() {
+                        return Err(malformed(&"duplicate field `next_link`"));
+                    }
+                    scratch.clear();
+                    let (next, _) = parse::value(&text, i, &mut scratch, MAX_DEPTH - 1)
+                        .map_err(|e| malformed(&e))?;
+                    if link {
+                        next_link = Some(scratch.doc(&text).root().to_value());
+                    }
+                    i = next;
+                }
+            }
+            i = skip_ws(b, i);
+            match b.get(i) {
+                Some(b',') => i = skip_ws(b, i + 1),
+                Some(b'}') => {
+                    i += 1;
+                    break;
+                }
+                None => return Err(malformed(&"EOF while parsing the page")),
+                Some(_) => {
+                    return Err(malformed(&format_args!("expected `,` or `}}` at byte {i}")))
+                }
+            }
+        }
+    }
+    if skip_ws(b, i) != b.len() {
+        return Err(malformed(&format_args!("trailing characters at byte {i}")));
+    }
+    if events != Some(true) {
+        return Err(ApiError::Malformed(format!(
             "the page has no `{}` array",
             dialect.events_field()
-        ))
-    })?;
-    let next_link = match env.next_link {
+        )));
+    }
+    page.next_link = match next_link {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) => {
             let t = s.trim();
@@ -155,21 +240,8 @@ pub fn parse_page_owned(body: Vec<u8>, dialect: Dialect) -> Result<Page, ApiErro
             )))
         }
     };
-    // Each event borrowed from the body: where it is.
-    let base = text.as_ptr() as usize;
-    let spans = events
-        .iter()
-        .map(|e| {
-            let start = e.get().as_ptr() as usize - base;
-            start..start + e.get().len()
-        })
-        .collect();
-    Ok(Page {
-        text,
-        spans,
-        next_link,
-        memory: None,
-    })
+    page.text = text;
+    Ok(page)
 }
 
 /// Turns a next link into a URL that may be requested with the token: the
@@ -319,5 +391,107 @@ mod tests {
         let local = Url::parse("http://127.0.0.1:8080").unwrap();
         assert!(resolve_next_link("http://127.0.0.1:8080/p?q=1", &local).is_ok());
         assert!(resolve_next_link("http://127.0.0.1:8081/p?q=1", &local).is_err());
+    }
+
+    /// What serde_json, the oracle, makes of a body that the page parser
+    /// read: the same events, each read the same on its tape.
+    fn same_as_serde(body: &str, page: &Page) {
+        let v: Value = serde_json::from_str(body).expect("the page parser took non-JSON");
+        let events = v
+            .get("security_events")
+            .or_else(|| v.get("securityEvents"))
+            .and_then(Value::as_array)
+            .expect("no events array");
+        assert_eq!(page.len(), events.len(), "{body}");
+        let doc = page.doc();
+        for ((text, root), want) in page.events().zip(page.roots()).zip(events) {
+            assert_eq!(&serde_json::from_str::<Value>(text).unwrap(), want);
+            if let Some(root) = root {
+                assert_eq!(&doc.node(root).to_value(), want);
+            }
+        }
+    }
+
+    #[test]
+    fn pages_are_read_as_serde_json_reads_them_broken_or_not() {
+        use rand::{Rng, SeedableRng};
+        let plan = crate::sim::EventPlan {
+            seed: 3,
+            events_per_hour: 600.0,
+            late_fraction: 0.0,
+            late_by_ms: 0,
+            bad_fraction: 0.3,
+            huge_fraction: 0.0,
+            huge_bytes: 0,
+            activity: Vec::new(),
+        };
+        let shard = crate::shard::Shard::new("exchange", "dlp");
+        let mut rng = rand::rngs::StdRng::seed_from_u64(9);
+        let alphabet: Vec<char> = "{}[]\",:\\ \n0123456789-.eunlx".chars().collect();
+        let (mut read, mut refused) = (0, 0);
+        for dialect in [Dialect::V1, Dialect::Legacy] {
+            let events: Vec<Value> = plan
+                .stubs(&shard, 0, 3_600_000)
+                .iter()
+                .take(3)
+                .map(|stub| plan.render(&shard, stub, dialect))
+                .collect();
+            let body = serde_json::json!({
+                "traceId": "t\"1\u{e9}",
+                dialect.events_field(): events,
+                "nested": {"a": [1, {"b": null}], "c": "\\n"},
+                dialect.next_field(): "https://h/p?x=1",
+            })
+            .to_string();
+            let page = parse_page(body.as_bytes(), dialect).unwrap();
+            assert_eq!(page.len(), 3);
+            assert_eq!(page.roots().filter(Option::is_some).count(), 3);
+            assert_eq!(page.next_link.as_deref(), Some("https://h/p?x=1"));
+            same_as_serde(&body, &page);
+            let chars: Vec<char> = body.chars().collect();
+            for _ in 0..3000 {
+                let mut c = chars.clone();
+                let at = rng.random_range(0..c.len());
+                let new = alphabet[rng.random_range(0..alphabet.len())];
+                match rng.random_range(0..3) {
+                    0 => c.insert(at, new),
+                    1 => {
+                        c.remove(at);
+                    }
+                    _ => c[at] = new,
+                }
+                let broken: String = c.iter().collect();
+                match parse_page(broken.as_bytes(), dialect) {
+                    Ok(page) => {
+                        same_as_serde(&broken, &page);
+                        read += 1;
+                    }
+                    Err(e) => {
+                        assert!(matches!(e, ApiError::Malformed(_)), "{e}");
+                        refused += 1;
+                    }
+                }
+            }
+        }
+        assert!(
+            read > 500 && refused > 500,
+            "{read} read, {refused} refused"
+        );
+    }
+
+    #[test]
+    fn an_event_repeating_a_name_is_left_to_be_parsed_on_its_own() {
+        let body =
+            br#"{"security_events":[{"a":1},{"a":1,"a":2},{"b":{"c":1,"c":1}}],"next_link":null}"#;
+        let p = parse_page(body, Dialect::V1).unwrap();
+        let tapes: Vec<bool> = p.roots().map(|t| t.is_some()).collect();
+        assert_eq!(tapes, [true, false, false]);
+        assert_eq!(p.events().nth(1), Some(r#"{"a":1,"a":2}"#));
+        // A page repeating its own fields is not a page.
+        let e = parse_page(
+            br#"{"security_events":[],"securityEvents":[]}"#,
+            Dialect::V1,
+        );
+        assert!(e.unwrap_err().to_string().contains("duplicate field"));
     }
 }

@@ -166,6 +166,7 @@ impl Redrive<'_> {
                 ce_source: None,
                 window_start: dl.window_start.clone(),
                 window_end: dl.window_end.clone(),
+                envelope: Default::default(),
             };
             if let Some(origin) = self.cloudevents {
                 meta = meta.with_cloudevents(origin);

@@ -122,12 +122,23 @@ impl Sink for JsonlSink {
 
     async fn publish(&self, records: &[Record]) -> Result<(), SinkError> {
         let mut buf = Vec::with_capacity(records.iter().map(|r| r.payload.len() + 64).sum());
+        // `{"topic":"…",`, written once for each run of records on one
+        // topic (a page's events share theirs).
+        let mut prefix: (Option<&std::sync::Arc<str>>, Vec<u8>) = (None, Vec::new());
         for r in records {
-            // {"topic":"…", + the payload without its opening brace.
-            buf.extend_from_slice(b"{\"topic\":");
-            serde_json::to_writer(&mut buf, &*r.topic)
-                .map_err(|e| SinkError::unavailable("jsonl", e.to_string()))?;
-            buf.push(b',');
+            if !prefix
+                .0
+                .is_some_and(|t| std::sync::Arc::ptr_eq(t, &r.topic))
+            {
+                prefix.1.clear();
+                prefix.1.extend_from_slice(b"{\"topic\":");
+                serde_json::to_writer(&mut prefix.1, &*r.topic)
+                    .map_err(|e| SinkError::unavailable("jsonl", e.to_string()))?;
+                prefix.1.push(b',');
+                prefix.0 = Some(&r.topic);
+            }
+            // The prefix, then the payload without its opening brace.
+            buf.extend_from_slice(&prefix.1);
             let start = buf.len();
             buf.extend_from_slice(r.payload.get(1..).unwrap_or_default());
             // One record, one line: a raw line break in valid JSON can only

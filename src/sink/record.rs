@@ -70,6 +70,9 @@ pub struct PageMeta {
     /// rather than once per record.
     pub window_start: String,
     pub window_end: String,
+    /// The members of an event's document after its id, serialized once
+    /// for the page (see [`PageMeta::envelope_tail`]).
+    pub envelope: std::sync::OnceLock<Vec<u8>>,
 }
 
 impl PageMeta {
@@ -87,7 +90,30 @@ impl PageMeta {
             ce_source: None,
             window_start: crate::cas::format_time(window.start),
             window_end: crate::cas::format_time(window.end),
+            envelope: std::sync::OnceLock::new(),
         }
+    }
+
+    /// `,"tenant":…,"window_end":…`: what an event's document holds
+    /// between its id and its data, the same for every event of the page.
+    fn envelope_tail(&self) -> &[u8] {
+        self.envelope.get_or_init(|| {
+            let mut tail = Vec::with_capacity(160);
+            for (name, value) in [
+                ("tenant", &*self.tenant),
+                ("service", &self.service),
+                ("event", &self.event),
+                ("window_start", &self.window_start),
+                ("window_end", &self.window_end),
+            ] {
+                tail.push(b',');
+                // Writing strings into a Vec cannot fail.
+                let _ = serde_json::to_writer(&mut tail, name);
+                tail.push(b':');
+                let _ = serde_json::to_writer(&mut tail, value);
+            }
+            tail
+        })
     }
 }
 
@@ -215,22 +241,16 @@ impl Record {
         // Sized once: the event's text is most of the document.
         let len = data.map_or(0, str::len);
         let mut payload = Vec::with_capacity(len + 192 + id.len());
-        serde_json::to_writer(
-            &mut payload,
-            &Envelope {
-                id: &id,
-                tenant: &page.tenant,
-                service: &page.service,
-                event: &page.event,
-                window_start: &page.window_start,
-                window_end: &page.window_end,
-                intended_topic: dead.map(|d| d.0),
-                reasons: dead.map(|d| d.1),
-                size: None,
-            },
-        )
-        // Serializing strings into a Vec cannot fail.
-        .unwrap_or_default();
+        if dead.is_none() {
+            // An event: the page's envelope, written once, after its id;
+            // the same bytes as the `Envelope` below would write.
+            payload.extend_from_slice(b"{\"id\":");
+            let _ = serde_json::to_writer(&mut payload, &id);
+            payload.extend_from_slice(page.envelope_tail());
+            payload.push(b'}');
+        } else {
+            Self::envelope(&mut payload, &id, page, dead);
+        }
         if let Some(data) = data {
             // `{…}` becomes `{…,"data":<the event>}`.
             payload.pop();
@@ -248,6 +268,31 @@ impl Record {
             occurred: None,
             redriven: None,
         }
+    }
+
+    /// The document's members before `data`, through serde.
+    fn envelope(
+        payload: &mut Vec<u8>,
+        id: &str,
+        page: &PageMeta,
+        dead: Option<(&str, &[Violation])>,
+    ) {
+        serde_json::to_writer(
+            payload,
+            &Envelope {
+                id,
+                tenant: &page.tenant,
+                service: &page.service,
+                event: &page.event,
+                window_start: &page.window_start,
+                window_end: &page.window_end,
+                intended_topic: dead.map(|d| d.0),
+                reasons: dead.map(|d| d.1),
+                size: None,
+            },
+        )
+        // Serializing strings into a Vec cannot fail.
+        .unwrap_or_default();
     }
 
     /// The CloudEvents 1.0 attributes of the record (binary content mode),
@@ -393,6 +438,41 @@ mod tests {
         assert_eq!(doc["intended_topic"], "cas.exchange.dlp");
         assert!(doc.get("topic").is_none());
         assert_eq!(doc["reasons"][0]["path"], "/message/n");
+    }
+
+    #[test]
+    fn an_events_document_is_the_envelope_serde_writes_then_the_event() {
+        let w = Window {
+            start: chrono::DateTime::from_timestamp(0, 0).unwrap(),
+            end: chrono::DateTime::from_timestamp(60, 0).unwrap(),
+        };
+        let mut meta = PageMeta::new(&Shard::new("ex\"ch\u{1}é", "dl\\p"), &w);
+        meta.tenant = "t\n1".into();
+        let meta = Arc::new(meta);
+        let data = r#"{"a": [1, "x"]}"#;
+        for id in ["id1", "i\"d\u{7f}😀"] {
+            let r = Record::event("t".into(), id.into(), &meta, data);
+            let mut want = serde_json::to_vec(&Envelope {
+                id,
+                tenant: &meta.tenant,
+                service: &meta.service,
+                event: &meta.event,
+                window_start: &meta.window_start,
+                window_end: &meta.window_end,
+                intended_topic: None,
+                reasons: None,
+                size: None,
+            })
+            .unwrap();
+            want.pop();
+            want.extend_from_slice(b",\"data\":");
+            want.extend_from_slice(data.as_bytes());
+            want.push(b'}');
+            assert_eq!(
+                String::from_utf8_lossy(&r.payload),
+                String::from_utf8_lossy(&want)
+            );
+        }
     }
 
     #[test]

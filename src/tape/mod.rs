@@ -1,63 +1,201 @@
-//! One event as a flat, borrowed tape: the fast path of validation.
+//! One event as a flat tape: the fast path of validation.
 //!
 //! Parsing an event into a `serde_json::Value` builds a tree of maps and
 //! strings, a third of the CPU an event costs. The tape is one vector of
-//! entries, in document order, whose strings borrow from the event's text
-//! (unless they hold escapes), and jsonschema validates it in place through
-//! its `Json` representation trait. The verdict is the same as on a `Value`
-//! (tested on the simulator's events, bad ones included); the reasons of an
-//! invalid event still come from the `Value` path, which runs only then.
+//! small entries, in document order; strings are spans of the text (or of
+//! a side buffer when they held escapes), numbers sit in a side vector.
+//! jsonschema validates it in place through its `Json` representation
+//! trait. The verdict is the same as on a `Value` (tested on the
+//! simulator's events, bad ones included); the reasons of an invalid event
+//! still come from the `Value` path, which runs only then.
+//!
+//! Entries hold no borrow, so a page keeps the tapes of all its events
+//! beside its body: the page is read once ([`parse`]), splitting it into
+//! events and building their tapes in the same pass.
+
+pub mod parse;
 
 use std::borrow::Cow;
 use std::fmt;
 
 use jsonschema::json::{cmp, Array, Json, Node, NodeIdentity, Object};
 use jsonschema::types::JsonType;
-use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Number, Value};
+
+pub use parse::{Flags, ParseError};
 
 /// One entry of a tape. A container is followed by its contents (an
 /// object's as name, value, name, value…) and knows where they end.
-#[derive(Debug, Clone, PartialEq)]
-enum Entry<'s> {
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum Entry {
     Null,
     Bool(bool),
-    Number(Number),
-    String(Cow<'s, str>),
-    Array { len: u32, end: u32 },
-    Object { len: u32, end: u32 },
+    /// The index of the number in the tape's numbers.
+    Number(u32),
+    /// A string without escapes: where it is in the text, its length.
+    Str(u32, u32),
+    /// A string that held escapes: where it is, unescaped, in the tape's
+    /// side buffer, its length.
+    Escaped(u32, u32),
+    Array {
+        len: u32,
+        end: u32,
+    },
+    Object {
+        len: u32,
+        end: u32,
+    },
 }
 
-/// A parsed JSON document, borrowing from its text.
+/// The entries of one or more documents, with their numbers and unescaped
+/// strings; the strings' text is kept apart (a page's body).
 #[derive(Debug, Default)]
+pub struct TapeBuf {
+    pub(crate) entries: Vec<Entry>,
+    pub(crate) numbers: Vec<Number>,
+    pub(crate) unescaped: String,
+}
+
+impl TapeBuf {
+    /// Room for about one entry per 12 bytes of text.
+    pub fn for_text(len: usize) -> Self {
+        Self {
+            entries: Vec::with_capacity(len / 12 + 4),
+            numbers: Vec::new(),
+            unescaped: String::new(),
+        }
+    }
+
+    /// Empties it, keeping its room.
+    pub fn clear(&mut self) {
+        self.entries.clear();
+        self.numbers.clear();
+        self.unescaped.clear();
+    }
+
+    /// The bytes it holds (counted against the pages in flight).
+    pub fn bytes(&self) -> usize {
+        self.entries.capacity() * std::mem::size_of::<Entry>()
+            + self.numbers.capacity() * std::mem::size_of::<Number>()
+            + self.unescaped.capacity()
+    }
+
+    /// The documents on it, whose strings are in `text`.
+    pub fn doc<'a>(&'a self, text: &'a str) -> Doc<'a> {
+        Doc {
+            text,
+            unescaped: &self.unescaped,
+            numbers: &self.numbers,
+            entries: &self.entries,
+        }
+    }
+
+    /// Whether the object whose entry is at `at` (closed, its strings in
+    /// `text`) repeats a member name. Each name sets one bit of a
+    /// 1,024-bit filter (from its length and a few of its bytes); only a
+    /// name whose bit is set already is compared with the names before it.
+    fn repeats_a_name(&self, text: &str, at: usize) -> bool {
+        let Entry::Object { len, .. } = self.entries[at] else {
+            return false;
+        };
+        let name_at = |i: usize| -> &[u8] {
+            let (bytes, s, l) = match self.entries[i] {
+                Entry::Str(s, l) => (text.as_bytes(), s, l),
+                Entry::Escaped(s, l) => (self.unescaped.as_bytes(), s, l),
+                _ => return &[],
+            };
+            bytes.get(s as usize..(s + l) as usize).unwrap_or_default()
+        };
+        let next = |i: usize| match self.entries[i + 1] {
+            Entry::Array { end, .. } | Entry::Object { end, .. } => end as usize,
+            _ => i + 2,
+        };
+        let mut filter = [0u64; 16];
+        let mut i = at + 1;
+        for _ in 0..len {
+            let name = name_at(i);
+            let (first, last, mid) = match name {
+                [] => (0, 0, 0),
+                _ => (name[0], name[name.len() - 1], name[name.len() / 2]),
+            };
+            let key = name.len() as u64
+                | u64::from(first) << 16
+                | u64::from(last) << 24
+                | u64::from(mid) << 32;
+            let bit = (key.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 54) as usize;
+            if filter[bit / 64] & 1 << (bit % 64) != 0 {
+                let mut j = at + 1;
+                while j < i {
+                    if name_at(j) == name {
+                        return true;
+                    }
+                    j = next(j);
+                }
+            }
+            filter[bit / 64] |= 1 << (bit % 64);
+            i = next(i);
+        }
+        false
+    }
+}
+
+/// A parsed JSON document and the text its strings are in.
+#[derive(Debug)]
 pub struct Tape<'s> {
-    entries: Vec<Entry<'s>>,
+    text: &'s str,
+    buf: TapeBuf,
 }
 
 impl<'s> Tape<'s> {
-    /// Parses `text` (one JSON value).
-    pub fn parse(text: &'s str) -> Result<Self, serde_json::Error> {
-        // About one entry per 12 bytes of an event's text.
-        let mut entries = Vec::with_capacity(text.len() / 12 + 4);
-        let mut de = serde_json::Deserializer::from_str(text);
-        Fill(&mut entries).deserialize(&mut de)?;
-        de.end()?;
-        Ok(Self { entries })
+    /// Parses `text` (one JSON value). An object repeating a member name
+    /// is refused with [`DUPLICATE_NAMES`]: a `Value` keeps the last of
+    /// them and the tape does not decide which one counts.
+    pub fn parse(text: &'s str) -> Result<Self, ParseError> {
+        let mut buf = TapeBuf::for_text(text.len());
+        let flags = parse::document(text, &mut buf)?;
+        if flags.repeated_names {
+            return Err(ParseError {
+                at: 0,
+                what: DUPLICATE_NAMES,
+            });
+        }
+        Ok(Self { text, buf })
     }
 
-    /// The document's root.
-    pub fn root(&self) -> TapeNode<'_> {
-        TapeNode {
-            tape: &self.entries,
-            at: 0,
-        }
+    /// The document (its root is [`Doc::root`]).
+    pub fn doc(&self) -> Doc<'_> {
+        self.buf.doc(self.text)
+    }
+}
+
+/// The error of a tape whose object repeats a member name.
+pub const DUPLICATE_NAMES: &str = "an object repeats a member name";
+
+/// A tape and what its entries point into: what a node reads.
+#[derive(Clone, Copy)]
+pub struct Doc<'a> {
+    text: &'a str,
+    unescaped: &'a str,
+    numbers: &'a [Number],
+    entries: &'a [Entry],
+}
+
+impl<'a> Doc<'a> {
+    /// The value whose entry is at `at`.
+    pub fn node(&'a self, at: usize) -> TapeNode<'a> {
+        TapeNode { doc: self, at }
+    }
+
+    /// The value of the first entry.
+    pub fn root(&'a self) -> TapeNode<'a> {
+        self.node(0)
     }
 }
 
 /// A value on a tape.
 #[derive(Clone, Copy)]
 pub struct TapeNode<'a> {
-    tape: &'a [Entry<'a>],
+    doc: &'a Doc<'a>,
     at: usize,
 }
 
@@ -68,8 +206,8 @@ impl fmt::Debug for TapeNode<'_> {
 }
 
 impl<'a> TapeNode<'a> {
-    fn entry(&self) -> &'a Entry<'a> {
-        &self.tape[self.at]
+    fn entry(&self) -> &'a Entry {
+        &self.doc.entries[self.at]
     }
 
     /// Where the next sibling starts.
@@ -81,10 +219,7 @@ impl<'a> TapeNode<'a> {
     }
 
     fn at(&self, at: usize) -> Self {
-        Self {
-            tape: self.tape,
-            at,
-        }
+        Self { doc: self.doc, at }
     }
 
     /// The member `name` of an object.
@@ -99,8 +234,16 @@ impl<'a> TapeNode<'a> {
 
     /// The string this node holds.
     pub fn as_str(&self) -> Option<&'a str> {
-        match self.entry() {
-            Entry::String(s) => Some(s),
+        match *self.entry() {
+            Entry::Str(at, len) => self.doc.text.get(at as usize..(at + len) as usize),
+            Entry::Escaped(at, len) => self.doc.unescaped.get(at as usize..(at + len) as usize),
+            _ => None,
+        }
+    }
+
+    fn number(&self) -> Option<&'a Number> {
+        match *self.entry() {
+            Entry::Number(i) => self.doc.numbers.get(i as usize),
             _ => None,
         }
     }
@@ -110,8 +253,12 @@ impl<'a> TapeNode<'a> {
         match self.entry() {
             Entry::Null => Value::Null,
             Entry::Bool(b) => Value::Bool(*b),
-            Entry::Number(n) => Value::Number(n.clone()),
-            Entry::String(s) => Value::String(s.to_string()),
+            Entry::Number(_) => self
+                .number()
+                .map_or(Value::Null, |n| Value::Number(n.clone())),
+            Entry::Str(..) | Entry::Escaped(..) => {
+                Value::String(self.as_str().unwrap_or_default().to_string())
+            }
             Entry::Array { .. } => Value::Array(
                 TapeArray(*self)
                     .elements()
@@ -142,8 +289,14 @@ impl Json for TapeJson {
     }
 
     fn with_string_node<T>((): &mut (), string: &str, f: impl FnOnce(TapeNode<'_>) -> T) -> T {
-        let one = [Entry::String(Cow::Borrowed(string))];
-        f(TapeNode { tape: &one, at: 0 })
+        let one = [Entry::Str(0, string.len() as u32)];
+        let doc = Doc {
+            text: string,
+            unescaped: "",
+            numbers: &[],
+            entries: &one,
+        };
+        f(doc.root())
     }
 }
 
@@ -165,10 +318,7 @@ impl<'a> Node<'a, TapeJson> for TapeNode<'a> {
     }
 
     fn as_number(&self) -> Option<&'a Number> {
-        match self.entry() {
-            Entry::Number(n) => Some(n),
-            _ => None,
-        }
+        self.number()
     }
 
     fn as_boolean(&self) -> Option<bool> {
@@ -187,7 +337,7 @@ impl<'a> Node<'a, TapeJson> for TapeNode<'a> {
             Entry::Null => JsonType::Null,
             Entry::Bool(_) => JsonType::Boolean,
             Entry::Number(_) => JsonType::Number,
-            Entry::String(_) => JsonType::String,
+            Entry::Str(..) | Entry::Escaped(..) => JsonType::String,
             Entry::Array { .. } => JsonType::Array,
             Entry::Object { .. } => JsonType::Object,
         }
@@ -195,8 +345,8 @@ impl<'a> Node<'a, TapeJson> for TapeNode<'a> {
 
     fn equals_value(&self, expected: &Value) -> bool {
         match (self.entry(), expected) {
-            (Entry::String(s), Value::String(e)) => s == e,
-            (Entry::String(_), _) => false,
+            (Entry::Str(..) | Entry::Escaped(..), Value::String(e)) => self.as_str() == Some(e),
+            (Entry::Str(..) | Entry::Escaped(..), _) => false,
             (Entry::Bool(b), Value::Bool(e)) => b == e,
             (Entry::Null, Value::Null) => true,
             _ => cmp::equal(&self.to_value(), expected),
@@ -217,8 +367,36 @@ impl<'a> Node<'a, TapeJson> for TapeNode<'a> {
 pub struct TapeObject<'a>(TapeNode<'a>);
 
 impl<'a> TapeObject<'a> {
+    /// The value of the first member named `name`. Names are compared as
+    /// bytes, length first (most members are passed over on that alone).
     fn find(&self, name: &str) -> Option<TapeNode<'a>> {
-        self.members().find(|(k, _)| *k == name).map(|(_, v)| v)
+        let node = self.0;
+        let Entry::Object { len, .. } = *node.entry() else {
+            return None;
+        };
+        let want = name.as_bytes();
+        let mut at = node.at + 1;
+        for _ in 0..len {
+            let found = match node.doc.entries[at] {
+                Entry::Str(s, l) if l as usize == want.len() => {
+                    node.doc.text.as_bytes().get(s as usize..(s + l) as usize) == Some(want)
+                }
+                Entry::Escaped(s, l) if l as usize == want.len() => {
+                    node.doc
+                        .unescaped
+                        .as_bytes()
+                        .get(s as usize..(s + l) as usize)
+                        == Some(want)
+                }
+                _ => false,
+            };
+            let value = node.at(at + 1);
+            if found {
+                return Some(value);
+            }
+            at = value.after();
+        }
+        None
     }
 }
 
@@ -310,120 +488,6 @@ impl<'a> Array<'a, TapeJson> for TapeArray<'a> {
     }
 }
 
-/// Appends one value to the tape.
-struct Fill<'t, 's>(&'t mut Vec<Entry<'s>>);
-
-impl<'de, 's> DeserializeSeed<'de> for Fill<'_, 's>
-where
-    'de: 's,
-{
-    type Value = ();
-
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-        d.deserialize_any(self)
-    }
-}
-
-impl<'de, 's> Visitor<'de> for Fill<'_, 's>
-where
-    'de: 's,
-{
-    type Value = ();
-
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("a JSON value")
-    }
-
-    fn visit_unit<E>(self) -> Result<(), E> {
-        self.0.push(Entry::Null);
-        Ok(())
-    }
-
-    fn visit_bool<E>(self, v: bool) -> Result<(), E> {
-        self.0.push(Entry::Bool(v));
-        Ok(())
-    }
-
-    fn visit_u64<E>(self, v: u64) -> Result<(), E> {
-        self.0.push(Entry::Number(v.into()));
-        Ok(())
-    }
-
-    fn visit_i64<E>(self, v: i64) -> Result<(), E> {
-        self.0.push(Entry::Number(v.into()));
-        Ok(())
-    }
-
-    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<(), E> {
-        let n = Number::from_f64(v).ok_or_else(|| E::custom("a number out of range"))?;
-        self.0.push(Entry::Number(n));
-        Ok(())
-    }
-
-    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<(), E> {
-        self.0.push(Entry::String(Cow::Borrowed(v)));
-        Ok(())
-    }
-
-    fn visit_str<E>(self, v: &str) -> Result<(), E> {
-        self.0.push(Entry::String(Cow::Owned(v.to_owned())));
-        Ok(())
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        let at = self.0.len();
-        self.0.push(Entry::Array { len: 0, end: 0 });
-        let mut len = 0u32;
-        while seq.next_element_seed(Fill(self.0))?.is_some() {
-            len += 1;
-        }
-        let end = self.0.len() as u32;
-        self.0[at] = Entry::Array { len, end };
-        Ok(())
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        let at = self.0.len();
-        self.0.push(Entry::Object { len: 0, end: 0 });
-        let mut len = 0u32;
-        while map.next_key_seed(Name(self.0))?.is_some() {
-            map.next_value_seed(Fill(self.0))?;
-            len += 1;
-        }
-        let end = self.0.len() as u32;
-        self.0[at] = Entry::Object { len, end };
-        let node = TapeNode { tape: self.0, at };
-        let object = TapeObject(node);
-        let repeated = object
-            .members()
-            .enumerate()
-            .any(|(i, (name, _))| object.members().take(i).any(|(k, _)| k == name));
-        if repeated {
-            // A `Value` keeps the last of them; the tape does not decide
-            // which one counts, so such an event takes the `Value` path.
-            return Err(serde::de::Error::custom(DUPLICATE_NAMES));
-        }
-        Ok(())
-    }
-}
-
-/// The error of a tape whose object repeats a member name.
-pub const DUPLICATE_NAMES: &str = "an object repeats a member name";
-
-/// Appends one member name.
-struct Name<'t, 's>(&'t mut Vec<Entry<'s>>);
-
-impl<'de, 's> DeserializeSeed<'de> for Name<'_, 's>
-where
-    'de: 's,
-{
-    type Value = ();
-
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-        d.deserialize_str(Fill(self.0))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -439,10 +503,11 @@ mod tests {
         for text in texts {
             let tape = Tape::parse(text).unwrap();
             let want: Value = serde_json::from_str(text).unwrap();
-            assert_eq!(tape.root().to_value(), want, "{text}");
+            assert_eq!(tape.doc().root().to_value(), want, "{text}");
         }
         let tape = Tape::parse(r#"{"m":{"id":" x ","n":[1,2]},"z":0}"#).unwrap();
-        let root = tape.root();
+        let doc = tape.doc();
+        let root = doc.root();
         assert_eq!(
             root.get("m")
                 .and_then(|m| m.get("id"))
@@ -531,7 +596,8 @@ mod verdicts {
                         for e in std::iter::once(event.clone()).chain(variants(&event)) {
                             let text = serde_json::to_string_pretty(&e).unwrap();
                             let tape = Tape::parse(&text).unwrap();
-                            let root = tape.root();
+                            let doc = tape.doc();
+                            let root = doc.root();
                             let want = registry.check(kind, &e).is_empty();
                             assert_eq!(registry.is_valid(kind, root), want, "{kind}: {text}");
                             if let Some(id) = natural_id_on_tape(root) {
