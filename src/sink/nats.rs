@@ -2,12 +2,14 @@
 //! (see [`msg_id`]) so the server drops duplicates within its duplicate
 //! window; every publish ack is awaited.
 
-use std::future::IntoFuture;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, stream};
 use async_trait::async_trait;
-use futures::future::join_all;
+use futures::StreamExt;
 
 use super::{Binding, NatsConfig, Record, Refusal, Sink, SinkError, Topics};
 
@@ -22,6 +24,166 @@ pub struct NatsSink {
     subjects: Vec<String>,
     /// Server-side dedup window (≥ overlap + lag).
     duplicate_window: Duration,
+    /// Where JetStream's acknowledgements come back.
+    acks: Arc<Acks>,
+}
+
+/// The `cas-*` headers that every record of a page has alike.
+const SAME_FOR_A_PAGE: [&str; 5] = [
+    "cas-tenant",
+    "cas-service",
+    "cas-event",
+    "cas-window-start",
+    "cas-window-end",
+];
+
+/// How long a `publish` call waits for the acknowledgements of its
+/// messages after sending the last one; those missing count as failures
+/// (the call is retried; `Nats-Msg-Id` makes the retry safe).
+const ACK_WAIT: Duration = Duration::from_secs(10);
+
+/// The acknowledgements of this sink's publishes: every message is
+/// published with the reply subject `<inbox>.<call>.<index>`, and one
+/// subscription to `<inbox>.>` routes each acknowledgement to its call.
+/// (Instead of a reply subject, a oneshot channel, a timer and a parsed
+/// ack per message, as the JetStream context does.)
+struct Acks {
+    inbox: String,
+    next_call: AtomicU64,
+    calls: Mutex<HashMap<u64, Arc<Call>, foldhash::fast::RandomState>>,
+}
+
+/// What one `publish` call waits for.
+struct Call {
+    state: Mutex<CallState>,
+    done: tokio::sync::Notify,
+}
+
+struct CallState {
+    /// Which messages were acknowledged (or refused), each counted once.
+    answered: Vec<bool>,
+    left: usize,
+    failed: Vec<String>,
+}
+
+impl Call {
+    fn new(messages: usize) -> Self {
+        Self {
+            state: Mutex::new(CallState {
+                answered: vec![false; messages],
+                left: messages,
+                failed: Vec::new(),
+            }),
+            done: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// The answer for message `index`: `Err` when JetStream did not store it.
+    fn answer(&self, index: usize, result: Result<(), String>) {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if index >= st.answered.len() || st.answered[index] {
+            return;
+        }
+        st.answered[index] = true;
+        st.left -= 1;
+        if let Err(e) = result {
+            st.failed.push(e);
+        }
+        if st.left == 0 {
+            self.done.notify_one();
+        }
+    }
+}
+
+/// Forgets a call when it ends, however it ends.
+struct Forget<'a>(&'a Acks, u64);
+
+impl Drop for Forget<'_> {
+    fn drop(&mut self) {
+        self.0
+            .calls
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.1);
+    }
+}
+
+/// What an acknowledgement says: `Ok` when the message is stored (or was
+/// a duplicate), else why not.
+fn ack_result(m: &async_nats::Message) -> Result<(), String> {
+    if let Some(status) = m.status {
+        if status == async_nats::StatusCode::NO_RESPONDERS {
+            return Err("no stream takes this subject (no responders)".into());
+        }
+        if !status.is_success() {
+            let why = m.description.as_deref().unwrap_or("");
+            return Err(format!("JetStream answered {status} {why}"));
+        }
+    }
+    #[derive(serde::Deserialize)]
+    struct Answer {
+        #[serde(default)]
+        error: Option<AnswerError>,
+        #[serde(default)]
+        stream: Option<serde::de::IgnoredAny>,
+    }
+    #[derive(serde::Deserialize)]
+    struct AnswerError {
+        #[serde(default)]
+        code: u16,
+        #[serde(default)]
+        description: String,
+    }
+    match serde_json::from_slice::<Answer>(&m.payload) {
+        Ok(Answer { error: Some(e), .. }) => Err(format!(
+            "JetStream refused it ({}): {}",
+            e.code, e.description
+        )),
+        Ok(Answer {
+            stream: Some(_), ..
+        }) => Ok(()),
+        _ => Err(format!(
+            "not a JetStream acknowledgement: {}",
+            String::from_utf8_lossy(&m.payload[..m.payload.len().min(200)])
+        )),
+    }
+}
+
+impl Acks {
+    /// Subscribes to the acknowledgements and routes them, as long as the
+    /// connection lives.
+    async fn start(client: &async_nats::Client) -> Result<Arc<Self>, SinkError> {
+        let inbox = client.new_inbox();
+        let mut sub = client.subscribe(format!("{inbox}.>")).await.map_err(err)?;
+        let acks = Arc::new(Self {
+            inbox,
+            next_call: AtomicU64::new(0),
+            calls: Mutex::default(),
+        });
+        let weak = Arc::downgrade(&acks);
+        tokio::spawn(async move {
+            while let Some(m) = sub.next().await {
+                let Some(acks) = weak.upgrade() else { break };
+                let mut parts = m.subject.as_str().rsplitn(3, '.');
+                let index = parts.next().and_then(|i| i.parse::<usize>().ok());
+                let call = parts.next().and_then(|c| c.parse::<u64>().ok());
+                let (Some(index), Some(call)) = (index, call) else {
+                    continue;
+                };
+                let call = acks
+                    .calls
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get(&call)
+                    .cloned();
+                // A late answer for a call that ended is dropped.
+                if let Some(call) = call {
+                    call.answer(index, ack_result(&m));
+                }
+            }
+        });
+        Ok(acks)
+    }
 }
 
 fn err(e: impl std::fmt::Display) -> SinkError {
@@ -104,12 +266,14 @@ impl NatsSink {
         }
         let client = opts.connect(urls).await.map_err(err)?;
         let js = jetstream::new(client.clone());
+        let acks = Acks::start(&client).await?;
         Ok(Self {
             client,
             js,
             stream: cfg.stream.clone(),
             subjects: topics.subject_filters(),
             duplicate_window,
+            acks,
         })
     }
 }
@@ -172,9 +336,22 @@ impl Sink for NatsSink {
     }
 
     async fn publish(&self, records: &[Record]) -> Result<(), SinkError> {
+        if records.is_empty() {
+            return Ok(());
+        }
         let max = self.client.server_info().max_payload;
         let mut refused = Vec::new();
-        let mut acks = Vec::with_capacity(records.len());
+        let call_id = self.acks.next_call.fetch_add(1, Ordering::Relaxed);
+        let call = Arc::new(Call::new(records.len()));
+        self.acks
+            .calls
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(call_id, call.clone());
+        let _forget = Forget(&self.acks, call_id);
+        // One subject value for each run of records on one topic.
+        let mut subject: Option<(&Arc<str>, async_nats::Subject)> = None;
+        let mut template: Option<(&Arc<super::PageMeta>, async_nats::HeaderMap)> = None;
         for (index, r) in records.iter().enumerate() {
             let size = message_size(r);
             if max > 0 && size > max {
@@ -185,30 +362,62 @@ impl Sink for NatsSink {
                         "message of {size} bytes exceeds the server's max_payload of {max} bytes"
                     ),
                 });
+                call.answer(index, Ok(()));
                 continue;
             }
-            let mut headers = async_nats::HeaderMap::new();
+            // The page's own headers, built once and copied (a copy is
+            // cheaper than hashing them into a new map).
+            let page = match &template {
+                Some((p, h)) if Arc::ptr_eq(p, &r.page) => h,
+                _ => {
+                    let h = r
+                        .headers()
+                        .filter(|(k, _)| SAME_FOR_A_PAGE.contains(k))
+                        .map(|(k, v)| (async_nats::HeaderName::from_static(k), v.into()))
+                        .collect();
+                    &template.insert((&r.page, h)).1
+                }
+            };
+            let mut headers = page.clone();
             headers.insert("Nats-Msg-Id", msg_id(r).as_ref());
-            for (k, v) in r.headers() {
+            for (k, v) in r.headers().filter(|(k, _)| !SAME_FOR_A_PAGE.contains(k)) {
                 headers.insert(k, v);
             }
             for (k, v) in r.cloudevent(Binding::Nats) {
                 headers.insert(k, v.as_str());
             }
-            let ack = self
-                .js
-                .publish_with_headers(r.topic.to_string(), headers, r.payload.clone())
+            let to = match &subject {
+                Some((t, s)) if Arc::ptr_eq(t, &r.topic) => s.clone(),
+                _ => {
+                    let s = async_nats::Subject::from(&*r.topic);
+                    subject = Some((&r.topic, s.clone()));
+                    s
+                }
+            };
+            let reply = format!("{}.{call_id}.{index}", self.acks.inbox);
+            self.client
+                .publish_with_reply_and_headers(to, reply, headers, r.payload.clone())
                 .await
                 .map_err(|e| {
                     SinkError::unavailable("nats", format!("publish to {}: {e}", r.topic))
                 })?;
-            acks.push(ack);
         }
-        let transient: Vec<String> = join_all(acks.into_iter().map(|a| a.into_future()))
-            .await
-            .into_iter()
-            .filter_map(|res| res.err().map(|e| e.to_string()))
-            .collect();
+        // Every acknowledgement, or the wait ends.
+        let waited = tokio::time::timeout(ACK_WAIT, call.done.notified()).await;
+        let mut transient = {
+            let st = call.state.lock().unwrap_or_else(|e| e.into_inner());
+            st.failed.clone()
+        };
+        if waited.is_err() {
+            let left = call.state.lock().unwrap_or_else(|e| e.into_inner()).left;
+            if left > 0 {
+                transient.push(format!(
+                    "no acknowledgement from JetStream within {} s for {left} of {} messages",
+                    ACK_WAIT.as_secs(),
+                    records.len()
+                ));
+            }
+        }
         SinkError::from_outcomes("nats", records.len(), transient, refused)
     }
 
@@ -218,5 +427,58 @@ impl Sink for NatsSink {
 
     fn connected(&self) -> bool {
         self.client.connection_state() == async_nats::connection::State::Connected
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(payload: &str, status: Option<async_nats::StatusCode>) -> async_nats::Message {
+        async_nats::Message {
+            subject: "_INBOX.x.1.0".into(),
+            reply: None,
+            payload: bytes::Bytes::from(payload.to_string()),
+            headers: None,
+            status,
+            description: None,
+            length: payload.len(),
+        }
+    }
+
+    #[test]
+    fn acknowledgements_are_read_for_what_they_say() {
+        assert_eq!(
+            ack_result(&answer(r#"{"stream":"S","seq":7}"#, None)),
+            Ok(())
+        );
+        let dup = r#"{"stream":"S","seq":7,"duplicate":true}"#;
+        assert_eq!(ack_result(&answer(dup, None)), Ok(()));
+        let refused =
+            r#"{"error":{"code":503,"err_code":10077,"description":"maximum messages exceeded"}}"#;
+        let e = ack_result(&answer(refused, None)).unwrap_err();
+        assert!(
+            e.contains("503") && e.contains("maximum messages exceeded"),
+            "{e}"
+        );
+        let e = ack_result(&answer("", Some(async_nats::StatusCode::NO_RESPONDERS))).unwrap_err();
+        assert!(e.contains("no stream"), "{e}");
+        assert!(ack_result(&answer("hello", None)).is_err());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_call_ends_once_every_message_is_answered_once() {
+        let call = Call::new(3);
+        call.answer(0, Ok(()));
+        call.answer(0, Ok(()));
+        call.answer(7, Ok(()));
+        assert_eq!(call.state.lock().unwrap().left, 2);
+        call.answer(2, Err("refused".into()));
+        call.answer(1, Ok(()));
+        // Every message answered: the wait ends at once.
+        tokio::time::timeout(Duration::from_millis(1), call.done.notified())
+            .await
+            .expect("done");
+        assert_eq!(call.state.lock().unwrap().failed, ["refused"]);
     }
 }
