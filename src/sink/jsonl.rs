@@ -12,7 +12,7 @@ use super::{Record, Sink, SinkError};
 
 pub struct JsonlSink {
     /// Where lines go; one writer at a time so lines never interleave.
-    out: Mutex<Box<dyn AsyncWrite + Send + Unpin>>,
+    out: Mutex<Out>,
     /// The file (none for stdout).
     path: Option<std::path::PathBuf>,
     /// Each topic's last window start in the file, read once.
@@ -55,22 +55,51 @@ fn read_positions(path: &Path) -> std::io::Result<HashMap<String, String>> {
     )))
 }
 
+/// Standard output, or a file: a call's lines go to the file in one
+/// `write` on a blocking thread, from the call's own buffer (no copy into
+/// an intermediate one).
+enum Out {
+    Stdout(Box<dyn AsyncWrite + Send + Unpin>),
+    File(std::sync::Arc<std::sync::Mutex<std::fs::File>>),
+}
+
+impl Out {
+    async fn write(&mut self, buf: Vec<u8>) -> std::io::Result<()> {
+        match self {
+            Out::Stdout(out) => {
+                out.write_all(&buf).await?;
+                out.flush().await
+            }
+            Out::File(file) => {
+                let file = file.clone();
+                tokio::task::spawn_blocking(move || {
+                    use std::io::Write;
+                    file.lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .write_all(&buf)
+                })
+                .await
+                .map_err(std::io::Error::other)?
+            }
+        }
+    }
+}
+
 impl JsonlSink {
     /// `-` is stdout; anything else a file opened for appending.
     pub async fn open(path: &str) -> Result<Self, SinkError> {
-        let out: Box<dyn AsyncWrite + Send + Unpin> = if path == "-" {
-            Box::new(tokio::io::stdout())
+        let out = if path == "-" {
+            Out::Stdout(Box::new(tokio::io::stdout()))
         } else {
-            Box::new(
-                tokio::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(path)
-                    .await
-                    .map_err(|e| {
-                        SinkError::unavailable("jsonl", format!("cannot open {path}: {e}"))
-                    })?,
-            )
+            let file = tokio::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .await
+                .map_err(|e| SinkError::unavailable("jsonl", format!("cannot open {path}: {e}")))?;
+            Out::File(std::sync::Arc::new(std::sync::Mutex::new(
+                file.into_std().await,
+            )))
         };
         Ok(Self {
             out: Mutex::new(out),
@@ -151,22 +180,24 @@ impl Sink for JsonlSink {
             }
             buf.push(b'\n');
         }
-        let mut out = self.out.lock().await;
-        out.write_all(&buf)
-            .await
-            .map_err(|e| SinkError::unavailable("jsonl", format!("write: {e}")))?;
-        out.flush()
-            .await
-            .map_err(|e| SinkError::unavailable("jsonl", format!("flush: {e}")))
-    }
-
-    async fn flush(&self) -> Result<(), SinkError> {
         self.out
             .lock()
             .await
-            .flush()
+            .write(buf)
             .await
-            .map_err(|e| SinkError::unavailable("jsonl", format!("flush: {e}")))
+            .map_err(|e| SinkError::unavailable("jsonl", format!("write: {e}")))
+    }
+
+    async fn flush(&self) -> Result<(), SinkError> {
+        // A file has nothing buffered: each call's write is done when it
+        // returns.
+        match &mut *self.out.lock().await {
+            Out::Stdout(out) => out
+                .flush()
+                .await
+                .map_err(|e| SinkError::unavailable("jsonl", format!("flush: {e}"))),
+            Out::File(_) => Ok(()),
+        }
     }
 }
 
