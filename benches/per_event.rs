@@ -2,6 +2,9 @@
 //! one event of each type (as the simulator renders them, messy values and all).
 //! `all` is the path through a `serde_json::Value` (still taken by invalid
 //! events); `tape`, `validate_tape` and `all_tape` the path of a valid one.
+//! `page_per_event` and `serde_split_per_event` time a page of 500 events
+//! (divide by 500): read with its tapes in one pass, and split by serde_json
+//! alone.
 //!
 //!   cargo bench --bench per_event
 
@@ -94,6 +97,31 @@ fn per_event(c: &mut Criterion) {
                 let id = natural_id_on_tape(root).unwrap().to_string();
                 assert!(registry.is_valid(event, root));
                 Record::event(topic.clone(), id, &meta, raw_value.get())
+            })
+        });
+        // A page of 500 such events, per event: split into events with
+        // their tapes in one pass (the bridge's way), against serde_json's
+        // split into raw events alone (the first of the two scans before).
+        let page = format!(
+            r#"{{"security_events":[{}],"next_link":"https://h/p"}}"#,
+            vec![raw_value.get(); 500].join(",")
+        );
+        g.bench_function("page_per_event", |b| {
+            b.iter(|| {
+                let p =
+                    cas_bridge::cas::parse_page(black_box(page.as_bytes()), Dialect::V1).unwrap();
+                assert_eq!(p.len(), 500);
+            })
+        });
+        g.bench_function("serde_split_per_event", |b| {
+            #[derive(serde::Deserialize)]
+            struct Split<'a> {
+                #[serde(borrow)]
+                security_events: Vec<&'a serde_json::value::RawValue>,
+            }
+            b.iter(|| {
+                let p: Split<'_> = serde_json::from_str(black_box(&page)).unwrap();
+                assert_eq!(p.security_events.len(), 500);
             })
         });
         g.finish();

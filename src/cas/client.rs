@@ -47,7 +47,9 @@ pub struct Client {
 /// when larger, so that one page always fits). A page costs a few times its
 /// body while it is parsed, validated and written for the sink; this bounds
 /// the pages in flight by bytes whatever their number (ordinary pages of a
-/// few hundred KB are never held back by it).
+/// few hundred KB are never held back by it). The events' tapes, read with
+/// the body (about its size again), are counted here too when there is
+/// room, and let go when there is not.
 pub const PAGE_BYTES_IN_FLIGHT: u64 = 32 * 1024 * 1024;
 
 /// The bound of the page bodies held at once, for clients whose largest
