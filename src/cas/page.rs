@@ -240,6 +240,7 @@ pub fn parse_page_owned(body: Vec<u8>, dialect: Dialect) -> Result<Page, ApiErro
             )))
         }
     };
+    page.tape.shrink();
     page.text = text;
     Ok(page)
 }
@@ -414,17 +415,8 @@ mod tests {
 
     #[test]
     fn pages_are_read_as_serde_json_reads_them_broken_or_not() {
-        use rand::{Rng, SeedableRng};
-        let plan = crate::sim::EventPlan {
-            seed: 3,
-            events_per_hour: 600.0,
-            late_fraction: 0.0,
-            late_by_ms: 0,
-            bad_fraction: 0.3,
-            huge_fraction: 0.0,
-            huge_bytes: 0,
-            activity: Vec::new(),
-        };
+        use rand::SeedableRng;
+        let plan = crate::sim::EventPlan::plain(3, 600.0, 0.3);
         let shard = crate::shard::Shard::new("exchange", "dlp");
         let mut rng = rand::rngs::StdRng::seed_from_u64(9);
         let alphabet: Vec<char> = "{}[]\",:\\ \n0123456789-.eunlx".chars().collect();
@@ -450,17 +442,7 @@ mod tests {
             same_as_serde(&body, &page);
             let chars: Vec<char> = body.chars().collect();
             for _ in 0..3000 {
-                let mut c = chars.clone();
-                let at = rng.random_range(0..c.len());
-                let new = alphabet[rng.random_range(0..alphabet.len())];
-                match rng.random_range(0..3) {
-                    0 => c.insert(at, new),
-                    1 => {
-                        c.remove(at);
-                    }
-                    _ => c[at] = new,
-                }
-                let broken: String = c.iter().collect();
+                let broken = crate::tape::parse::tests::mutated(&chars, &alphabet, 1, &mut rng);
                 match parse_page(broken.as_bytes(), dialect) {
                     Ok(page) => {
                         same_as_serde(&broken, &page);

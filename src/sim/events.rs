@@ -57,6 +57,21 @@ fn unit(x: u64) -> f64 {
 }
 
 impl EventPlan {
+    /// `events_per_hour` events from `seed`, `bad_fraction` of them with a
+    /// bad shape; none late, none huge, the same rate for every pair.
+    pub fn plain(seed: u64, events_per_hour: f64, bad_fraction: f64) -> Self {
+        Self {
+            seed,
+            events_per_hour,
+            late_fraction: 0.0,
+            late_by_ms: 0,
+            bad_fraction,
+            huge_fraction: 0.0,
+            huge_bytes: 0,
+            activity: Vec::new(),
+        }
+    }
+
     /// The stubs generated in `[start_ms, end_ms]` (both inclusive), in order.
     pub fn stubs(&self, shard: &Shard, start_ms: i64, end_ms: i64) -> Vec<Stub> {
         let mut out = Vec::new();

@@ -3,6 +3,7 @@
 //! window; every publish ack is awaited.
 
 use std::collections::HashMap;
+use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -349,6 +350,7 @@ impl Sink for NatsSink {
             .unwrap_or_else(|e| e.into_inner())
             .insert(call_id, call.clone());
         let _forget = Forget(&self.acks, call_id);
+        let reply_prefix = format!("{}.{call_id}.", self.acks.inbox);
         // One subject value for each run of records on one topic.
         let mut subject: Option<(&Arc<str>, async_nats::Subject)> = None;
         let mut template: Option<(&Arc<super::PageMeta>, async_nats::HeaderMap)> = None;
@@ -379,9 +381,12 @@ impl Sink for NatsSink {
                 }
             };
             let mut headers = page.clone();
-            headers.insert("Nats-Msg-Id", msg_id(r).as_ref());
+            headers.insert(
+                async_nats::HeaderName::from_static("Nats-Msg-Id"),
+                msg_id(r).as_ref(),
+            );
             for (k, v) in r.headers().filter(|(k, _)| !SAME_FOR_A_PAGE.contains(k)) {
-                headers.insert(k, v);
+                headers.insert(async_nats::HeaderName::from_static(k), v);
             }
             for (k, v) in r.cloudevent(Binding::Nats) {
                 headers.insert(k, v.as_str());
@@ -394,7 +399,9 @@ impl Sink for NatsSink {
                     s
                 }
             };
-            let reply = format!("{}.{call_id}.{index}", self.acks.inbox);
+            let mut reply = String::with_capacity(reply_prefix.len() + 4);
+            reply.push_str(&reply_prefix);
+            let _ = write!(reply, "{index}");
             self.client
                 .publish_with_reply_and_headers(to, reply, headers, r.payload.clone())
                 .await

@@ -66,6 +66,14 @@ impl TapeBuf {
         }
     }
 
+    /// Gives back room it reserved and did not use (a text of long strings
+    /// has few entries for its length).
+    pub fn shrink(&mut self) {
+        if self.entries.capacity() > 2 * self.entries.len() {
+            self.entries.shrink_to_fit();
+        }
+    }
+
     /// Empties it, keeping its room.
     pub fn clear(&mut self) {
         self.entries.clear();
@@ -576,16 +584,7 @@ mod verdicts {
     #[test]
     fn the_tape_gives_the_values_verdict_id_and_time() {
         let registry = Registry::load(None).unwrap();
-        let plan = EventPlan {
-            seed: 11,
-            events_per_hour: 120.0,
-            late_fraction: 0.0,
-            late_by_ms: 0,
-            bad_fraction: 0.3,
-            huge_fraction: 0.0,
-            huge_bytes: 0,
-            activity: Vec::new(),
-        };
+        let plan = EventPlan::plain(11, 120.0, 0.3);
         let (mut valid, mut invalid) = (0, 0);
         for dialect in [Dialect::V1, Dialect::Legacy] {
             for service in DEFAULT_SERVICES.iter().copied() {

@@ -405,7 +405,7 @@ pub fn document(text: &str, out: &mut TapeBuf) -> Result<Flags, ParseError> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     //! The parser against serde_json, the oracle: the same texts accepted,
     //! the same documents read.
     use super::super::{Tape, DUPLICATE_NAMES};
@@ -432,6 +432,30 @@ mod tests {
             ),
             (Err(_), Err(_)) => {}
         }
+    }
+
+    /// `chars` with `edits` characters inserted, removed or replaced by one
+    /// of `alphabet`, at random places.
+    pub(crate) fn mutated(
+        chars: &[char],
+        alphabet: &[char],
+        edits: usize,
+        rng: &mut impl Rng,
+    ) -> String {
+        let mut c = chars.to_vec();
+        for _ in 0..edits {
+            let at = rng.random_range(0..c.len().max(1));
+            let new = alphabet[rng.random_range(0..alphabet.len())];
+            match rng.random_range(0..3) {
+                0 => c.insert(at.min(c.len()), new),
+                _ if c.is_empty() => {}
+                1 => {
+                    c.remove(at);
+                }
+                _ => c[at] = new,
+            }
+        }
+        c.iter().collect()
     }
 
     /// How many object members a document holds, all levels.
@@ -580,16 +604,7 @@ mod tests {
     /// many times over, from an alphabet of what matters to a JSON parser.
     #[test]
     fn broken_events_are_read_as_serde_json_reads_them() {
-        let plan = crate::sim::EventPlan {
-            seed: 5,
-            events_per_hour: 60.0,
-            late_fraction: 0.0,
-            late_by_ms: 0,
-            bad_fraction: 0.3,
-            huge_fraction: 0.0,
-            huge_bytes: 0,
-            activity: Vec::new(),
-        };
+        let plan = crate::sim::EventPlan::plain(5, 60.0, 0.3);
         let shard = crate::shard::Shard::new("exchange", "dlp");
         let mut rng = rand::rngs::StdRng::seed_from_u64(7);
         let alphabet: Vec<char> = "{}[]\",:\\/ \t\n\u{1}0123456789-+.eEuabfnrtlsxé😀"
@@ -606,19 +621,8 @@ mod tests {
                     agrees(&text);
                     let chars: Vec<char> = text.chars().collect();
                     for _ in 0..1500 {
-                        let mut c = chars.clone();
-                        for _ in 0..rng.random_range(1..4) {
-                            let at = rng.random_range(0..c.len());
-                            let new = alphabet[rng.random_range(0..alphabet.len())];
-                            match rng.random_range(0..3) {
-                                0 => c.insert(at, new),
-                                1 => {
-                                    c.remove(at);
-                                }
-                                _ => c[at] = new,
-                            }
-                        }
-                        agrees(&c.iter().collect::<String>());
+                        let edits = rng.random_range(1..4);
+                        agrees(&mutated(&chars, &alphabet, edits, &mut rng));
                         checked += 1;
                     }
                 }
