@@ -23,7 +23,7 @@ use crate::retry::Backoff;
 use crate::shard::Shard;
 use crate::sink::{PageMeta, Record, RecordKind, Sink, SinkError, Topics};
 use crate::status::StatusBoard;
-use crate::tape::{Tape, TapeNode};
+use crate::tape::{Doc, Tape, TapeNode};
 use crate::telemetry::{DeadReason, ShardTelemetry};
 use crate::validate::{Registry, Violation};
 use crate::window::Window;
@@ -137,16 +137,11 @@ impl Publisher {
             .map(|(raw, root)| {
                 // The fast path: a valid event with a natural id, on the
                 // tape the page was read into (or, without one, its own).
-                let own = match root {
-                    Some(_) => None,
-                    None => Tape::parse(raw).ok(),
-                };
-                let doc = own.as_ref().map(Tape::doc);
-                let root = match (root, &doc) {
-                    (Some(at), _) => Some(read.node(at)),
-                    (None, Some(doc)) => Some(doc.root()),
-                    (None, None) => None,
-                };
+                let own = root.is_none().then(|| Tape::parse(raw).ok()).flatten();
+                let own = own.as_ref().map(Tape::doc);
+                let root = root
+                    .map(|at| read.node(at))
+                    .or_else(|| own.as_ref().map(Doc::root));
                 if let Some(root) = root {
                     if let Some(id) = natural_id_on_tape(root) {
                         if self.registry.is_valid(&shard.event, root) {

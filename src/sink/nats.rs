@@ -411,19 +411,16 @@ impl Sink for NatsSink {
         }
         // Every acknowledgement, or the wait ends.
         let waited = tokio::time::timeout(ACK_WAIT, call.done.notified()).await;
-        let mut transient = {
+        let (mut transient, left) = {
             let st = call.state.lock().unwrap_or_else(|e| e.into_inner());
-            st.failed.clone()
+            (st.failed.clone(), st.left)
         };
-        if waited.is_err() {
-            let left = call.state.lock().unwrap_or_else(|e| e.into_inner()).left;
-            if left > 0 {
-                transient.push(format!(
-                    "no acknowledgement from JetStream within {} s for {left} of {} messages",
-                    ACK_WAIT.as_secs(),
-                    records.len()
-                ));
-            }
+        if waited.is_err() && left > 0 {
+            transient.push(format!(
+                "no acknowledgement from JetStream within {} s for {left} of {} messages",
+                ACK_WAIT.as_secs(),
+                records.len()
+            ));
         }
         SinkError::from_outcomes("nats", records.len(), transient, refused)
     }
