@@ -30,6 +30,8 @@ use tokio_util::sync::CancellationToken;
 
 #[path = "bridge/compare.rs"]
 mod compare;
+#[path = "bridge/floor.rs"]
+mod floor;
 #[path = "bridge/tenants.rs"]
 mod tenants;
 
@@ -836,6 +838,17 @@ fn main() {
                 let h = args.get(2).and_then(|v| v.parse().ok()).unwrap_or(12);
                 let p = args.get(3).and_then(|v| v.parse().ok()).unwrap_or(8);
                 compare::compare(&sink, h, p).await
+            }
+            "kafka-floor" => {
+                // The Kafka part of `compare`'s floor on its own (to profile).
+                let n = args.get(1).and_then(|v| v.parse().ok()).unwrap_or(200_000);
+                let mut cfg = base_config("http://127.0.0.1:1", 1);
+                cfg.sink.kind = SinkKind::Kafka;
+                cfg.sink.kafka.brokers = "127.0.0.1:19092".into();
+                let tag = format!("kf{}", std::process::id());
+                for p in floor::kafka(&cfg, &tag, n).await {
+                    println!("{:<46} {:.2} µs", p.name, p.us_per_event);
+                }
             }
             "tenants" => {
                 let t = args.get(1).and_then(|v| v.parse().ok()).unwrap_or(200);

@@ -55,7 +55,7 @@ pub struct Registry {
     /// Schemas by name: `envelope`, `message`, and one per event type.
     schemas: HashMap<String, Validator>,
     /// The same schemas compiled for the tape (the verdict of a valid event).
-    tapes: HashMap<String, Validator<TapeJson>>,
+    tapes: HashMap<String, Validator<TapeJson>, foldhash::fast::FixedState>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -96,7 +96,7 @@ impl Registry {
             }
         }
         let mut schemas = HashMap::new();
-        let mut tapes = HashMap::new();
+        let mut tapes = HashMap::with_hasher(foldhash::fast::FixedState::default());
         for (name, (text, origin)) in sources {
             let doc: Value = serde_json::from_str(&text).map_err(|e| {
                 ConfigError::new("schemas.dir", format!("{origin} is not JSON: {e}"))

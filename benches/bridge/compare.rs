@@ -101,6 +101,38 @@ pub async fn compare(sink: &str, hours: u64, pairs: usize) {
     if sink == "nats" {
         delete_nats_streams(&[tag.to_uppercase(), format!("PLAIN{}", tag.to_uppercase())]).await;
     }
+
+    // The floor: the bridge's input and output alone (benches/bridge/floor.rs);
+    // `CAS_BENCH_NO_FLOOR=1` leaves it out (to profile the bridge alone).
+    if std::env::var_os("CAS_BENCH_NO_FLOOR").is_some() {
+        return;
+    }
+    let pairs = &cfg.shards.pairs;
+    let mut parts = vec![super::floor::fetch(&api, pairs, start, end, n).await];
+    match sink {
+        "kafka" => parts.extend(super::floor::kafka(&cfg, &tag, n).await),
+        "nats" => {}
+        _ => {
+            let lines = std::fs::read(&bridge_file).expect("the bridge's file");
+            parts.push(super::floor::jsonl(&lines, &dir.path().join("floor.jsonl")));
+        }
+    }
+    let python_us = 1e6 / plain_rate;
+    println!(
+        "  floor, CPU µs per event (the plain collector: {python_us:.2}; the bridge: {:.2}):",
+        1e6 / bridge_rate
+    );
+    for p in &parts {
+        println!("    {:<46} {:.2}", p.name, p.us_per_event);
+    }
+    if parts.len() > 1 {
+        let least = parts[0].us_per_event + parts[1].us_per_event;
+        println!(
+            "  fetch + {}: {least:.2} µs, the best ratio to the plain collector: {:.2} ×",
+            parts[1].name,
+            python_us / least
+        );
+    }
 }
 
 /// tansu creates no topic on its own: the plain collector's topics exist

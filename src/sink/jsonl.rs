@@ -55,28 +55,68 @@ fn read_positions(path: &Path) -> std::io::Result<HashMap<String, String>> {
     )))
 }
 
-/// Standard output, or a file: a call's lines go to the file in one
-/// `write` on a blocking thread, from the call's own buffer (no copy into
-/// an intermediate one).
+/// Standard output, or a file: a call's lines go to the file in
+/// vectored writes on a blocking thread, from the records' own payloads
+/// (no copy into an intermediate buffer).
 enum Out {
     Stdout(Box<dyn AsyncWrite + Send + Unpin>),
     File(std::sync::Arc<std::sync::Mutex<std::fs::File>>),
 }
 
+/// At most this many slices go to one `writev` (Linux's `IOV_MAX`).
+const MAX_SLICES: usize = 1024;
+
+/// Writes every byte of `parts`, in order, with as few `writev` calls as
+/// the kernel allows.
+fn write_parts(out: &mut impl std::io::Write, parts: &[bytes::Bytes]) -> std::io::Result<()> {
+    use std::io::IoSlice;
+    let mut at = 0;
+    // Bytes of `parts[at]` already written.
+    let mut done = 0;
+    loop {
+        // Empty parts (and the written part) passed over: the first slice
+        // of a call is never empty, so a write of 0 bytes is an error.
+        while at < parts.len() && parts[at].len() == done {
+            at += 1;
+            done = 0;
+        }
+        if at == parts.len() {
+            return Ok(());
+        }
+        let mut slices: Vec<IoSlice<'_>> = parts[at..]
+            .iter()
+            .take(MAX_SLICES)
+            .map(|p| IoSlice::new(p))
+            .collect();
+        slices[0] = IoSlice::new(&parts[at][done..]);
+        let mut n = match out.write_vectored(&slices) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        while at < parts.len() && n >= parts[at].len() - done {
+            n -= parts[at].len() - done;
+            at += 1;
+            done = 0;
+        }
+        done += n;
+    }
+}
+
 impl Out {
-    async fn write(&mut self, buf: Vec<u8>) -> std::io::Result<()> {
+    async fn write(&mut self, parts: Vec<bytes::Bytes>) -> std::io::Result<()> {
         match self {
             Out::Stdout(out) => {
-                out.write_all(&buf).await?;
+                for p in &parts {
+                    out.write_all(p).await?;
+                }
                 out.flush().await
             }
             Out::File(file) => {
                 let file = file.clone();
                 tokio::task::spawn_blocking(move || {
-                    use std::io::Write;
-                    file.lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .write_all(&buf)
+                    write_parts(&mut *file.lock().unwrap_or_else(|e| e.into_inner()), &parts)
                 })
                 .await
                 .map_err(std::io::Error::other)?
@@ -150,40 +190,49 @@ impl Sink for JsonlSink {
     }
 
     async fn publish(&self, records: &[Record]) -> Result<(), SinkError> {
-        let mut buf = Vec::with_capacity(records.iter().map(|r| r.payload.len() + 64).sum());
-        // `{"topic":"…",`, written once for each run of records on one
-        // topic (a page's events share theirs).
-        let mut prefix: (Option<&std::sync::Arc<str>>, Vec<u8>) = (None, Vec::new());
+        // Each line is `{"topic":"…",`, then the payload without its
+        // opening brace, then a line break: slices of the payloads
+        // themselves, written with `writev`.
+        static LINE_END: bytes::Bytes = bytes::Bytes::from_static(b"\n");
+        let mut parts = Vec::with_capacity(records.len() * 3);
+        // The prefix, made once for each run of records on one topic (a
+        // page's events share theirs).
+        let mut prefix: Option<(&std::sync::Arc<str>, bytes::Bytes)> = None;
         for r in records {
-            if !prefix
-                .0
-                .is_some_and(|t| std::sync::Arc::ptr_eq(t, &r.topic))
-            {
-                prefix.1.clear();
-                prefix.1.extend_from_slice(b"{\"topic\":");
-                serde_json::to_writer(&mut prefix.1, &*r.topic)
-                    .map_err(|e| SinkError::unavailable("jsonl", e.to_string()))?;
-                prefix.1.push(b',');
-                prefix.0 = Some(&r.topic);
-            }
-            // The prefix, then the payload without its opening brace.
-            buf.extend_from_slice(&prefix.1);
-            let start = buf.len();
-            buf.extend_from_slice(r.payload.get(1..).unwrap_or_default());
+            let topic_prefix = match &prefix {
+                Some((t, p)) if std::sync::Arc::ptr_eq(t, &r.topic) => p.clone(),
+                _ => {
+                    let mut p = b"{\"topic\":".to_vec();
+                    serde_json::to_writer(&mut p, &*r.topic)
+                        .map_err(|e| SinkError::unavailable("jsonl", e.to_string()))?;
+                    p.push(b',');
+                    let p = bytes::Bytes::from(p);
+                    prefix = Some((&r.topic, p.clone()));
+                    p
+                }
+            };
+            parts.push(topic_prefix);
+            let body = r.payload.slice(1.min(r.payload.len())..);
             // One record, one line: a raw line break in valid JSON can only
             // be whitespace between tokens (strings hold them escaped), so
             // a space in its place leaves the same JSON.
-            let mut at = start;
-            while let Some(i) = memchr::memchr2(b'\n', b'\r', &buf[at..]) {
-                buf[at + i] = b' ';
-                at += i + 1;
+            if memchr::memchr2(b'\n', b'\r', &body).is_some() {
+                let mut flat = body.to_vec();
+                for c in &mut flat {
+                    if matches!(*c, b'\n' | b'\r') {
+                        *c = b' ';
+                    }
+                }
+                parts.push(flat.into());
+            } else {
+                parts.push(body);
             }
-            buf.push(b'\n');
+            parts.push(LINE_END.clone());
         }
         self.out
             .lock()
             .await
-            .write(buf)
+            .write(parts)
             .await
             .map_err(|e| SinkError::unavailable("jsonl", format!("write: {e}")))
     }
@@ -212,6 +261,65 @@ mod tests {
     use crate::sink::PageMeta;
     use crate::validate::Violation;
     use crate::window::Window;
+
+    /// A writer that takes at most `most` bytes a call, and only from the
+    /// first few slices, as a kernel may.
+    struct Trickle {
+        got: Vec<u8>,
+        most: usize,
+        calls: usize,
+    }
+
+    impl std::io::Write for Trickle {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.write_vectored(&[std::io::IoSlice::new(buf)])
+        }
+
+        fn write_vectored(&mut self, bufs: &[std::io::IoSlice<'_>]) -> std::io::Result<usize> {
+            assert!(bufs.len() <= MAX_SLICES);
+            self.calls += 1;
+            if self.calls % 3 == 0 {
+                return Err(std::io::ErrorKind::Interrupted.into());
+            }
+            let mut n = 0;
+            for b in bufs.iter().take(3) {
+                let take = b.len().min(self.most - n);
+                self.got.extend_from_slice(&b[..take]);
+                n += take;
+                if n == self.most {
+                    break;
+                }
+            }
+            Ok(n)
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn every_byte_of_every_part_is_written_once_in_order() {
+        // Parts of every length from 0, more of them than one writev takes.
+        let parts: Vec<bytes::Bytes> = (0..2500u32)
+            .map(|i| {
+                (0..i % 37)
+                    .map(|j| (i * 7 + j) as u8)
+                    .collect::<Vec<u8>>()
+                    .into()
+            })
+            .collect();
+        let want: Vec<u8> = parts.iter().flat_map(|p| p.iter().copied()).collect();
+        for most in [1, 5, 36, 1000, usize::MAX / 2] {
+            let mut out = Trickle {
+                got: Vec::new(),
+                most,
+                calls: 0,
+            };
+            write_parts(&mut out, &parts).unwrap();
+            assert_eq!(out.got, want, "at most {most} bytes a call");
+        }
+    }
 
     #[test]
     fn the_last_window_of_each_topic_is_found() {

@@ -93,8 +93,22 @@ fn hex4(b: &[u8], at: usize) -> Result<u16, ParseError> {
 }
 
 /// Reads the string whose opening quote is at `at - 1`; returns its entry
-/// and the position after its closing quote.
+/// and the position after its closing quote. Inlined: most strings hold no
+/// escape and end at the first stop.
+#[inline(always)]
 fn string(text: &str, at: usize, out: &mut TapeBuf) -> Result<(Entry, usize), ParseError> {
+    let b = text.as_bytes();
+    match string_stop(b, at) {
+        Some(stop) if b[stop] == b'"' => Ok((Entry::Str(at as u32, (stop - at) as u32), stop + 1)),
+        _ => escaped_string(text, at, out),
+    }
+}
+
+/// [`string`] past its first stop: an escape, a control character or the
+/// end of the text.
+#[cold]
+#[inline(never)]
+fn escaped_string(text: &str, at: usize, out: &mut TapeBuf) -> Result<(Entry, usize), ParseError> {
     let b = text.as_bytes();
     let Some(stop) = string_stop(b, at) else {
         return fail(b.len(), "EOF while parsing a string");
