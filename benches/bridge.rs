@@ -837,7 +837,8 @@ fn main() {
                 let sink = args.get(1).cloned().unwrap_or_else(|| "jsonl".into());
                 let h = args.get(2).and_then(|v| v.parse().ok()).unwrap_or(12);
                 let p = args.get(3).and_then(|v| v.parse().ok()).unwrap_or(8);
-                compare::compare(&sink, h, p).await
+                let r = args.get(4).and_then(|v| v.parse().ok()).unwrap_or(1);
+                compare::compare(&sink, h, p, r).await
             }
             "kafka-floor" => {
                 // The Kafka part of `compare`'s floor on its own (to profile).
@@ -881,7 +882,7 @@ fn main() {
                 let m = args.get(2).and_then(|v| v.parse().ok()).unwrap_or(10);
                 freshness(r, m).await
             }
-            _ => eprintln!("usage: cargo bench --bench bridge -- throughput [jsonl|nats|kafka] | backfill | sweep | budget <workers> [minutes] [margin] | soak [minutes] [shards] [workers] | interrupt [kill|term] [every_s] | freshness [replicas] [minutes] | tenants [tenants] [pairs] [replicas] [minutes]"),
+            _ => eprintln!("usage: cargo bench --bench bridge -- throughput [jsonl|nats|kafka] | compare [jsonl|nats|kafka] [hours] [pairs] [rounds] | kafka-floor [events] | backfill | sweep | budget <workers> [minutes] [margin] | soak [minutes] [shards] [workers] | interrupt [kill|term] [every_s] | freshness [replicas] [minutes] | tenants [tenants] [pairs] [replicas] [minutes]"),
         }
     });
 }

@@ -100,17 +100,22 @@ fn string(text: &str, at: usize, out: &mut TapeBuf) -> Result<(Entry, usize), Pa
     let b = text.as_bytes();
     match string_stop(b, at) {
         Some(stop) if b[stop] == b'"' => Ok((Entry::Str(at as u32, (stop - at) as u32), stop + 1)),
-        _ => escaped_string(text, at, out),
+        stop => escaped_string(text, at, stop, out),
     }
 }
 
-/// [`string`] past its first stop: an escape, a control character or the
-/// end of the text.
+/// [`string`] from its first stop (`stop`, as [`string_stop`] found it):
+/// an escape, a control character or the end of the text.
 #[cold]
 #[inline(never)]
-fn escaped_string(text: &str, at: usize, out: &mut TapeBuf) -> Result<(Entry, usize), ParseError> {
+fn escaped_string(
+    text: &str,
+    at: usize,
+    stop: Option<usize>,
+    out: &mut TapeBuf,
+) -> Result<(Entry, usize), ParseError> {
     let b = text.as_bytes();
-    let Some(stop) = string_stop(b, at) else {
+    let Some(stop) = stop else {
         return fail(b.len(), "EOF while parsing a string");
     };
     match b[stop] {
