@@ -236,7 +236,6 @@ async fn produce(
                     }
                     rec = rec.key(id.as_str()).headers(headers);
                 }
-                let mut rec = rec;
                 loop {
                     match producer.send(rec) {
                         Ok(()) => break,

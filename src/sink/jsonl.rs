@@ -70,47 +70,32 @@ const MAX_SLICES: usize = 1024;
 /// the kernel allows.
 fn write_parts(out: &mut impl std::io::Write, parts: &[bytes::Bytes]) -> std::io::Result<()> {
     use std::io::IoSlice;
-    let mut at = 0;
-    // Bytes of `parts[at]` already written.
-    let mut done = 0;
-    loop {
-        // Empty parts (and the written part) passed over: the first slice
-        // of a call is never empty, so a write of 0 bytes is an error.
-        while at < parts.len() && parts[at].len() == done {
-            at += 1;
-            done = 0;
-        }
-        if at == parts.len() {
-            return Ok(());
-        }
-        let mut slices: Vec<IoSlice<'_>> = parts[at..]
-            .iter()
-            .take(MAX_SLICES)
-            .map(|p| IoSlice::new(p))
-            .collect();
-        slices[0] = IoSlice::new(&parts[at][done..]);
-        let mut n = match out.write_vectored(&slices) {
+    // Empty parts left out: a call's first slice is never empty, so a
+    // write of 0 bytes is an error.
+    let mut slices: Vec<IoSlice<'_>> = parts
+        .iter()
+        .filter(|p| !p.is_empty())
+        .map(|p| IoSlice::new(p))
+        .collect();
+    let mut rest = &mut slices[..];
+    while !rest.is_empty() {
+        match out.write_vectored(&rest[..rest.len().min(MAX_SLICES)]) {
             Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Ok(n) => IoSlice::advance_slices(&mut rest, n),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
-        };
-        while at < parts.len() && n >= parts[at].len() - done {
-            n -= parts[at].len() - done;
-            at += 1;
-            done = 0;
         }
-        done += n;
     }
+    Ok(())
 }
 
 impl Out {
     async fn write(&mut self, parts: Vec<bytes::Bytes>) -> std::io::Result<()> {
         match self {
             Out::Stdout(out) => {
-                for p in &parts {
-                    out.write_all(p).await?;
-                }
+                // One write: each write to tokio's stdout is a trip to a
+                // blocking thread.
+                out.write_all(&parts.concat()).await?;
                 out.flush().await
             }
             Out::File(file) => {
