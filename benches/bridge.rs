@@ -20,7 +20,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cas_bridge::bridge::{Bridge, Coordination};
+use cas_bridge::bridge::Bridge;
 use cas_bridge::config::{Config, Dur, SinkKind, StartFrom};
 use cas_bridge::sim::SimStats;
 use cas_bridge::telemetry::Stats;
@@ -186,7 +186,7 @@ async fn in_process_bridge(cfg: &Config) -> Arc<Bridge> {
             cfg,
             SecretString::from("sim-token"),
             sink,
-            Coordination::in_memory(cfg),
+            cfg.in_memory_coordination(),
         )
         .expect("bridge"),
     )
@@ -585,7 +585,8 @@ async fn interrupt(how: &str, every_s: u64) {
     cfg.coord.redis_url = Some(SecretString::from("redis://127.0.0.1:6379".to_string()));
     cfg.coord.prefix = prefix.clone();
     cfg.coord.worker_id = Some("observer".into());
-    let (_, obs) = Coordination::redis(&cfg, &SecretString::from("sim-token"))
+    let (_, obs) = cfg
+        .redis_coordination(&SecretString::from("sim-token"))
         .await
         .expect("Redis on 6379 (./scripts/test starts it)");
     let shards = cfg.shards.shards().unwrap();

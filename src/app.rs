@@ -11,7 +11,7 @@ use clap::{Parser, Subcommand};
 use secrecy::SecretString;
 use tokio_util::sync::CancellationToken;
 
-use crate::bridge::{Bridge, Coordination};
+use crate::bridge::Bridge;
 use crate::config::{Config, Dur, SinkKind, StartFrom};
 use crate::sim::{self, SimConfig};
 use crate::telemetry::Stats;
@@ -129,40 +129,9 @@ fn init_logs(format: &str, level: &str) {
     };
 }
 
-/// Cancels the token on SIGINT or SIGTERM. The handlers are installed
-/// before this returns, so a signal that arrives right after is not lost
-/// (the default action would kill the process without a graceful stop).
-pub(crate) fn cancel_on_signals(cancel: CancellationToken) {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        let term = signal(SignalKind::terminate());
-        let int = signal(SignalKind::interrupt());
-        tokio::spawn(async move {
-            match (term, int) {
-                (Ok(mut term), Ok(mut int)) => {
-                    tokio::select! {
-                        _ = term.recv() => {},
-                        _ = int.recv() => {},
-                    }
-                }
-                _ => std::future::pending::<()>().await,
-            }
-            tracing::info!("signal received");
-            cancel.cancel();
-        });
-    }
-    #[cfg(not(unix))]
-    tokio::spawn(async move {
-        let _ = tokio::signal::ctrl_c().await;
-        tracing::info!("signal received");
-        cancel.cancel();
-    });
-}
-
 async fn run(file: Option<PathBuf>) -> anyhow::Result<()> {
     let cancel = CancellationToken::new();
-    cancel_on_signals(cancel.clone());
+    crate::shutdown::cancel_on_signals(cancel.clone());
     let mut cfg = Config::load(file.as_deref())?;
     init_logs(&cfg.log.format, &cfg.log.level);
     let token = first_token(&cfg)?;
@@ -170,14 +139,14 @@ async fn run(file: Option<PathBuf>) -> anyhow::Result<()> {
     let coord = if cfg.coord.redis_url.is_some() {
         let mut retry = crate::retry::Backoff::new(Duration::from_secs(1), Duration::from_secs(32));
         loop {
-            match Coordination::redis(&cfg, &token).await {
+            match cfg.redis_coordination(&token).await {
                 Ok((c, rc)) => {
                     tracing::info!(worker = rc.worker_id(), prefix = %cfg.coord.prefix, "joined the fleet through Redis");
                     break c;
                 }
                 Err(e) => {
                     let wait = retry.next_delay();
-                    tracing::error!(error = %e, retry_in = ?wait, "cannot reach Redis");
+                    tracing::error!(error = %crate::field::chain(&e), retry_in_s = crate::field::secs(wait), "cannot reach Redis");
                     if !crate::retry::sleep_or_cancel(wait, &cancel).await {
                         return Ok(());
                     }
@@ -185,10 +154,12 @@ async fn run(file: Option<PathBuf>) -> anyhow::Result<()> {
             }
         }
     } else {
-        Coordination::in_memory(&cfg)
+        cfg.in_memory_coordination()
     };
     let sink = crate::sink::build(&cfg.sink, dup_window).await?;
-    let status = Arc::new(crate::status::StatusBoard::new(Some(sink.clone())));
+    let status = Arc::new(crate::status::StatusBoard::new(Some(crate::sink::probe(
+        &sink,
+    ))));
     let mut bridge = Arc::new(Bridge::build_tenants_on(
         &cfg,
         sink.clone(),
@@ -226,7 +197,7 @@ async fn run(file: Option<PathBuf>) -> anyhow::Result<()> {
         {
             Ok(b) => Arc::new(b),
             Err(e) => {
-                tracing::error!(error = %e, config = %hash, "the changed configuration cannot be applied; the configuration in force stays");
+                tracing::error!(error = %crate::field::chain(&e), config = %hash, "the changed configuration cannot be applied; the configuration in force stays");
                 continue;
             }
         };
@@ -270,7 +241,7 @@ async fn status(file: Option<PathBuf>, json: bool) -> anyhow::Result<()> {
     let token = first_token(&cfg)?;
     let mut quiet = cfg.clone();
     quiet.coord.worker_id = Some("status".into());
-    let (_, rc) = Coordination::redis(&quiet, &token).await?;
+    let (_, rc) = quiet.redis_coordination(&token).await?;
     let mut st = rc.status(&cfg.all_shards()?).await?;
     if !cfg.tenants.is_empty() {
         for t in cfg.tenants()? {
@@ -397,7 +368,7 @@ async fn simulate(cfg: SimConfig) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}", cfg.listen))?;
     tracing::info!(addr = %handle.addr, dialect = %cfg.dialect, per_minute = cfg.per_minute, "simulator listening");
     let cancel = CancellationToken::new();
-    cancel_on_signals(cancel.clone());
+    crate::shutdown::cancel_on_signals(cancel.clone());
     cancel.cancelled().await;
     handle.stop().await;
     Ok(())
@@ -436,7 +407,7 @@ async fn demo(file: Option<PathBuf>, args: DemoArgs) -> anyhow::Result<()> {
         &cfg,
         token,
         sink,
-        Coordination::in_memory(&cfg),
+        cfg.in_memory_coordination(),
     )?);
     println!(
         "demo: {} shards, {} of history, simulator at {} ({} dialect), events to {}",
@@ -447,7 +418,7 @@ async fn demo(file: Option<PathBuf>, args: DemoArgs) -> anyhow::Result<()> {
         args.out
     );
     let cancel = CancellationToken::new();
-    cancel_on_signals(cancel.clone());
+    crate::shutdown::cancel_on_signals(cancel.clone());
     let started = Instant::now();
     let caught_up_at = Utc::now() - chrono::Duration::from_std(cfg.window.lag.get())?;
     let runner = tokio::spawn(bridge.clone().run(cancel.clone()));

@@ -8,19 +8,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use rand::Rng;
 use secrecy::SecretString;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::cas::{page_memory, Client, Token};
 use crate::config::Config;
-use crate::coord::memory::{MemoryBudget, MemoryCheckpoints, MemoryDedup, SoleWorker};
 use crate::coord::redis::token_key;
-use crate::coord::redis::{RedisCoord, RedisSettings};
-use crate::coord::{
-    Budget, BudgetConfig, BudgetUsage, CheckpointStore, CoordError, DedupStore, LeaseStore,
-};
+use crate::coord::{BudgetUsage, Coordination, LeaseStore};
 use crate::field::ConfigError;
 use crate::fleet::LeaseKeeper;
 use crate::publish::Publisher;
@@ -39,127 +34,6 @@ use crate::window::Planner;
 pub const FLUSH_BOUND: Duration = Duration::from_secs(3);
 /// How long giving the leases back may take at shutdown.
 pub const RELEASE_BOUND: Duration = Duration::from_secs(2);
-
-/// Where the budget of a token is kept.
-#[derive(Clone)]
-pub enum Budgets {
-    /// In this process (the embedded mode).
-    Memory,
-    /// In Redis, shared by the fleet.
-    Redis(Arc<RedisCoord>),
-}
-
-impl Budgets {
-    /// The budget of `tenant`'s token (`token`, as held now) with these
-    /// limits. In Redis it keeps the key its first user gave it, across
-    /// token rotations.
-    pub fn for_tenant(
-        &self,
-        tenant: &str,
-        token: &SecretString,
-        cfg: &BudgetConfig,
-    ) -> Arc<dyn Budget> {
-        match self {
-            Budgets::Memory => Arc::new(MemoryBudget::new(cfg.clone())),
-            Budgets::Redis(rc) => Arc::new(rc.budget_of(tenant, token, cfg.clone())),
-        }
-    }
-}
-
-/// The coordination stores a bridge uses.
-#[derive(Clone)]
-pub struct Coordination {
-    pub checkpoints: Arc<dyn CheckpointStore>,
-    /// The budget of the top-level token (a bridge without tenants).
-    pub budget: Arc<dyn Budget>,
-    /// Where each tenant's token's budget is made.
-    pub budgets: Budgets,
-    pub dedup: Arc<dyn DedupStore>,
-    pub leases: Arc<dyn LeaseStore>,
-}
-
-/// The longest dedup horizon of any tenant's windows.
-fn dedup_horizon(cfg: &Config) -> Duration {
-    let top = Planner::new(&cfg.window).dedup_horizon();
-    cfg.tenants()
-        .unwrap_or_default()
-        .iter()
-        .map(|t| Planner::new(&t.window).dedup_horizon())
-        .fold(top, Duration::max)
-}
-
-impl Coordination {
-    /// The embedded mode: one process, everything in memory.
-    pub fn in_memory(cfg: &Config) -> Self {
-        Self {
-            checkpoints: Arc::new(MemoryCheckpoints::default()),
-            budget: Arc::new(MemoryBudget::new(cfg.budget.clone())),
-            budgets: Budgets::Memory,
-            dedup: Arc::new(MemoryDedup::new(dedup_horizon(cfg))),
-            leases: Arc::new(SoleWorker),
-        }
-    }
-
-    /// A fleet member: everything in Redis (`coord.redis_url` must be set).
-    pub async fn redis(
-        cfg: &Config,
-        token: &SecretString,
-    ) -> Result<(Self, Arc<RedisCoord>), CoordError> {
-        let url = cfg
-            .coord
-            .redis_url
-            .as_ref()
-            .ok_or_else(|| CoordError::Unavailable("coord.redis_url is not set".into()))?;
-        let rc = Arc::new(
-            RedisCoord::connect(RedisSettings {
-                url,
-                prefix: &cfg.coord.prefix,
-                worker: cfg
-                    .coord
-                    .worker_id
-                    .clone()
-                    .unwrap_or_else(default_worker_id),
-                lease_ttl: cfg.coord.lease_ttl.get(),
-                budget: cfg.budget.clone(),
-                token,
-                dedup_horizon: dedup_horizon(cfg),
-                tls: crate::coord::redis::TlsFiles {
-                    ca: cfg.coord.tls_ca_file.clone(),
-                    cert: cfg.coord.tls_cert_file.clone(),
-                    key: cfg.coord.tls_key_file.clone(),
-                },
-                sentinel: cfg
-                    .coord
-                    .sentinel_master
-                    .as_deref()
-                    .map(|m| (m, cfg.coord.sentinels.as_slice())),
-            })
-            .await?,
-        );
-        Ok((
-            Self {
-                checkpoints: rc.clone(),
-                budget: rc.clone(),
-                budgets: Budgets::Redis(rc.clone()),
-                dedup: rc.clone(),
-                leases: rc.clone(),
-            },
-            rc,
-        ))
-    }
-}
-
-/// `<host>-<pid>-<random>`: unique even when pods share a host name.
-pub fn default_worker_id() -> String {
-    let host = std::env::var("HOSTNAME")
-        .ok()
-        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
-        .map(|h| h.trim().replace([':', ' '], "-"))
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "worker".into());
-    let r: u16 = rand::rng().random();
-    format!("{host}-{}-{r:04x}", std::process::id())
-}
 
 /// What a tenant's shard runners need besides their stages.
 fn settings(cfg: &Config, t: &crate::tenant::Tenant) -> RunnerSettings {
@@ -207,7 +81,7 @@ impl Bridge {
         sink: Arc<dyn Sink>,
         coord: Coordination,
     ) -> Result<Self, ConfigError> {
-        let status = Arc::new(StatusBoard::new(Some(sink.clone())));
+        let status = Arc::new(StatusBoard::new(Some(crate::sink::probe(&sink))));
         Self::build_tenants_on(cfg, sink, coord, status)
     }
 
@@ -280,7 +154,7 @@ impl Bridge {
             .into_iter()
             .collect();
         let lanes = HashMap::from([(Arc::from(sole.name.as_str()), lane)]);
-        let status = Arc::new(StatusBoard::new(Some(sink.clone())));
+        let status = Arc::new(StatusBoard::new(Some(crate::sink::probe(&sink))));
         Self::assemble(cfg, lanes, origins, sole.shards()?, sink, coord, status)
     }
 
@@ -392,7 +266,7 @@ impl Bridge {
             match sink.prepare(&all).await {
                 Ok(()) => break,
                 Err(e) => {
-                    error!(error = %e, "cannot prepare the sink; retrying");
+                    error!(error = %crate::field::chain(&e), "cannot prepare the sink; retrying");
                     if !retry.wait(&cancel).await {
                         return;
                     }
@@ -427,16 +301,19 @@ impl Bridge {
         // broker or a stalled reader must not hold the process.
         match tokio::time::timeout(FLUSH_BOUND, sink.flush()).await {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => error!(error = %e, "flushing the sink at shutdown"),
+            Ok(Err(e)) => error!(error = %crate::field::chain(&e), "flushing the sink at shutdown"),
             Err(_) => {
-                error!(bound = ?FLUSH_BOUND, "the sink did not flush in time at shutdown; what it did not acknowledge stays un-checkpointed")
+                error!(bound_s = crate::field::secs(FLUSH_BOUND), "the sink did not flush in time at shutdown; what it did not acknowledge stays un-checkpointed")
             }
         }
         if tokio::time::timeout(RELEASE_BOUND, keeper.release_all())
             .await
             .is_err()
         {
-            warn!(bound = ?RELEASE_BOUND, "could not release the leases in time; they expire by themselves");
+            warn!(
+                bound_s = crate::field::secs(RELEASE_BOUND),
+                "could not release the leases in time; they expire by themselves"
+            );
         }
         info!("bridge stopped");
     }
@@ -462,7 +339,7 @@ mod tests {
                 &cfg,
                 source.clone(),
                 sink.clone(),
-                Coordination::in_memory(&cfg),
+                cfg.in_memory_coordination(),
             )
             .unwrap(),
         );
@@ -491,12 +368,5 @@ mod tests {
             .unwrap();
         assert!(bridge.held().is_empty(), "leases released at shutdown");
         assert_eq!(bridge.budget_usage().await.last_minute, 2);
-    }
-
-    #[test]
-    fn worker_ids_are_unique_and_safe() {
-        let a = default_worker_id();
-        assert!(!a.contains(':') && !a.contains(' '), "{a}");
-        assert!(a.contains(&std::process::id().to_string()));
     }
 }

@@ -66,6 +66,37 @@ impl Config {
         self.window.overlap.get() + self.window.lag.get() + std::time::Duration::from_secs(60)
     }
 
+    /// The longest dedup horizon of any tenant's windows.
+    pub fn dedup_horizon(&self) -> std::time::Duration {
+        let top = crate::window::Planner::new(&self.window).dedup_horizon();
+        self.tenants()
+            .unwrap_or_default()
+            .iter()
+            .map(|t| crate::window::Planner::new(&t.window).dedup_horizon())
+            .fold(top, std::time::Duration::max)
+    }
+
+    /// The embedded mode's coordination: one process, everything in memory.
+    pub fn in_memory_coordination(&self) -> crate::coord::Coordination {
+        crate::coord::Coordination::in_memory(&self.budget, self.dedup_horizon())
+    }
+
+    /// A fleet member's coordination, in Redis (`coord.redis_url` must be
+    /// set), with the top-level `token`'s budget.
+    pub async fn redis_coordination(
+        &self,
+        token: &secrecy::SecretString,
+    ) -> Result<
+        (
+            crate::coord::Coordination,
+            std::sync::Arc<crate::coord::redis::RedisCoord>,
+        ),
+        crate::coord::CoordError,
+    > {
+        crate::coord::Coordination::redis(&self.coord, &self.budget, token, self.dedup_horizon())
+            .await
+    }
+
     /// The CloudEvents `source` origin (the API's), when records carry
     /// CloudEvents attributes.
     pub fn cloudevents_origin(&self) -> Result<Option<String>, ConfigError> {

@@ -230,9 +230,14 @@ pub fn engine(
         per_day: 100_000,
         ..crate::coord::BudgetConfig::default()
     }));
-    crate::runner::Engine::new(
+    let lane = crate::runner::Lane {
         source,
-        crate::schedule::Scheduler::new(budget, 8),
+        scheduler: Arc::new(crate::schedule::Scheduler::new(budget, 8)),
+        planner: crate::window::Planner::new(&crate::window::WindowConfig::default()),
+        settings: crate::runner::RunnerSettings::default(),
+    };
+    crate::runner::Engine::with_lanes(
+        std::collections::HashMap::from([(Arc::from(crate::shard::DEFAULT_TENANT), lane)]),
         crate::publish::Publisher::new(
             crate::validate::Registry::load(None).expect("built-in schemas"),
             sink,
@@ -240,8 +245,6 @@ pub fn engine(
             Arc::new(MemoryDedup::new(std::time::Duration::from_secs(3600))),
         ),
         checkpoints,
-        crate::window::Planner::new(&crate::window::WindowConfig::default()),
-        crate::runner::RunnerSettings::default(),
         Arc::new(crate::status::StatusBoard::default()),
         crate::telemetry::Telemetry::default(),
     )

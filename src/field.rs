@@ -65,6 +65,41 @@ impl fmt::Display for Dur {
 }
 
 /// Parses `30s`, `5m`, `2h`, `3d`, `250ms`, or a bare number of seconds.
+/// The cause an error keeps (`#[source]`): any error, boxed.
+pub type Cause = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// An error with its causes, on one line, `what: cause: cause's cause`; a
+/// cause whose text the line already holds is left out. Logs and `status`
+/// show errors through it, so no cause is lost and none is said twice.
+pub struct Chain<'a>(pub &'a (dyn std::error::Error + 'a));
+
+impl fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut text = self.0.to_string();
+        let mut cause = self.0.source();
+        while let Some(c) = cause {
+            let said = c.to_string();
+            if !said.is_empty() && !text.contains(&said) {
+                text.push_str(": ");
+                text.push_str(&said);
+            }
+            cause = c.source();
+        }
+        f.write_str(&text)
+    }
+}
+
+/// [`Chain`] of `e`, for a log field: `error = %chain(&e)`.
+pub fn chain<'a>(e: &'a (dyn std::error::Error + 'a)) -> Chain<'a> {
+    Chain(e)
+}
+
+/// A duration as a log field: seconds, a number (JSON logs keep it a
+/// number; `Option`s of it are left out when `None`).
+pub fn secs(d: Duration) -> f64 {
+    d.as_secs_f64()
+}
+
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
@@ -194,5 +229,32 @@ mod tests {
         assert_eq!(e.field, "a.b");
         assert!(e.to_string().contains("1s is out of range: 3s to 9s"));
         assert!(check_range("a", Dur::secs(3), Duration::ZERO, Duration::from_secs(3)).is_ok());
+    }
+}
+
+#[cfg(test)]
+mod chain_tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("outer")]
+    struct Outer(#[source] Middle);
+    #[derive(Debug, thiserror::Error)]
+    #[error("middle says outer")]
+    struct Middle(#[source] std::io::Error);
+
+    #[test]
+    fn a_chain_shows_every_cause_once() {
+        let e = Outer(Middle(std::io::Error::other("connection refused")));
+        assert_eq!(
+            chain(&e).to_string(),
+            "outer: middle says outer: connection refused"
+        );
+        // A cause the text already holds is not said again.
+        #[derive(Debug, thiserror::Error)]
+        #[error("reading: connection refused")]
+        struct Said(#[source] std::io::Error);
+        let e = Said(std::io::Error::other("connection refused"));
+        assert_eq!(chain(&e).to_string(), "reading: connection refused");
     }
 }

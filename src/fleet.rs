@@ -122,7 +122,10 @@ impl LeaseKeeper {
                 break;
             }
         }
-        info!(grace = ?self.grace, "shutting down: finishing the pages in flight");
+        info!(
+            grace_s = crate::field::secs(self.grace),
+            "shutting down: finishing the pages in flight"
+        );
         // Each runner finishes its page in flight, records its progress and
         // stops: the next holder continues after that page.
         for h in self.held.values() {
@@ -157,14 +160,14 @@ impl LeaseKeeper {
         futures::future::join_all(held.iter().filter(|(_, h)| !h.lost).map(
             |(shard, h)| async move {
                 if let Err(e) = leases.release(shard, h.fence).await {
-                    warn!(%shard, error = %e, "cannot release the lease; it expires by itself");
+                    warn!(%shard, error = %crate::field::chain(&e), "cannot release the lease; it expires by itself");
                 }
             },
         ))
         .await;
         drop(held);
         if let Err(e) = self.leases.leave().await {
-            warn!(error = %e, "cannot leave the fleet; the heartbeat expires by itself");
+            warn!(error = %crate::field::chain(&e), "cannot leave the fleet; the heartbeat expires by itself");
         }
         self.publish_held();
     }
@@ -209,13 +212,13 @@ impl LeaseKeeper {
                 // Every replica keeps the fleet's cursors in memory too: a
                 // Redis that comes back empty loses none while one is up.
                 if let Err(e) = self.engine.checkpoints.refresh(&self.order).await {
-                    tracing::debug!(error = %e, "cannot read the fleet's cursors");
+                    tracing::debug!(error = %crate::field::chain(&e), "cannot read the fleet's cursors");
                 }
                 n.max(1)
             }
             Err(e) => {
                 self.engine.status.set_coord_ok(false);
-                warn!(error = %e, "heartbeat failed; taking no new shards");
+                warn!(error = %crate::field::chain(&e), "heartbeat failed; taking no new shards");
                 return;
             }
         };
@@ -234,7 +237,7 @@ impl LeaseKeeper {
             if let Some(h) = self.held.remove(&shard) {
                 if !h.lost {
                     if let Err(e) = self.leases.release(&shard, h.fence).await {
-                        warn!(%shard, error = %e, "cannot release the lease; it expires by itself");
+                        warn!(%shard, error = %crate::field::chain(&e), "cannot release the lease; it expires by itself");
                     }
                 }
             }
@@ -286,7 +289,7 @@ impl LeaseKeeper {
                 }
                 Err(e) if h.last_renewed.elapsed() + period < ttl => {
                     answered = false;
-                    warn!(%shard, error = %e, "cannot renew the lease; trying again");
+                    warn!(%shard, error = %crate::field::chain(&e), "cannot renew the lease; trying again");
                     None
                 }
                 Err(_) => {
@@ -344,7 +347,7 @@ impl LeaseKeeper {
                 }
                 Ok(None) => {}
                 Err(e) => {
-                    warn!(%shard, error = %e, "cannot acquire a lease");
+                    warn!(%shard, error = %crate::field::chain(&e), "cannot acquire a lease");
                     break;
                 }
             }

@@ -68,6 +68,7 @@ pub mod retry;
 pub mod runner;
 pub mod schedule;
 pub mod shard;
+pub mod shutdown;
 pub mod sim;
 pub mod sink;
 pub mod source;

@@ -21,7 +21,7 @@ use crate::coord::DedupStore;
 use crate::identity::{event_id, natural_id_on_tape};
 use crate::retry::Backoff;
 use crate::shard::Shard;
-use crate::sink::{PageMeta, Record, RecordKind, Sink, SinkError, Topics};
+use crate::sink::{PageMeta, Reason, Record, RecordKind, Sink, SinkError, Topics};
 use crate::status::StatusBoard;
 use crate::tape::{Doc, Tape, TapeNode};
 use crate::telemetry::{DeadReason, ShardTelemetry};
@@ -157,7 +157,7 @@ impl Publisher {
             Ok(s) => s,
             Err(e) => {
                 // Publishing a duplicate is safe; skipping an event is not.
-                warn!(%shard, error = %e, "dedup memory unavailable; publishing without it");
+                warn!(%shard, error = %crate::field::chain(&e), "dedup memory unavailable; publishing without it");
                 vec![false; checked.len()]
             }
         };
@@ -190,7 +190,7 @@ impl Publisher {
                     id.clone(),
                     &meta,
                     raw,
-                    violations,
+                    &violations.iter().map(Reason::from).collect::<Vec<_>>(),
                 ));
             }
         }
@@ -237,8 +237,8 @@ impl Publisher {
                 Ok(()) => Vec::new(),
                 Err(e @ SinkError::Unavailable { .. }) => {
                     let wait = retry.next_delay();
-                    tel.sink_error(e.kind(), &e, Some(wait));
-                    status.set_error(shard, &e);
+                    tel.sink_error(e.kind(), &crate::field::chain(&e), Some(wait));
+                    status.set_error(shard, &crate::field::chain(&e));
                     status.set_sink_failing(shard, true);
                     if !crate::retry::sleep_or_cancel(wait, cancel).await {
                         return Err(PublishError::Cancelled);
@@ -246,11 +246,11 @@ impl Publisher {
                     continue;
                 }
                 Err(e @ SinkError::Misconfigured { .. }) => {
-                    tel.sink_error(e.kind(), &e, None);
+                    tel.sink_error(e.kind(), &crate::field::chain(&e), None);
                     return Err(PublishError::Stopped(e.to_string()));
                 }
                 Err(ref e @ SinkError::Rejected { ref refused, .. }) => {
-                    tel.sink_error(e.kind(), e, None);
+                    tel.sink_error(e.kind(), &crate::field::chain(e), None);
                     refused.clone()
                 }
             };
@@ -310,7 +310,7 @@ impl Publisher {
         }
         let ids: Vec<&str> = delivered.iter().map(String::as_str).collect();
         if let Err(e) = self.dedup.mark(shard, &ids).await {
-            warn!(%shard, error = %e, "cannot record delivered ids; duplicates may follow");
+            warn!(%shard, error = %crate::field::chain(&e), "cannot record delivered ids; duplicates may follow");
         }
         tel.dead_letters_logged(dead.0, &dead.1, &dead.2);
         tel.page_published(published, started.elapsed());
@@ -387,6 +387,16 @@ fn parse_event_time_slowly(s: &str) -> Option<DateTime<Utc>> {
     NaiveDateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S%.f")
         .ok()
         .map(|t| t.and_utc())
+}
+
+/// A schema's verdict, as the reason the sink writes into a dead letter.
+impl From<&Violation> for Reason {
+    fn from(v: &Violation) -> Self {
+        Reason {
+            path: v.path.clone(),
+            message: v.message.clone(),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -19,9 +19,10 @@
 //! stops at a page boundary: the page in flight is finished, its progress
 //! recorded, and no new request is sent.
 //!
-//! The API's errors say what to do ([`Action`]): retry the page with
-//! backoff, pause every shard on the token (429, capped at
-//! `budget.max_pause`; 401/403), or park the shard with a long backoff.
+//! What a failed request means comes from the one API error policy
+//! ([`crate::cas::policy`]): retry the page with backoff, pause every shard
+//! on the token (429, capped at `budget.max_pause`; 401/403), or park the
+//! shard with a long backoff.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -32,13 +33,12 @@ use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
 use url::Url;
 
-use crate::cas::{Action, ApiError, Page};
+use crate::cas::{ApiError, Decision, Page, Policy};
 use crate::coord::{CheckpointStore, CoordError, Fence, Progress};
 use crate::publish::{PublishError, Publisher};
 use crate::retry::Backoff;
-use crate::schedule::{Ask, Pacing, Priority, Scheduler, Slot};
+use crate::schedule::{Ask, Pacing, Priority, Slot};
 use crate::shard::{Shard, DEFAULT_TENANT};
-use crate::source::PageSource;
 use crate::status::StatusBoard;
 use crate::telemetry::{ShardTelemetry, Telemetry};
 use crate::window::{Plan, Planner, Window};
@@ -48,13 +48,9 @@ mod lane;
 
 pub use lane::{Lane, RunnerSettings};
 
-/// How long every shard backs off after the API refused the token.
-pub const AUTH_PAUSE: Duration = Duration::from_secs(60);
-/// The pause after a 429 without `Retry-After`.
-pub const DEFAULT_RATE_LIMIT_PAUSE: Duration = Duration::from_secs(60);
-/// A page that comes back malformed this many times in a row is poison
-/// (invalid UTF-8, duplicate keys, …): the shard is parked with the reason.
-pub const MALFORMED_TRIES: u32 = 5;
+pub use crate::cas::policy::{
+    AUTH_PAUSE, MALFORMED_TRIES, RATE_LIMIT_PAUSE as DEFAULT_RATE_LIMIT_PAUSE,
+};
 
 /// Test hook: stop the whole bridge after this many windows were published,
 /// just before their checkpoint (as a crash there would).
@@ -74,6 +70,19 @@ enum Abort {
     Fenced,
     Park(ApiError),
     Stop(String),
+}
+
+impl Abort {
+    /// How the runner stopped, for a log field.
+    fn as_str(&self) -> &'static str {
+        match self {
+            Abort::Cancelled => "cancelled",
+            Abort::Drained => "drained",
+            Abort::Fenced => "fenced",
+            Abort::Park(_) => "parked",
+            Abort::Stop(_) => "stopped",
+        }
+    }
 }
 
 /// Where a window's reading starts.
@@ -107,28 +116,6 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// An engine of the default tenant alone.
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        source: Arc<dyn PageSource>,
-        scheduler: Scheduler,
-        publisher: Publisher,
-        checkpoints: Arc<dyn CheckpointStore>,
-        planner: Planner,
-        settings: RunnerSettings,
-        status: Arc<StatusBoard>,
-        telemetry: Telemetry,
-    ) -> Self {
-        let lane = Lane {
-            source,
-            scheduler: Arc::new(scheduler),
-            planner,
-            settings,
-        };
-        let lanes = HashMap::from([(Arc::from(DEFAULT_TENANT), lane)]);
-        Self::with_lanes(lanes, publisher, checkpoints, status, telemetry)
-    }
-
     /// An engine of these tenants' lanes.
     pub fn with_lanes(
         lanes: HashMap<Arc<str>, Lane>,
@@ -190,103 +177,17 @@ impl Engine {
             self.status.set_stopped(&shard, why);
             return;
         };
-        let Some(mut cursor) = self.load_cursor(&shard, &cancel).await else {
-            return;
+        let run = ShardRun {
+            engine: self,
+            lane,
+            policy: Policy::fleet(lane.settings.max_pause),
+            shard,
+            fence,
+            tel,
+            cancel,
+            drain,
         };
-        self.status.set_cursor(&shard, cursor);
-        let mut resume = self.load_progress(&shard, cursor).await;
-        let mut park = Backoff::park();
-        // Events a second in the last window with events: sizes the next.
-        let mut density: Option<f64> = None;
-        // How busy the pair is: sets how often it is polled.
-        let mut pacing = Pacing::new(lane.planner.min_interval(), lane.settings.max_interval);
-        let mut interval = self.show_pacing(&shard, &pacing, &tel, pacing.interval(false));
-        while !cancel.is_cancelled() && !drain.is_cancelled() {
-            let (window, start) = match resume.take() {
-                Some(p) => (
-                    Window {
-                        start: p.start,
-                        end: p.end,
-                    },
-                    Start::Resume(p),
-                ),
-                None => {
-                    let longest =
-                        Planner::sized(lane.settings.max_pages, lane.settings.page_limit, density);
-                    match lane
-                        .planner
-                        .plan_every(cursor, Utc::now(), longest, interval)
-                    {
-                        Plan::NotDue(wait) => {
-                            tokio::select! {
-                                _ = tokio::time::sleep(wait) => {}
-                                _ = cancel.cancelled() => return,
-                                _ = drain.cancelled() => return,
-                            }
-                            continue;
-                        }
-                        Plan::Due { window, gap } => {
-                            if !gap.is_zero() {
-                                tel.gap_skipped(gap.as_secs(), cursor);
-                            }
-                            let behind = lane.planner.behind(cursor, Utc::now());
-                            (window, Start::First(pacing.ask(behind)))
-                        }
-                    }
-                }
-            };
-            let mut window = window;
-            let events = match self
-                .deliver_window(&shard, fence, &mut window, start, &tel, &cancel, &drain)
-                .await
-            {
-                Ok(events) => events,
-                Err(a @ (Abort::Cancelled | Abort::Drained | Abort::Fenced)) => {
-                    tracing::debug!(%shard, how = ?a, "runner stops");
-                    return;
-                }
-                Err(Abort::Stop(why)) => {
-                    tel.stopped(&why);
-                    self.status.set_stopped(&shard, why);
-                    return;
-                }
-                Err(Abort::Park(e)) => {
-                    let wait = park.next_delay();
-                    tel.parked(&e, wait);
-                    self.status.set_parked(&shard, &e);
-                    tokio::select! {
-                        _ = tokio::time::sleep(wait) => {}
-                        _ = cancel.cancelled() => return,
-                        _ = drain.cancelled() => return,
-                    }
-                    continue;
-                }
-            };
-            let secs = window.duration().as_secs_f64();
-            if events > 0 && secs > 0.0 {
-                density = Some(events as f64 / secs);
-            }
-            let next = pacing.polled(events, window.duration());
-            interval = self.show_pacing(&shard, &pacing, &tel, next);
-            let n = self.delivered.fetch_add(1, Ordering::Relaxed) + 1;
-            if self.faults.halt_before_checkpoint_after_windows == Some(n) {
-                tracing::warn!(%shard, "fault injection: halting before the checkpoint");
-                self.halt.cancel();
-                return;
-            }
-            if !self.checkpoint(&shard, fence, window.end, &cancel).await {
-                return;
-            }
-            cursor = window.end;
-            park.reset();
-            tel.window_checkpointed(cursor);
-            self.status.set_cursor(&shard, cursor);
-        }
-    }
-
-    fn lane_or_stop(&self, shard: &Shard) -> Result<&Lane, Abort> {
-        self.lane(shard)
-            .ok_or_else(|| Abort::Stop(format!("no tenant `{}` is configured", shard.tenant)))
+        run.run().await
     }
 
     /// Shows the pair's rate and `interval` in metrics and `status`.
@@ -302,24 +203,139 @@ impl Engine {
             .set_activity(shard, pacing.per_minute(), interval);
         interval
     }
+}
+
+/// One shard held with one fence: what its loop, its windows, its pages
+/// and its requests share. Made when a lease is taken, dropped when the
+/// loop ends.
+struct ShardRun<'e> {
+    /// The stages every shard of the process shares.
+    engine: &'e Engine,
+    /// The shard's tenant's source, scheduler and windows.
+    lane: &'e Lane,
+    /// What a failed request means (the one API error policy).
+    policy: Policy,
+    /// The shard this loop works.
+    shard: Shard,
+    /// The fence of the lease it is held with.
+    fence: Fence,
+    /// Its telemetry handles.
+    tel: ShardTelemetry,
+    /// Stops it at once (lease lost, grace over).
+    cancel: CancellationToken,
+    /// Stops it at the next page boundary (shutdown, rebalancing).
+    drain: CancellationToken,
+}
+
+impl ShardRun<'_> {
+    /// Sleeps `d`; `Err` when the shard was stopped or drained first.
+    async fn sleep(&self, d: Duration) -> Result<(), Abort> {
+        tokio::select! {
+            _ = tokio::time::sleep(d) => Ok(()),
+            _ = self.cancel.cancelled() => Err(Abort::Cancelled),
+            _ = self.drain.cancelled() => Err(Abort::Drained),
+        }
+    }
+
+    /// The loop of windows, until the shard is stopped, drained or fenced.
+    async fn run(&self) {
+        let (engine, lane, shard, tel) = (self.engine, self.lane, &self.shard, &self.tel);
+        let Some(mut cursor) = engine.load_cursor(shard, &self.cancel).await else {
+            return;
+        };
+        engine.status.set_cursor(shard, cursor);
+        let mut resume = engine.load_progress(shard, cursor).await;
+        let mut park = Backoff::park();
+        // Events a second in the last window with events: sizes the next.
+        let mut density: Option<f64> = None;
+        // How busy the pair is: sets how often it is polled.
+        let mut pacing = Pacing::new(lane.planner.min_interval(), lane.settings.max_interval);
+        let mut interval = engine.show_pacing(shard, &pacing, tel, pacing.interval(false));
+        while !self.cancel.is_cancelled() && !self.drain.is_cancelled() {
+            let (mut window, start) = match resume.take() {
+                Some(p) => (
+                    Window {
+                        start: p.start,
+                        end: p.end,
+                    },
+                    Start::Resume(p),
+                ),
+                None => {
+                    let longest =
+                        Planner::sized(lane.settings.max_pages, lane.settings.page_limit, density);
+                    match lane
+                        .planner
+                        .plan_every(cursor, Utc::now(), longest, interval)
+                    {
+                        Plan::NotDue(wait) => {
+                            if self.sleep(wait).await.is_err() {
+                                return;
+                            }
+                            continue;
+                        }
+                        Plan::Due { window, gap } => {
+                            if !gap.is_zero() {
+                                tel.gap_skipped(gap.as_secs(), cursor);
+                            }
+                            let behind = lane.planner.behind(cursor, Utc::now());
+                            (window, Start::First(pacing.ask(behind)))
+                        }
+                    }
+                }
+            };
+            let events = match self.deliver_window(&mut window, start).await {
+                Ok(events) => events,
+                Err(a @ (Abort::Cancelled | Abort::Drained | Abort::Fenced)) => {
+                    tracing::debug!(%shard, how = a.as_str(), "runner stops");
+                    return;
+                }
+                Err(Abort::Stop(why)) => {
+                    tel.stopped(&why);
+                    engine.status.set_stopped(shard, why);
+                    return;
+                }
+                Err(Abort::Park(e)) => {
+                    let wait = park.next_delay();
+                    tel.parked(&crate::field::chain(&e), wait);
+                    engine.status.set_parked(shard, &crate::field::chain(&e));
+                    if self.sleep(wait).await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
+            };
+            let secs = window.duration().as_secs_f64();
+            if events > 0 && secs > 0.0 {
+                density = Some(events as f64 / secs);
+            }
+            let next = pacing.polled(events, window.duration());
+            interval = engine.show_pacing(shard, &pacing, tel, next);
+            let n = engine.delivered.fetch_add(1, Ordering::Relaxed) + 1;
+            if engine.faults.halt_before_checkpoint_after_windows == Some(n) {
+                tracing::warn!(%shard, "fault injection: halting before the checkpoint");
+                engine.halt.cancel();
+                return;
+            }
+            if !engine
+                .checkpoint(shard, self.fence, window.end, &self.cancel)
+                .await
+            {
+                return;
+            }
+            cursor = window.end;
+            park.reset();
+            tel.window_checkpointed(cursor);
+            engine.status.set_cursor(shard, cursor);
+        }
+    }
 
     /// Fetches every page of `window` (from `start`) and publishes its
     /// events, recording the progress after each page; returns the number
     /// of events the window held. A new window planned up to the live edge
     /// is stretched to the live edge of when its permit came, so the time
     /// spent waiting for it does not hold its events back a whole interval.
-    #[allow(clippy::too_many_arguments)]
-    async fn deliver_window(
-        &self,
-        shard: &Shard,
-        fence: Fence,
-        window: &mut Window,
-        start: Start,
-        tel: &ShardTelemetry,
-        cancel: &CancellationToken,
-        drain: &CancellationToken,
-    ) -> Result<u64, Abort> {
-        let lane = self.lane_or_stop(shard)?;
+    async fn deliver_window(&self, window: &mut Window, start: Start) -> Result<u64, Abort> {
+        let (engine, lane, shard, tel) = (self.engine, self.lane, &self.shard, &self.tel);
         let first = lane.source.first_page(shard, window);
         let mut live = matches!(start, Start::First(_)) && lane.planner.at_edge(window, Utc::now());
         let pages_left = Ask::new(Priority::PagesLeft);
@@ -333,24 +349,21 @@ impl Engine {
                     (u, p.pages, p.events, Some(p.pages), pages_left)
                 }
                 Err(e) => {
-                    tel.stored_link_refused(&e, p.pages);
+                    tel.stored_link_refused(&crate::field::chain(&e), p.pages);
                     (first, 0, 0, None, again)
                 }
             },
         };
-        self.status.set_window(shard, Some((*window, pages)));
+        engine.status.set_window(shard, Some((*window, pages)));
         // The links followed in this window: one that comes again is a loop.
         let mut followed = std::collections::HashSet::new();
         loop {
             let stretch = live.then_some(&mut *window);
-            let fetched = self
-                .fetch(shard, &mut url, stretch, ask, tel, cancel, drain)
-                .await;
-            let (page, slot) = match fetched {
+            let (page, slot) = match self.fetch(&mut url, stretch, ask).await {
                 Err(Abort::Park(e)) if resumed.is_some() => {
                     // The stored link is refused (expired, or the API does
                     // not know it): read the window again from its start.
-                    tel.stored_link_refused(&e, resumed.take().unwrap_or(0));
+                    tel.stored_link_refused(&crate::field::chain(&e), resumed.take().unwrap_or(0));
                     url = lane.source.first_page(shard, window);
                     (pages, events) = (0, 0);
                     ask = again;
@@ -362,8 +375,9 @@ impl Engine {
             followed.insert(link_key(url.as_str()));
             let next = page.next_link.clone();
             events += page.len() as u64;
-            self.publisher
-                .publish_page(shard, window, page, tel, &self.status, cancel)
+            engine
+                .publisher
+                .publish_page(shard, window, page, tel, &engine.status, &self.cancel)
                 .await
                 .map_err(|e| match e {
                     PublishError::Cancelled => Abort::Cancelled,
@@ -372,7 +386,7 @@ impl Engine {
             drop(slot);
             pages += 1;
             let Some(raw) = next else {
-                self.status.set_window(shard, None);
+                engine.status.set_window(shard, None);
                 return Ok(events);
             };
             url = lane.source.next_page(&raw).map_err(Abort::Park)?;
@@ -396,24 +410,24 @@ impl Engine {
                 events,
                 at: Utc::now(),
             };
-            match self
+            match engine
                 .checkpoints
-                .store_progress(shard, fence, &progress)
+                .store_progress(shard, self.fence, &progress)
                 .await
             {
                 Ok(()) => {}
                 Err(e @ CoordError::Fenced { .. }) => {
-                    tracing::warn!(%shard, error = %e, "progress refused: lost the shard");
-                    self.status.set_error(shard, &e);
+                    tracing::warn!(%shard, error = %crate::field::chain(&e), "progress refused: lost the shard");
+                    engine.status.set_error(shard, &crate::field::chain(&e));
                     return Err(Abort::Fenced);
                 }
                 // Progress saves requests; the cursor keeps the guarantee.
                 Err(e) => {
-                    tracing::warn!(%shard, error = %e, "cannot record the progress inside the window")
+                    tracing::warn!(%shard, error = %crate::field::chain(&e), "cannot record the progress inside the window")
                 }
             }
-            self.status.set_window(shard, Some((*window, pages)));
-            if drain.is_cancelled() {
+            engine.status.set_window(shard, Some((*window, pages)));
+            if self.drain.is_cancelled() {
                 return Err(Abort::Drained);
             }
             ask = pages_left;
@@ -424,35 +438,25 @@ impl Engine {
     /// Draining stops it while it waits (nothing is in flight then); a
     /// request sent is finished. With `stretch`, `url` is the first page of
     /// that window, stretched to the live edge at the first permit.
-    #[allow(clippy::too_many_arguments)]
     async fn fetch(
         &self,
-        shard: &Shard,
         url: &mut Url,
         mut stretch: Option<&mut Window>,
         ask: Ask,
-        tel: &ShardTelemetry,
-        cancel: &CancellationToken,
-        drain: &CancellationToken,
     ) -> Result<(Page, Slot), Abort> {
-        let lane = self.lane_or_stop(shard)?;
-        let mut retry = Backoff::request();
-        let mut malformed = 0u32;
+        let (engine, lane, shard, tel) = (self.engine, self.lane, &self.shard, &self.tel);
+        let mut attempts = self.policy.attempts();
         loop {
             let grant = tokio::select! {
                 g = lane.scheduler.grant(shard, ask) => g,
-                _ = cancel.cancelled() => return Err(Abort::Cancelled),
-                _ = drain.cancelled() => return Err(Abort::Drained),
+                _ = self.cancel.cancelled() => return Err(Abort::Cancelled),
+                _ = self.drain.cancelled() => return Err(Abort::Drained),
             };
             let grant = match grant {
                 Ok(g) => g,
                 Err(e) => {
-                    tracing::warn!(%shard, error = %e, "no permit; retrying");
-                    tokio::select! {
-                        _ = tokio::time::sleep(retry.next_delay()) => {}
-                        _ = cancel.cancelled() => return Err(Abort::Cancelled),
-                        _ = drain.cancelled() => return Err(Abort::Drained),
-                    }
+                    tracing::warn!(%shard, error = %crate::field::chain(&e), "no permit; retrying");
+                    self.sleep(attempts.no_permit()).await?;
                     continue;
                 }
             };
@@ -467,7 +471,7 @@ impl Engine {
             let started = std::time::Instant::now();
             let res = tokio::select! {
                 r = lane.source.fetch(grant.permit, url) => r,
-                _ = cancel.cancelled() => return Err(Abort::Cancelled),
+                _ = self.cancel.cancelled() => return Err(Abort::Cancelled),
             };
             let e = match res {
                 // More events than asked for (twice the page size): a
@@ -481,7 +485,7 @@ impl Engine {
                 }
                 Ok(page) => {
                     tel.page_fetched(page.len(), started.elapsed());
-                    self.status.set_token_ok(true);
+                    engine.status.set_token_ok(true);
                     return Ok((page, grant.slot));
                 }
                 Err(e) => e,
@@ -491,58 +495,37 @@ impl Engine {
                 ApiError::Status { status, .. } => status.to_string(),
                 other => other.kind().to_string(),
             };
-            malformed = if matches!(e, ApiError::Malformed(_)) {
-                malformed + 1
-            } else {
-                0
+            let took = started.elapsed();
+            let shown = crate::field::chain(&e).to_string();
+            let decision = attempts.decide(e, || lane.source.reload_credentials());
+            let wait = decision.wait();
+            let retry_in = match &decision {
+                Decision::Retry(w) => Some(*w),
+                Decision::NewToken => Some(Duration::ZERO),
+                Decision::TokenRefused { pause } => Some(*pause),
+                Decision::Throttle { .. } | Decision::GiveUp(_) => None,
             };
-            if malformed >= MALFORMED_TRIES {
-                tel.request_failed(&status, started.elapsed(), &e, None);
-                return Err(Abort::Park(ApiError::Malformed(format!(
-                    "the same page was malformed {malformed} times in a row: {}",
-                    crate::cas::one_line(&e.to_string(), 300)
-                ))));
-            }
-            let wait = match e.action() {
-                Action::Retry => {
-                    let w = retry.next_delay();
-                    tel.request_failed(&status, started.elapsed(), &e, Some(w));
-                    w
-                }
-                Action::RateLimited(asked) => {
-                    tel.request_failed(&status, started.elapsed(), &e, None);
-                    let pause = asked
-                        .unwrap_or(DEFAULT_RATE_LIMIT_PAUSE)
-                        .min(lane.settings.max_pause);
+            tel.request_failed(&status, took, &shown, retry_in);
+            match decision {
+                Decision::Retry(_) => {}
+                Decision::Throttle { pause, asked } => {
                     tel.rate_limited(pause, asked);
                     lane.scheduler.pause(pause).await;
-                    Duration::ZERO
                 }
-                Action::Authentication if lane.source.reload_credentials() => {
+                Decision::NewToken => {
                     // The token file holds a new token (rotated): send
                     // again with it rather than back off.
-                    tel.request_failed(&status, started.elapsed(), &e, Some(Duration::ZERO));
-                    tracing::warn!(%shard, error = %e, "the API refused the token; the token file holds a new one, asking again with it");
-                    Duration::ZERO
+                    tracing::warn!(%shard, error = %shown, "the API refused the token; the token file holds a new one, asking again with it");
                 }
-                Action::Authentication => {
-                    tel.request_failed(&status, started.elapsed(), &e, Some(AUTH_PAUSE));
-                    self.status.set_token_ok(false);
-                    tracing::error!(%shard, error = %e, "the API refused the token; every shard backs off");
-                    lane.scheduler.pause(AUTH_PAUSE).await;
-                    Duration::ZERO
+                Decision::TokenRefused { pause } => {
+                    engine.status.set_token_ok(false);
+                    tracing::error!(%shard, error = %shown, "the API refused the token; every shard backs off");
+                    lane.scheduler.pause(pause).await;
                 }
-                Action::Park => {
-                    tel.request_failed(&status, started.elapsed(), &e, None);
-                    return Err(Abort::Park(e));
-                }
-            };
-            self.status.set_error(shard, &e);
-            tokio::select! {
-                _ = tokio::time::sleep(wait) => {}
-                _ = cancel.cancelled() => return Err(Abort::Cancelled),
-                _ = drain.cancelled() => return Err(Abort::Drained),
+                Decision::GiveUp(e) => return Err(Abort::Park(e)),
             }
+            engine.status.set_error(shard, &shown);
+            self.sleep(wait).await?;
         }
     }
 }

@@ -16,7 +16,6 @@ use chrono::{DateTime, Utc};
 use tokio::sync::watch;
 
 use crate::shard::Shard;
-use crate::sink::Sink;
 use crate::window::Window;
 
 /// What an operator (and `demo`, and tests) can see of a shard.
@@ -58,9 +57,13 @@ pub struct StatusBoard {
     paused_until: Mutex<Option<DateTime<Utc>>>,
     /// The shards this process works now, published by the lease keeper.
     held: watch::Sender<Vec<Shard>>,
-    /// Whether the sink's connection is up (none: always).
-    sink: Option<Arc<dyn Sink>>,
+    /// Says whether the sink's connection is up (none: always).
+    sink_up: Option<SinkProbe>,
 }
+
+/// Whether the sink's connection is up: the board knows the answer, not
+/// the sink.
+pub type SinkProbe = Arc<dyn Fn() -> bool + Send + Sync>;
 
 impl std::fmt::Debug for StatusBoard {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -77,14 +80,16 @@ impl Default for StatusBoard {
 }
 
 impl StatusBoard {
-    pub fn new(sink: Option<Arc<dyn Sink>>) -> Self {
+    /// A board that asks `sink_up` whether the sink's connection is up
+    /// (none: it always is).
+    pub fn new(sink_up: Option<SinkProbe>) -> Self {
         Self {
             shards: Mutex::new(HashMap::new()),
             coord_ok: true.into(),
             token_ok: true.into(),
             paused_until: Mutex::new(None),
             held: watch::Sender::new(Vec::new()),
-            sink,
+            sink_up,
         }
     }
 
@@ -201,7 +206,7 @@ impl StatusBoard {
         if !self.coord_ok.load(Ordering::Relaxed) {
             why.push("coordination store (Redis) unreachable".to_string());
         }
-        if self.sink.as_ref().is_some_and(|s| !s.connected()) {
+        if self.sink_up.as_ref().is_some_and(|up| !up()) {
             why.push("sink not connected".to_string());
         }
         if !self.token_ok.load(Ordering::Relaxed) {

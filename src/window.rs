@@ -311,6 +311,12 @@ impl Planner {
     }
 }
 
+/// A time as the bridge writes it everywhere, window bounds in records and
+/// in requests (the form the API accepts): `YYYY-MM-DDTHH:MM:SS.mmmZ`.
+pub fn format_time(t: DateTime<Utc>) -> String {
+    t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -14,12 +14,8 @@ use super::{parse_page_owned, resolve_next_link, ApiError, Dialect, ErrorBody, P
 use crate::coord::Permit;
 use crate::field::ConfigError;
 use crate::shard::Shard;
+use crate::window::format_time;
 use crate::window::Window;
-
-/// Formats a time the way the API accepts it: `YYYY-MM-DDTHH:MM:SS.mmmZ`.
-pub fn format_time(t: DateTime<Utc>) -> String {
-    t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
-}
 
 /// An HTTP client bound to one API host and one token.
 #[derive(Clone)]
@@ -244,7 +240,7 @@ impl Client {
         // holds and waits for the whole amount: a page never waits while
         // holding a reservation, so two pages cannot wait on each other.
         let claimed = resp.content_length().map(|n| n.min(self.max_body));
-        let closed = |_| ApiError::Transport("the client is closed".into());
+        let closed = |_| ApiError::transport("the client is closed");
         let mut memory = self
             .memory
             .clone()
@@ -292,19 +288,13 @@ fn transport(e: reqwest::Error) -> ApiError {
         ApiError::Malformed(format!("truncated body: {e}"))
     } else {
         // reqwest's Display never includes headers, so the token cannot
-        // leak here; the causes say what failed (a refused certificate, a
-        // proxy that would not connect, a reset).
-        let mut text = e.to_string();
-        let mut cause = std::error::Error::source(&e);
-        while let Some(c) = cause {
-            let said = c.to_string();
-            if !text.contains(&said) {
-                text.push_str(": ");
-                text.push_str(&said);
-            }
-            cause = c.source();
+        // leak here; the causes (kept as the source, shown through
+        // `field::Chain`) say what failed: a refused certificate, a proxy
+        // that would not connect, a reset.
+        ApiError::Transport {
+            message: crate::cas::one_line(&e.to_string(), 600),
+            cause: Some(Box::new(e)),
         }
-        ApiError::Transport(crate::cas::one_line(&text, 600))
     }
 }
 

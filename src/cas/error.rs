@@ -68,8 +68,14 @@ pub enum ApiError {
         body: ErrorBody,
         retry_after: Option<Duration>,
     },
-    #[error("request failed: {0}")]
-    Transport(String),
+    #[error("request failed: {message}")]
+    Transport {
+        message: String,
+        /// The HTTP client's error (a refused certificate, a proxy that
+        /// would not connect, a reset), when there is one.
+        #[source]
+        cause: Option<crate::field::Cause>,
+    },
     #[error("request timed out")]
     Timeout,
     #[error("malformed response body: {0}")]
@@ -85,6 +91,14 @@ pub enum ApiError {
 }
 
 impl ApiError {
+    /// A transport failure without a cause of its own.
+    pub fn transport(message: impl Into<String>) -> Self {
+        ApiError::Transport {
+            message: message.into(),
+            cause: None,
+        }
+    }
+
     /// What to do about it.
     pub fn action(&self) -> Action {
         match self {
@@ -99,7 +113,9 @@ impl ApiError {
                 s if *s >= 500 => Action::Retry,
                 _ => Action::Park,
             },
-            ApiError::Transport(_) | ApiError::Timeout | ApiError::Malformed(_) => Action::Retry,
+            ApiError::Transport { .. } | ApiError::Timeout | ApiError::Malformed(_) => {
+                Action::Retry
+            }
             ApiError::TooLarge { .. } | ApiError::ForeignLink(_) | ApiError::PageLoop(_) => {
                 Action::Park
             }
@@ -115,7 +131,7 @@ impl ApiError {
             ApiError::Status { status: 429, .. } => "rate_limited",
             ApiError::Status { status, .. } if *status >= 500 => "server_error",
             ApiError::Status { .. } => "bad_request",
-            ApiError::Transport(_) => "transport",
+            ApiError::Transport { .. } => "transport",
             ApiError::Timeout => "timeout",
             ApiError::Malformed(_) => "malformed",
             ApiError::TooLarge { .. } => "too_large",

@@ -13,12 +13,15 @@ mod client;
 mod config;
 mod error;
 mod page;
+pub mod policy;
 mod token;
 
-pub use client::{format_time, page_memory, parse_retry_after, Client, PAGE_BYTES_IN_FLIGHT};
+pub use crate::window::format_time;
+pub use client::{page_memory, parse_retry_after, Client, PAGE_BYTES_IN_FLIGHT};
 pub use config::{ApiConfig, REGIONS};
 pub use error::{one_line, Action, ApiError, ErrorBody};
 pub use page::{parse_page, parse_page_owned, resolve_next_link, Page};
+pub use policy::{Attempts, Decision, Policy};
 pub use token::Token;
 
 use serde::{Deserialize, Serialize};

@@ -124,7 +124,7 @@ impl Token {
                 true
             }
             Err(e) => {
-                tracing::warn!(error = %e, "the token file changed but holds no usable token; the token in use stays");
+                tracing::warn!(error = %crate::field::chain(&e), "the token file changed but holds no usable token; the token in use stays");
                 false
             }
         }

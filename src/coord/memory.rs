@@ -181,7 +181,11 @@ impl Budget for MemoryBudget {
     }
 
     async fn pause(&self, for_: Duration) {
-        let until = Instant::now() + for_;
+        // The caller caps the pause (the API error policy); the ceiling
+        // keeps the clock arithmetic safe whatever it is handed.
+        let for_ = for_.min(crate::cas::policy::PAUSE_CEILING);
+        let now = Instant::now();
+        let until = now.checked_add(for_).unwrap_or(now);
         let mut st = lock(&self.state);
         st.paused_until = Some(st.paused_until.map_or(until, |u| u.max(until)));
     }

@@ -13,8 +13,10 @@ mod config;
 mod lua;
 pub mod memory;
 pub mod redis;
+mod stores;
 
 pub use config::{BudgetConfig, BudgetMode, CoordConfig};
+pub use stores::{default_worker_id, Budgets, Coordination};
 
 use std::time::Duration;
 
@@ -41,6 +43,14 @@ pub enum CoordError {
     /// The store is unreachable: retry later, move no cursor meanwhile.
     #[error("coordination store unavailable: {0}")]
     Unavailable(String),
+    /// A call to the store failed (the same as [`CoordError::Unavailable`]
+    /// for the caller), with the store client's error as its cause.
+    #[error("coordination store unavailable: {what}")]
+    Failed {
+        what: String,
+        #[source]
+        cause: crate::field::Cause,
+    },
 }
 
 /// Granted by a [`Budget`]: the right to send one request. Only a budget

@@ -96,7 +96,7 @@ pub async fn set(
     let released = rc.release(shard, fence).await;
     written?;
     if let Err(e) = released {
-        tracing::warn!(%shard, error = %e, "cannot give the lease back; it lapses after coord.lease_ttl");
+        tracing::warn!(%shard, error = %crate::field::chain(&e), "cannot give the lease back; it lapses after coord.lease_ttl");
     }
     let after = one(rc, shard).await?;
     Ok(Moved {

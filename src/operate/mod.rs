@@ -16,7 +16,6 @@ use clap::Subcommand;
 use secrecy::SecretString;
 use tokio_util::sync::CancellationToken;
 
-use crate::bridge::Coordination;
 use crate::cas::Client;
 use crate::config::{Config, Tenant};
 use crate::coord::memory::MemoryBudget;
@@ -259,8 +258,9 @@ async fn redis_for(cfg: &Config, what: &str) -> anyhow::Result<Arc<RedisCoord>> 
         .resolved_token()
         .unwrap_or_else(|_| SecretString::from(String::new()));
     let mut own = cfg.clone();
-    own.coord.worker_id = Some(format!("{what}-{}", crate::bridge::default_worker_id()));
-    let (_, rc) = Coordination::redis(&own, &token)
+    own.coord.worker_id = Some(format!("{what}-{}", crate::coord::default_worker_id()));
+    let (_, rc) = own
+        .redis_coordination(&token)
         .await
         .with_context(|| format!("{what}: cannot reach Redis"))?;
     Ok(rc)
@@ -330,6 +330,7 @@ pub async fn replay_cmd(file: Option<&Path>, args: ReplayArgs) -> anyhow::Result
             .map_err(|e| anyhow::anyhow!("--window: {e}"))?
             .min(tenant.window.max.get()),
         page_cap: tenant.window.page_cap,
+        max_pause: tenant.budget.max_pause.get(),
     };
     range.check(now)?;
     let budget: Arc<dyn Budget> = if cfg.coord.redis_url.is_some() {
@@ -362,7 +363,7 @@ pub async fn replay_cmd(file: Option<&Path>, args: ReplayArgs) -> anyhow::Result
     }
     let source = Client::new(&tenant.api, token).map_err(|e| tenant.named(e))?;
     let cancel = CancellationToken::new();
-    crate::app::cancel_on_signals(cancel.clone());
+    crate::shutdown::cancel_on_signals(cancel.clone());
     eprintln!(
         "replay {} {}..{} to {} ({} window(s); the fleet's cursors are not touched)",
         range.shard,

@@ -231,7 +231,7 @@ impl Redrive<'_> {
                 }
                 Err(e @ SinkError::Unavailable { .. }) if retry.attempts() + 1 < PUBLISH_TRIES => {
                     let wait = retry.next_delay();
-                    tracing::warn!(error = %e, retry_in = ?wait, "the broker did not acknowledge; retrying");
+                    tracing::warn!(error = %crate::field::chain(&e), retry_in_s = crate::field::secs(wait), "the broker did not acknowledge; retrying");
                     tokio::time::sleep(wait).await;
                 }
                 Err(e) => return Err(e.into()),
@@ -245,7 +245,7 @@ mod tests {
     use super::*;
     use crate::fakes::{event, FakeSink};
     use crate::shard::Shard;
-    use crate::validate::Violation;
+    use crate::sink::Reason;
     use crate::window::Window;
 
     const DEAD: &str = "cas.deadletter";
@@ -256,7 +256,7 @@ mod tests {
             end: chrono::DateTime::from_timestamp(1_700_000_060, 0).unwrap(),
         };
         let page = Arc::new(PageMeta::new(shard, &w));
-        let why = [Violation {
+        let why = [Reason {
             path: "/message/x".into(),
             message: "an older schema refused it".into(),
         }];

@@ -8,23 +8,17 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
 
-use crate::cas::{Action, ApiError, Page};
+use crate::cas::{Decision, Page, Policy};
 use crate::coord::memory::MemoryDedup;
 use crate::coord::{Budget, DedupStore, Priority};
+use crate::field::secs;
 use crate::publish::{PublishError, Publisher};
-use crate::retry::Backoff;
 use crate::shard::Shard;
 use crate::source::PageSource;
 use crate::status::StatusBoard;
 use crate::telemetry::{Stats, Telemetry};
 use crate::window::{Window, API_REACH};
 
-/// How long a replay waits after a 429 that named no wait.
-const RATE_LIMIT_PAUSE: Duration = Duration::from_secs(60);
-/// How long every request waits after the token was refused.
-const AUTH_PAUSE: Duration = Duration::from_secs(60);
-/// Requests refused for the token in a row before a replay gives up.
-const AUTH_TRIES: u32 = 3;
 /// The earliest `--from` must leave the requests this long to be sent
 /// before the API's 72 hours pass it.
 pub const REACH_MARGIN: Duration = Duration::from_secs(300);
@@ -40,6 +34,9 @@ pub struct ReplayRange {
     pub window: Duration,
     /// The most pages one window may take (`window.page_cap`).
     pub page_cap: u32,
+    /// The longest pause any answer of the API may impose on the token's
+    /// budget (`budget.max_pause`).
+    pub max_pause: Duration,
 }
 
 impl ReplayRange {
@@ -142,7 +139,7 @@ pub async fn replay(
     let started = Instant::now();
     let telemetry = Telemetry::new();
     let tel = telemetry.shard(&range.shard);
-    let status = StatusBoard::new(Some(publisher.sink().clone()));
+    let status = StatusBoard::new(Some(crate::sink::probe(publisher.sink())));
     let stats: Arc<Stats> = telemetry.stats().clone();
     let windows = range.windows();
     let mut p = ReplayProgress {
@@ -163,7 +160,8 @@ pub async fn replay(
                 ));
                 break 'windows;
             }
-            let page = match fetch(source, budget, &url, &mut p.requests, cancel).await {
+            let policy = Policy::command(range.max_pause);
+            let page = match fetch(source, budget, policy, &url, &mut p.requests, cancel).await {
                 Ok(page) => page,
                 Err(e) => {
                     stopped = Some(e);
@@ -214,18 +212,19 @@ pub async fn replay(
     }
 }
 
-/// One page, retried as the fleet retries it: transient failures after a
-/// backoff, a 429 pauses the whole budget, a refused token a few times.
-/// A failure that retrying cannot mend ends the replay with its reason.
+/// One page, under the one API error policy ([`Policy::command`]):
+/// transient failures after a backoff, a 429 pauses the whole budget
+/// (capped at `budget.max_pause`), a refused token a few times. A failure
+/// that retrying cannot mend ends the replay with its reason.
 async fn fetch(
     source: &dyn PageSource,
     budget: &dyn Budget,
+    policy: Policy,
     url: &url::Url,
     requests: &mut u64,
     cancel: &CancellationToken,
 ) -> Result<Page, String> {
-    let mut retry = Backoff::request();
-    let mut refused = 0u32;
+    let mut attempts = policy.attempts();
     loop {
         let permit = tokio::select! {
             p = budget.acquire(Priority::Active) => p,
@@ -233,8 +232,9 @@ async fn fetch(
         };
         let wait = match permit {
             Err(e) => {
-                tracing::warn!(error = %e, "no permit; retrying");
-                retry.next_delay()
+                let wait = attempts.no_permit();
+                tracing::warn!(error = %crate::field::chain(&e), retry_in_s = secs(wait), "no permit; retrying");
+                wait
             }
             Ok(permit) => {
                 *requests += 1;
@@ -242,33 +242,40 @@ async fn fetch(
                     r = source.fetch(permit, url) => r,
                     _ = cancel.cancelled() => return Err("cancelled".into()),
                 };
-                let e: ApiError = match res {
+                let e = match res {
                     Ok(page) => return Ok(page),
                     Err(e) => e,
                 };
-                match e.action() {
-                    Action::Retry => {
-                        let w = retry.next_delay();
-                        tracing::warn!(error = %e, retry_in = ?w, "request failed; retrying");
-                        w
+                let shown = crate::field::chain(&e).to_string();
+                let decision = attempts.decide(e, || source.reload_credentials());
+                match &decision {
+                    Decision::Retry(w) => {
+                        tracing::warn!(error = %shown, retry_in_s = secs(*w), "request failed; retrying")
                     }
-                    Action::RateLimited(asked) => {
-                        let pause = asked.unwrap_or(RATE_LIMIT_PAUSE);
-                        tracing::warn!(error = %e, pause = ?pause, "throttled: the whole budget pauses");
-                        budget.pause(pause).await;
-                        Duration::ZERO
+                    Decision::Throttle { pause, asked } => {
+                        tracing::warn!(error = %shown, pause_s = secs(*pause), asked_s = asked.map(secs), "throttled: the whole budget pauses");
                     }
-                    Action::Authentication => {
-                        refused += 1;
-                        if refused >= AUTH_TRIES {
-                            return Err(format!("the API refused the token {refused} times: {e}"));
-                        }
-                        tracing::error!(error = %e, "the API refused the token; the whole budget pauses");
-                        budget.pause(AUTH_PAUSE).await;
-                        Duration::ZERO
+                    Decision::NewToken => {
+                        tracing::warn!(error = %shown, "the API refused the token; the token file holds a new one, asking again with it")
                     }
-                    Action::Park => return Err(e.to_string()),
+                    Decision::TokenRefused { pause } => {
+                        tracing::error!(error = %shown, pause_s = secs(*pause), "the API refused the token; the whole budget pauses")
+                    }
+                    Decision::GiveUp(e) => {
+                        return Err(if attempts.refusals() > 0 {
+                            format!(
+                                "the API refused the token {} times: {e}",
+                                attempts.refusals()
+                            )
+                        } else {
+                            e.to_string()
+                        })
+                    }
                 }
+                if let Some(pause) = decision.budget_pause() {
+                    budget.pause(pause).await;
+                }
+                decision.wait()
             }
         };
         tokio::select! {
@@ -293,7 +300,91 @@ mod tests {
             to: at(to),
             window: Duration::from_secs(window),
             page_cap: 100,
+            max_pause: Duration::from_secs(15),
         }
+    }
+
+    /// A replay of one window over `script`, under a 15 s `max_pause`,
+    /// with time paused: the summary, the virtual time it took, the sink.
+    async fn replay_over(
+        script: Vec<Result<Page, crate::cas::ApiError>>,
+    ) -> (ReplaySummary, Duration, Arc<crate::fakes::FakeSink>) {
+        use crate::coord::memory::MemoryBudget;
+        let source = crate::fakes::FakeSource::new(script);
+        let budget = MemoryBudget::new(crate::coord::BudgetConfig {
+            per_minute: 600,
+            per_day: 100_000,
+            ..Default::default()
+        });
+        let sink = Arc::new(crate::fakes::FakeSink::default());
+        let publisher = Publisher::new(
+            crate::validate::Registry::load(None).unwrap(),
+            sink.clone(),
+            crate::sink::Topics::new("cas.{service}.{event}", "cas.deadletter").unwrap(),
+            own_dedup(),
+        );
+        let now = Utc::now();
+        let r = ReplayRange {
+            shard: Shard::new("exchange", "dlp"),
+            from: now - chrono::Duration::hours(2),
+            to: now - chrono::Duration::hours(1),
+            window: Duration::from_secs(3600),
+            page_cap: 100,
+            max_pause: Duration::from_secs(15),
+        };
+        let started = tokio::time::Instant::now();
+        let summary = replay(
+            &r,
+            source.as_ref(),
+            &budget,
+            &publisher,
+            |_| {},
+            &CancellationToken::new(),
+        )
+        .await;
+        (summary, started.elapsed(), sink)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_far_future_or_huge_retry_after_pauses_at_most_max_pause() {
+        use crate::cas::parse_retry_after;
+        use crate::fakes::{event, page, status};
+        for header in [
+            "Fri, 31 Dec 9999 23:59:59 GMT",
+            "18446744073709551615",
+            "3600",
+        ] {
+            let shard = Shard::new("exchange", "dlp");
+            let (e, id) = event(&shard, 1, 0);
+            let asked = parse_retry_after(header);
+            assert!(asked.is_some(), "{header}");
+            let (summary, took, sink) = replay_over(vec![
+                Err(status(429, asked)),
+                Err(status(429, asked)),
+                Ok(page(vec![e], None)),
+            ])
+            .await;
+            assert_eq!(summary.stopped, None, "{header}");
+            assert_eq!(summary.progress.requests, 3, "{header}");
+            assert_eq!(sink.ids_on("cas.exchange.dlp"), vec![id], "{header}");
+            // Two pauses of at most 15 s each (time is paused: exact).
+            assert!(took >= Duration::from_secs(15), "{header}: {took:?}");
+            assert!(took <= Duration::from_secs(31), "{header}: {took:?}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refused_token_ends_the_replay_after_three_tries() {
+        let (summary, _, sink) = replay_over(vec![
+            Err(crate::fakes::status(401, None)),
+            Err(crate::fakes::status(401, None)),
+            Err(crate::fakes::status(401, None)),
+        ])
+        .await;
+        let why = summary.stopped.expect("stopped");
+        assert!(why.contains("refused the token 3 times"), "{why}");
+        assert_eq!(summary.progress.requests, 3);
+        assert!(sink.accepted().is_empty());
     }
 
     #[test]

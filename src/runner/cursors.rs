@@ -20,13 +20,13 @@ impl Engine {
             Ok(Some(text)) => match DateTime::parse_from_rfc3339(&text) {
                 Ok(t) => Some(t.with_timezone(&Utc)),
                 Err(e) => {
-                    tracing::warn!(%shard, window_start = %crate::cas::one_line(&text, 64), error = %e, "the last record on the topic has an unreadable window start; starting at window.start_from");
+                    tracing::warn!(%shard, window_start = %crate::cas::one_line(&text, 64), error = %crate::field::chain(&e), "the last record on the topic has an unreadable window start; starting at window.start_from");
                     None
                 }
             },
             Ok(None) => None,
             Err(e) => {
-                tracing::warn!(%shard, error = %e, "no cursor, and the sink cannot say where the shard was; starting at window.start_from");
+                tracing::warn!(%shard, error = %crate::field::chain(&e), "no cursor, and the sink cannot say where the shard was; starting at window.start_from");
                 None
             }
         }
@@ -43,7 +43,7 @@ impl Engine {
             Ok(Some(p)) if p.end > cursor && p.start < p.end => Some(p),
             Ok(_) => None,
             Err(e) => {
-                tracing::warn!(%shard, error = %e, "cannot load the progress inside the window; reading it from its start");
+                tracing::warn!(%shard, error = %crate::field::chain(&e), "cannot load the progress inside the window; reading it from its start");
                 None
             }
         }
@@ -74,7 +74,7 @@ impl Engine {
                     return Some(lane.settings.start_from.resolve(self.started));
                 }
                 Err(e) => {
-                    tracing::warn!(%shard, error = %e, "cannot load the cursor; retrying");
+                    tracing::warn!(%shard, error = %crate::field::chain(&e), "cannot load the cursor; retrying");
                     if !retry.wait(cancel).await {
                         return None;
                     }
@@ -96,12 +96,12 @@ impl Engine {
             match self.checkpoints.store(shard, fence, end).await {
                 Ok(()) => return true,
                 Err(e @ CoordError::Fenced { .. }) => {
-                    tracing::warn!(%shard, error = %e, "checkpoint refused: lost the shard");
-                    self.status.set_error(shard, &e);
+                    tracing::warn!(%shard, error = %crate::field::chain(&e), "checkpoint refused: lost the shard");
+                    self.status.set_error(shard, &crate::field::chain(&e));
                     return false;
                 }
                 Err(e) => {
-                    tracing::warn!(%shard, error = %e, "checkpoint failed; retrying");
+                    tracing::warn!(%shard, error = %crate::field::chain(&e), "checkpoint failed; retrying");
                     if !retry.wait(cancel).await {
                         return false;
                     }

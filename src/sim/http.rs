@@ -123,6 +123,19 @@ fn answer(
             "Authentication token not found",
         );
     }
+    if st.throttled_first() {
+        let (mut r, s, n) = fail(
+            StatusCode::TOO_MANY_REQUESTS,
+            -4290001,
+            "Maximum allowed requests exceeded",
+        );
+        if let Some(v) = st.cfg.throttle_retry_after.as_deref() {
+            if let Ok(v) = v.parse() {
+                r.headers_mut().insert("retry-after", v);
+            }
+        }
+        return (r, s, n);
+    }
     let now = Utc::now();
     if let Err(wait) = st.admit(now.timestamp_millis()) {
         let (mut r, s, n) = fail(

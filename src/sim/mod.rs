@@ -160,6 +160,14 @@ pub struct SimConfig {
     /// events (0: off).
     #[arg(long, default_value_t = 0)]
     pub flood: usize,
+    /// A hostile API: the first this many requests answer 429, with
+    /// `--throttle-retry-after` as their `Retry-After` (0: off).
+    #[arg(long, default_value_t = 0)]
+    pub throttle_first: u32,
+    /// The `Retry-After` text of the `--throttle-first` answers, sent as
+    /// it is (seconds, an HTTP date, or anything else).
+    #[arg(long)]
+    pub throttle_retry_after: Option<String>,
 }
 
 /// One pair's activity in the simulator (`--activity`).
@@ -219,6 +227,8 @@ impl Default for SimConfig {
             https_links: false,
             activity: Vec::new(),
             flood: 0,
+            throttle_first: 0,
+            throttle_retry_after: None,
         }
     }
 }
@@ -286,6 +296,8 @@ pub struct SimState {
     /// The visible stubs of recent (shard, start, end, as-of) queries: the
     /// pages of one window share them instead of generating them again.
     pages: Mutex<HashMap<PageKey, Arc<Vec<Stub>>>>,
+    /// `--throttle-first` answers still to send.
+    throttled_first: std::sync::atomic::AtomicU32,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -297,11 +309,20 @@ impl SimState {
         Self {
             plan: cfg.plan(),
             tokens: Mutex::new(vec![cfg.token.clone()]),
-            cfg,
             throttle: Mutex::new(Throttle::default()),
             stats: Mutex::new(SimStats::default()),
             pages: Mutex::new(HashMap::new()),
+            throttled_first: std::sync::atomic::AtomicU32::new(cfg.throttle_first),
+            cfg,
         }
+    }
+
+    /// Takes one of the `--throttle-first` answers, if any are left.
+    fn throttled_first(&self) -> bool {
+        use std::sync::atomic::Ordering;
+        self.throttled_first
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+            .is_ok()
     }
 
     /// Every id generated for `shard` in `[start, end]` (inclusive), whether

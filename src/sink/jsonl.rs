@@ -121,7 +121,9 @@ impl JsonlSink {
                 .append(true)
                 .open(path)
                 .await
-                .map_err(|e| SinkError::unavailable("jsonl", format!("cannot open {path}: {e}")))?;
+                .map_err(|e| {
+                    SinkError::unavailable_from("jsonl", format!("cannot open {path}"), e)
+                })?;
             Out::File(std::sync::Arc::new(std::sync::Mutex::new(
                 file.into_std().await,
             )))
@@ -165,9 +167,9 @@ impl Sink for JsonlSink {
                 let shown = path.display().to_string();
                 tokio::task::spawn_blocking(move || read_positions(&path))
                     .await
-                    .map_err(|e| SinkError::unavailable("jsonl", e.to_string()))?
+                    .map_err(|e| SinkError::unavailable_from("jsonl", "reading the positions", e))?
                     .map_err(|e| {
-                        SinkError::unavailable("jsonl", format!("cannot read {shown}: {e}"))
+                        SinkError::unavailable_from("jsonl", format!("cannot read {shown}"), e)
                     })
             })
             .await?;
@@ -188,8 +190,9 @@ impl Sink for JsonlSink {
                 Some((t, p)) if std::sync::Arc::ptr_eq(t, &r.topic) => p.clone(),
                 _ => {
                     let mut p = b"{\"topic\":".to_vec();
-                    serde_json::to_writer(&mut p, &*r.topic)
-                        .map_err(|e| SinkError::unavailable("jsonl", e.to_string()))?;
+                    serde_json::to_writer(&mut p, &*r.topic).map_err(|e| {
+                        SinkError::unavailable_from("jsonl", "writing a topic name", e)
+                    })?;
                     p.push(b',');
                     let p = bytes::Bytes::from(p);
                     prefix = Some((&r.topic, p.clone()));
@@ -219,7 +222,7 @@ impl Sink for JsonlSink {
             .await
             .write(parts)
             .await
-            .map_err(|e| SinkError::unavailable("jsonl", format!("write: {e}")))
+            .map_err(|e| SinkError::unavailable_from("jsonl", "write", e))
     }
 
     async fn flush(&self) -> Result<(), SinkError> {
@@ -229,7 +232,7 @@ impl Sink for JsonlSink {
             Out::Stdout(out) => out
                 .flush()
                 .await
-                .map_err(|e| SinkError::unavailable("jsonl", format!("flush: {e}"))),
+                .map_err(|e| SinkError::unavailable_from("jsonl", "flush", e)),
             Out::File(_) => Ok(()),
         }
     }
@@ -244,7 +247,7 @@ mod tests {
     use super::*;
     use crate::shard::Shard;
     use crate::sink::PageMeta;
-    use crate::validate::Violation;
+    use crate::sink::Reason;
     use crate::window::Window;
 
     /// A writer that takes at most `most` bytes a call, and only from the
@@ -342,7 +345,7 @@ mod tests {
             "id2".into(),
             &page,
             raw.get(),
-            &[Violation {
+            &[Reason {
                 path: "/message".into(),
                 message: "wrong".into(),
             }],

@@ -136,7 +136,7 @@ impl KafkaSink {
     pub fn new(cfg: &KafkaConfig) -> Result<Self, SinkError> {
         let max_message = cfg
             .max_message_bytes()
-            .map_err(|e| SinkError::misconfigured("kafka", e.to_string()))?;
+            .map_err(|e| SinkError::misconfigured_from("kafka", "sink.kafka.properties", e))?;
         let mut client = ClientConfig::new();
         client.set("bootstrap.servers", &cfg.brokers);
         for (k, v) in &cfg.properties {
@@ -153,7 +153,7 @@ impl KafkaSink {
             .set("linger.ms", "5");
         let producer: ThreadedProducer<Deliveries> =
             producer_cfg.create_with_context(Deliveries).map_err(|e| {
-                SinkError::misconfigured("kafka", format!("cannot create the producer: {e}"))
+                SinkError::misconfigured_from("kafka", "cannot create the producer", e)
             })?;
         Ok(Self {
             producer,
@@ -179,7 +179,7 @@ fn last_window_start(client: &ClientConfig, topic: &str) -> Result<Option<String
     use rdkafka::Offset;
     let wait = Duration::from_secs(10);
     let fail = |e: rdkafka::error::KafkaError| {
-        SinkError::unavailable("kafka", format!("reading the end of {topic}: {e}"))
+        SinkError::unavailable_from("kafka", format!("reading the end of {topic}"), e)
     };
     let consumer = super::read::kafka_reader(client, "cas-bridge-position").map_err(fail)?;
     let meta = consumer.fetch_metadata(Some(topic), wait).map_err(fail)?;
@@ -222,7 +222,7 @@ impl Sink for KafkaSink {
         let topic = topic.to_string();
         tokio::task::spawn_blocking(move || last_window_start(&cfg, &topic))
             .await
-            .map_err(|e| SinkError::unavailable("kafka", e.to_string()))?
+            .map_err(|e| SinkError::unavailable_from("kafka", "reading the end of the topic", e))?
     }
 
     async fn read_back(&self, topic: &str, max: usize) -> Result<Vec<bytes::Bytes>, SinkError> {
@@ -230,7 +230,7 @@ impl Sink for KafkaSink {
         let topic = topic.to_string();
         tokio::task::spawn_blocking(move || super::read::kafka(&cfg, &topic, max))
             .await
-            .map_err(|e| SinkError::unavailable("kafka", e.to_string()))?
+            .map_err(|e| SinkError::unavailable_from("kafka", "reading the topic", e))?
     }
 
     async fn prepare(&self, topics: &[String]) -> Result<(), SinkError> {
@@ -238,7 +238,7 @@ impl Sink for KafkaSink {
             return Ok(());
         }
         let admin: AdminClient<DefaultClientContext> = self.client.create().map_err(|e| {
-            SinkError::misconfigured("kafka", format!("cannot create the admin client: {e}"))
+            SinkError::misconfigured_from("kafka", "cannot create the admin client", e)
         })?;
         let new: Vec<NewTopic<'_>> = topics
             .iter()
@@ -255,7 +255,7 @@ impl Sink for KafkaSink {
         let results = admin
             .create_topics(&new, &opts)
             .await
-            .map_err(|e| SinkError::unavailable("kafka", format!("create topics: {e}")))?;
+            .map_err(|e| SinkError::unavailable_from("kafka", "create topics", e))?;
         for r in results {
             match r {
                 Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
@@ -381,8 +381,8 @@ impl Sink for KafkaSink {
         let p = self.producer.clone();
         tokio::task::spawn_blocking(move || p.flush(Timeout::After(Duration::from_secs(10))))
             .await
-            .map_err(|e| SinkError::unavailable("kafka", e.to_string()))?
-            .map_err(|e| SinkError::unavailable("kafka", format!("flush: {e}")))
+            .map_err(|e| SinkError::unavailable_from("kafka", "flush", e))?
+            .map_err(|e| SinkError::unavailable_from("kafka", "flush", e))
     }
 }
 

@@ -20,7 +20,7 @@ pub use config::{JsonlConfig, KafkaConfig, NatsConfig, SinkConfig, SinkKind};
 pub use jsonl::JsonlSink;
 pub use kafka::KafkaSink;
 pub use nats::NatsSink;
-pub use record::{Binding, PageMeta, Record, RecordKind};
+pub use record::{Binding, PageMeta, Reason, Record, RecordKind};
 
 use async_trait::async_trait;
 
@@ -33,7 +33,13 @@ pub enum SinkError {
     /// The broker cannot be reached or did not acknowledge: publish the
     /// same records again later; the cursor stays.
     #[error("sink {sink} unavailable: {message}")]
-    Unavailable { sink: &'static str, message: String },
+    Unavailable {
+        sink: &'static str,
+        message: String,
+        /// The broker client's error, when there is one.
+        #[source]
+        cause: Option<crate::field::Cause>,
+    },
     /// The broker will never take these records (size, topic); **every
     /// other record of the batch was acknowledged**. Each refused one goes
     /// to the dead-letter topic with the broker's reason.
@@ -45,7 +51,13 @@ pub enum SinkError {
     /// The configuration cannot work (permissions, a topic that may not
     /// exist): stop the shard with a clear error; readiness goes false.
     #[error("sink {sink} misconfigured: {message}")]
-    Misconfigured { sink: &'static str, message: String },
+    Misconfigured {
+        sink: &'static str,
+        message: String,
+        /// The broker client's error, when there is one.
+        #[source]
+        cause: Option<crate::field::Cause>,
+    },
 }
 
 /// One record the broker refused for good.
@@ -62,6 +74,33 @@ impl SinkError {
         Self::Unavailable {
             sink,
             message: message.into(),
+            cause: None,
+        }
+    }
+
+    /// Unavailable while doing `what`, because of `cause`.
+    pub fn unavailable_from(
+        sink: &'static str,
+        what: impl Into<String>,
+        cause: impl Into<crate::field::Cause>,
+    ) -> Self {
+        Self::Unavailable {
+            sink,
+            message: what.into(),
+            cause: Some(cause.into()),
+        }
+    }
+
+    /// Misconfigured, as `what` shows, because of `cause`.
+    pub fn misconfigured_from(
+        sink: &'static str,
+        what: impl Into<String>,
+        cause: impl Into<crate::field::Cause>,
+    ) -> Self {
+        Self::Misconfigured {
+            sink,
+            message: what.into(),
+            cause: Some(cause.into()),
         }
     }
 
@@ -69,6 +108,7 @@ impl SinkError {
         Self::Misconfigured {
             sink,
             message: message.into(),
+            cause: None,
         }
     }
 
@@ -255,7 +295,7 @@ pub async fn build(
     dup_window: std::time::Duration,
 ) -> Result<std::sync::Arc<dyn Sink>, SinkError> {
     let topics = Topics::new(&cfg.topic_template, &cfg.dead_letter)
-        .map_err(|e| SinkError::misconfigured("config", e.to_string()))?;
+        .map_err(|e| SinkError::misconfigured_from("config", "sink.topic_template", e))?;
     Ok(match cfg.kind {
         SinkKind::Kafka => std::sync::Arc::new(KafkaSink::new(&cfg.kafka)?),
         SinkKind::Nats => {
@@ -263,6 +303,13 @@ pub async fn build(
         }
         SinkKind::Jsonl => std::sync::Arc::new(JsonlSink::open(&cfg.jsonl.path).await?),
     })
+}
+
+/// A question the status board can ask without knowing the sink: is its
+/// connection up?
+pub fn probe(sink: &std::sync::Arc<dyn Sink>) -> crate::status::SinkProbe {
+    let sink = std::sync::Arc::clone(sink);
+    std::sync::Arc::new(move || sink.connected())
 }
 
 #[cfg(test)]

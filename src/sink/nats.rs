@@ -187,8 +187,8 @@ impl Acks {
     }
 }
 
-fn err(e: impl std::fmt::Display) -> SinkError {
-    SinkError::unavailable("nats", e.to_string())
+fn err(e: impl std::error::Error + Send + Sync + 'static) -> SinkError {
+    SinkError::unavailable_from("nats", "JetStream call", e)
 }
 
 /// The bytes a message takes against the server's `max_payload`: the
@@ -259,7 +259,7 @@ impl NatsSink {
             }
             let addr: async_nats::ServerAddr = raw
                 .parse()
-                .map_err(|e| SinkError::misconfigured("nats", format!("sink.nats.url: {e}")))?;
+                .map_err(|e| SinkError::misconfigured_from("nats", "sink.nats.url", e))?;
             urls.push(addr);
         }
         if let Some((user, pass)) = user_pass {

@@ -52,7 +52,7 @@ pub(super) fn kafka_partition(
     use rdkafka::message::Message;
     use rdkafka::TopicPartitionList;
     let fail = |e: KafkaError| {
-        SinkError::unavailable("kafka", format!("reading {topic}/{partition}: {e}"))
+        SinkError::unavailable_from("kafka", format!("reading {topic}/{partition}"), e)
     };
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition_offset(topic, partition, from)
@@ -94,7 +94,7 @@ pub fn kafka(
     use rdkafka::consumer::Consumer;
     use rdkafka::message::Message;
     let fail = |e: rdkafka::error::KafkaError| {
-        SinkError::unavailable("kafka", format!("reading {topic}: {e}"))
+        SinkError::unavailable_from("kafka", format!("reading {topic}"), e)
     };
     let consumer = kafka_reader(client, "cas-bridge-read").map_err(fail)?;
     let meta = consumer
@@ -126,10 +126,10 @@ pub async fn nats(
 ) -> Result<Vec<Bytes>, SinkError> {
     use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
     use futures::StreamExt;
-    let fail = |e: &dyn std::fmt::Display| {
-        SinkError::unavailable("nats", format!("reading {subject} in {stream}: {e}"))
+    let fail = |e: crate::field::Cause| {
+        SinkError::unavailable_from("nats", format!("reading {subject} in {stream}"), e)
     };
-    let s = js.get_stream(stream).await.map_err(|e| fail(&e))?;
+    let s = js.get_stream(stream).await.map_err(|e| fail(e.into()))?;
     let mut consumer = s
         .create_consumer(pull::Config {
             deliver_policy: DeliverPolicy::All,
@@ -139,8 +139,12 @@ pub async fn nats(
             ..Default::default()
         })
         .await
-        .map_err(|e| fail(&e))?;
-    let total = consumer.info().await.map_err(|e| fail(&e))?.num_pending as usize;
+        .map_err(|e| fail(e.into()))?;
+    let total = consumer
+        .info()
+        .await
+        .map_err(|e| fail(e.into()))?
+        .num_pending as usize;
     if total > max {
         return Err(too_many("nats", subject, max));
     }
@@ -152,13 +156,15 @@ pub async fn nats(
             .expires(READ_WAIT)
             .messages()
             .await
-            .map_err(|e| fail(&e))?;
+            .map_err(|e| fail(e.into()))?;
         let before = out.len();
         while let Some(m) = batch.next().await {
-            out.push(m.map_err(|e| fail(&e))?.payload.clone());
+            out.push(m.map_err(fail)?.payload.clone());
         }
         if out.len() == before {
-            return Err(fail(&format!("stalled at {before} of {total} messages")));
+            return Err(fail(
+                format!("stalled at {before} of {total} messages").into(),
+            ));
         }
     }
     Ok(out)

@@ -8,8 +8,18 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::shard::Shard;
-use crate::validate::Violation;
 use crate::window::Window;
+
+/// Why a record is a dead letter: where in the event (a JSON pointer, or
+/// empty for the whole event) and what was wrong, as text. The sink writes
+/// it into the dead letter; it does not judge events.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Reason {
+    /// JSON pointer into the event, e.g. `/message/detection_time`.
+    pub path: String,
+    /// What was wrong.
+    pub message: String,
+}
 
 /// One message for the broker.
 #[derive(Debug, Clone)]
@@ -88,8 +98,8 @@ impl PageMeta {
             service: shard.service.clone(),
             event: shard.event.clone(),
             ce_source: None,
-            window_start: crate::cas::format_time(window.start),
-            window_end: crate::cas::format_time(window.end),
+            window_start: crate::window::format_time(window.start),
+            window_end: crate::window::format_time(window.end),
             envelope: std::sync::OnceLock::new(),
         }
     }
@@ -132,7 +142,7 @@ struct Envelope<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     intended_topic: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    reasons: Option<&'a [Violation]>,
+    reasons: Option<&'a [Reason]>,
     /// The size of the refused record (truncated dead letters only).
     #[serde(skip_serializing_if = "Option::is_none")]
     size: Option<usize>,
@@ -159,7 +169,7 @@ impl Record {
         id: String,
         page: &Arc<PageMeta>,
         data: &str,
-        reasons: &[Violation],
+        reasons: &[Reason],
     ) -> Self {
         let first = reasons.first().map(|v| v.path.as_str()).unwrap_or("");
         Self::build(
@@ -184,7 +194,7 @@ impl Record {
         let Some(data) = data else {
             return Self::truncated(dead_letter_topic, refused, reason);
         };
-        let reasons = [Violation {
+        let reasons = [Reason {
             path: String::new(),
             message: format!("broker: {reason}"),
         }];
@@ -204,7 +214,7 @@ impl Record {
     /// A dead letter without the event: id, pair, window, the refused
     /// record's size and the reason. Small enough for any broker.
     pub fn truncated(dead_letter_topic: Arc<str>, refused: &Record, reason: &str) -> Self {
-        let reasons = [Violation {
+        let reasons = [Reason {
             path: String::new(),
             message: format!("broker: {}", short(reason)),
         }];
@@ -234,7 +244,7 @@ impl Record {
         id: String,
         page: &Arc<PageMeta>,
         data: Option<&str>,
-        dead: Option<(&str, &[Violation])>,
+        dead: Option<(&str, &[Reason])>,
         kind: RecordKind,
         dead_reason: Option<String>,
     ) -> Self {
@@ -271,12 +281,7 @@ impl Record {
     }
 
     /// The document's members before `data`, through serde.
-    fn envelope(
-        payload: &mut Vec<u8>,
-        id: &str,
-        page: &PageMeta,
-        dead: Option<(&str, &[Violation])>,
-    ) {
+    fn envelope(payload: &mut Vec<u8>, id: &str, page: &PageMeta, dead: Option<(&str, &[Reason])>) {
         serde_json::to_writer(
             payload,
             &Envelope {
@@ -417,7 +422,7 @@ mod tests {
                 ("cas-window-end", "1970-01-01T00:01:00.000Z"),
             ]
         );
-        let bad = [Violation {
+        let bad = [Reason {
             path: "/message/n".into(),
             message: "1.50 is not an integer".into(),
         }];

@@ -348,14 +348,14 @@ impl ShardTelemetry {
         Stats::add(&self.stats.api_errors, 1);
         counter!("cas_bridge_api_requests_total", "status" => status.to_string()).increment(1);
         self.api_duration.record(took.as_secs_f64());
-        warn!(shard = %self.shard, %error, status, ?retry_in, "request failed");
+        warn!(shard = %self.shard, %error, status, retry_in_s = retry_in.map(crate::field::secs), "request failed");
     }
 
     /// The API throttled us; every shard pauses for `pause`.
     pub fn rate_limited(&self, pause: Duration, asked: Option<Duration>) {
         Stats::add(&self.stats.rate_limited, 1);
         self.rate_limited.increment(1);
-        warn!(shard = %self.shard, ?pause, ?asked, "rate limited by the API; every shard pauses");
+        warn!(shard = %self.shard, pause_s = crate::field::secs(pause), asked_s = asked.map(crate::field::secs), "rate limited by the API; every shard pauses");
     }
 
     /// A page's records were acknowledged: `published` on their topic.
@@ -390,7 +390,7 @@ impl ShardTelemetry {
     pub fn activity(&self, per_minute: Option<f64>, interval: Duration) {
         self.rate.set(per_minute.unwrap_or(-1.0));
         self.interval.set(interval.as_secs_f64());
-        debug!(shard = %self.shard, ?per_minute, ?interval, "poll interval");
+        debug!(shard = %self.shard, per_minute, interval_s = crate::field::secs(interval), "poll interval");
     }
 
     /// One record was acknowledged on the dead-letter topic (counted; the
@@ -452,13 +452,13 @@ impl ShardTelemetry {
         if let Some(i) = SINK_ERROR_KINDS.iter().position(|k| *k == kind) {
             self.sink_errors[i].increment(1);
         }
-        warn!(shard = %self.shard, %error, kind, ?retry_in, "publish failed; the cursor stays");
+        warn!(shard = %self.shard, %error, kind, retry_in_s = retry_in.map(crate::field::secs), "publish failed; the cursor stays");
     }
 
     /// The shard waits `retry_in` before trying its window again.
     pub fn parked(&self, error: &dyn std::fmt::Display, retry_in: Duration) {
         self.parked.increment(1);
-        error!(shard = %self.shard, %error, ?retry_in, "shard parked");
+        error!(shard = %self.shard, %error, retry_in_s = crate::field::secs(retry_in), "shard parked");
     }
 
     /// A window continues from its recorded position after `pages` pages.

@@ -6,7 +6,6 @@
 
 use std::time::Duration;
 
-use cas_bridge::bridge::Coordination;
 use cas_bridge::config::{Dur, SinkKind, StartFrom};
 use cas_bridge::sim::{SimConfig, ThrottleMode};
 use cas_bridge::telemetry::Stats;
@@ -375,7 +374,7 @@ async fn a_kafka_broker_outage_of_30_s_keeps_the_cursor_and_loses_nothing() {
     cfg.api.page_limit = Some(500);
     cfg.window.start_from = StartFrom::Ago(Duration::from_secs(120));
     let t0 = Utc::now();
-    let run = Running::start(build_bridge(&cfg, Coordination::in_memory(&cfg)).await);
+    let run = Running::start(build_bridge(&cfg, cfg.in_memory_coordination()).await);
     run.wait_cursor(t0 - chrono::Duration::seconds(3), Duration::from_secs(60))
         .await;
 
@@ -456,7 +455,7 @@ async fn a_429_storm_from_a_foreign_client_is_survived_within_the_budget() {
         })
     };
     let t0 = Utc::now();
-    let run = Running::start(build_bridge(&cfg, Coordination::in_memory(&cfg)).await);
+    let run = Running::start(build_bridge(&cfg, cfg.in_memory_coordination()).await);
     run.wait_cursor(t0 + chrono::Duration::seconds(20), Duration::from_secs(180))
         .await;
     let limited = run

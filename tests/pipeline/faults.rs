@@ -3,7 +3,6 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use cas_bridge::bridge::Coordination;
 use cas_bridge::config::SinkKind;
 use cas_bridge::sim::SimConfig;
 use chrono::Utc;
@@ -36,7 +35,7 @@ async fn a_sink_that_is_down_keeps_the_cursor_and_delivery_resumes() {
     cfg.api.page_limit = Some(500);
     cfg.window.start_from = cas_bridge::config::StartFrom::Ago(Duration::from_secs(120));
     let t0 = Utc::now();
-    let run = Running::start(build_bridge(&cfg, Coordination::in_memory(&cfg)).await);
+    let run = Running::start(build_bridge(&cfg, cfg.in_memory_coordination()).await);
     run.wait_cursor(t0 - chrono::Duration::seconds(3), Duration::from_secs(60))
         .await;
 
@@ -109,7 +108,7 @@ async fn run_against(
     let mut cfg = bridge_config(&sim, &tag(), SinkKind::Jsonl);
     cfg.sink.jsonl.path = dir.path().join("out.jsonl").display().to_string();
     tweak(&mut cfg);
-    let run = Running::start(build_bridge(&cfg, Coordination::in_memory(&cfg)).await);
+    let run = Running::start(build_bridge(&cfg, cfg.in_memory_coordination()).await);
     tokio::time::sleep(Duration::from_secs(secs)).await;
     (run, sim, dir)
 }
@@ -258,7 +257,7 @@ async fn a_429_pauses_every_shard_and_nothing_is_lost() {
     cfg.window.start_from = cas_bridge::config::StartFrom::Ago(Duration::from_secs(300));
     cfg.api.page_limit = Some(100);
     let t0 = Utc::now();
-    let run = Running::start(build_bridge(&cfg, Coordination::in_memory(&cfg)).await);
+    let run = Running::start(build_bridge(&cfg, cfg.in_memory_coordination()).await);
     // Past the first minute's allowance: at least one 429 and its pause.
     run.wait_cursor(t0 + chrono::Duration::seconds(20), Duration::from_secs(150))
         .await;
@@ -355,7 +354,8 @@ async fn a_chunked_body_of_unknown_size_is_read_whole_within_its_reservation() {
     let client =
         cas_bridge::cas::Client::new(&cfg.api, secrecy::SecretString::from("t".to_string()))
             .unwrap();
-    let permit = Coordination::in_memory(&cfg)
+    let permit = cfg
+        .in_memory_coordination()
         .budget
         .acquire(cas_bridge::coord::Priority::Active)
         .await

@@ -4,7 +4,6 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use cas_bridge::bridge::Coordination;
 use cas_bridge::config::{Dur, SinkKind, StartFrom};
 use cas_bridge::coord::{CheckpointStore, CoordError, LeaseStore, Renewal};
 use cas_bridge::shard::Shard;
@@ -125,8 +124,8 @@ async fn a_worker_whose_lease_was_taken_over_cannot_move_the_cursor() {
     a_cfg.coord.worker_id = Some("a".into());
     let mut b_cfg = cfg.clone();
     b_cfg.coord.worker_id = Some("b".into());
-    let (_, a) = Coordination::redis(&a_cfg, &token).await.unwrap();
-    let (_, b) = Coordination::redis(&b_cfg, &token).await.unwrap();
+    let (_, a) = a_cfg.redis_coordination(&token).await.unwrap();
+    let (_, b) = b_cfg.redis_coordination(&token).await.unwrap();
     let shard = Shard::new("exchange", "dlp");
     let fa = a.acquire(&shard).await.unwrap().expect("a gets the shard");
     assert_eq!(b.acquire(&shard).await.unwrap(), None, "held");
@@ -364,7 +363,7 @@ async fn the_shared_budget_serves_the_most_urgent_waiter_in_the_fleet() {
         let mut c = cfg.clone();
         c.coord.worker_id = Some(worker.into());
         async move {
-            Coordination::redis(&c, &SecretString::from("sim-token"))
+            c.redis_coordination(&SecretString::from("sim-token"))
                 .await
                 .expect("redis")
                 .1

@@ -19,7 +19,6 @@ mod tenants;
 
 use std::time::Duration;
 
-use cas_bridge::bridge::Coordination;
 use cas_bridge::cas::Dialect;
 use cas_bridge::config::SinkKind;
 use cas_bridge::runner::Faults;
@@ -42,7 +41,7 @@ async fn jsonl_run(dialect: Dialect) {
     let mut cfg = bridge_config(&sim, &tag, SinkKind::Jsonl);
     cfg.sink.jsonl.path = out.display().to_string();
     let t0 = Utc::now();
-    let run = Running::start(build_bridge(&cfg, Coordination::in_memory(&cfg)).await);
+    let run = Running::start(build_bridge(&cfg, cfg.in_memory_coordination()).await);
     let check_to = t0 - chrono::Duration::seconds(3);
     run.wait_cursor(check_to + SETTLE, Duration::from_secs(90))
         .await;
@@ -115,7 +114,7 @@ async fn nats_delivers_every_id_once_on_its_subject() {
     let tag = tag();
     let cfg = bridge_config(&sim, &tag, SinkKind::Nats);
     let t0 = Utc::now();
-    let run = Running::start(build_bridge(&cfg, Coordination::in_memory(&cfg)).await);
+    let run = Running::start(build_bridge(&cfg, cfg.in_memory_coordination()).await);
     let check_to = t0 - chrono::Duration::seconds(3);
     run.wait_cursor(check_to + SETTLE, Duration::from_secs(90))
         .await;
@@ -140,7 +139,7 @@ async fn kafka_delivers_every_id_once_on_its_topic() {
     let tag = tag();
     let cfg = bridge_config(&sim, &tag, SinkKind::Kafka);
     let t0 = Utc::now();
-    let run = Running::start(build_bridge(&cfg, Coordination::in_memory(&cfg)).await);
+    let run = Running::start(build_bridge(&cfg, cfg.in_memory_coordination()).await);
     let check_to = t0 - chrono::Duration::seconds(3);
     run.wait_cursor(check_to + SETTLE, Duration::from_secs(120))
         .await;
@@ -173,7 +172,7 @@ async fn schema_violations_land_in_the_dead_letter_topic_with_reasons() {
     let tag = tag();
     let cfg = bridge_config(&sim, &tag, SinkKind::Nats);
     let t0 = Utc::now();
-    let run = Running::start(build_bridge(&cfg, Coordination::in_memory(&cfg)).await);
+    let run = Running::start(build_bridge(&cfg, cfg.in_memory_coordination()).await);
     let check_to = t0 - chrono::Duration::seconds(3);
     run.wait_cursor(check_to + SETTLE, Duration::from_secs(90))
         .await;
@@ -225,7 +224,7 @@ async fn a_run_stopped_between_publish_and_checkpoint_loses_nothing() {
     let mut cfg = bridge_config(&sim, &tag, SinkKind::Nats);
     // Small windows so the halt falls in the middle of the history.
     cfg.window.max = cas_bridge::config::Dur::secs(120);
-    let coord = Coordination::in_memory(&cfg);
+    let coord = cfg.in_memory_coordination();
     let t0 = Utc::now();
     let first = build_bridge_with_faults(
         &cfg,
@@ -247,8 +246,8 @@ async fn a_run_stopped_between_publish_and_checkpoint_loses_nothing() {
         .load(std::sync::atomic::Ordering::Relaxed);
     assert!(published_first > 0);
     // A new process: same checkpoints (the store outlives the process), no dedup memory.
-    let coord2 = Coordination {
-        dedup: Coordination::in_memory(&cfg).dedup,
+    let coord2 = cas_bridge::coord::Coordination {
+        dedup: cfg.in_memory_coordination().dedup,
         ..coord
     };
     let run = Running::start(build_bridge(&cfg, coord2).await);

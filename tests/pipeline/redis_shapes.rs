@@ -4,7 +4,6 @@
 
 use std::time::{Duration, Instant};
 
-use cas_bridge::bridge::Coordination;
 use cas_bridge::config::{Config, SinkKind};
 use chrono::Utc;
 use secrecy::SecretString;
@@ -78,7 +77,7 @@ async fn a_tls_only_redis_with_a_private_ca_an_acl_user_and_a_client_certificate
     // Each missing piece is refused with what was wrong.
     let refused = |c: Config| async move {
         let token = SecretString::from("sim-token");
-        match Coordination::redis(&c, &token).await {
+        match c.redis_coordination(&token).await {
             Ok(_) => panic!("connected without everything Redis asks for"),
             Err(e) => e.to_string(),
         }

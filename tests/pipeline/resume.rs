@@ -184,7 +184,7 @@ async fn an_expired_stored_link_rereads_the_window_and_loses_nothing() {
     cfg.schedule.max_interval = Dur::secs(3600);
     cfg.budget.per_minute = 60;
     let t0 = Utc::now();
-    let coord = cas_bridge::bridge::Coordination::in_memory(&cfg);
+    let coord = cfg.in_memory_coordination();
     let first = Running::start(build_bridge(&cfg, coord.clone()).await);
     let stats = first.bridge.stats().clone();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);

@@ -174,14 +174,19 @@ impl RedisCoord {
         let keys = match b.keys(self).await {
             Ok(k) => k,
             Err(e) => {
-                tracing::warn!(error = %e, "cannot set the shared pause");
+                tracing::warn!(error = %crate::field::chain(&e), "cannot set the shared pause");
                 return;
             }
         };
         let mut inv = self.scripts.pause.prepare_invoke();
-        inv.key(&keys[2]).arg(for_.as_millis().max(1) as u64);
+        // Capped before it is stored: every replica on the token reads it.
+        let ms = for_
+            .min(crate::cas::policy::PAUSE_CEILING)
+            .as_millis()
+            .max(1) as u64;
+        inv.key(&keys[2]).arg(ms);
         if let Err(e) = self.run::<i64>(inv).await {
-            tracing::warn!(error = %e, "cannot set the shared pause");
+            tracing::warn!(error = %crate::field::chain(&e), "cannot set the shared pause");
         }
     }
 

@@ -68,8 +68,11 @@ pub fn token_key(token: &SecretString) -> String {
     hex::encode(&d[..8])
 }
 
-fn unavailable(e: impl std::fmt::Display) -> CoordError {
-    CoordError::Unavailable(e.to_string())
+fn unavailable(e: impl std::error::Error + Send + Sync + 'static) -> CoordError {
+    CoordError::Failed {
+        what: "Redis call".into(),
+        cause: Box::new(e),
+    }
 }
 
 /// Redis coordination for one worker.

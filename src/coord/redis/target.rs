@@ -12,8 +12,11 @@ use secrecy::{ExposeSecret, SecretString};
 use crate::coord::config::host_port;
 use crate::coord::CoordError;
 
-fn unavailable(what: &str, e: impl std::fmt::Display) -> CoordError {
-    CoordError::Unavailable(format!("{what}: {e}"))
+fn unavailable(what: &str, e: impl std::error::Error + Send + Sync + 'static) -> CoordError {
+    CoordError::Failed {
+        what: what.into(),
+        cause: Box::new(e),
+    }
 }
 
 /// The TLS files of the `coord` section.
@@ -26,7 +29,7 @@ pub struct TlsFiles {
 
 fn read(field: &str, path: &Path) -> Result<Vec<u8>, CoordError> {
     std::fs::read(path)
-        .map_err(|e| unavailable(field, format!("cannot read {}: {e}", path.display())))
+        .map_err(|e| unavailable(&format!("{field}: cannot read {}", path.display()), e))
 }
 
 impl TlsFiles {

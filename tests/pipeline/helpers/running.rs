@@ -3,8 +3,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use cas_bridge::bridge::{Bridge, Coordination};
+use cas_bridge::bridge::Bridge;
 use cas_bridge::config::{Config, Dur, SinkKind, StartFrom};
+use cas_bridge::coord::Coordination;
 use cas_bridge::runner::Faults;
 use cas_bridge::sim::{self, SimConfig, SimHandle};
 use chrono::{DateTime, Utc};
@@ -125,7 +126,7 @@ impl Running {
     /// minutes of history).
     pub async fn caught_up(cfg: &Config) -> (Self, Covered) {
         let t0 = Utc::now();
-        let run = Self::start(build_bridge(cfg, Coordination::in_memory(cfg)).await);
+        let run = Self::start(build_bridge(cfg, cfg.in_memory_coordination()).await);
         let to = t0 - chrono::Duration::seconds(3);
         run.wait_cursor(to + chrono::Duration::seconds(15), Duration::from_secs(120))
             .await;
@@ -189,7 +190,8 @@ pub fn fleet_config(
 pub async fn member(cfg: &Config, worker: &str) -> Running {
     let mut c = cfg.clone();
     c.coord.worker_id = Some(worker.into());
-    let (coord, _) = Coordination::redis(&c, &SecretString::from("sim-token"))
+    let (coord, _) = c
+        .redis_coordination(&SecretString::from("sim-token"))
         .await
         .expect("redis");
     Running::start(build_bridge(&c, coord).await)
@@ -199,7 +201,7 @@ pub async fn member(cfg: &Config, worker: &str) -> Running {
 pub async fn observer(cfg: &Config) -> Arc<cas_bridge::coord::redis::RedisCoord> {
     let mut c = cfg.clone();
     c.coord.worker_id = Some("observer".into());
-    Coordination::redis(&c, &SecretString::from("sim-token"))
+    c.redis_coordination(&SecretString::from("sim-token"))
         .await
         .expect("redis")
         .1
