@@ -137,22 +137,21 @@ async fn run(file: Option<PathBuf>) -> anyhow::Result<()> {
     let token = first_token(&cfg)?;
     let dup_window = cfg.sink_dedup_window();
     let coord = if cfg.coord.redis_url.is_some() {
-        let mut retry = crate::retry::Backoff::new(Duration::from_secs(1), Duration::from_secs(32));
-        loop {
-            match cfg.redis_coordination(&token).await {
-                Ok((c, rc)) => {
-                    tracing::info!(worker = rc.worker_id(), prefix = %cfg.coord.prefix, "joined the fleet through Redis");
-                    break c;
-                }
-                Err(e) => {
-                    let wait = retry.next_delay();
-                    tracing::error!(error = %crate::field::chain(&e), retry_in_s = crate::field::secs(wait), "cannot reach Redis");
-                    if !crate::retry::sleep_or_cancel(wait, &cancel).await {
-                        return Ok(());
-                    }
-                }
-            }
-        }
+        let joined = crate::retry::until_ok(
+            &mut crate::retry::Backoff::new(Duration::from_secs(1), Duration::from_secs(32)),
+            &cancel,
+            || cfg.redis_coordination(&token),
+            |e, wait| {
+                tracing::error!(error = %crate::field::chain(e), retry_in_s = crate::field::secs(wait), "cannot reach Redis");
+                true
+            },
+        )
+        .await;
+        let Ok((c, rc)) = joined else {
+            return Ok(());
+        };
+        tracing::info!(worker = rc.worker_id(), prefix = %cfg.coord.prefix, "joined the fleet through Redis");
+        c
     } else {
         cfg.in_memory_coordination()
     };

@@ -35,6 +35,16 @@ pub const FLUSH_BOUND: Duration = Duration::from_secs(3);
 /// How long giving the leases back may take at shutdown.
 pub const RELEASE_BOUND: Duration = Duration::from_secs(2);
 
+/// What the configured tenants bring to a bridge.
+struct Tenants {
+    /// Each tenant's source, scheduler and windows.
+    lanes: HashMap<Arc<str>, Lane>,
+    /// The CloudEvents origin of each tenant whose records carry them.
+    origins: Vec<(String, String)>,
+    /// Every shard of every tenant.
+    shards: Vec<Shard>,
+}
+
 /// What a tenant's shard runners need besides their stages.
 fn settings(cfg: &Config, t: &crate::tenant::Tenant) -> RunnerSettings {
     RunnerSettings {
@@ -131,7 +141,17 @@ impl Bridge {
             shards.extend(t.shards()?);
         }
         status.retain(&shards);
-        Self::assemble(cfg, lanes, origins, shards, sink, coord, status)
+        Self::assemble(
+            cfg,
+            Tenants {
+                lanes,
+                origins,
+                shards,
+            },
+            sink,
+            coord,
+            status,
+        )
     }
 
     /// As [`Bridge::build`] with any page source (tests use a fake).
@@ -155,19 +175,32 @@ impl Bridge {
             .collect();
         let lanes = HashMap::from([(Arc::from(sole.name.as_str()), lane)]);
         let status = Arc::new(StatusBoard::new(Some(crate::sink::probe(&sink))));
-        Self::assemble(cfg, lanes, origins, sole.shards()?, sink, coord, status)
+        let shards = sole.shards()?;
+        Self::assemble(
+            cfg,
+            Tenants {
+                lanes,
+                origins,
+                shards,
+            },
+            sink,
+            coord,
+            status,
+        )
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn assemble(
         cfg: &Config,
-        lanes: HashMap<Arc<str>, Lane>,
-        origins: Vec<(String, String)>,
-        shards: Vec<Shard>,
+        tenants: Tenants,
         sink: Arc<dyn Sink>,
         coord: Coordination,
         status: Arc<StatusBoard>,
     ) -> Result<Self, ConfigError> {
+        let Tenants {
+            lanes,
+            origins,
+            shards,
+        } = tenants;
         let registry = Registry::load(cfg.schemas.dir.as_deref())?;
         let topics = Topics::new(&cfg.sink.topic_template, &cfg.sink.dead_letter)?;
         let mut publisher = Publisher::new(registry, sink, topics, coord.dedup.clone());
@@ -261,17 +294,18 @@ impl Bridge {
         });
         let sink = self.engine.publisher.sink().clone();
         let all = self.engine.publisher.topics().all(&self.shards);
-        let mut retry = Backoff::request();
-        loop {
-            match sink.prepare(&all).await {
-                Ok(()) => break,
-                Err(e) => {
-                    error!(error = %crate::field::chain(&e), "cannot prepare the sink; retrying");
-                    if !retry.wait(&cancel).await {
-                        return;
-                    }
-                }
-            }
+        let prepared = crate::retry::until_ok(
+            &mut Backoff::request(),
+            &cancel,
+            || sink.prepare(&all),
+            |e, _| {
+                error!(error = %crate::field::chain(e), "cannot prepare the sink; retrying");
+                true
+            },
+        )
+        .await;
+        if prepared.is_err() {
+            return;
         }
         for s in &self.shards {
             self.engine.telemetry.shard(s).register();

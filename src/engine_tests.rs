@@ -72,7 +72,8 @@ impl Harness {
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
         cancel.cancel();
-        let _ = task.await;
+        // A panic in the runner fails the test (its join result is kept).
+        task.await.expect("the shard runner panicked");
         ok
     }
 

@@ -67,6 +67,51 @@ impl Backoff {
     }
 }
 
+/// Why [`until_ok`] gave up.
+#[derive(Debug)]
+pub enum GaveUp<E> {
+    /// `cancel` fired (while waiting or calling).
+    Cancelled,
+    /// The error was final: retrying cannot help.
+    Final(E),
+}
+
+/// The one retry loop: calls `op` until it succeeds, waiting `backoff`'s
+/// next delay after each failure. `failed(error, retry_in)` is told of each
+/// failure (to log it) and says whether to try again; `false` ends the
+/// loop with that error. `cancel` ends it at once, in a wait or a call.
+pub async fn until_ok<T, E, Fut>(
+    backoff: &mut Backoff,
+    cancel: &CancellationToken,
+    mut op: impl FnMut() -> Fut,
+    mut failed: impl FnMut(&E, Duration) -> bool,
+) -> Result<T, GaveUp<E>>
+where
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    loop {
+        let res = tokio::select! {
+            r = op() => r,
+            _ = cancel.cancelled() => return Err(GaveUp::Cancelled),
+        };
+        match res {
+            Ok(v) => {
+                backoff.reset();
+                return Ok(v);
+            }
+            Err(e) => {
+                let wait = backoff.next_delay();
+                if !failed(&e, wait) {
+                    return Err(GaveUp::Final(e));
+                }
+                if !sleep_or_cancel(wait, cancel).await {
+                    return Err(GaveUp::Cancelled);
+                }
+            }
+        }
+    }
+}
+
 /// Sleeps, or returns `false` if cancelled first.
 pub async fn sleep_or_cancel(d: Duration, cancel: &CancellationToken) -> bool {
     tokio::select! {
@@ -109,6 +154,57 @@ mod tests {
             let d = b.next_delay();
             assert!(d <= Duration::from_secs(900) && d >= Duration::from_secs(30));
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn until_ok_retries_until_success_a_final_error_or_cancel() {
+        let cancel = CancellationToken::new();
+        // Two failures, then success: two backoff waits.
+        let mut calls = 0;
+        let mut told = Vec::new();
+        let mut b = Backoff::new(Duration::from_secs(1), Duration::from_secs(1));
+        let t = tokio::time::Instant::now();
+        let r: Result<u32, GaveUp<&str>> = until_ok(
+            &mut b,
+            &cancel,
+            || {
+                calls += 1;
+                let n = calls;
+                async move {
+                    if n < 3 {
+                        Err("down")
+                    } else {
+                        Ok(n)
+                    }
+                }
+            },
+            |e, wait| {
+                told.push((*e, wait));
+                true
+            },
+        )
+        .await;
+        assert_eq!(r.unwrap(), 3);
+        assert_eq!(told.len(), 2);
+        assert!(t.elapsed() >= Duration::from_secs(1));
+        assert_eq!(b.attempts(), 0, "reset on success");
+        // A final error ends it with that error.
+        let r: Result<(), GaveUp<&str>> =
+            until_ok(&mut b, &cancel, || async { Err("fenced") }, |_, _| false).await;
+        assert!(matches!(r, Err(GaveUp::Final("fenced"))));
+        // Cancel ends it in the wait.
+        let c2 = cancel.clone();
+        let r: Result<(), GaveUp<&str>> = until_ok(
+            &mut Backoff::new(Duration::from_secs(3600), Duration::from_secs(3600)),
+            &cancel,
+            || async { Err("down") },
+            |_, _| {
+                c2.cancel();
+                true
+            },
+        )
+        .await;
+        assert!(matches!(r, Err(GaveUp::Cancelled)));
     }
 
     #[tokio::test(start_paused = true)]

@@ -15,9 +15,10 @@ use serde_json::Value;
 use crate::coord::redis::RedisCoord;
 use crate::coord::CoordError;
 use crate::publish::event_time;
-use crate::retry::Backoff;
+use crate::retry::{until_ok, Backoff, GaveUp};
 use crate::sink::{PageMeta, Record, Sink, SinkError};
 use crate::validate::Registry;
+use tokio_util::sync::CancellationToken;
 
 /// Records published per call to the sink.
 const BATCH: usize = 500;
@@ -219,23 +220,29 @@ impl Redrive<'_> {
     /// Publishes until the broker acknowledged every record or refused some
     /// for good (returned with the reasons, by index).
     async fn publish(&self, records: &[Record]) -> anyhow::Result<Vec<(usize, String)>> {
-        let mut retry = Backoff::publish();
-        loop {
-            match self.sink.publish(records).await {
-                Ok(()) => return Ok(Vec::new()),
-                Err(SinkError::Rejected { refused, .. }) => {
-                    return Ok(refused
-                        .into_iter()
-                        .map(|r| (r.index, crate::cas::one_line(&r.reason, 200)))
-                        .collect())
+        let mut tries = 0u32;
+        let published = until_ok(
+            &mut Backoff::publish(),
+            &CancellationToken::new(),
+            || self.sink.publish(records),
+            |e, wait| {
+                tries += 1;
+                let again = matches!(e, SinkError::Unavailable { .. }) && tries < PUBLISH_TRIES;
+                if again {
+                    tracing::warn!(error = %crate::field::chain(e), retry_in_s = crate::field::secs(wait), "the broker did not acknowledge; retrying");
                 }
-                Err(e @ SinkError::Unavailable { .. }) if retry.attempts() + 1 < PUBLISH_TRIES => {
-                    let wait = retry.next_delay();
-                    tracing::warn!(error = %crate::field::chain(&e), retry_in_s = crate::field::secs(wait), "the broker did not acknowledge; retrying");
-                    tokio::time::sleep(wait).await;
-                }
-                Err(e) => return Err(e.into()),
-            }
+                again
+            },
+        )
+        .await;
+        match published {
+            Ok(()) => Ok(Vec::new()),
+            Err(GaveUp::Final(SinkError::Rejected { refused, .. })) => Ok(refused
+                .into_iter()
+                .map(|r| (r.index, crate::cas::one_line(&r.reason, 200)))
+                .collect()),
+            Err(GaveUp::Final(e)) => Err(e.into()),
+            Err(GaveUp::Cancelled) => anyhow::bail!("cancelled"),
         }
     }
 }

@@ -6,7 +6,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::Engine;
 use crate::coord::{CoordError, Fence, Progress};
-use crate::retry::Backoff;
+use crate::retry::{until_ok, Backoff};
 use crate::shard::Shard;
 
 impl Engine {
@@ -55,32 +55,32 @@ impl Engine {
         shard: &Shard,
         cancel: &CancellationToken,
     ) -> Option<DateTime<Utc>> {
-        let mut retry = Backoff::request();
-        loop {
-            match self.checkpoints.load(shard).await {
-                Ok(Some(c)) => return Some(c),
-                Ok(None) => {
-                    if let Some(c) = self.checkpoints.remembered(shard) {
-                        self.telemetry
-                            .shard(shard)
-                            .cursor_recovered(c, "this process's memory");
-                        return Some(c);
-                    }
-                    if let Some(c) = self.sink_position(shard).await {
-                        self.telemetry.shard(shard).cursor_recovered(c, "the sink");
-                        return Some(c);
-                    }
-                    let lane = self.lane(shard)?;
-                    return Some(lane.settings.start_from.resolve(self.started));
-                }
-                Err(e) => {
-                    tracing::warn!(%shard, error = %crate::field::chain(&e), "cannot load the cursor; retrying");
-                    if !retry.wait(cancel).await {
-                        return None;
-                    }
-                }
-            }
+        let loaded = until_ok(
+            &mut Backoff::request(),
+            cancel,
+            || self.checkpoints.load(shard),
+            |e, _| {
+                tracing::warn!(%shard, error = %crate::field::chain(e), "cannot load the cursor; retrying");
+                true
+            },
+        )
+        .await
+        .ok()?;
+        if let Some(c) = loaded {
+            return Some(c);
         }
+        if let Some(c) = self.checkpoints.remembered(shard) {
+            self.telemetry
+                .shard(shard)
+                .cursor_recovered(c, "this process's memory");
+            return Some(c);
+        }
+        if let Some(c) = self.sink_position(shard).await {
+            self.telemetry.shard(shard).cursor_recovered(c, "the sink");
+            return Some(c);
+        }
+        let lane = self.lane(shard)?;
+        Some(lane.settings.start_from.resolve(self.started))
     }
 
     /// Moves the cursor; `false` when the shard must stop (fenced, cancelled).
@@ -91,22 +91,23 @@ impl Engine {
         end: DateTime<Utc>,
         cancel: &CancellationToken,
     ) -> bool {
-        let mut retry = Backoff::request();
-        loop {
-            match self.checkpoints.store(shard, fence, end).await {
-                Ok(()) => return true,
-                Err(e @ CoordError::Fenced { .. }) => {
-                    tracing::warn!(%shard, error = %crate::field::chain(&e), "checkpoint refused: lost the shard");
-                    self.status.set_error(shard, &crate::field::chain(&e));
-                    return false;
+        until_ok(
+            &mut Backoff::request(),
+            cancel,
+            || self.checkpoints.store(shard, fence, end),
+            |e, _| match e {
+                CoordError::Fenced { .. } => {
+                    tracing::warn!(%shard, error = %e, "checkpoint refused: lost the shard");
+                    self.status.set_error(shard, e);
+                    false
                 }
-                Err(e) => {
-                    tracing::warn!(%shard, error = %crate::field::chain(&e), "checkpoint failed; retrying");
-                    if !retry.wait(cancel).await {
-                        return false;
-                    }
+                _ => {
+                    tracing::warn!(%shard, error = %crate::field::chain(e), "checkpoint failed; retrying");
+                    true
                 }
-            }
-        }
+            },
+        )
+        .await
+        .is_ok()
     }
 }

@@ -149,6 +149,9 @@ pub fn require_redis() {
 pub struct OwnRedis {
     pub port: u16,
     child: std::process::Child,
+    /// Its working directory: a replica's sync file lands here, not in
+    /// the checkout (removed on drop).
+    _dir: tempfile::TempDir,
 }
 
 impl OwnRedis {
@@ -174,9 +177,11 @@ impl OwnRedis {
     /// `redis-server ARGS` (nothing kept on disk), once `port` accepts
     /// connections: a TLS-only server, a replica, a sentinel.
     pub fn start_with(port: u16, args: &[String]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
         let child = std::process::Command::new("redis-server")
             .args(args)
-            .args(["--save", "", "--appendonly", "no"])
+            .args(["--save", "", "--appendonly", "no", "--dir"])
+            .arg(dir.path())
             .stdout(std::process::Stdio::null())
             .spawn()
             .unwrap_or_else(|e| {
@@ -192,7 +197,11 @@ impl OwnRedis {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
-        Self { port, child }
+        Self {
+            port,
+            child,
+            _dir: dir,
+        }
     }
 
     pub fn url(&self) -> String {
