@@ -128,6 +128,85 @@ async fn replay_delivers_exactly_the_range_and_moves_no_cursor() {
     sim.stop().await;
 }
 
+/// A replay whose first answer is a 429 with a hostile `Retry-After` (a
+/// date in year 9999, the largest u64 in seconds): it finishes, having
+/// paused at most `budget.max_pause`, and with Redis the token's shared
+/// pause it leaves behind is no longer than that either.
+async fn replay_survives_a_hostile_retry_after(retry_after: &str, redis: bool) {
+    let sim = start_sim(cas_bridge::sim::SimConfig {
+        throttle_first: 1,
+        throttle_retry_after: Some(retry_after.into()),
+        ..sim_config()
+    })
+    .await;
+    let tag = tag();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = if redis {
+        require_redis();
+        fleet_config(&sim, &tag, SinkKind::Jsonl, REDIS_URL, &tag)
+    } else {
+        bridge_config(&sim, &tag, SinkKind::Jsonl)
+    };
+    cfg.sink.jsonl.path = dir.path().join("replay.jsonl").display().to_string();
+    cfg.budget.max_pause = cas_bridge::config::Dur::secs(3);
+    let log = dir.path().join("replay.log");
+    let res = operator(
+        &cfg,
+        &log,
+        &[
+            "replay",
+            "--pair",
+            "exchange:dlp",
+            "--from",
+            "10m",
+            "--to",
+            "8m",
+        ],
+    );
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        res.status.success(),
+        "{retry_after} (redis {redis}): the replay failed:\n{text}\n{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+    assert!(!text.contains("panicked"), "{text}");
+    let st = sim.state.stats();
+    assert_eq!(
+        st.by_status.get(&429).copied(),
+        Some(1),
+        "{:?}",
+        st.by_status
+    );
+    assert!(
+        st.by_status.get(&200).copied().unwrap_or(0) >= 1,
+        "{:?}",
+        st.by_status
+    );
+    if redis {
+        // Whatever pause the replay left on the token's budget in Redis is
+        // within the cap (the whole fleet reads it).
+        let usage = cas_bridge::coord::Budget::usage(observer(&cfg).await.as_ref()).await;
+        assert!(
+            usage.paused.unwrap_or_default() <= Duration::from_secs(3),
+            "the fleet's budget is paused for {:?}",
+            usage.paused
+        );
+    }
+    sim.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_caps_a_far_future_retry_after_date() {
+    replay_survives_a_hostile_retry_after("Fri, 31 Dec 9999 23:59:59 GMT", false).await;
+    replay_survives_a_hostile_retry_after("Fri, 31 Dec 9999 23:59:59 GMT", true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_caps_a_retry_after_of_u64_max_seconds() {
+    replay_survives_a_hostile_retry_after("18446744073709551615", false).await;
+    replay_survives_a_hostile_retry_after("18446744073709551615", true).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replay_refuses_a_range_past_the_api_reach_naming_it() {
     let sim = start_sim(sim_config()).await;

@@ -152,7 +152,24 @@ async fn three_tenants_on_their_own_hosts_topics_and_budgets_and_a_token_rotated
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // A few requests with the new token before it is revoked.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while beta
+        .sim
+        .state
+        .stats()
+        .log
+        .iter()
+        .filter(|r| r.token == Some(1))
+        .count()
+        < 3
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the new token was not used three times within a minute"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     // Revoked: its place in the list stays taken, so the log's indexes
     // keep their meaning (1 is the new token).
     beta.sim
@@ -300,15 +317,21 @@ async fn three_tenants_on_their_own_hosts_topics_and_budgets_and_a_token_rotated
     // After the rotation (plus the requests in flight then), beta's API
     // saw only the new token.
     let log = beta.sim.state.stats().log;
-    let old_after: usize = log
+    // Once the new token was used, the old one reaches the API only on
+    // requests already on their way then: at most the pages in flight.
+    let first_new = log
         .iter()
-        .filter(|r| r.at_ms > rotated_at + 1_000 && r.token == Some(0))
+        .position(|r| r.token == Some(1))
+        .expect("the new token was used");
+    let old_after = log[first_new..]
+        .iter()
+        .filter(|r| r.token == Some(0))
         .count();
     let new_uses = log.iter().filter(|r| r.token == Some(1)).count();
-    println!("beta: the new token first used {first_use} ms after the file changed; {new_uses} requests with it; old token after +1 s: {old_after}");
-    assert_eq!(
-        old_after, 0,
-        "the old token reached the API after the file changed"
+    println!("beta: the new token first used {first_use} ms after the file changed; {new_uses} requests with it; old token after its first use: {old_after}");
+    assert!(
+        old_after <= cas_bridge::schedule::PAGES_IN_FLIGHT,
+        "the old token reached the API {old_after} times after the new one was in use"
     );
     let seen: HashSet<&str> = per_tenant.keys().copied().collect();
     assert_eq!(seen.len(), 3);
