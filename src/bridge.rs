@@ -141,17 +141,12 @@ impl Bridge {
             shards.extend(t.shards()?);
         }
         status.retain(&shards);
-        Self::assemble(
-            cfg,
-            Tenants {
-                lanes,
-                origins,
-                shards,
-            },
-            sink,
-            coord,
-            status,
-        )
+        let tenants = Tenants {
+            lanes,
+            origins,
+            shards,
+        };
+        Self::assemble(cfg, tenants, sink, coord, status)
     }
 
     /// As [`Bridge::build`] with any page source (tests use a fake).
@@ -176,17 +171,12 @@ impl Bridge {
         let lanes = HashMap::from([(Arc::from(sole.name.as_str()), lane)]);
         let status = Arc::new(StatusBoard::new(Some(crate::sink::probe(&sink))));
         let shards = sole.shards()?;
-        Self::assemble(
-            cfg,
-            Tenants {
-                lanes,
-                origins,
-                shards,
-            },
-            sink,
-            coord,
-            status,
-        )
+        let tenants = Tenants {
+            lanes,
+            origins,
+            shards,
+        };
+        Self::assemble(cfg, tenants, sink, coord, status)
     }
 
     fn assemble(

@@ -14,29 +14,39 @@
 //! - [`bridge`]: the composition root: builds every stage from one config.
 //! - [`fleet`]: the lease keeper: membership, fair share, hand-over, shutdown.
 //! - [`schedule`]: the scheduler: which shard's request goes next; pages in flight.
-//! - [`runner`]: the shard runner: windows, the API error policy, the fenced checkpoint.
+//! - [`runner`]: the shard runner (`ShardRun`, one held shard): windows, pages, the fenced checkpoint.
 //! - [`source`]: the page source trait; the HTTP client implements it.
 //! - [`publish`]: validate → dedup → records → sink → mark delivered; dead letters.
 //! - [`status`]: per-shard health and progress, readiness, the held shards.
 //! - [`telemetry`]: one call per event: log, Prometheus, in-process stats.
-//! - [`retry`]: the one backoff type.
+//! - [`retry`]: the one backoff type and the one retry loop (`until_ok`).
+//! - [`shutdown`]: SIGTERM/SIGINT cancel the token every command stops on.
 //! - [`config`]: layering (defaults, file, env) and the fan-out to the sections.
 //! - [`field`]: the leaf under every section: field errors, durations.
 //! - [`shard`]: the (tenant, service, event): the unit of work, leases and cursors.
 //! - [`tenant`]: several CAS accounts in one fleet: each tenant's sections over the top level.
-//! - [`cas`]: the API client: requests, the two dialects, pagination, errors.
+//! - [`cas`]: the API client: requests, the two dialects, pagination, errors,
+//!   and the one API error policy ([`cas::policy`]) every caller decides by.
 //! - [`window`]: window planning and cursor arithmetic (overlap, lag, 72 h reach, 3-day cap).
 //! - [`identity`]: stable event ids (`log_item_id`, else a content hash).
 //! - [`validate`]: the JSON Schema registry and verdicts.
-//! - [`coord`]: leases, checkpoints, the shared budget, dedup: in memory and in Redis.
-//! - [`sink`]: Kafka, NATS JetStream and JSON lines behind one trait; typed errors.
+//! - [`coord`]: leases, checkpoints, the shared budget, dedup: in memory and in
+//!   Redis, and the factories that make either set ([`coord::Coordination`]).
+//! - [`sink`]: Kafka, NATS JetStream and JSON lines behind one trait; records,
+//!   dead-letter reasons, typed errors that keep their causes.
+//! - [`tape`]: the strict JSON parser that splits a page into events and reads
+//!   each event's members in the same pass.
+//! - [`operate`]: the operator's commands (`replay`, `checkpoint`, `redrive`).
 //! - [`sim`]: the built-in CAS API simulator.
 //! - [`ops`]: `/healthz`, `/readyz`, `/metrics`.
 //! - [`reload`]: live changes of the configuration file (tenants, pairs, windows, budgets).
 //! - [`app`]: the commands of the binary (`run`, `demo`, `simulate`, `check-config`, `status`).
 //!
 //! Configuration depends on the stages (each owns its section), never the
-//! reverse; no module imports one that imports it back.
+//! reverse; no module imports one that imports it back. A stage never
+//! imports the composition root ([`bridge`]) or the CLI ([`app`]); a sink
+//! knows records, not verdicts or the API; the status board knows figures,
+//! not sinks.
 //!
 //! # Invariants
 //! - No event fetched from the API is lost: it reaches its topic or the
