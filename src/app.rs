@@ -129,12 +129,19 @@ fn init_logs(format: &str, level: &str) {
     };
 }
 
+/// What shutdown may take beyond `shutdown.grace`: the sink's flush and
+/// the leases given back (the README promises grace + 5 s).
+const SHUTDOWN_MARGIN: Duration = Duration::from_secs(5);
+
 async fn run(file: Option<PathBuf>) -> anyhow::Result<()> {
     let cancel = CancellationToken::new();
     crate::shutdown::cancel_on_signals(cancel.clone());
     let mut cfg = Config::load(file.as_deref())?;
     init_logs(&cfg.log.format, &cfg.log.level);
     let token = first_token(&cfg)?;
+    // SIGTERM ends the process within the grace and 5 s more, whatever
+    // state it is in (a broker never reached, a producer still connecting).
+    crate::shutdown::exit_after(cancel.clone(), cfg.shutdown.grace.get() + SHUTDOWN_MARGIN);
     let dup_window = cfg.sink_dedup_window();
     let coord = if cfg.coord.redis_url.is_some() {
         let joined = crate::retry::until_ok(

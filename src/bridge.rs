@@ -191,6 +191,7 @@ impl Bridge {
             origins,
             shards,
         } = tenants;
+        status.set_sink_allowance(cfg.ops.sink_allowance.get());
         let registry = Registry::load(cfg.schemas.dir.as_deref())?;
         let topics = Topics::new(&cfg.sink.topic_template, &cfg.sink.dead_letter)?;
         let mut publisher = Publisher::new(registry, sink, topics, coord.dedup.clone());
@@ -297,12 +298,14 @@ impl Bridge {
         if prepared.is_err() {
             return;
         }
+        self.engine.status.set_sink_prepared();
         for s in &self.shards {
             self.engine.telemetry.shard(s).register();
         }
         self.engine.telemetry.register_all();
         for (tenant, lane) in &self.engine.lanes {
             self.engine.telemetry.budget_paused(tenant, None);
+            self.engine.telemetry.tenant_registered(tenant);
             self.engine
                 .telemetry
                 .budget_day(tenant, 0, lane.settings.per_day);

@@ -259,13 +259,18 @@ async fn a_429_without_retry_after_pauses_a_minute() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_refused_token_backs_off_and_shows_in_readiness() {
+async fn a_refused_token_backs_off_and_never_makes_the_replica_unready() {
     let h = harness(vec![Err(status(401, None))], FakeSink::default());
     assert!(
-        h.run_until(5, |h| !h.engine.status.not_ready().is_empty())
+        h.run_until(5, |h| h.engine.status.shard(&h.shard).last_error.is_some())
             .await
     );
-    assert!(h.engine.status.not_ready().join(" ").contains("token"));
+    // The tenant's trouble: shown for the shard, not in readiness.
+    assert!(
+        h.engine.status.not_ready().is_empty(),
+        "{:?}",
+        h.engine.status.not_ready()
+    );
     assert_eq!(
         h.source.requested().len(),
         1,
@@ -273,9 +278,40 @@ async fn a_refused_token_backs_off_and_shows_in_readiness() {
     );
     let last = h.engine.status.shard(&h.shard).last_error.unwrap();
     assert!(last.contains("401") && !last.contains("Bearer"));
-    // After the pause the next request succeeds and readiness returns.
+    // After the pause the next request succeeds.
     h.run_until_windows(1, 120).await;
-    assert!(h.engine.status.not_ready().is_empty());
+    assert_eq!(h.source.requested().len(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_token_file_that_changes_during_the_pause_is_tried_at_once() {
+    let (p1, ids) = events(&shard(), 0..2, 0);
+    let h = harness(
+        vec![Err(status(401, None)), Ok(page(p1, None))],
+        FakeSink::default(),
+    );
+    let started = tokio::time::Instant::now();
+    // The file changes 10 s into the minute's pause.
+    let change_at = started + Duration::from_secs(10);
+    assert!(
+        h.run_until(120, |h| {
+            if tokio::time::Instant::now() >= change_at && h.source.requested().len() == 1 {
+                h.source.rotated.store(1, Ordering::Relaxed);
+            }
+            Stats::get(&h.stats().windows) >= 1
+        })
+        .await
+    );
+    let took = started.elapsed();
+    // Asked again within a look at the file of the change, not after the
+    // whole pause (time is paused: these are exact).
+    assert!(took >= Duration::from_secs(10), "{took:?}");
+    assert!(
+        took <= Duration::from_secs(10) + crate::runner::TOKEN_LOOK + Duration::from_secs(2),
+        "asked again {took:?} after the 401: the pause ran out instead"
+    );
+    assert_eq!(h.source.requested().len(), 2);
+    assert_eq!(h.sink.ids_on(TOPIC), ids);
 }
 
 #[tokio::test(start_paused = true)]

@@ -200,15 +200,12 @@ impl LeaseKeeper {
         let live = match self.leases.heartbeat().await {
             Ok(n) => {
                 self.engine.status.set_coord_ok(true);
-                let mut paused = None;
                 for (tenant, lane) in &self.engine.lanes {
                     let usage = lane.scheduler.usage().await;
-                    paused = paused.max(usage.paused);
                     let tel = &self.engine.telemetry;
                     tel.budget_paused(tenant, usage.paused);
                     tel.budget_day(tenant, usage.last_day, lane.settings.per_day);
                 }
-                self.engine.status.set_paused(paused);
                 // Every replica keeps the fleet's cursors in memory too: a
                 // Redis that comes back empty loses none while one is up.
                 if let Err(e) = self.engine.checkpoints.refresh(&self.order).await {

@@ -24,12 +24,16 @@ use crate::status::StatusBoard;
 pub struct OpsConfig {
     /// Address of `/healthz`, `/readyz` and `/metrics`.
     pub listen: String,
+    /// How long the sink may be unreachable before `/readyz` says 503
+    /// (a broker's rolling restart should not take replicas out).
+    pub sink_allowance: crate::field::Dur,
 }
 
 impl Default for OpsConfig {
     fn default() -> Self {
         Self {
             listen: "0.0.0.0:9090".into(),
+            sink_allowance: crate::field::Dur(crate::status::DEFAULT_SINK_ALLOWANCE),
         }
     }
 }
@@ -151,6 +155,7 @@ mod tests {
     fn listen_address_is_checked() {
         let bad = OpsConfig {
             listen: "nine".into(),
+            ..OpsConfig::default()
         };
         assert_eq!(bad.addr().unwrap_err().field, "ops.listen");
         assert!(OpsConfig::default().addr().is_ok());

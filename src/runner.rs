@@ -52,6 +52,9 @@ pub use crate::cas::policy::{
     AUTH_PAUSE, MALFORMED_TRIES, RATE_LIMIT_PAUSE as DEFAULT_RATE_LIMIT_PAUSE,
 };
 
+/// How often a shard whose token was refused looks at the token file.
+pub const TOKEN_LOOK: Duration = Duration::from_secs(1);
+
 /// Test hook: stop the whole bridge after this many windows were published,
 /// just before their checkpoint (as a crash there would).
 #[derive(Debug, Default)]
@@ -234,6 +237,23 @@ impl ShardRun<'_> {
             _ = tokio::time::sleep(d) => Ok(()),
             _ = self.cancel.cancelled() => Err(Abort::Cancelled),
             _ = self.drain.cancelled() => Err(Abort::Drained),
+        }
+    }
+
+    /// Looks at the token file every [`TOKEN_LOOK`] for up to `pause`:
+    /// `true` as soon as it holds a new token, `false` when the pause ran
+    /// out without one.
+    async fn await_new_token(&self, pause: Duration) -> Result<bool, Abort> {
+        let until = tokio::time::Instant::now() + pause;
+        loop {
+            let left = until.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                return Ok(false);
+            }
+            self.sleep(left.min(TOKEN_LOOK)).await?;
+            if self.lane.source.reload_credentials() {
+                return Ok(true);
+            }
         }
     }
 
@@ -485,7 +505,7 @@ impl ShardRun<'_> {
                 }
                 Ok(page) => {
                     tel.page_fetched(page.len(), started.elapsed());
-                    engine.status.set_token_ok(true);
+                    tel.token_refused(false);
                     return Ok((page, grant.slot));
                 }
                 Err(e) => e,
@@ -506,6 +526,7 @@ impl ShardRun<'_> {
                 Decision::Throttle { .. } | Decision::GiveUp(_) => None,
             };
             tel.request_failed(&status, took, &shown, retry_in);
+            engine.status.set_error(shard, &shown);
             match decision {
                 Decision::Retry(_) => {}
                 Decision::Throttle { pause, asked } => {
@@ -518,13 +539,17 @@ impl ShardRun<'_> {
                     tracing::warn!(%shard, error = %shown, "the API refused the token; the token file holds a new one, asking again with it");
                 }
                 Decision::TokenRefused { pause } => {
-                    engine.status.set_token_ok(false);
-                    tracing::error!(%shard, error = %shown, "the API refused the token; every shard backs off");
+                    tel.token_refused(true);
+                    tracing::error!(%shard, tenant = %shard.tenant, error = %shown, "the API refused the tenant's token; its shards back off");
                     lane.scheduler.pause(pause).await;
+                    // A token file that changes meanwhile is tried at once.
+                    if self.await_new_token(pause).await? {
+                        tracing::warn!(%shard, tenant = %shard.tenant, "the token file holds a new token; asking again with it");
+                        lane.scheduler.resume().await;
+                    }
                 }
                 Decision::GiveUp(e) => return Err(Abort::Park(e)),
             }
-            engine.status.set_error(shard, &shown);
             self.sleep(wait).await?;
         }
     }

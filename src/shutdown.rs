@@ -33,3 +33,22 @@ pub fn cancel_on_signals(cancel: CancellationToken) {
         cancel.cancel();
     });
 }
+
+/// Once `cancel` fires, ends the process after `bound` if it has not ended
+/// by itself: a thread of its own does it, so nothing the runtime waits on
+/// (a broker client that never connected, a blocking call) can hold the
+/// exit longer. The exit code is 0: what was not delivered was not
+/// checkpointed, so the next holder reads it again.
+pub fn exit_after(cancel: CancellationToken, bound: std::time::Duration) {
+    tokio::spawn(async move {
+        cancel.cancelled().await;
+        std::thread::spawn(move || {
+            std::thread::sleep(bound);
+            tracing::warn!(
+                bound_s = crate::field::secs(bound),
+                "shutdown did not finish within the grace and its margin; exiting now (nothing undelivered was checkpointed)"
+            );
+            std::process::exit(0);
+        });
+    });
+}

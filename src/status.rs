@@ -4,9 +4,14 @@
 //! held now). `/readyz`, `demo`, the tests and the lease keeper read it;
 //! none of them reads the engine itself.
 //!
-//! Readiness is judged per shard: one shard whose sink refuses its pages is
-//! shown, but does not make the whole process unready while other shards
-//! publish; every held shard failing does, as does a stopped shard.
+//! Readiness is the replica's: its coordination store answers, its sink
+//! answered once (the topics or the stream are there) and has not been
+//! unreachable for longer than `ops.sink_allowance`. One shard whose sink
+//! refuses its pages is shown, but does not make the process unready while
+//! other shards publish; every held shard failing does, as does a stopped
+//! shard (the sink refuses it as configured). A tenant's trouble — its
+//! token refused, its budget paused, its shards parked — never does: it
+//! shows in that tenant's series and in `status`.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -51,10 +56,13 @@ pub struct StatusBoard {
     shards: Mutex<HashMap<Shard, ShardProgress>>,
     /// The coordination store answered the last heartbeat.
     coord_ok: AtomicBool,
-    /// The API did not refuse the token at the last request.
-    token_ok: AtomicBool,
-    /// Until when the token's budget is paused (429, 401), as last seen.
-    paused_until: Mutex<Option<DateTime<Utc>>>,
+    /// The sink answered once: its topics or stream are there (set when
+    /// the bridge prepared it).
+    sink_prepared: AtomicBool,
+    /// Since when the sink's connection has been down, as last seen.
+    sink_down_since: Mutex<Option<std::time::Instant>>,
+    /// How long the sink may be down before the replica is unready.
+    sink_allowance: Mutex<std::time::Duration>,
     /// The shards this process works now, published by the lease keeper.
     held: watch::Sender<Vec<Shard>>,
     /// Says whether the sink's connection is up (none: always).
@@ -64,6 +72,10 @@ pub struct StatusBoard {
 /// Whether the sink's connection is up: the board knows the answer, not
 /// the sink.
 pub type SinkProbe = Arc<dyn Fn() -> bool + Send + Sync>;
+
+/// How long the sink may be unreachable before the replica is unready,
+/// unless `ops.sink_allowance` says otherwise.
+pub const DEFAULT_SINK_ALLOWANCE: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl std::fmt::Debug for StatusBoard {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -86,8 +98,9 @@ impl StatusBoard {
         Self {
             shards: Mutex::new(HashMap::new()),
             coord_ok: true.into(),
-            token_ok: true.into(),
-            paused_until: Mutex::new(None),
+            sink_prepared: sink_up.is_none().into(),
+            sink_down_since: Mutex::new(None),
+            sink_allowance: Mutex::new(DEFAULT_SINK_ALLOWANCE),
             held: watch::Sender::new(Vec::new()),
             sink_up,
         }
@@ -156,14 +169,15 @@ impl StatusBoard {
         self.coord_ok.store(ok, Ordering::Relaxed);
     }
 
-    pub fn set_token_ok(&self, ok: bool) {
-        self.token_ok.store(ok, Ordering::Relaxed);
+    /// The sink answered: its topics or stream are there.
+    pub fn set_sink_prepared(&self) {
+        self.sink_prepared.store(true, Ordering::Relaxed);
     }
 
-    /// What is left of the budget's pause, as last read.
-    pub fn set_paused(&self, left: Option<std::time::Duration>) {
-        *lock(&self.paused_until) =
-            left.and_then(|d| chrono::Duration::from_std(d).ok().map(|d| Utc::now() + d));
+    /// How long the sink may be unreachable before the replica is unready
+    /// (`ops.sink_allowance`).
+    pub fn set_sink_allowance(&self, d: std::time::Duration) {
+        *lock(&self.sink_allowance) = d;
     }
 
     /// Publishes the shards held now (the lease keeper's one channel).
@@ -206,19 +220,27 @@ impl StatusBoard {
         if !self.coord_ok.load(Ordering::Relaxed) {
             why.push("coordination store (Redis) unreachable".to_string());
         }
-        if self.sink_up.as_ref().is_some_and(|up| !up()) {
-            why.push("sink not connected".to_string());
+        if !self.sink_prepared.load(Ordering::Relaxed) {
+            why.push(
+                "the sink has not answered yet (its topics or stream are not known to be there)"
+                    .to_string(),
+            );
         }
-        if !self.token_ok.load(Ordering::Relaxed) {
-            why.push("the API refused the token".to_string());
-        }
-        if let Some(until) = *lock(&self.paused_until) {
-            let left = (until - Utc::now()).num_seconds();
-            if left > 0 {
-                why.push(format!(
-                    "the token's budget is paused for {left} s more (the API throttled it or refused the token)"
-                ));
+        match self.sink_up.as_ref().map(|up| up()) {
+            Some(false) => {
+                let now = std::time::Instant::now();
+                let since = *lock(&self.sink_down_since).get_or_insert(now);
+                let allowance = *lock(&self.sink_allowance);
+                let down = now.duration_since(since);
+                if down >= allowance {
+                    why.push(format!(
+                        "the sink has been unreachable for {} s (ops.sink_allowance {} s)",
+                        down.as_secs(),
+                        allowance.as_secs()
+                    ));
+                }
             }
+            _ => *lock(&self.sink_down_since) = None,
         }
         let held = self.held();
         let shards = lock(&self.shards);
@@ -241,22 +263,8 @@ impl StatusBoard {
                 "the sink acknowledges no shard's publishes ({failing} failing)"
             ));
         }
-        // Parked shards are shown by `status` and the metrics; the process
-        // is unready when no held shard is working.
-        let parked: Vec<&Shard> = held
-            .iter()
-            .filter(|s| shards.get(*s).is_some_and(|p| p.parked.is_some()))
-            .collect();
-        if !held.is_empty() && parked.len() == held.len() {
-            why.push(format!(
-                "every held shard is parked ({}; first: {})",
-                parked.len(),
-                shards
-                    .get(parked[0])
-                    .and_then(|p| p.parked.as_deref())
-                    .unwrap_or("")
-            ));
-        }
+        // Parked shards are a tenant's trouble (shown by `status` and the
+        // metrics), never the replica's.
         why
     }
 }
@@ -284,14 +292,12 @@ mod tests {
     }
 
     #[test]
-    fn stopped_shard_coord_and_token_make_it_unready() {
+    fn a_stopped_shard_and_coordination_make_it_unready() {
         let b = StatusBoard::default();
         b.set_stopped(&s("a"), "topic not allowed".into());
         b.set_coord_ok(false);
-        b.set_token_ok(false);
         let why = b.not_ready().join("; ");
         assert!(why.contains("Redis"));
-        assert!(why.contains("token"));
         assert!(why.contains("shard a/dlp stopped: topic not allowed"));
         assert_eq!(
             b.shard(&s("a")).last_error.as_deref(),
@@ -300,26 +306,35 @@ mod tests {
     }
 
     #[test]
-    fn parked_shards_make_it_unready_only_when_every_held_one_is() {
+    fn parked_shards_never_make_it_unready() {
         let b = StatusBoard::default();
         b.set_held(vec![s("a"), s("b")]);
         b.set_parked(&s("a"), &"the same page was malformed 5 times in a row");
-        assert!(b.not_ready().is_empty(), "b still works");
-        b.set_parked(&s("b"), &"400");
-        let why = b.not_ready().join("; ");
-        assert!(why.contains("every held shard is parked (2"), "{why}");
+        b.set_parked(&s("b"), &"401");
+        assert!(b.not_ready().is_empty(), "{:?}", b.not_ready());
         b.set_cursor(&s("a"), Utc::now());
-        assert!(b.not_ready().is_empty(), "a delivered a window");
         assert_eq!(b.shard(&s("a")).parked, None);
     }
 
     #[test]
-    fn a_paused_budget_is_shown_until_it_ends() {
-        let b = StatusBoard::default();
-        b.set_paused(Some(std::time::Duration::from_secs(120)));
+    fn unready_until_the_sink_answered_and_while_it_is_down_past_the_allowance() {
+        let up = Arc::new(AtomicBool::new(false));
+        let probe = up.clone();
+        let b = StatusBoard::new(Some(Arc::new(move || probe.load(Ordering::Relaxed))));
+        b.set_sink_allowance(std::time::Duration::ZERO);
         let why = b.not_ready().join("; ");
-        assert!(why.contains("paused for 1"), "{why}");
-        b.set_paused(None);
+        assert!(why.contains("has not answered yet"), "{why}");
+        assert!(why.contains("unreachable"), "{why}");
+        b.set_sink_prepared();
+        up.store(true, Ordering::Relaxed);
+        assert!(b.not_ready().is_empty(), "{:?}", b.not_ready());
+        // Down, within a long allowance: still ready; past it: not.
+        b.set_sink_allowance(std::time::Duration::from_secs(3600));
+        up.store(false, Ordering::Relaxed);
+        assert!(b.not_ready().is_empty(), "{:?}", b.not_ready());
+        b.set_sink_allowance(std::time::Duration::ZERO);
+        assert!(b.not_ready().join("; ").contains("unreachable"));
+        up.store(true, Ordering::Relaxed);
         assert!(b.not_ready().is_empty());
     }
 

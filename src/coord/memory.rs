@@ -190,6 +190,10 @@ impl Budget for MemoryBudget {
         st.paused_until = Some(st.paused_until.map_or(until, |u| u.max(until)));
     }
 
+    async fn resume(&self) {
+        lock(&self.state).paused_until = None;
+    }
+
     async fn usage(&self) -> BudgetUsage {
         let now = Instant::now();
         let st = lock(&self.state);

@@ -222,6 +222,9 @@ pub trait Budget: Send + Sync {
     }
     /// Every caller waits this long before the next permit (429, 401).
     async fn pause(&self, for_: Duration);
+    /// Ends a pause early (the tenant's token file now holds a new token:
+    /// asking again at once is worth a request).
+    async fn resume(&self) {}
     /// What was spent.
     async fn usage(&self) -> BudgetUsage;
 }

@@ -213,6 +213,11 @@ impl Scheduler {
         self.budget.pause(for_).await;
     }
 
+    /// Ends the token's pause early (a new token to try).
+    pub async fn resume(&self) {
+        self.budget.resume().await;
+    }
+
     /// What the budget has spent.
     pub async fn usage(&self) -> BudgetUsage {
         self.budget.usage().await

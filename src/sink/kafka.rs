@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::{ClientContext, DefaultClientContext};
+use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Message, OwnedHeaders};
@@ -55,15 +55,109 @@ impl Pending {
 }
 
 /// Routes librdkafka's delivery reports to the `publish` call that sent
-/// the record.
-struct Deliveries;
+/// the record; keeps the brokers' state from librdkafka's statistics and
+/// rate-limits its log lines.
+struct Deliveries {
+    health: Arc<Health>,
+}
 
-impl ClientContext for Deliveries {}
+/// What librdkafka says of the brokers, and its log lines, bounded.
+#[derive(Default)]
+pub struct Health {
+    /// A broker connection is up (statistics, or a delivery since).
+    up: std::sync::atomic::AtomicBool,
+    /// librdkafka's log lines let through, by minute.
+    logs: Mutex<LogWindow>,
+}
+
+/// The log lines of the current minute: at most [`LOG_LINES`] are written;
+/// the same line again within the minute is not written; what was left out
+/// is counted and said once the minute is over.
+#[derive(Default)]
+struct LogWindow {
+    started: Option<std::time::Instant>,
+    written: u32,
+    left_out: u32,
+    seen: std::collections::HashSet<String>,
+}
+
+/// The most librdkafka lines written a minute (a broker that is down makes
+/// hundreds).
+pub const LOG_LINES: u32 = 6;
+
+impl Health {
+    /// Whether to write `line` now (and a line saying how many were left
+    /// out of the last minute, when the minute turned).
+    fn admit(&self, line: &str) -> (bool, Option<u32>) {
+        let mut w = self.logs.lock().unwrap_or_else(|e| e.into_inner());
+        let now = std::time::Instant::now();
+        let mut summary = None;
+        if w.started
+            .is_none_or(|s| now.duration_since(s) >= Duration::from_secs(60))
+        {
+            if w.left_out > 0 {
+                summary = Some(w.left_out);
+            }
+            *w = LogWindow {
+                started: Some(now),
+                ..Default::default()
+            };
+        }
+        // Numbers (ports, counts, milliseconds) do not make a line new.
+        let shape: String = line.chars().filter(|c| !c.is_ascii_digit()).collect();
+        if w.written >= LOG_LINES || !w.seen.insert(shape) {
+            w.left_out += 1;
+            return (false, summary);
+        }
+        w.written += 1;
+        (true, summary)
+    }
+
+    fn line(&self, level: rdkafka::config::RDKafkaLogLevel, text: &str) {
+        use rdkafka::config::RDKafkaLogLevel as L;
+        let (write, summary) = self.admit(text);
+        if let Some(n) = summary {
+            tracing::warn!(target: "librdkafka", left_out = n, "librdkafka: {n} more line(s) in the last minute were left out (at most {LOG_LINES} a minute, each once)");
+        }
+        if !write {
+            return;
+        }
+        match level {
+            L::Emerg | L::Alert | L::Critical | L::Error => {
+                tracing::error!(target: "librdkafka", "librdkafka: {text}")
+            }
+            L::Warning => tracing::warn!(target: "librdkafka", "librdkafka: {text}"),
+            L::Notice | L::Info => tracing::info!(target: "librdkafka", "librdkafka: {text}"),
+            L::Debug => tracing::debug!(target: "librdkafka", "librdkafka: {text}"),
+        }
+    }
+}
+
+impl ClientContext for Deliveries {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+        self.health.line(level, &format!("{fac} {message}"));
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.health.line(
+            rdkafka::config::RDKafkaLogLevel::Error,
+            &format!("{error}: {reason}"),
+        );
+    }
+
+    fn stats(&self, s: rdkafka::Statistics) {
+        let up = s.brokers.values().any(|b| b.state == "UP");
+        self.health.up.store(up, Ordering::Relaxed);
+    }
+}
 
 impl ProducerContext for Deliveries {
     type DeliveryOpaque = Arc<Pending>;
 
     fn delivery(&self, result: &DeliveryResult<'_>, pending: Arc<Pending>) {
+        if result.is_ok() {
+            self.health.up.store(true, Ordering::Relaxed);
+        }
         if let Err((error, m)) = result {
             let failed = Failed {
                 topic: m.topic().to_string(),
@@ -83,12 +177,16 @@ impl ProducerContext for Deliveries {
 pub struct KafkaSink {
     /// The producer; its own thread serves the delivery reports.
     producer: ThreadedProducer<Deliveries>,
+    /// The brokers' state, as librdkafka reports it.
+    health: Arc<Health>,
     /// Client settings, kept for the admin client.
     client: ClientConfig,
     /// Whether to create topics in [`Sink::prepare`].
     create_topics: bool,
     partitions: i32,
     replication: i32,
+    /// Topic settings of the topics the bridge creates (`retention.ms`, …).
+    topic_config: std::collections::BTreeMap<String, String>,
     /// The producer's `message.max.bytes`: larger records are refused
     /// before sending.
     max_message: usize,
@@ -137,11 +235,10 @@ impl KafkaSink {
         let max_message = cfg
             .max_message_bytes()
             .map_err(|e| SinkError::misconfigured_from("kafka", "sink.kafka.properties", e))?;
-        let mut client = ClientConfig::new();
-        client.set("bootstrap.servers", &cfg.brokers);
-        for (k, v) in &cfg.properties {
-            client.set(k, v);
-        }
+        // The properties, checked by librdkafka; secret files read now.
+        let client = cfg
+            .client_config()
+            .map_err(|e| SinkError::misconfigured("kafka", e.to_string()))?;
         let mut producer_cfg = client.clone();
         producer_cfg
             .set("enable.idempotence", "true")
@@ -150,20 +247,74 @@ impl KafkaSink {
                 "message.timeout.ms",
                 DELIVERY_TIMEOUT.as_millis().to_string(),
             )
-            .set("linger.ms", "5");
-        let producer: ThreadedProducer<Deliveries> =
-            producer_cfg.create_with_context(Deliveries).map_err(|e| {
-                SinkError::misconfigured_from("kafka", "cannot create the producer", e)
-            })?;
+            .set("linger.ms", "5")
+            // The brokers' state every 5 s: readiness follows it.
+            .set("statistics.interval.ms", "5000");
+        let health = Arc::new(Health::default());
+        let context = Deliveries {
+            health: health.clone(),
+        };
+        let producer: ThreadedProducer<Deliveries> = producer_cfg
+            .create_with_context(context)
+            .map_err(|e| SinkError::misconfigured_from("kafka", "cannot create the producer", e))?;
         Ok(Self {
             producer,
+            health,
             client,
             create_topics: cfg.create_topics,
             partitions: cfg.partitions,
             replication: cfg.replication,
+            topic_config: cfg.topic_config.clone(),
             max_message,
         })
     }
+}
+
+/// Checks that every topic of `wanted` exists (blocking: run off the
+/// runtime). A missing one, when the bridge may not create topics, is a
+/// configuration error naming the topic and what it needs.
+fn topics_present(
+    client: &ClientConfig,
+    wanted: &[String],
+    created: bool,
+) -> Result<(), SinkError> {
+    use rdkafka::consumer::Consumer;
+    let fail =
+        |e: KafkaError| SinkError::unavailable_from("kafka", "reading the topics' metadata", e);
+    let consumer = super::read::kafka_reader(client, "cas-bridge-metadata").map_err(fail)?;
+    let meta = consumer
+        .fetch_metadata(None, Duration::from_secs(10))
+        .map_err(fail)?;
+    for topic in wanted {
+        let found = meta.topics().iter().find(|t| t.name() == topic);
+        let missing = match found {
+            None => true,
+            Some(t) => match t.error() {
+                None => false,
+                Some(rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED) => {
+                    return Err(SinkError::misconfigured(
+                        "kafka",
+                        format!("topic {topic}: not authorized: the bridge's principal needs Describe and Write on it (and Read for redrive on the dead-letter topic)"),
+                    ))
+                }
+                Some(_) => true,
+            },
+        };
+        if missing {
+            let hint = if created {
+                "it was just created; the broker does not show it yet (asked again)"
+            } else {
+                "sink.kafka.create_topics is false: create it (with the partitions and replication the platform wants) and give the bridge's principal Describe and Write on it, or let the bridge create it"
+            };
+            let e = format!("topic {topic} does not exist: {hint}");
+            return Err(if created {
+                SinkError::unavailable("kafka", e)
+            } else {
+                SinkError::misconfigured("kafka", e)
+            });
+        }
+    }
+    Ok(())
 }
 
 /// The latest `cas-window-start` header among the last records of
@@ -213,6 +364,10 @@ fn last_window_start(client: &ClientConfig, topic: &str) -> Result<Option<String
 
 #[async_trait]
 impl Sink for KafkaSink {
+    fn connected(&self) -> bool {
+        self.health.up.load(Ordering::Relaxed)
+    }
+
     fn name(&self) -> &'static str {
         "kafka"
     }
@@ -234,40 +389,62 @@ impl Sink for KafkaSink {
     }
 
     async fn prepare(&self, topics: &[String]) -> Result<(), SinkError> {
-        if !self.create_topics {
-            return Ok(());
-        }
-        let admin: AdminClient<DefaultClientContext> = self.client.create().map_err(|e| {
-            SinkError::misconfigured_from("kafka", "cannot create the admin client", e)
-        })?;
-        let new: Vec<NewTopic<'_>> = topics
-            .iter()
-            .map(|t| {
-                NewTopic::new(
-                    t,
-                    self.partitions,
-                    TopicReplication::Fixed(self.replication),
-                )
-            })
-            .collect();
-        let opts =
-            AdminOptions::new().operation_timeout(Some(Timeout::After(Duration::from_secs(30))));
-        let results = admin
-            .create_topics(&new, &opts)
-            .await
-            .map_err(|e| SinkError::unavailable_from("kafka", "create topics", e))?;
-        for r in results {
-            match r {
-                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-                Err((topic, code)) => {
-                    return Err(SinkError::unavailable(
-                        "kafka",
-                        format!("create topic {topic}: {code}"),
-                    ))
+        if self.create_topics {
+            let admin: AdminClient<Deliveries> = self
+                .client
+                .create_with_context(Deliveries {
+                    health: self.health.clone(),
+                })
+                .map_err(|e| {
+                    SinkError::misconfigured_from("kafka", "cannot create the admin client", e)
+                })?;
+            let new: Vec<NewTopic<'_>> = topics
+                .iter()
+                .map(|t| {
+                    let mut n = NewTopic::new(
+                        t,
+                        self.partitions,
+                        TopicReplication::Fixed(self.replication),
+                    );
+                    for (k, v) in &self.topic_config {
+                        n = n.set(k, v);
+                    }
+                    n
+                })
+                .collect();
+            let opts = AdminOptions::new()
+                .operation_timeout(Some(Timeout::After(Duration::from_secs(30))));
+            let results = admin
+                .create_topics(&new, &opts)
+                .await
+                .map_err(|e| SinkError::unavailable_from("kafka", "create topics", e))?;
+            for r in results {
+                match r {
+                    Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                    Err((topic, code @ RDKafkaErrorCode::TopicAuthorizationFailed))
+                    | Err((topic, code @ RDKafkaErrorCode::ClusterAuthorizationFailed)) => {
+                        return Err(SinkError::misconfigured(
+                            "kafka",
+                            format!("create topic {topic}: {code}: the bridge's principal needs Create on the topic (or the cluster), or create the topics beforehand and set sink.kafka.create_topics = false"),
+                        ))
+                    }
+                    Err((topic, code)) => {
+                        return Err(SinkError::unavailable(
+                            "kafka",
+                            format!("create topic {topic}: {code}"),
+                        ))
+                    }
                 }
             }
         }
-        Ok(())
+        // Every topic must be there now (created, or made by the platform
+        // team): the metadata says so, and is the broker's first answer.
+        let client = self.client.clone();
+        let wanted = topics.to_vec();
+        let create = self.create_topics;
+        tokio::task::spawn_blocking(move || topics_present(&client, &wanted, create))
+            .await
+            .map_err(|e| SinkError::unavailable_from("kafka", "reading the topics' metadata", e))?
     }
 
     async fn publish(&self, records: &[Record]) -> Result<(), SinkError> {

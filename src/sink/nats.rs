@@ -12,6 +12,7 @@ use async_nats::jetstream::{self, stream};
 use async_trait::async_trait;
 use futures::StreamExt;
 
+use super::config::{StreamDiscard, StreamStorage};
 use super::{Binding, NatsConfig, Record, Refusal, Sink, SinkError, Topics};
 
 pub struct NatsSink {
@@ -25,6 +26,8 @@ pub struct NatsSink {
     subjects: Vec<String>,
     /// Server-side dedup window (≥ overlap + lag).
     duplicate_window: Duration,
+    /// The section: the stream's settings and whether to manage it.
+    settings: NatsConfig,
     /// Where JetStream's acknowledgements come back.
     acks: Arc<Acks>,
 }
@@ -219,53 +222,173 @@ pub fn msg_id(r: &Record) -> std::borrow::Cow<'_, str> {
     }
 }
 
+/// The user, password and token a connection presents, read again at every
+/// (re)connection: a rotated Secret is used from the next one.
+#[derive(Clone, Default)]
+struct Credentials {
+    user: Option<String>,
+    password: Option<secrecy::SecretString>,
+    password_file: Option<std::path::PathBuf>,
+    token: Option<secrecy::SecretString>,
+    token_file: Option<std::path::PathBuf>,
+}
+
+impl Credentials {
+    fn any(&self) -> bool {
+        self.user.is_some() || self.token.is_some() || self.token_file.is_some()
+    }
+
+    fn read(&self) -> Result<async_nats::Auth, crate::field::ConfigError> {
+        let mut a = async_nats::Auth::new();
+        a.username = self.user.clone();
+        a.password = NatsConfig::secret("sink.nats.password", &self.password, &self.password_file)?;
+        a.token = NatsConfig::secret("sink.nats.token", &self.token, &self.token_file)?;
+        Ok(a)
+    }
+}
+
+/// The client options of `cfg`, with the addresses (URLs without any
+/// `user:password@`, which goes into the credentials instead: the client
+/// logs addresses).
+async fn options(
+    cfg: &NatsConfig,
+) -> Result<(async_nats::ConnectOptions, Vec<async_nats::ServerAddr>), SinkError> {
+    let mut creds = Credentials {
+        user: cfg.user.clone(),
+        password: cfg.password.clone(),
+        password_file: cfg.password_file.clone(),
+        token: cfg.token.clone(),
+        token_file: cfg.token_file.clone(),
+    };
+    let mut urls = Vec::new();
+    for raw in cfg.url.split(',') {
+        let mut raw = raw.trim().to_string();
+        if raw.contains('@') {
+            let mut u = url::Url::parse(&raw).map_err(|e| {
+                SinkError::misconfigured(
+                    "nats",
+                    format!(
+                        "sink.nats.url: `{}` is not a URL: {e}",
+                        crate::field::redact_urls(&raw)
+                    ),
+                )
+            })?;
+            if creds.user.is_none() && !u.username().is_empty() {
+                creds.user = Some(u.username().to_string());
+                creds.password = u.password().map(|p| p.to_string().into());
+            }
+            let _ = u.set_password(None);
+            let _ = u.set_username("");
+            raw = u.to_string();
+        }
+        let addr: async_nats::ServerAddr = raw
+            .parse()
+            .map_err(|e| SinkError::misconfigured_from("nats", "sink.nats.url", e))?;
+        urls.push(addr);
+    }
+    let mut opts = if creds.any() {
+        // Checked once now, so a missing file is named at the start.
+        creds
+            .read()
+            .map_err(|e| SinkError::misconfigured("nats", e.to_string()))?;
+        async_nats::ConnectOptions::with_auth_callback(move |_nonce| {
+            let creds = creds.clone();
+            async move {
+                creds
+                    .read()
+                    .map_err(|e| async_nats::AuthError::new(e.to_string()))
+            }
+        })
+    } else {
+        async_nats::ConnectOptions::new()
+    };
+    opts = opts
+        .name("cas-bridge")
+        .connection_timeout(Duration::from_secs(5));
+    if let Some(c) = &cfg.credentials {
+        opts = opts.credentials_file(c).await.map_err(|e| {
+            SinkError::misconfigured_from(
+                "nats",
+                format!("sink.nats.credentials: {}", c.display()),
+                e,
+            )
+        })?;
+    }
+    if let Some(f) = &cfg.nkey_seed_file {
+        let seed = std::fs::read_to_string(f).map_err(|e| {
+            SinkError::misconfigured_from(
+                "nats",
+                format!("sink.nats.nkey_seed_file: cannot read {}", f.display()),
+                e,
+            )
+        })?;
+        opts = opts.nkey(seed.trim().to_string());
+    }
+    if let Some(ca) = &cfg.tls_ca_file {
+        opts = opts.add_root_certificates(ca.clone()).require_tls(true);
+    }
+    if let (Some(cert), Some(key)) = (&cfg.tls_cert_file, &cfg.tls_key_file) {
+        opts = opts
+            .add_client_certificate(cert.clone(), key.clone())
+            .require_tls(true);
+    }
+    Ok((opts, urls))
+}
+
+/// What a refused first connection says about the configuration, naming
+/// the setting to look at; `None` when the server is just not there (yet).
+fn refused(e: &async_nats::ConnectError) -> Option<SinkError> {
+    use async_nats::ConnectErrorKind as K;
+    let chain = crate::field::chain(e).to_string().to_ascii_lowercase();
+    let tls = matches!(e.kind(), K::Tls)
+        || chain.contains("certificate")
+        || chain.contains("unknownissuer")
+        || chain.contains("tls");
+    if tls {
+        return Some(SinkError::misconfigured(
+            "nats",
+            format!(
+                "the TLS handshake failed: check sink.nats.tls_ca_file (the CA of the server's certificate) and sink.nats.tls_cert_file / tls_key_file: {}",
+                crate::field::chain(e)
+            ),
+        ));
+    }
+    if matches!(e.kind(), K::Authentication | K::AuthorizationViolation) {
+        return Some(SinkError::misconfigured(
+            "nats",
+            format!(
+                "the server refused the credentials: check sink.nats.user and password (or password_file), sink.nats.token (or token_file), sink.nats.nkey_seed_file or sink.nats.credentials: {}",
+                e.kind()
+            ),
+        ));
+    }
+    None
+}
+
 impl NatsSink {
     pub async fn connect(
         cfg: &NatsConfig,
         topics: Topics,
         duplicate_window: Duration,
     ) -> Result<Self, SinkError> {
-        let mut opts = async_nats::ConnectOptions::new()
-            .name("cas-bridge")
-            .retry_on_initial_connect()
-            .connection_timeout(Duration::from_secs(5));
-        if let Some(c) = &cfg.credentials {
-            opts = opts.credentials_file(c).await.map_err(|e| {
-                SinkError::misconfigured("nats", format!("credentials {}: {e}", c.display()))
-            })?;
-        }
-        // A user and password in a URL are given to the client as options
-        // and taken out of the addresses, which the client logs.
-        let mut user_pass = None;
-        let mut urls = Vec::new();
-        for raw in cfg.url.split(',') {
-            let mut raw = raw.trim().to_string();
-            if raw.contains('@') {
-                let mut u = url::Url::parse(&raw).map_err(|e| {
-                    SinkError::misconfigured(
-                        "nats",
-                        format!(
-                            "sink.nats.url: `{}` is not a URL: {e}",
-                            crate::field::redact_urls(&raw)
-                        ),
-                    )
-                })?;
-                if let Some(p) = u.password() {
-                    user_pass = Some((u.username().to_string(), p.to_string()));
-                    let _ = u.set_password(None);
-                    let _ = u.set_username("");
-                    raw = u.to_string();
+        // One attempt first: a refused certificate or credentials is a
+        // configuration error, named now; a server that is not there yet
+        // is waited for (the replica is not ready meanwhile).
+        let (opts, urls) = options(cfg).await?;
+        let client = match opts.connect(urls.clone()).await {
+            Ok(c) => c,
+            Err(e) => {
+                if let Some(bad) = refused(&e) {
+                    return Err(bad);
                 }
+                tracing::warn!(error = %crate::field::chain(&e), "NATS is not reachable yet; connecting in the background");
+                let (opts, _) = options(cfg).await?;
+                opts.retry_on_initial_connect()
+                    .connect(urls)
+                    .await
+                    .map_err(err)?
             }
-            let addr: async_nats::ServerAddr = raw
-                .parse()
-                .map_err(|e| SinkError::misconfigured_from("nats", "sink.nats.url", e))?;
-            urls.push(addr);
-        }
-        if let Some((user, pass)) = user_pass {
-            opts = opts.user_and_password(user, pass);
-        }
-        let client = opts.connect(urls).await.map_err(err)?;
+        };
         let js = jetstream::new(client.clone());
         let acks = Acks::start(&client).await?;
         Ok(Self {
@@ -273,10 +396,37 @@ impl NatsSink {
             js,
             stream: cfg.stream.clone(),
             subjects: topics.subject_filters(),
-            duplicate_window,
+            duplicate_window: cfg
+                .duplicate_window
+                .map_or(duplicate_window, |d| d.get().max(duplicate_window)),
+            settings: cfg.clone(),
             acks,
         })
     }
+}
+
+/// Whether `filter` (a stream subject, `*` and `>` wildcards) covers every
+/// subject `wanted` (the bridge's, which may hold `*` themselves).
+pub fn covers(filter: &str, wanted: &str) -> bool {
+    let f: Vec<&str> = filter.split('.').collect();
+    let w: Vec<&str> = wanted.split('.').collect();
+    for (i, ft) in f.iter().enumerate() {
+        match *ft {
+            ">" => return i < w.len(),
+            _ if i >= w.len() => return false,
+            "*" => {
+                if w[i] == ">" {
+                    return false;
+                }
+            }
+            t => {
+                if w[i] != t {
+                    return false;
+                }
+            }
+        }
+    }
+    f.len() == w.len()
 }
 
 #[async_trait]
@@ -303,23 +453,61 @@ impl Sink for NatsSink {
     }
 
     async fn prepare(&self, _topics: &[String]) -> Result<(), SinkError> {
+        let n = &self.settings;
+        if !n.manage_stream {
+            // Bound to a stream a platform team made: read it, never change it.
+            let mut s = self.js.get_stream(&self.stream).await.map_err(|e| {
+                SinkError::misconfigured_from(
+                    "nats",
+                    format!(
+                        "sink.nats.manage_stream is false, and the stream {} cannot be read",
+                        self.stream
+                    ),
+                    e,
+                )
+            })?;
+            let have = s.info().await.map_err(err)?.config.subjects.clone();
+            if let Some(miss) = self
+                .subjects
+                .iter()
+                .find(|w| !have.iter().any(|f| covers(f, w)))
+            {
+                return Err(SinkError::misconfigured(
+                    "nats",
+                    format!(
+                        "sink.nats.manage_stream is false, and the stream {}'s subjects {:?} do not cover `{miss}` (the bridge's subjects: {:?}); add it to the stream, or let the bridge manage the stream",
+                        self.stream, have, self.subjects
+                    ),
+                ));
+            }
+            return Ok(());
+        }
         let wanted = stream::Config {
             name: self.stream.clone(),
             subjects: self.subjects.clone(),
             duplicate_window: self.duplicate_window,
-            storage: stream::StorageType::File,
+            storage: match n.storage {
+                StreamStorage::File => stream::StorageType::File,
+                StreamStorage::Memory => stream::StorageType::Memory,
+            },
+            num_replicas: n.replicas,
+            max_age: n.max_age.get(),
+            max_bytes: n.max_bytes,
+            discard: match n.discard {
+                StreamDiscard::Old => stream::DiscardPolicy::Old,
+                StreamDiscard::New => stream::DiscardPolicy::New,
+            },
             ..Default::default()
         };
-        let mut s =
-            self.js.get_or_create_stream(wanted).await.map_err(|e| {
-                SinkError::unavailable("nats", format!("stream {}: {e}", self.stream))
-            })?;
+        let mut s = self.js.get_or_create_stream(wanted).await.map_err(|e| {
+            SinkError::unavailable_from("nats", format!("stream {}", self.stream), e)
+        })?;
         // An existing stream keeps its settings, but must cover our subjects
         // and dedup at least as long as the overlap re-reads.
         let mut cfg = s.info().await.map_err(err)?.config.clone();
         let mut changed = false;
         for subj in &self.subjects {
-            if !cfg.subjects.contains(subj) {
+            if !cfg.subjects.iter().any(|f| covers(f, subj)) {
                 cfg.subjects.push(subj.clone());
                 changed = true;
             }
@@ -330,7 +518,7 @@ impl Sink for NatsSink {
         }
         if changed {
             self.js.update_stream(cfg).await.map_err(|e| {
-                SinkError::unavailable("nats", format!("update stream {}: {e}", self.stream))
+                SinkError::unavailable_from("nats", format!("update stream {}", self.stream), e)
             })?;
         }
         Ok(())

@@ -161,6 +161,31 @@ impl Telemetry {
         ShardTelemetry::new(shard, self.stats.clone())
     }
 
+    /// Lists a tenant's API and token series from the start: answers 200,
+    /// 401 and 429 at zero, its token not refused.
+    pub fn tenant_registered(&self, tenant: &str) {
+        for status in ["200", "401", "429"] {
+            counter!(
+                "cas_bridge_api_requests_total",
+                "tenant" => tenant.to_string(),
+                "status" => status
+            )
+            .increment(0);
+        }
+        self.token_refused(tenant, false);
+    }
+
+    /// Whether the API refuses a tenant's token now (1) or took it at the
+    /// last request (0): that tenant's trouble, never the replica's
+    /// readiness.
+    pub fn token_refused(&self, tenant: &str, refused: bool) {
+        gauge!("cas_bridge_token_refused", "tenant" => tenant.to_string()).set(if refused {
+            1.0
+        } else {
+            0.0
+        });
+    }
+
     /// What is left of a tenant's budget's pause (0 when none).
     pub fn budget_paused(&self, tenant: &str, left: Option<Duration>) {
         gauge!("cas_bridge_budget_paused_seconds", "tenant" => tenant.to_string())
@@ -220,7 +245,6 @@ impl Telemetry {
         ] {
             counter!(name).increment(0);
         }
-        counter!("cas_bridge_api_requests_total", "status" => "200").increment(0);
         for kind in SINK_ERROR_KINDS {
             counter!("cas_bridge_sink_errors_total", "kind" => kind).increment(0);
         }
@@ -249,6 +273,8 @@ pub struct ShardTelemetry {
     api_duration: Histogram,
     publish_duration: Histogram,
     rate_limited: Counter,
+    /// 1 while the API refuses the tenant's token.
+    token_refused: Gauge,
     sink_errors: [Counter; 3],
     parked: Counter,
     stopped: Counter,
@@ -280,7 +306,7 @@ impl ShardTelemetry {
             stats,
             fetched: counter!("cas_bridge_events_fetched_total", &l),
             pages: counter!("cas_bridge_pages_fetched_total", &l),
-            api_ok: counter!("cas_bridge_api_requests_total", "status" => "200"),
+            api_ok: counter!("cas_bridge_api_requests_total", "tenant" => shard.tenant.to_string(), "status" => "200"),
             published: counter!("cas_bridge_events_published_total", &l),
             dead: [
                 dead(DeadReason::Schema),
@@ -292,10 +318,11 @@ impl ShardTelemetry {
             duplicates: counter!("cas_bridge_duplicates_skipped_total"),
             gap: counter!("cas_bridge_window_gap_seconds_total"),
             permits: counter!("cas_bridge_budget_permits_total", "tenant" => shard.tenant.to_string()),
-            budget_wait: histogram!("cas_bridge_budget_wait_seconds"),
-            api_duration: histogram!("cas_bridge_api_request_duration_seconds"),
+            budget_wait: histogram!("cas_bridge_budget_wait_seconds", "tenant" => shard.tenant.to_string()),
+            api_duration: histogram!("cas_bridge_api_request_duration_seconds", "tenant" => shard.tenant.to_string()),
             publish_duration: histogram!("cas_bridge_sink_publish_duration_seconds"),
             rate_limited: counter!("cas_bridge_rate_limited_total", "tenant" => shard.tenant.to_string()),
+            token_refused: gauge!("cas_bridge_token_refused", "tenant" => shard.tenant.to_string()),
             sink_errors: SINK_ERROR_KINDS.map(sink),
             parked: counter!("cas_bridge_shards_parked_total", &l),
             stopped: counter!("cas_bridge_shards_stopped_total", &l),
@@ -346,9 +373,19 @@ impl ShardTelemetry {
         retry_in: Option<Duration>,
     ) {
         Stats::add(&self.stats.api_errors, 1);
-        counter!("cas_bridge_api_requests_total", "status" => status.to_string()).increment(1);
+        counter!(
+            "cas_bridge_api_requests_total",
+            "tenant" => self.shard.tenant.to_string(),
+            "status" => status.to_string()
+        )
+        .increment(1);
         self.api_duration.record(took.as_secs_f64());
         warn!(shard = %self.shard, %error, status, retry_in_s = retry_in.map(crate::field::secs), "request failed");
+    }
+
+    /// Whether the API refuses the tenant's token now.
+    pub fn token_refused(&self, refused: bool) {
+        self.token_refused.set(if refused { 1.0 } else { 0.0 });
     }
 
     /// The API throttled us; every shard pauses for `pause`.

@@ -192,6 +192,10 @@ fn describe() {
         "What is left of the pause every replica honours after a 429 or a refused token (0: none)"
     );
     describe_gauge!(
+        "cas_bridge_token_refused",
+        "1 while the API refuses the tenant's token (its shards wait for a new one), else 0"
+    );
+    describe_gauge!(
         "cas_bridge_checkpoint_lag_seconds",
         "now − cursor, per shard: how late data is"
     );

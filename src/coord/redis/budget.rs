@@ -190,6 +190,15 @@ impl RedisCoord {
         }
     }
 
+    async fn resume_of(&self, b: &BudgetKeys) {
+        let Ok(keys) = b.keys(self).await else {
+            return;
+        };
+        if let Err(e) = self.cmd::<i64>(redis::cmd("DEL").arg(&keys[2])).await {
+            tracing::warn!(error = %crate::field::chain(&e), "cannot end the shared pause");
+        }
+    }
+
     async fn usage_of(&self, b: &BudgetKeys) -> BudgetUsage {
         let Ok(keys) = b.keys(self).await else {
             return BudgetUsage::default();
@@ -221,6 +230,10 @@ impl Budget for RedisCoord {
         self.pause_of(&self.own, for_).await
     }
 
+    async fn resume(&self) {
+        self.resume_of(&self.own).await
+    }
+
     async fn usage(&self) -> BudgetUsage {
         self.usage_of(&self.own).await
     }
@@ -240,6 +253,10 @@ impl Budget for RedisBudget {
 
     async fn pause(&self, for_: Duration) {
         self.coord.pause_of(&self.keys, for_).await
+    }
+
+    async fn resume(&self) {
+        self.coord.resume_of(&self.keys).await
     }
 
     async fn usage(&self) -> BudgetUsage {
