@@ -231,6 +231,10 @@ impl Config {
 /// Whether a field of this name holds a secret.
 fn secret_name(key: &str) -> bool {
     let k = key.to_ascii_lowercase();
+    // A file's path is not its content (`password_file`, `secret_files`).
+    if k.ends_with("_file") || k.ends_with("_files") {
+        return false;
+    }
     ["password", "secret", "jaas"].iter().any(|w| k.contains(w))
         || k == "token"
         || k.ends_with(".pem")
@@ -241,6 +245,10 @@ fn redact(v: &mut serde_json::Value) {
     match v {
         Value::Object(map) => {
             for (k, val) in map.iter_mut() {
+                if k.ends_with("_files") {
+                    // Paths by property name (`sasl.password` = a path).
+                    continue;
+                }
                 if secret_name(k) && !val.is_null() {
                     *val = Value::String("[REDACTED]".into());
                 } else {

@@ -676,6 +676,14 @@ mod tests {
         let client = c.sink.kafka.client_config().unwrap();
         assert_eq!(client.get("ssl.key.password"), Some("pw-from-file"));
         assert!(!c.redacted_json().contains("pw-from-file"));
+        // The path is shown (it is not the secret), and the shown
+        // configuration loads back as it is.
+        let shown = c.redacted_json();
+        assert!(shown.contains(pw.to_str().unwrap()), "{shown}");
+        let back = dir.path().join("back.yaml");
+        std::fs::write(&back, &shown).unwrap();
+        let again = crate::config::Config::load_from(Some(&back), Vec::new()).unwrap();
+        assert_eq!(again.sink.kafka.secret_files, c.sink.kafka.secret_files);
         // Unreadable: named, and both places at once: refused.
         let mut k = c.sink.kafka.clone();
         k.secret_files

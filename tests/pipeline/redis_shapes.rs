@@ -79,7 +79,8 @@ async fn a_tls_only_redis_with_a_private_ca_an_acl_user_and_a_client_certificate
         let token = SecretString::from("sim-token");
         match c.redis_coordination(&token).await {
             Ok(_) => panic!("connected without everything Redis asks for"),
-            Err(e) => e.to_string(),
+            // The error with its causes, as the logs show it.
+            Err(e) => cas_bridge::field::chain(&e).to_string(),
         }
     };
     let mut no_ca = cfg.clone();
