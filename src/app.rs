@@ -117,7 +117,16 @@ pub async fn main(cli: Cli) -> anyhow::Result<()> {
 }
 
 fn init_logs(format: &str, level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_new(level)
+    // The Kafka client crate's own line for every broker error event it
+    // does not handle ("Ignored event 'Error' on base producer poll") says
+    // nothing librdkafka's bounded lines do not: kept to errors unless the
+    // level names it.
+    let level = if level.contains("rdkafka") {
+        level.to_string()
+    } else {
+        format!("{level},rdkafka::producer=error")
+    };
+    let filter = tracing_subscriber::EnvFilter::try_new(&level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -115,9 +115,18 @@ async fn a_page_of_a_million_items_is_refused_in_little_memory_and_parks_the_sha
     let mut bridge = BridgeProcess::spawn_with(&cfg, "flood", &log, &[("OPS__LISTEN", &listen)]);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
-        let parked = get(&format!("http://{listen}/readyz"))
+        // Every shard parked: the counter, per shard, on /metrics (parked
+        // shards are the tenant's trouble and leave the replica ready).
+        let parked = get(&format!("http://{listen}/metrics"))
             .await
-            .is_some_and(|(s, body)| s == 503 && body.contains("parked"));
+            .is_some_and(|(_, body)| {
+                body.lines()
+                    .filter(|l| l.starts_with("cas_bridge_shards_parked_total{"))
+                    .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                    .filter(|n| *n >= 1.0)
+                    .count()
+                    >= 8
+            });
         if parked {
             break;
         }

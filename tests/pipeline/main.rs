@@ -13,6 +13,7 @@ mod limits;
 mod network;
 mod operate;
 mod ops;
+mod production;
 mod redis_shapes;
 mod resume;
 mod tenants;

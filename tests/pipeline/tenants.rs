@@ -12,12 +12,12 @@ use serde_json::json;
 
 use crate::helpers::*;
 
-struct TenantUnderTest {
-    name: &'static str,
-    pairs: Vec<&'static str>,
-    per_minute: u32,
-    sim: SimHandle,
-    token_file: std::path::PathBuf,
+pub(crate) struct TenantUnderTest {
+    pub(crate) name: &'static str,
+    pub(crate) pairs: Vec<&'static str>,
+    pub(crate) per_minute: u32,
+    pub(crate) sim: SimHandle,
+    pub(crate) token_file: std::path::PathBuf,
 }
 
 fn shards(t: &TenantUnderTest) -> Vec<Shard> {
@@ -32,7 +32,7 @@ fn shards(t: &TenantUnderTest) -> Vec<Shard> {
 
 /// A simulator per tenant, each with its own token file (`per_minute` 0:
 /// unthrottled; else a sliding budget the tenant is configured with too).
-async fn start_tenants(
+pub(crate) async fn start_tenants(
     dir: &std::path::Path,
     specs: Vec<(&'static str, Vec<&'static str>, u32)>,
     seed: u64,
@@ -63,7 +63,7 @@ async fn start_tenants(
 }
 
 /// The tenant's entry of `tenants`: its simulator, token file, pairs and budget.
-fn spec(t: &TenantUnderTest) -> TenantSpec {
+pub(crate) fn spec(t: &TenantUnderTest) -> TenantSpec {
     let mut spec = TenantSpec {
         name: t.name.into(),
         api: json!({ "base_url": t.sim.base_url(), "token_file": t.token_file })

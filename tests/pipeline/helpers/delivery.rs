@@ -188,9 +188,14 @@ fn parse_jsonl(text: &str) -> Vec<Received> {
 
 /// Reads every message of a JetStream stream.
 pub async fn read_nats(url: &str, stream: &str) -> Vec<Received> {
+    let client = async_nats::connect(url).await.expect("nats connect");
+    read_nats_with(client, stream).await
+}
+
+/// As [`read_nats`], over a connection the caller made (TLS, credentials).
+pub async fn read_nats_with(client: async_nats::Client, stream: &str) -> Vec<Received> {
     use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
     use futures::StreamExt;
-    let client = async_nats::connect(url).await.expect("nats connect");
     let js = async_nats::jetstream::new(client);
     let mut s = js.get_stream(stream).await.expect("stream exists");
     let total = s.info().await.unwrap().state.messages as usize;
@@ -268,17 +273,28 @@ pub async fn read_nats(url: &str, stream: &str) -> Vec<Received> {
 /// first: tansu 0.6 answers it with the first offset of the last batch
 /// written plus one, and the rest of that batch looked missing.
 pub fn read_kafka(brokers: &str, topics: &[String]) -> Vec<Received> {
+    read_kafka_with(brokers, &std::collections::BTreeMap::new(), topics)
+}
+
+/// As [`read_kafka`], with librdkafka properties of its own (TLS, SASL).
+pub fn read_kafka_with(
+    brokers: &str,
+    properties: &std::collections::BTreeMap<String, String>,
+    topics: &[String],
+) -> Vec<Received> {
     use rdkafka::consumer::{BaseConsumer, Consumer};
     use rdkafka::error::KafkaError;
     use rdkafka::message::{Headers, Message};
     use rdkafka::{ClientConfig, Offset, TopicPartitionList};
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", brokers)
         .set("group.id", tag())
         .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "true")
-        .create()
-        .unwrap();
+        .set("enable.partition.eof", "true");
+    for (k, v) in properties {
+        c.set(k, v);
+    }
+    let consumer: BaseConsumer = c.create().unwrap();
     let mut out = Vec::new();
     for topic in topics {
         let md = consumer

@@ -77,6 +77,21 @@ impl OwnNats {
         n
     }
 
+    /// A server configured by `conf` (a nats-server configuration file's
+    /// text: TLS, authorization), on its own port, JetStream in its own
+    /// directory.
+    pub fn start_with_conf(conf: &str) -> Self {
+        let mut n = OwnNats {
+            port: free_port(),
+            dir: tempfile::tempdir().unwrap(),
+            child: None,
+        };
+        let file = n.dir.path().join("nats.conf");
+        std::fs::write(&file, conf).unwrap();
+        n.launch(&["-c", file.to_str().unwrap()]);
+        n
+    }
+
     /// Starts the server (again), on the same port and store directory.
     pub fn restart(&mut self) {
         self.launch(&[]);
