@@ -540,7 +540,7 @@ impl ShardRun<'_> {
                 }
                 Decision::TokenRefused { pause } => {
                     tel.token_refused(true);
-                    tracing::error!(%shard, tenant = %shard.tenant, error = %shown, "the API refused the tenant's token; its shards back off");
+                    tracing::error!(%shard, tenant = %shard.tenant, error = %shown, "the API refused the token; the tenant's shards back off");
                     lane.scheduler.pause(pause).await;
                     // A token file that changes meanwhile is tried at once.
                     if self.await_new_token(pause).await? {

@@ -642,6 +642,34 @@ mod tests {
     }
 
     #[test]
+    fn the_readmes_helm_sasl_example_is_accepted_by_librdkafka() {
+        // config.sink.kafka.properties as the README's values file has
+        // them, and the password through extraEnv, nested.
+        let c = kafka_env(&[
+            (
+                "CAS_BRIDGE__SINK__KAFKA__PROPERTIES__SECURITY__PROTOCOL",
+                "SASL_SSL",
+            ),
+            (
+                "CAS_BRIDGE__SINK__KAFKA__PROPERTIES__SASL__MECHANISM",
+                "SCRAM-SHA-512",
+            ),
+            (
+                "CAS_BRIDGE__SINK__KAFKA__PROPERTIES__SASL__USERNAME",
+                "cas-bridge",
+            ),
+            (
+                "CAS_BRIDGE__SINK__KAFKA__PROPERTIES__SASL__PASSWORD",
+                "pw-helm-5e",
+            ),
+        ])
+        .unwrap();
+        let client = c.sink.kafka.client_config().unwrap();
+        assert_eq!(client.get("sasl.password"), Some("pw-helm-5e"));
+        assert_eq!(client.get("sasl.mechanism"), Some("SCRAM-SHA-512"));
+    }
+
+    #[test]
     fn librdkafka_refuses_an_unknown_property_by_name_never_by_value() {
         let e = kafka_env(&[(
             "CAS_BRIDGE__SINK__KAFKA__PROPERTIES__SASL_PASSWORD",

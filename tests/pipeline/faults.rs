@@ -39,12 +39,37 @@ async fn a_sink_that_is_down_keeps_the_cursor_and_delivery_resumes() {
     run.wait_cursor(t0 - chrono::Duration::seconds(3), Duration::from_secs(60))
         .await;
 
+    let errors_at_stop = run.bridge.stats().sink_errors.load(Ordering::Relaxed);
     nats.stop();
-    // Let the publishes in flight at the stop fail, then watch the cursors.
-    tokio::time::sleep(Duration::from_secs(7)).await;
+    // The publishes in flight at the stop fail (seen in the counter), then
+    // the cursors are watched for 8 s of outage.
+    // Twice: the second failure is a retry, after whatever was in flight
+    // at the stop settled.
+    let mut seen = errors_at_stop;
+    for _ in 0..2 {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        while run.bridge.stats().sink_errors.load(Ordering::Relaxed) == seen {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no publish failed within a minute of the broker's stop"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        seen = run.bridge.stats().sink_errors.load(Ordering::Relaxed);
+    }
     let frozen = run.bridge.progress();
     let errors_before = run.bridge.stats().sink_errors.load(Ordering::Relaxed);
+    // At least 8 s of outage, and until a publish was retried and failed
+    // again (each attempt waits for its acknowledgements first).
     tokio::time::sleep(Duration::from_secs(8)).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    while run.bridge.stats().sink_errors.load(Ordering::Relaxed) == errors_before {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no publish was retried and failed again within 90 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let later = run.bridge.progress();
     for (shard, p) in &frozen {
         assert_eq!(
@@ -52,10 +77,6 @@ async fn a_sink_that_is_down_keeps_the_cursor_and_delivery_resumes() {
             "{shard}: the cursor moved while the sink was down"
         );
     }
-    assert!(
-        run.bridge.stats().sink_errors.load(Ordering::Relaxed) > errors_before,
-        "publishes failed and were retried"
-    );
     assert!(
         later
             .values()
@@ -345,8 +366,9 @@ async fn sigterm_with_the_broker_dead_exits_within_the_grace() {
     let took = t.elapsed();
     println!("SIGTERM with the broker dead: exited {status} after {took:?} (grace 4 s)");
     assert!(status.success(), "a clean exit");
+    // grace + 5 s as promised, with room for a loaded machine.
     assert!(
-        took < Duration::from_secs(4 + 5 + 2),
+        took < Duration::from_secs(4 + 5 + 10),
         "shutdown took {took:?}"
     );
     sim.stop().await;

@@ -318,7 +318,13 @@ async fn the_token_appears_in_no_log_line_and_no_check_config_output() {
         sim.state.stats().by_status.contains_key(&401)
     })
     .await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // The refusal is logged before the process is stopped.
+    wait_for("the refusal logged", Duration::from_secs(20), async || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("refused the token")
+    })
+    .await;
     let _ = std::process::Command::new("kill")
         .arg("-TERM")
         .arg(child.id().to_string())
