@@ -176,7 +176,12 @@ impl ProducerContext for Deliveries {
 
 pub struct KafkaSink {
     /// The producer; its own thread serves the delivery reports.
-    producer: ThreadedProducer<Deliveries>,
+    producer: std::sync::RwLock<ThreadedProducer<Deliveries>>,
+    /// The secret files as the producer in use read them.
+    secrets: Mutex<SecretWatch>,
+    /// The section: a producer is made again from it when a secret file
+    /// changes.
+    cfg: KafkaConfig,
     /// The brokers' state, as librdkafka reports it.
     health: Arc<Health>,
     /// Client settings, kept for the admin client.
@@ -230,35 +235,79 @@ pub fn record_size(r: &Record) -> usize {
     r.payload.len() + r.id.len() + headers
 }
 
+/// What a secret file was when it was last read: length, modification
+/// time and inode (a Kubernetes Secret is swapped by a symlink).
+type FileStamp = Option<(u64, Option<std::time::SystemTime>, u64)>;
+
+fn file_stamp(path: &str) -> FileStamp {
+    let m = std::fs::metadata(path).ok()?;
+    #[cfg(unix)]
+    let inode = std::os::unix::fs::MetadataExt::ino(&m);
+    #[cfg(not(unix))]
+    let inode = 0;
+    Some((m.len(), m.modified().ok(), inode))
+}
+
+/// How often the secret files are looked at (a stat each).
+const SECRET_LOOK: Duration = Duration::from_secs(5);
+
+/// The secret files as the producer in use read them.
+struct SecretWatch {
+    stamps: Vec<FileStamp>,
+    looked: std::time::Instant,
+    /// How often to look ([`SECRET_LOOK`]; tests look every time).
+    every: Duration,
+    /// Producers made again so far.
+    remade: u32,
+}
+
+/// A producer with the bridge's fixed settings, and the client settings it
+/// was made from (secret files read now).
+fn producer(
+    cfg: &KafkaConfig,
+    health: &Arc<Health>,
+) -> Result<(ThreadedProducer<Deliveries>, ClientConfig), SinkError> {
+    // The properties, checked by librdkafka; secret files read now.
+    let client = cfg
+        .client_config()
+        .map_err(|e| SinkError::misconfigured("kafka", e.to_string()))?;
+    let mut producer_cfg = client.clone();
+    producer_cfg
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set(
+            "message.timeout.ms",
+            DELIVERY_TIMEOUT.as_millis().to_string(),
+        )
+        .set("linger.ms", "5")
+        // The brokers' state every 5 s: readiness follows it.
+        .set("statistics.interval.ms", "5000");
+    let context = Deliveries {
+        health: health.clone(),
+    };
+    let producer = producer_cfg
+        .create_with_context(context)
+        .map_err(|e| SinkError::misconfigured_from("kafka", "cannot create the producer", e))?;
+    Ok((producer, client))
+}
+
 impl KafkaSink {
     pub fn new(cfg: &KafkaConfig) -> Result<Self, SinkError> {
         let max_message = cfg
             .max_message_bytes()
             .map_err(|e| SinkError::misconfigured_from("kafka", "sink.kafka.properties", e))?;
-        // The properties, checked by librdkafka; secret files read now.
-        let client = cfg
-            .client_config()
-            .map_err(|e| SinkError::misconfigured("kafka", e.to_string()))?;
-        let mut producer_cfg = client.clone();
-        producer_cfg
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set(
-                "message.timeout.ms",
-                DELIVERY_TIMEOUT.as_millis().to_string(),
-            )
-            .set("linger.ms", "5")
-            // The brokers' state every 5 s: readiness follows it.
-            .set("statistics.interval.ms", "5000");
         let health = Arc::new(Health::default());
-        let context = Deliveries {
-            health: health.clone(),
-        };
-        let producer: ThreadedProducer<Deliveries> = producer_cfg
-            .create_with_context(context)
-            .map_err(|e| SinkError::misconfigured_from("kafka", "cannot create the producer", e))?;
+        let stamps = cfg.secret_files.values().map(|p| file_stamp(p)).collect();
+        let (producer, client) = producer(cfg, &health)?;
         Ok(Self {
-            producer,
+            producer: std::sync::RwLock::new(producer),
+            secrets: Mutex::new(SecretWatch {
+                stamps,
+                looked: std::time::Instant::now(),
+                every: SECRET_LOOK,
+                remade: 0,
+            }),
+            cfg: cfg.clone(),
             health,
             client,
             create_topics: cfg.create_topics,
@@ -267,6 +316,41 @@ impl KafkaSink {
             topic_config: cfg.topic_config.clone(),
             max_message,
         })
+    }
+
+    /// The producer to send with: made again, once, when a secret file
+    /// changed since it was made (a rotated Secret is used from the next
+    /// publish; records in flight finish on the old one).
+    fn current(&self) -> ThreadedProducer<Deliveries> {
+        if !self.cfg.secret_files.is_empty() {
+            let mut w = self.secrets.lock().unwrap_or_else(|e| e.into_inner());
+            if w.looked.elapsed() >= w.every {
+                w.looked = std::time::Instant::now();
+                let now: Vec<FileStamp> = self
+                    .cfg
+                    .secret_files
+                    .values()
+                    .map(|p| file_stamp(p))
+                    .collect();
+                if now != w.stamps {
+                    match producer(&self.cfg, &self.health) {
+                        Ok((p, _)) => {
+                            w.stamps = now;
+                            w.remade += 1;
+                            *self.producer.write().unwrap_or_else(|e| e.into_inner()) = p;
+                            tracing::warn!("a secret file of sink.kafka.secret_files changed: the producer was made again with it");
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %crate::field::chain(&e), "a secret file of sink.kafka.secret_files changed, and the producer cannot be made with it; the one in use stays");
+                        }
+                    }
+                }
+            }
+        }
+        self.producer
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 }
 
@@ -491,6 +575,7 @@ impl Sink for KafkaSink {
         // Records librdkafka would not even queue: settled now, judged with
         // the reports once every queued record has one.
         let mut not_queued = Vec::new();
+        let producer = self.current();
         for &index in &sent {
             let r = &records[index];
             let mut headers = OwnedHeaders::new_with_capacity(6);
@@ -511,7 +596,7 @@ impl Sink for KafkaSink {
                 .payload(r.payload.as_ref())
                 .headers(headers);
             loop {
-                match self.producer.send(rec) {
+                match producer.send(rec) {
                     Ok(()) => break,
                     // librdkafka's queue is full: its thread drains it.
                     Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
@@ -555,7 +640,7 @@ impl Sink for KafkaSink {
     }
 
     async fn flush(&self) -> Result<(), SinkError> {
-        let p = self.producer.clone();
+        let p = self.current();
         tokio::task::spawn_blocking(move || p.flush(Timeout::After(Duration::from_secs(10))))
             .await
             .map_err(|e| SinkError::unavailable_from("kafka", "flush", e))?
@@ -624,6 +709,38 @@ mod tests {
 
     /// One call's records are all reported on before it returns: each is
     /// on its topic when it does, once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_changed_secret_file_makes_the_producer_again_and_delivery_goes_on() {
+        let cluster = MockCluster::new(1).unwrap();
+        cluster.create_topic("s.one", 1, 1).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        // Any property can come from a file; client.id is harmless here.
+        let file = dir.path().join("client-id");
+        std::fs::write(&file, "first\n").unwrap();
+        let sink = KafkaSink::new(&KafkaConfig {
+            brokers: cluster.bootstrap_servers(),
+            create_topics: false,
+            secret_files: [("client.id".to_string(), file.display().to_string())].into(),
+            ..KafkaConfig::default()
+        })
+        .unwrap();
+        sink.secrets.lock().unwrap().every = Duration::ZERO;
+        sink.publish(&records(&["s.one"], 3)).await.unwrap();
+        assert_eq!(sink.secrets.lock().unwrap().remade, 0, "unchanged: kept");
+        // Rotated as Kubernetes does: a new file put in place.
+        let next = dir.path().join("client-id.new");
+        std::fs::write(&next, "second-and-longer\n").unwrap();
+        std::fs::rename(&next, &file).unwrap();
+        sink.publish(&records(&["s.one"], 3)).await.unwrap();
+        assert_eq!(sink.secrets.lock().unwrap().remade, 1, "made again once");
+        sink.publish(&records(&["s.one"], 3)).await.unwrap();
+        assert_eq!(sink.secrets.lock().unwrap().remade, 1);
+        // A file that went bad keeps the producer in use.
+        std::fs::remove_file(&file).unwrap();
+        sink.publish(&records(&["s.one"], 3)).await.unwrap();
+        assert_eq!(sink.secrets.lock().unwrap().remade, 1);
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_call_returns_when_every_record_is_acknowledged() {
         let cluster = MockCluster::new(1).unwrap();
