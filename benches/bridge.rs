@@ -567,6 +567,8 @@ async fn interrupt(how: &str, every_s: u64) {
             ("API__PAGE_LIMIT", "200".into()),
             ("WINDOW__START_FROM", "70h".into()),
             ("WINDOW__MIN_INTERVAL", "1h".into()),
+            // No shorter than min_interval (the configuration refuses it).
+            ("SCHEDULE__MAX_INTERVAL", "1h".into()),
             ("WINDOW__LAG", "5s".into()),
             ("BUDGET__PER_MINUTE", per_minute.to_string()),
             ("COORD__REDIS_URL", "redis://127.0.0.1:6379".into()),
