@@ -88,12 +88,6 @@ fn peak_rss_mib(pid: u32) -> f64 {
         / 1024.0
 }
 
-async fn get(url: &str) -> Option<(u16, String)> {
-    let r = reqwest::get(url).await.ok()?;
-    let status = r.status().as_u16();
-    Some((status, r.text().await.ok()?))
-}
-
 /// A hostile API answers every request with a page of a million items `0`
 /// (2 MB) on 8 shards at once: the parser stops at the 1,001st item, each
 /// shard is parked after its few tries, readiness goes false, and the

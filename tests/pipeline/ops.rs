@@ -25,12 +25,6 @@ const METRICS: [&str; 14] = [
     "cas_bridge_sink_publish_duration_seconds",
 ];
 
-async fn get(url: &str) -> Option<(u16, String)> {
-    let r = reqwest::get(url).await.ok()?;
-    let status = r.status().as_u16();
-    Some((status, r.text().await.ok()?))
-}
-
 /// The sum of a counter over its label sets.
 fn counter(text: &str, name: &str) -> f64 {
     text.lines()
@@ -60,17 +54,6 @@ fn metric_names(text: &str) -> std::collections::BTreeSet<String> {
         rest = &tail[end..];
     }
     out
-}
-
-async fn wait_for(what: &str, timeout: Duration, mut f: impl AsyncFnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + timeout;
-    while !f().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{what}: not within {timeout:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

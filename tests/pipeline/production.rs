@@ -12,23 +12,6 @@ use chrono::Utc;
 use crate::helpers::*;
 use crate::tenants::{spec, start_tenants};
 
-async fn get(url: &str) -> Option<(u16, String)> {
-    let r = reqwest::get(url).await.ok()?;
-    let status = r.status().as_u16();
-    Some((status, r.text().await.ok()?))
-}
-
-async fn wait_for(what: &str, timeout: Duration, mut f: impl AsyncFnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + timeout;
-    while !f().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{what}: not within {timeout:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 /// The value of one series (exact label text) on a `/metrics` page.
 fn series(text: &str, name_and_labels: &str) -> Option<f64> {
     text.lines()
@@ -41,6 +24,20 @@ fn holds_none(what: &str, text: &str, secrets: &[&str]) {
     for s in secrets {
         assert!(!text.contains(s), "{what} holds the secret `{s}`");
     }
+}
+
+/// Runs the binary on `cfg` (and `extra` variables), which must refuse to
+/// start; its log.
+fn refused_at_start(
+    cfg: &cas_bridge::config::Config,
+    log: &std::path::Path,
+    extra: &[(&str, &str)],
+) -> String {
+    let mut b = BridgeProcess::spawn_with(cfg, "refused", log, extra);
+    let st = b.child.wait().unwrap();
+    let text = std::fs::read_to_string(log).unwrap();
+    assert!(!st.success(), "it started: {text}");
+    text
 }
 
 /// SIGTERM, then how long the exit took and how it ended.
@@ -319,11 +316,7 @@ async fn nats_over_tls_with_a_password_from_a_file_or_the_environment_delivers()
     // Without the CA: refused at the start, naming the setting.
     let mut no_ca = cfg.clone();
     no_ca.sink.nats.tls_ca_file = None;
-    let no_ca_log = dir.path().join("no-ca.log");
-    let mut b = BridgeProcess::spawn(&no_ca, "nats-no-ca", &no_ca_log);
-    let st = b.child.wait().unwrap();
-    let text = std::fs::read_to_string(&no_ca_log).unwrap();
-    assert!(!st.success(), "started without the CA: {text}");
+    let text = refused_at_start(&no_ca, &dir.path().join("no-ca.log"), &[]);
     assert!(text.contains("sink.nats.tls_ca_file"), "{text}");
     outputs.push_str(&text);
 
@@ -333,11 +326,7 @@ async fn nats_over_tls_with_a_password_from_a_file_or_the_environment_delivers()
     std::fs::write(&wrong, "pw-wrong-77e1\n").unwrap();
     let mut bad_pw = cfg.clone();
     bad_pw.sink.nats.password_file = Some(wrong);
-    let bad_log = dir.path().join("bad-pw.log");
-    let mut b = BridgeProcess::spawn(&bad_pw, "nats-bad-pw", &bad_log);
-    let st = b.child.wait().unwrap();
-    let text = std::fs::read_to_string(&bad_log).unwrap();
-    assert!(!st.success(), "started with a wrong password: {text}");
+    let text = refused_at_start(&bad_pw, &dir.path().join("bad-pw.log"), &[]);
     assert!(text.contains("sink.nats.user and password"), "{text}");
     outputs.push_str(&text);
 
@@ -369,29 +358,23 @@ async fn a_stream_made_by_the_platform_team_is_used_unchanged_or_refused_when_it
         ..Default::default()
     };
     js.create_stream(theirs.clone()).await.unwrap();
-    let before = serde_json::to_string(
-        &js.get_stream(&theirs.name)
+    let config_json = async |name: &str| {
+        let config = js
+            .get_stream(name)
             .await
             .unwrap()
             .info()
             .await
             .unwrap()
-            .config,
-    )
-    .unwrap();
+            .config
+            .clone();
+        serde_json::to_string(&config).unwrap()
+    };
+    let before = config_json(&theirs.name).await;
     let (run, range) = Running::caught_up(&cfg).await;
     run.stop().await;
     assert_delivered("platform stream", &sim, &cfg, range.from, range.to).await;
-    let after = serde_json::to_string(
-        &js.get_stream(&theirs.name)
-            .await
-            .unwrap()
-            .info()
-            .await
-            .unwrap()
-            .config,
-    )
-    .unwrap();
+    let after = config_json(&theirs.name).await;
     assert_eq!(
         before, after,
         "the bridge changed a stream it does not manage"
@@ -462,7 +445,7 @@ fn tls_kafka(certs: &Certs, dir: &std::path::Path) -> TlsKafka {
         child: tansu,
         port: inner,
     };
-    wait_port(inner, "tansu");
+    wait_listening(inner, "tansu");
     let socat = std::process::Command::new("socat")
         .arg(format!(
             "OPENSSL-LISTEN:{front},bind=127.0.0.1,reuseaddr,fork,verify=1,cafile={},cert={},key={}",
@@ -479,22 +462,11 @@ fn tls_kafka(certs: &Certs, dir: &std::path::Path) -> TlsKafka {
         child: socat,
         port: front,
     };
-    wait_port(front, "socat");
+    wait_listening(front, "socat");
     TlsKafka {
         _tansu: tansu,
         _front: front_d,
         front,
-    }
-}
-
-fn wait_port(port: u16, what: &str) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{what} did not listen on {port}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
@@ -557,13 +529,7 @@ async fn kafka_over_tls_with_a_client_certificate_whose_key_password_is_a_secret
         t0 - chrono::Duration::seconds(60),
     );
     let want = expected(&sim, &cfg, from, to);
-    let topics: Vec<String> = cfg
-        .shards
-        .shards()
-        .unwrap()
-        .iter()
-        .map(|s| topic_of(&cfg.sink.topic_template, s))
-        .collect();
+    let topics = shard_topics(&cfg);
     let reader = {
         let props = cfg.sink.kafka.properties.clone();
         let brokers = cfg.sink.kafka.brokers.clone();
@@ -616,19 +582,14 @@ async fn kafka_over_tls_with_a_client_certificate_whose_key_password_is_a_secret
     outputs.push_str(&std::fs::read_to_string(&log).unwrap());
 
     // A wrong password: refused, naming the setting, never the value.
-    let log = dir.path().join("wrong.log");
-    let mut b = BridgeProcess::spawn_with(
+    let text = refused_at_start(
         &cfg,
-        "kafka-tls-wrong",
-        &log,
+        &dir.path().join("wrong.log"),
         &[(
             "SINK__KAFKA__PROPERTIES__SSL__KEY__PASSWORD",
             "pw-wrong-31aa",
         )],
     );
-    let st = b.child.wait().unwrap();
-    let text = std::fs::read_to_string(&log).unwrap();
-    assert!(!st.success(), "started with a wrong key password: {text}");
     assert!(text.contains("ssl.key"), "names the setting: {text}");
     outputs.push_str(&text);
 

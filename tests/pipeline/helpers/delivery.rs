@@ -45,6 +45,16 @@ pub fn topic_of(template: &str, shard: &Shard) -> String {
         .replace("{event}", &shard.event)
 }
 
+/// The topic of every configured shard (of the top-level pairs).
+pub fn shard_topics(cfg: &Config) -> Vec<String> {
+    cfg.shards
+        .shards()
+        .unwrap()
+        .iter()
+        .map(|s| topic_of(&cfg.sink.topic_template, s))
+        .collect()
+}
+
 /// The ids the simulator generated in `[from, to]` for each shard, with the
 /// topic each must reach.
 pub fn expected(
@@ -365,13 +375,7 @@ pub async fn read_sink(cfg: &Config) -> Vec<Received> {
         SinkKind::Jsonl => read_jsonl(std::path::Path::new(&cfg.sink.jsonl.path)),
         SinkKind::Nats => read_nats(&cfg.sink.nats.url, &cfg.sink.nats.stream).await,
         SinkKind::Kafka => {
-            let mut topics: Vec<String> = cfg
-                .shards
-                .shards()
-                .unwrap()
-                .iter()
-                .map(|s| topic_of(&cfg.sink.topic_template, s))
-                .collect();
+            let mut topics = shard_topics(cfg);
             topics.push(cfg.sink.dead_letter.replace("{tenant}", "default"));
             let brokers = cfg.sink.kafka.brokers.clone();
             tokio::task::spawn_blocking(move || read_kafka(&brokers, &topics))

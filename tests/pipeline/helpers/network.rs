@@ -101,7 +101,8 @@ impl Drop for Daemon {
     }
 }
 
-fn wait_listening(port: u16, what: &str) {
+/// Waits (10 s at most) until something listens on `port`.
+pub fn wait_listening(port: u16, what: &str) {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(
