@@ -65,6 +65,18 @@ impl fmt::Display for Dur {
 }
 
 /// Parses `30s`, `5m`, `2h`, `3d`, `250ms`, or a bare number of seconds.
+/// Serializes a secret as `[REDACTED]` (none stays none): the shown
+/// configuration never holds it.
+pub fn redact_secret<S: serde::Serializer>(
+    v: &Option<secrecy::SecretString>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(_) => s.serialize_str("[REDACTED]"),
+        None => s.serialize_none(),
+    }
+}
+
 /// The cause an error keeps (`#[source]`): any error, boxed.
 pub type Cause = Box<dyn std::error::Error + Send + Sync + 'static>;
 

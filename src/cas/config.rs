@@ -20,13 +20,6 @@ pub const REGIONS: [(&str, &str); 8] = [
     ("in", "https://api-in.tmcas.trendmicro.com"),
 ];
 
-fn redact<S: Serializer>(v: &Option<SecretString>, s: S) -> Result<S::Ok, S::Error> {
-    match v {
-        Some(_) => s.serialize_str("[REDACTED]"),
-        None => s.serialize_none(),
-    }
-}
-
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ApiConfig {
@@ -37,7 +30,7 @@ pub struct ApiConfig {
     /// `v1` (live API shape) or `legacy` (the seed page's shape).
     pub dialect: Dialect,
     /// The bearer token. Never logged.
-    #[serde(serialize_with = "redact")]
+    #[serde(serialize_with = "crate::field::redact_secret")]
     pub token: Option<SecretString>,
     /// A file holding the token (e.g. a mounted Kubernetes secret).
     pub token_file: Option<PathBuf>,
