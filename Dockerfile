@@ -1,12 +1,15 @@
 # syntax=docker/dockerfile:1
-# Build: docker build -t cas-bridge .
+# Build: docker build --build-arg CAS_BRIDGE_COMMIT=$(git rev-parse --short=12 HEAD) -t cas-bridge .
 # Without a Docker engine: scripts/image (buildah and podman, nothing pulled)
 # builds an image with the same final configuration and runs it.
 FROM rust:1.85-bookworm AS build
 WORKDIR /src
 # librdkafka and zlib are built from source and linked in by rdkafka-sys: it
 # needs a C toolchain, make and perl (all in the rust image).
-COPY Cargo.toml Cargo.lock ./
+# The commit `--version` and cas_bridge_build_info report (no .git here).
+ARG CAS_BRIDGE_COMMIT=unknown
+ENV CAS_BRIDGE_COMMIT=${CAS_BRIDGE_COMMIT}
+COPY Cargo.toml Cargo.lock build.rs ./
 COPY src ./src
 COPY schemas ./schemas
 COPY benches ./benches

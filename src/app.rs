@@ -16,9 +16,20 @@ use crate::config::{Config, Dur, SinkKind, StartFrom};
 use crate::sim::{self, SimConfig};
 use crate::telemetry::Stats;
 
+/// The version and the commit the binary was built from.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// The commit (12 hex digits, or `unknown`), recorded by `build.rs`.
+pub const COMMIT: &str = env!("CAS_BRIDGE_COMMIT");
+const LONG_VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("CAS_BRIDGE_COMMIT"),
+    ")"
+);
+
 /// Streams Trend Micro Cloud App Security SIEM events into Kafka or NATS JetStream.
 #[derive(Debug, Parser)]
-#[command(name = "cas-bridge", version)]
+#[command(name = "cas-bridge", version = LONG_VERSION)]
 pub struct Cli {
     /// Configuration file (TOML or YAML); `CAS_BRIDGE__SECTION__KEY` variables override it.
     #[arg(long, global = true, env = "CAS_BRIDGE_CONFIG")]
@@ -43,6 +54,21 @@ pub enum Command {
         #[arg(long)]
         without_secret: bool,
     },
+    /// Check, before going live, that `run` would work: each tenant's token
+    /// with one real request, Redis, and the sink's topics or stream.
+    ///
+    /// Prints one line per check (per tenant where it is the tenant's) and
+    /// exits non-zero naming what failed. The token is never printed.
+    Verify {
+        /// Print JSON instead of lines.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the JSON Schema of the configuration file (for editors and
+    /// YAML language servers).
+    ConfigSchema,
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions { shell: clap_complete::Shell },
     /// GET a URL and exit 0 if it answers 2xx (container health checks; the image has no shell).
     Probe {
         /// e.g. http://127.0.0.1:9090/readyz
@@ -95,12 +121,28 @@ pub struct DemoArgs {
 
 pub async fn main(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Run => run(cli.config).await,
+        Command::Run => run(cli.config).await.map_err(fatal),
         Command::Demo(args) => demo(cli.config, args).await,
         Command::Simulate(cfg) => simulate(cfg).await,
         Command::CheckConfig { without_secret } => check_config(cli.config, without_secret),
         Command::Status { json } => status(cli.config, json).await,
         Command::Probe { url } => probe(&url).await,
+        Command::Verify { json } => {
+            init_logs("text", "error");
+            crate::verify::verify_cmd(cli.config.as_deref(), json).await
+        }
+        Command::ConfigSchema => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&crate::config::schema())?
+            );
+            Ok(())
+        }
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "cas-bridge", &mut std::io::stdout());
+            Ok(())
+        }
         Command::Replay(args) => {
             init_logs("text", "warn");
             crate::operate::replay_cmd(cli.config.as_deref(), args).await
@@ -116,6 +158,25 @@ pub async fn main(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+/// An error already written to the log: `main` exits non-zero without
+/// printing it again.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Reported(String);
+
+/// `run`'s fatal error, as a log line in the configured format (JSON by
+/// default; `CAS_BRIDGE__LOG__FORMAT` when the file could not be read), so
+/// a log pipeline that parses JSON sees why the process ended.
+fn fatal(e: anyhow::Error) -> anyhow::Error {
+    let format = std::env::var("CAS_BRIDGE__LOG__FORMAT")
+        .unwrap_or_else(|_| crate::telemetry::LogConfig::default().format);
+    // Already set up (the configuration was read) or set up now.
+    init_logs(&format, "error");
+    let text = format!("{e:#}");
+    tracing::error!(error = %text, version = VERSION, commit = COMMIT, "cas-bridge cannot run");
+    Reported(text).into()
+}
+
 fn init_logs(format: &str, level: &str) {
     // The Kafka client crate's own line for every broker error event it
     // does not handle ("Ignored event 'Error' on base producer poll") says
@@ -128,8 +189,11 @@ fn init_logs(format: &str, level: &str) {
     };
     let filter = tracing_subscriber::EnvFilter::try_new(&level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colour only for a person at a terminal: never escape codes in a
+    // file or a pipe.
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     let _ = if format == "json" {
         b.json().flatten_event(true).try_init()
@@ -147,6 +211,12 @@ async fn run(file: Option<PathBuf>) -> anyhow::Result<()> {
     crate::shutdown::cancel_on_signals(cancel.clone());
     let mut cfg = Config::load(file.as_deref())?;
     init_logs(&cfg.log.format, &cfg.log.level);
+    tracing::info!(
+        version = VERSION,
+        commit = COMMIT,
+        config = %crate::reload::config_hash(&cfg),
+        "cas-bridge starting"
+    );
     let token = first_token(&cfg)?;
     // SIGTERM ends the process within the grace and 5 s more, whatever
     // state it is in (a broker never reached, a producer still connecting).
@@ -187,6 +257,7 @@ async fn run(file: Option<PathBuf>) -> anyhow::Result<()> {
         .with_context(|| format!("ops.listen: cannot listen on {}", cfg.ops.listen))?;
     tracing::info!(%addr, "ops server listening (/healthz, /readyz, /metrics)");
     let telemetry = crate::telemetry::Telemetry::new();
+    telemetry.build_info(VERSION, COMMIT);
     let mut hash = crate::reload::config_hash(&cfg);
     telemetry.config_in_force(&hash, None, bridge.shards().len());
     // `seen`: the file's configuration last looked at (the one in force,
@@ -366,6 +437,33 @@ async fn probe(url: &str) -> anyhow::Result<()> {
 fn check_config(file: Option<PathBuf>, without_secret: bool) -> anyhow::Result<()> {
     let cfg = Config::load(file.as_deref())?;
     println!("{}", cfg.redacted_json());
+    // What each tenant resolves to: the host a region means, its budget,
+    // its pairs.
+    for t in cfg.tenants()? {
+        let host = t
+            .api
+            .resolved_base_url()
+            .map_or_else(|e| e.to_string(), |u| u.to_string());
+        let pairs: Vec<String> = t
+            .shards()?
+            .iter()
+            .map(|s| format!("{}:{}", s.service, s.event))
+            .collect();
+        eprintln!(
+            "tenant {}: API {host} ({} dialect); budget {}/min, {}/day ({:?}); {} pair(s): {}",
+            t.name,
+            t.api.dialect,
+            t.budget.per_minute,
+            t.budget.per_day,
+            t.budget.mode,
+            pairs.len(),
+            pairs.join(" ")
+        );
+    }
+    eprintln!(
+        "configuration hash {} (the same on every replica of this configuration)",
+        crate::reload::config_hash(&cfg)
+    );
     match cfg.runnable() {
         Ok(()) => eprintln!("configuration is valid; a token is set"),
         Err(e) if without_secret => {

@@ -14,6 +14,8 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+mod explain;
+
 pub use crate::cas::{ApiConfig, REGIONS};
 pub use crate::coord::{BudgetConfig, BudgetMode, CoordConfig};
 pub use crate::field::{parse_duration, redact_urls, ConfigError, Dur};
@@ -28,7 +30,7 @@ pub use crate::validate::SchemasConfig;
 pub use crate::window::{StartFrom, WindowConfig, API_MAX_WINDOW, API_REACH};
 
 /// The whole configuration of one bridge process.
-#[derive(Debug, Clone, Deserialize, Serialize, Default)]
+#[derive(Debug, Clone, Deserialize, Serialize, Default, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// How to reach the CAS SIEM API.
@@ -151,10 +153,11 @@ impl Config {
             }
             b = b.add_source(config::File::from(f));
         }
-        let env: config::Map<String, String> = vars
+        let vars: Vec<(String, String)> = vars
             .into_iter()
             .filter(|(k, _)| k.starts_with("CAS_BRIDGE__"))
             .collect();
+        let env: config::Map<String, String> = vars.iter().cloned().collect();
         b = b.add_source(
             config::Environment::with_prefix("CAS_BRIDGE")
                 .prefix_separator("__")
@@ -164,9 +167,10 @@ impl Config {
                 .try_parsing(true)
                 .source(Some(env)),
         );
-        let raw = b.build().map_err(from_config_error)?;
-        let cfg: Config = raw.try_deserialize().map_err(from_config_error)?;
-        cfg.validate()?;
+        let explain = |e| explain::explain(e, file, &vars);
+        let raw = b.build().map_err(explain)?;
+        let cfg: Config = raw.try_deserialize().map_err(explain)?;
+        cfg.validate().map_err(|e| explain::polish(e, file))?;
         Ok(cfg)
     }
 
@@ -262,28 +266,43 @@ fn redact(v: &mut serde_json::Value) {
     }
 }
 
-/// Turns the `config` crate's errors into one naming the field.
-fn from_config_error(e: config::ConfigError) -> ConfigError {
-    let msg = e.to_string();
-    match e {
-        config::ConfigError::Type { key, .. } => {
-            ConfigError::new(key.unwrap_or_else(|| "?".into()), msg)
-        }
-        config::ConfigError::Message(m) => {
-            // Messages from serde carry the path as `... for key `a.b``
-            let field = m
-                .rsplit_once("for key `")
-                .map(|(_, k)| k.trim_end_matches('`').to_string())
-                .or_else(|| {
-                    m.split_once("unknown field `")
-                        .map(|(_, r)| r.split('`').next().unwrap_or("?").to_string())
-                })
-                .unwrap_or_else(|| "config".into());
-            ConfigError::new(field, m)
-        }
-        config::ConfigError::NotFound(k) => ConfigError::new(k, "not found"),
-        other => ConfigError::new("config", other.to_string()),
+/// The JSON Schema of the configuration file (`cas-bridge config-schema`):
+/// every key, its type, default and description, for editors and YAML
+/// language servers.
+pub fn schema() -> serde_json::Value {
+    let mut s = serde_json::to_value(schemars::schema_for!(Config)).unwrap_or_default();
+    if let Some(o) = s.as_object_mut() {
+        o.insert("title".into(), "cas-bridge configuration".into());
     }
+    s
+}
+
+/// Every key of the configuration file, dotted (`coord.lease_ttl`), as
+/// the schema gives them; free-form tables (Kafka `properties`) are one key.
+pub fn keys() -> Vec<String> {
+    let s = schema();
+    let mut out = Vec::new();
+    fn walk(s: &serde_json::Value, n: &serde_json::Value, at: &str, out: &mut Vec<String>) {
+        for k in explain::properties(s, n) {
+            let path = if at.is_empty() {
+                k
+            } else {
+                format!("{at}.{k}")
+            };
+            let child = explain::node(s, &path);
+            match child {
+                Some(c)
+                    if !explain::properties(s, c).is_empty() && !path.starts_with("tenants.") =>
+                {
+                    walk(s, c, &path, out)
+                }
+                _ => out.push(path),
+            }
+        }
+    }
+    let root = s.clone();
+    walk(&s, &root, "", &mut out);
+    out
 }
 
 #[cfg(test)]
@@ -412,6 +431,163 @@ mod tests {
         assert!(e.to_string().contains("lagg"), "{e}");
         let e = Config::load_from(Some(&dir.path().join("none.toml")), Vec::new()).unwrap_err();
         assert_eq!(e.field, "--config");
+    }
+
+    #[test]
+    fn errors_name_the_field_the_allowed_values_and_the_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let cases: &[(&str, &str, &str, &[&str])] = &[
+            // Unknown key: the nearest known one, the file and line.
+            (
+                "c.toml",
+                "[coord]\nprefix = \"x\"\nlease_tll = \"10s\"\n",
+                "coord.lease_tll",
+                &[
+                    "unknown key `lease_tll`",
+                    "did you mean `coord.lease_ttl`?",
+                    "c.toml, line 3",
+                ],
+            ),
+            (
+                "c.yaml",
+                "api:\n  regoin: us\n",
+                "api.regoin",
+                &["did you mean `api.region`?", "c.yaml, line 2"],
+            ),
+            (
+                "c.toml",
+                "[sinks]\nkind = \"nats\"\n",
+                "sinks",
+                &["did you mean `sink`?"],
+            ),
+            (
+                "c.toml",
+                "[[tenants]]\nname = \"a\"\n[tenants.api]\ntokn = \"x\"\n",
+                "tenants.a.api.tokn",
+                &["did you mean `tenants.a.api.token`?", "line 4"],
+            ),
+            // Unknown enum value: every allowed value.
+            (
+                "c.toml",
+                "[sink]\nkind = \"kafka2\"\n",
+                "sink.kind",
+                &[
+                    "`kafka2` is not one of: kafka, nats, jsonl",
+                    "did you mean `kafka`?",
+                ],
+            ),
+            (
+                "c.toml",
+                "[budget]\nmode = \"slidng\"\n",
+                "budget.mode",
+                &["not one of: sliding, fixed"],
+            ),
+            (
+                "c.toml",
+                "[api]\ndialect = \"v2\"\n",
+                "api.dialect",
+                &["not one of: v1, legacy"],
+            ),
+            // Wrong type: in words, not Rust's type names.
+            (
+                "c.toml",
+                "[budget]\nper_minute = \"abc\"\n",
+                "budget.per_minute",
+                &["expected a whole number, got string \"abc\"", "line 2"],
+            ),
+            (
+                "c.toml",
+                "[sink]\ncloudevents = \"maybe\"\n",
+                "sink.cloudevents",
+                &["expected true or false"],
+            ),
+            // Bad duration.
+            (
+                "c.toml",
+                "[window]\nlag = \"5 minutes\"\n",
+                "window.lag",
+                &["unknown unit `minutes` (use ms, s, m, h or d)", "line 2"],
+            ),
+        ];
+        for (name, text, field, says) in cases {
+            let f = dir.path().join(name);
+            std::fs::write(&f, text).unwrap();
+            let e = Config::load_from(Some(&f), Vec::new()).unwrap_err();
+            assert_eq!(&e.field, field, "{text}: {e}");
+            for s in *says {
+                assert!(e.problem.contains(s), "{text}: `{s}` not in: {e}");
+            }
+            for rust in [
+                "SinkKind",
+                "BudgetMode",
+                "Dialect",
+                "u32",
+                "variant constructor",
+            ] {
+                assert!(!e.problem.contains(rust), "{text}: {e}");
+            }
+        }
+        // From the environment: the variable is named.
+        let e = load(&[("CAS_BRIDGE__SINK__KIND", "natz")]).unwrap_err();
+        assert_eq!(e.field, "sink.kind");
+        assert!(e.problem.contains("did you mean `nats`?"), "{e}");
+        assert!(
+            e.problem
+                .contains("from the environment, CAS_BRIDGE__SINK__KIND"),
+            "{e}"
+        );
+    }
+
+    /// Every key the configuration serializes (an oracle apart from the
+    /// schema) is in the schema, and the schema has no other.
+    #[test]
+    fn the_schema_lists_every_key() {
+        fn walk(v: &serde_json::Value, at: &str, out: &mut Vec<String>) {
+            let free = [
+                "sink.kafka.properties",
+                "sink.kafka.secret_files",
+                "sink.kafka.topic_config",
+            ];
+            if let Some(m) = v.as_object() {
+                if !free.contains(&at) && !at.is_empty() || at.is_empty() {
+                    for (k, child) in m {
+                        let path = if at.is_empty() {
+                            k.clone()
+                        } else {
+                            format!("{at}.{k}")
+                        };
+                        if child.is_object() && !free.contains(&path.as_str()) {
+                            walk(child, &path, out);
+                        } else {
+                            out.push(path);
+                        }
+                    }
+                }
+            }
+        }
+        let mut serialized = Vec::new();
+        walk(
+            &serde_json::to_value(Config::default()).unwrap(),
+            "",
+            &mut serialized,
+        );
+        // `tenants` is an empty list by default: its entries' keys.
+        serialized.extend(
+            [
+                "tenants.name",
+                "tenants.api",
+                "tenants.shards",
+                "tenants.window",
+                "tenants.budget",
+            ]
+            .map(String::from),
+        );
+        serialized.retain(|k| k != "tenants");
+        serialized.sort();
+        let mut from_schema = keys();
+        from_schema.sort();
+        assert_eq!(from_schema, serialized);
+        assert!(from_schema.len() > 60, "{}", from_schema.len());
     }
 
     #[test]

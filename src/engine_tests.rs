@@ -476,7 +476,7 @@ async fn a_misconfigured_sink_stops_the_shard_and_readiness_says_why() {
     assert!(h.cursor().await.is_none());
     let why = h.engine.status.not_ready().join("; ");
     assert!(
-        why.contains("exchange/dlp stopped") && why.contains("not authorised"),
+        why.contains("exchange:dlp stopped") && why.contains("not authorised"),
         "{why}"
     );
     assert_eq!(h.sink.calls.load(Ordering::Relaxed), 1);

@@ -152,6 +152,22 @@ impl<'de> Deserialize<'de> for Dur {
     }
 }
 
+impl schemars::JsonSchema for Dur {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Duration".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "A duration: 250ms, 30s, 5m, 2h, 3d, or a number of seconds.",
+            "anyOf": [
+                {"type": "string", "pattern": "^\\s*[0-9]+\\s*(ms|s|m|h|d)?\\s*$"},
+                {"type": "integer", "minimum": 0}
+            ]
+        })
+    }
+}
+
 impl Serialize for Dur {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.collect_str(self)
@@ -167,6 +183,44 @@ pub fn check_range(field: &str, d: Dur, min: Duration, max: Duration) -> Result<
         ));
     }
     Ok(())
+}
+
+/// The known name nearest to `given` (edit distance at most a third of
+/// its length, and at least 1, 2 from 5 letters), for a "did you mean".
+pub fn nearest<'a>(given: &str, known: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    let given = given.to_ascii_lowercase();
+    let limit = (given.chars().count() / 3).clamp(1, 3);
+    known
+        .into_iter()
+        .map(|k| (edit_distance(&given, &k.to_ascii_lowercase()), k))
+        .filter(|(d, _)| *d <= limit)
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, k)| k)
+}
+
+/// Levenshtein distance, an adjacent swap counting as one edit.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let a: Vec<char> = a.chars().collect();
+    let b: Vec<char> = b.chars().collect();
+    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for (i, row) in d.iter_mut().enumerate() {
+        row[0] = i;
+    }
+    for (j, cell) in d[0].iter_mut().enumerate() {
+        *cell = j;
+    }
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            d[i][j] = (d[i - 1][j] + 1)
+                .min(d[i][j - 1] + 1)
+                .min(d[i - 1][j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                d[i][j] = d[i][j].min(d[i - 2][j - 2] + 1);
+            }
+        }
+    }
+    d[a.len()][b.len()]
 }
 
 /// A comma list of URLs with each password replaced.
@@ -186,6 +240,17 @@ pub fn redact_urls(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nearest_names() {
+        let known = ["gmail", "googledrive", "exchange", "lease_ttl", "lag"];
+        assert_eq!(nearest("gmial", known), Some("gmail"));
+        assert_eq!(nearest("lease_tll", known), Some("lease_ttl"));
+        assert_eq!(nearest("EXCHANGE", known), Some("exchange"));
+        assert_eq!(nearest("lagg", known), Some("lag"));
+        assert_eq!(nearest("zzzzzz", known), None);
+        assert_eq!(nearest("ab", known), None);
+    }
 
     #[test]
     fn durations_parse() {

@@ -30,7 +30,7 @@ use crate::status::ShardProgress;
 use crate::telemetry::ShardTelemetry;
 
 /// The `shutdown` section.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct ShutdownConfig {
     /// How long shutdown may take before in-flight work is abandoned.

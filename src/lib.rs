@@ -87,4 +87,5 @@ pub mod tape;
 pub mod telemetry;
 pub mod tenant;
 pub mod validate;
+pub mod verify;
 pub mod window;

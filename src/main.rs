@@ -13,6 +13,8 @@ async fn main() -> std::process::ExitCode {
     let cli = cas_bridge::app::Cli::parse();
     match cas_bridge::app::main(cli).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
+        // `run`'s fatal error is in the log already, in its format.
+        Err(e) if e.is::<cas_bridge::app::Reported>() => std::process::ExitCode::FAILURE,
         Err(e) => {
             eprintln!("cas-bridge: {e:#}");
             std::process::ExitCode::FAILURE

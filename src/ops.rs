@@ -19,7 +19,7 @@ use crate::field::ConfigError;
 use crate::status::StatusBoard;
 
 /// The `ops` section.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct OpsConfig {
     /// Address of `/healthz`, `/readyz` and `/metrics`.
@@ -138,7 +138,7 @@ mod tests {
         b.set_stopped(&s, "topic refused".into());
         let (code, body) = get(b.clone(), "/readyz").await;
         assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE);
-        assert!(body.contains("box/dlp stopped: topic refused"), "{body}");
+        assert!(body.contains("box:dlp stopped: topic refused"), "{body}");
     }
 
     #[tokio::test]

@@ -32,9 +32,14 @@ pub const WATCH_EVERY: Duration = Duration::from_secs(2);
 
 /// The configuration's hash: 12 hex digits of a SHA-256 of its redacted
 /// JSON (a token given inline changes nothing here: tokens in files are
-/// followed by themselves).
+/// followed by themselves), without what differs between the replicas of
+/// one fleet by design (`coord.worker_id`, `ops.listen`): replicas that
+/// run the same configuration show the same hash.
 pub fn config_hash(cfg: &Config) -> String {
-    let d = Sha256::digest(cfg.redacted_json().as_bytes());
+    let mut shared = cfg.clone();
+    shared.coord.worker_id = None;
+    shared.ops.listen = crate::ops::OpsConfig::default().listen;
+    let d = Sha256::digest(shared.redacted_json().as_bytes());
     hex::encode(&d[..6])
 }
 
@@ -97,6 +102,19 @@ pub async fn next_config(file: &Path, current: &Config) -> Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn replicas_of_one_file_share_the_hash() {
+        let mut a = Config::default();
+        a.coord.worker_id = Some("cas-bridge-0".into());
+        a.ops.listen = "0.0.0.0:9090".into();
+        let mut b = a.clone();
+        b.coord.worker_id = Some("cas-bridge-1".into());
+        b.ops.listen = "127.0.0.1:9191".into();
+        assert_eq!(config_hash(&a), config_hash(&b));
+        b.coord.prefix = "other".into();
+        assert_ne!(config_hash(&a), config_hash(&b));
+    }
 
     #[test]
     fn the_hash_follows_the_configuration_not_its_secrets() {

@@ -3,8 +3,8 @@
 //! pair, never the `service`/`event` values found inside returned events.
 //!
 //! A configuration without `tenants` has one tenant, [`DEFAULT_TENANT`];
-//! its shards print, and are keyed in Redis, as before tenants existed
-//! (`service/event`), so a single-tenant fleet keeps its cursors.
+//! its shards print (`service:event`), and are keyed in Redis, as before
+//! tenants existed, so a single-tenant fleet keeps its cursors.
 
 use std::fmt;
 use std::str::FromStr;
@@ -36,11 +36,14 @@ pub const DEFAULT_TENANT: &str = "default";
 pub const DEFAULT_EVENTS: [&str; 4] = ["securityrisk", "virtualanalyzer", "ransomware", "dlp"];
 
 /// The `shards` section: which pairs to collect.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct ShardsConfig {
     /// `service:event` pairs; default 12 services × 4 events.
     pub pairs: Vec<String>,
+    /// Accept a service or event the API does not document (yet): a pair
+    /// of unknown names is otherwise refused, with the nearest known name.
+    pub allow_unknown_pairs: bool,
 }
 
 impl Default for ShardsConfig {
@@ -49,7 +52,10 @@ impl Default for ShardsConfig {
             .iter()
             .flat_map(|s| DEFAULT_EVENTS.iter().map(move |e| format!("{s}:{e}")))
             .collect();
-        Self { pairs }
+        Self {
+            pairs,
+            allow_unknown_pairs: false,
+        }
     }
 }
 
@@ -68,6 +74,11 @@ impl ShardsConfig {
                 .parse()
                 .map_err(|e: String| ConfigError::new("shards.pairs", e))?;
             shard.tenant = tenant.into();
+            if !self.allow_unknown_pairs {
+                shard
+                    .known()
+                    .map_err(|e| ConfigError::new("shards.pairs", format!("`{p}`: {e}")))?;
+            }
             if out.contains(&shard) {
                 return Err(ConfigError::new(
                     "shards.pairs",
@@ -110,6 +121,26 @@ impl Shard {
         }
     }
 
+    /// Checks that its service and event are names the API documents;
+    /// the error names the nearest known one.
+    pub fn known(&self) -> Result<(), String> {
+        for (what, given, known) in [
+            ("service", &self.service, &DEFAULT_SERVICES[..]),
+            ("event", &self.event, &DEFAULT_EVENTS[..]),
+        ] {
+            if !known.contains(&given.as_str()) {
+                let hint = match crate::field::nearest(given, known.iter().copied()) {
+                    Some(n) => format!("did you mean `{n}`?"),
+                    None => format!("known: {}", known.join(", ")),
+                };
+                return Err(format!(
+                    "unknown {what} `{given}` ({hint}); shards.allow_unknown_pairs = true accepts a {what} the API added later"
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// Whether it belongs to the default tenant (keyed and printed as
     /// before tenants existed).
     pub fn default_tenant(&self) -> bool {
@@ -119,10 +150,12 @@ impl Shard {
 
 impl fmt::Display for Shard {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The form pairs are written in (`service:event`), the tenant
+        // before them: one id in logs, `status` and operator commands.
         if self.default_tenant() {
-            write!(f, "{}/{}", self.service, self.event)
+            write!(f, "{}:{}", self.service, self.event)
         } else {
-            write!(f, "{}/{}/{}", self.tenant, self.service, self.event)
+            write!(f, "{}:{}:{}", self.tenant, self.service, self.event)
         }
     }
 }
@@ -160,8 +193,8 @@ mod tests {
     fn parses_pairs() {
         let s: Shard = "exchange:dlp".parse().unwrap();
         assert_eq!(s, Shard::new("exchange", "dlp"));
-        assert_eq!(s.to_string(), "exchange/dlp");
-        assert_eq!(Shard::of("acme", "box", "dlp").to_string(), "acme/box/dlp");
+        assert_eq!(s.to_string(), "exchange:dlp");
+        assert_eq!(Shard::of("acme", "box", "dlp").to_string(), "acme:box:dlp");
         assert_ne!(Shard::of("acme", "box", "dlp"), Shard::new("box", "dlp"));
         assert!("exchange".parse::<Shard>().is_err());
         assert!("ex change:dlp".parse::<Shard>().is_err());
@@ -180,11 +213,42 @@ mod tests {
     fn duplicate_or_no_pairs_are_refused() {
         let c = ShardsConfig {
             pairs: vec!["box:dlp".into(), " box:dlp".into()],
+            allow_unknown_pairs: false,
         };
         assert!(c.shards().unwrap_err().problem.contains("listed twice"));
-        let c = ShardsConfig { pairs: vec![] };
+        let c = ShardsConfig {
+            pairs: vec![],
+            allow_unknown_pairs: false,
+        };
         assert_eq!(c.shards().unwrap_err().field, "shards.pairs");
         let long = format!("{}:dlp", "x".repeat(65));
         assert!(long.parse::<Shard>().is_err());
+    }
+
+    #[test]
+    fn unknown_names_are_refused_with_the_nearest_known_one() {
+        let mut c = ShardsConfig {
+            pairs: vec!["gmial:dlp".into()],
+            allow_unknown_pairs: false,
+        };
+        let e = c.shards().unwrap_err();
+        assert_eq!(e.field, "shards.pairs");
+        assert!(e.problem.contains("unknown service `gmial`"), "{e}");
+        assert!(e.problem.contains("did you mean `gmail`?"), "{e}");
+        c.pairs = vec!["sharepoint:ransomwear".into()];
+        let e = c.shards().unwrap_err();
+        assert!(e.problem.contains("did you mean `ransomware`?"), "{e}");
+        // Nothing near: the known names are listed.
+        c.pairs = vec!["exchange:zzzzzzzz".into()];
+        let e = c.shards().unwrap_err();
+        assert!(
+            e.problem
+                .contains("known: securityrisk, virtualanalyzer, ransomware, dlp"),
+            "{e}"
+        );
+        // A service the API added later, accepted on request.
+        c.pairs = vec!["slack:dlp".into(), "gmial:dlp".into()];
+        c.allow_unknown_pairs = true;
+        assert_eq!(c.shards().unwrap().len(), 2);
     }
 }

@@ -298,7 +298,7 @@ mod tests {
         b.set_coord_ok(false);
         let why = b.not_ready().join("; ");
         assert!(why.contains("Redis"));
-        assert!(why.contains("shard a/dlp stopped: topic not allowed"));
+        assert!(why.contains("shard a:dlp stopped: topic not allowed"));
         assert_eq!(
             b.shard(&s("a")).last_error.as_deref(),
             Some("topic not allowed")

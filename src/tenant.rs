@@ -26,14 +26,22 @@ use crate::window::WindowConfig;
 
 /// One entry of `tenants`, as written: the sections it overrides. Its
 /// `Debug` shows no token.
-#[derive(Clone, Default, Deserialize, Serialize)]
+#[derive(Clone, Default, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct TenantSpec {
     /// Used in topics, Redis keys, metrics and logs.
     pub name: String,
+    /// Overrides of the top-level `api` (the token is never inherited).
+    #[schemars(with = "ApiConfig")]
     pub api: Map<String, Value>,
+    /// Overrides of the top-level `shards`.
+    #[schemars(with = "ShardsConfig")]
     pub shards: Map<String, Value>,
+    /// Overrides of the top-level `window`.
+    #[schemars(with = "WindowConfig")]
     pub window: Map<String, Value>,
+    /// Overrides of the top-level `budget`.
+    #[schemars(with = "BudgetConfig")]
     pub budget: Map<String, Value>,
 }
 

@@ -18,7 +18,7 @@ use crate::field::ConfigError;
 use crate::tape::{TapeJson, TapeNode};
 
 /// The `schemas` section.
-#[derive(Debug, Clone, Deserialize, Serialize, Default)]
+#[derive(Debug, Clone, Deserialize, Serialize, Default, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct SchemasConfig {
     /// A directory replacing the built-in schemas (same file names).

@@ -26,7 +26,7 @@ pub const API_REACH: Duration = Duration::from_secs(72 * 3600);
 pub const API_MAX_WINDOW: Duration = Duration::from_secs(3 * 24 * 3600);
 
 /// The `window` section.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct WindowConfig {
     /// Where a shard without a cursor starts: `now`, a duration back, or an RFC 3339 time.
@@ -143,6 +143,19 @@ impl<'de> Deserialize<'de> for StartFrom {
             serde::de::Error::custom(format!(
                 "`{s}` is not `now`, a duration back (e.g. 2h) or an RFC 3339 time"
             ))
+        })
+    }
+}
+
+impl schemars::JsonSchema for StartFrom {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "StartFrom".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "`now`, a duration back (e.g. 2h, at most 72h) or an RFC 3339 time.",
+            "type": "string"
         })
     }
 }

@@ -20,7 +20,7 @@ pub const REGIONS: [(&str, &str); 8] = [
     ("in", "https://api-in.tmcas.trendmicro.com"),
 ];
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct ApiConfig {
     /// Explicit base URL, e.g. `https://api.tmcas.trendmicro.com`.
@@ -30,6 +30,7 @@ pub struct ApiConfig {
     /// `v1` (live API shape) or `legacy` (the seed page's shape).
     pub dialect: Dialect,
     /// The bearer token. Never logged.
+    #[schemars(with = "Option<String>")]
     #[serde(serialize_with = "crate::field::redact_secret")]
     pub token: Option<SecretString>,
     /// A file holding the token (e.g. a mounted Kubernetes secret).

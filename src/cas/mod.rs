@@ -28,7 +28,9 @@ use serde::{Deserialize, Serialize};
 use std::fmt;
 
 /// The shape of the API: the live one or the one the seed page describes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize, Default, schemars::JsonSchema,
+)]
 pub enum Dialect {
     /// The live API: `/v1/siem/security_events`, `security_events`, `next_link`.
     #[default]

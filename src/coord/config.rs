@@ -10,7 +10,9 @@ use serde::{Deserialize, Serialize, Serializer};
 use crate::field::{check_range, ConfigError, Dur};
 
 /// How the budget counts requests.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum BudgetMode {
     /// Never more than `per_minute` in any 60 s (and `per_day` in any 24 h).
@@ -20,7 +22,7 @@ pub enum BudgetMode {
     Fixed,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct BudgetConfig {
     /// Requests per minute for the token (all workers together).
@@ -91,10 +93,11 @@ fn redact_url<S: Serializer>(v: &Option<SecretString>, s: S) -> Result<S::Ok, S:
     }
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct CoordConfig {
     /// `redis://[:password@]host:port[/db]` or `rediss://…`; none = in-process (one worker).
+    #[schemars(with = "Option<String>")]
     #[serde(serialize_with = "redact_url")]
     pub redis_url: Option<SecretString>,
     /// Namespace of every Redis key.

@@ -240,6 +240,11 @@ fn shard_arg(s: &str, tenant: &Tenant) -> anyhow::Result<Shard> {
         .parse()
         .map_err(|e| anyhow::anyhow!("--pair {s:?}: {e}"))?;
     shard.tenant = tenant.name.as_str().into();
+    if !tenant.shards.allow_unknown_pairs {
+        shard
+            .known()
+            .map_err(|e| anyhow::anyhow!("--pair {s:?}: {e}"))?;
+    }
     if !tenant.shards()?.contains(&shard) {
         tracing::warn!(%shard, "the pair is not among the tenant's configured pairs");
     }

@@ -23,7 +23,7 @@ use crate::field::{ConfigError, Dur};
 pub const ACTIVITY_MEMORY: Duration = Duration::from_secs(15 * 60);
 
 /// The `schedule` section.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct ScheduleConfig {
     /// The longest a pair goes without a poll while the budget allows it

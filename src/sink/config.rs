@@ -9,7 +9,7 @@ use super::Topics;
 use crate::field::ConfigError;
 
 /// Which sink events go to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum SinkKind {
     Kafka,
@@ -17,7 +17,7 @@ pub enum SinkKind {
     Jsonl,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct SinkConfig {
     /// `kafka`, `nats` or `jsonl`.
@@ -56,7 +56,7 @@ const KAFKA_FIXED: [&str; 3] = ["bootstrap.servers", "enable.idempotence", "acks
 /// librdkafka's default `message.max.bytes`.
 pub const KAFKA_DEFAULT_MAX_MESSAGE: usize = 1_000_000;
 
-#[derive(Clone, Deserialize, Serialize)]
+#[derive(Clone, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct KafkaConfig {
     /// Bootstrap servers, `host:port[,host:port…]` (required for `kind = kafka`).
@@ -64,12 +64,14 @@ pub struct KafkaConfig {
     /// librdkafka properties passed through (SASL, SSL, `message.max.bytes`, …).
     /// Nested keys are joined with dots, so the environment can set them:
     /// `CAS_BRIDGE__SINK__KAFKA__PROPERTIES__SASL__PASSWORD` is `sasl.password`.
+    #[schemars(with = "BTreeMap<String, serde_json::Value>")]
     #[serde(deserialize_with = "dotted")]
     pub properties: BTreeMap<String, String>,
     /// librdkafka properties read from files, e.g. `"sasl.password" =
     /// "/var/run/secrets/kafka/password"` (a mounted Secret): the file's
     /// text, without its final line break, is the value. Keys nest like
     /// `properties`.
+    #[schemars(with = "BTreeMap<String, serde_json::Value>")]
     #[serde(deserialize_with = "dotted")]
     pub secret_files: BTreeMap<String, String>,
     /// Create the topics at start through the admin API.
@@ -81,6 +83,7 @@ pub struct KafkaConfig {
     /// Topic settings of the topics the bridge creates, e.g.
     /// `"retention.ms" = "604800000"`, `"min.insync.replicas" = "2"`.
     /// Keys nest like `properties`.
+    #[schemars(with = "BTreeMap<String, serde_json::Value>")]
     #[serde(deserialize_with = "dotted")]
     pub topic_config: BTreeMap<String, String>,
 }
@@ -305,7 +308,7 @@ where
 }
 
 /// Where a JetStream stream keeps its messages.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum StreamStorage {
     File,
@@ -313,7 +316,7 @@ pub enum StreamStorage {
 }
 
 /// What a full JetStream stream does with a new message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum StreamDiscard {
     /// Drops the oldest messages (the stream keeps the newest).
@@ -323,7 +326,7 @@ pub enum StreamDiscard {
     New,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct NatsConfig {
     /// Server URL(s), comma separated (required for `kind = nats`). A
@@ -354,11 +357,13 @@ pub struct NatsConfig {
     /// A user, with `password` or `password_file`.
     pub user: Option<String>,
     /// The user's password (env `CAS_BRIDGE__SINK__NATS__PASSWORD`).
+    #[schemars(with = "Option<String>")]
     #[serde(serialize_with = "crate::field::redact_secret")]
     pub password: Option<secrecy::SecretString>,
     /// A file holding the user's password, read at every connection.
     pub password_file: Option<PathBuf>,
     /// A token (env `CAS_BRIDGE__SINK__NATS__TOKEN`).
+    #[schemars(with = "Option<String>")]
     #[serde(serialize_with = "crate::field::redact_secret")]
     pub token: Option<secrecy::SecretString>,
     /// A file holding the token, read at every connection.
@@ -495,7 +500,7 @@ impl NatsConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct JsonlConfig {
     /// File to append to; `-` is stdout.

@@ -354,6 +354,59 @@ impl KafkaSink {
     }
 }
 
+/// `verify`: what the broker says of each topic of `wanted` (blocking).
+/// A topic the principal may not describe fails; a missing one fails
+/// unless the bridge would create it.
+fn topics_verified(
+    client: &ClientConfig,
+    wanted: &[String],
+    create: bool,
+) -> Result<String, SinkError> {
+    use rdkafka::consumer::Consumer;
+    let fail =
+        |e: KafkaError| SinkError::unavailable_from("kafka", "reading the topics' metadata", e);
+    let consumer = super::read::kafka_reader(client, "cas-bridge-verify").map_err(fail)?;
+    let meta = consumer
+        .fetch_metadata(None, Duration::from_secs(10))
+        .map_err(fail)?;
+    let (mut present, mut missing) = (0, Vec::new());
+    for topic in wanted {
+        match meta.topics().iter().find(|t| t.name() == topic).map(|t| t.error()) {
+            Some(None) => present += 1,
+            Some(Some(rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED)) => {
+                return Err(SinkError::misconfigured(
+                    "kafka",
+                    format!("topic {topic}: not authorized: the bridge's principal needs Describe and Write on it"),
+                ))
+            }
+            _ => missing.push(topic.as_str()),
+        }
+    }
+    if !missing.is_empty() && !create {
+        return Err(SinkError::misconfigured(
+            "kafka",
+            format!(
+                "{} of {} topics do not exist and sink.kafka.create_topics is false: {}",
+                missing.len(),
+                wanted.len(),
+                missing.join(", ")
+            ),
+        ));
+    }
+    let brokers = meta.brokers().len();
+    let mut out = format!(
+        "{brokers} broker(s); {present} of {} topics present",
+        wanted.len()
+    );
+    if !missing.is_empty() {
+        out.push_str(&format!(
+            ", {} to be created at start (sink.kafka.create_topics)",
+            missing.len()
+        ));
+    }
+    Ok(out)
+}
+
 /// Checks that every topic of `wanted` exists (blocking: run off the
 /// runtime). A missing one, when the bridge may not create topics, is a
 /// configuration error naming the topic and what it needs.
@@ -470,6 +523,15 @@ impl Sink for KafkaSink {
         tokio::task::spawn_blocking(move || super::read::kafka(&cfg, &topic, max))
             .await
             .map_err(|e| SinkError::unavailable_from("kafka", "reading the topic", e))?
+    }
+
+    async fn verify(&self, topics: &[String]) -> Result<String, SinkError> {
+        let cfg = self.client.clone();
+        let topics = topics.to_vec();
+        let create = self.create_topics;
+        tokio::task::spawn_blocking(move || topics_verified(&cfg, &topics, create))
+            .await
+            .map_err(|e| SinkError::unavailable_from("kafka", "reading the topics' metadata", e))?
     }
 
     async fn prepare(&self, topics: &[String]) -> Result<(), SinkError> {

@@ -155,6 +155,12 @@ pub trait Sink: Send + Sync {
     fn name(&self) -> &'static str;
     /// Creates what must exist before publishing (topics, stream).
     async fn prepare(&self, topics: &[String]) -> Result<(), SinkError>;
+    /// `cas-bridge verify`: checks, without publishing or changing
+    /// anything, that `topics` can be published to as `run` would (they
+    /// exist, or `prepare` would create them); says what it found.
+    async fn verify(&self, _topics: &[String]) -> Result<String, SinkError> {
+        Ok(format!("{}: nothing to check", self.name()))
+    }
     /// Publishes every record and waits until each is acknowledged.
     async fn publish(&self, records: &[Record]) -> Result<(), SinkError>;
     /// Flushes anything buffered (shutdown).

@@ -452,6 +452,58 @@ impl Sink for NatsSink {
         super::read::nats(&self.js, &self.stream, topic, max).await
     }
 
+    async fn verify(&self, topics: &[String]) -> Result<String, SinkError> {
+        if !self.settings.manage_stream {
+            // The same read-only check as at start.
+            self.prepare(topics).await?;
+            return Ok(format!(
+                "stream {} exists and covers {}",
+                self.stream,
+                self.subjects.join(", ")
+            ));
+        }
+        let account = self.js.query_account().await.map_err(|e| {
+            SinkError::unavailable_from("nats", "JetStream (is it enabled for this account?)", e)
+        })?;
+        let limits = format!("JetStream: {} stream(s) in the account", account.streams);
+        match self.js.get_stream(&self.stream).await {
+            Ok(mut s) => {
+                let have = s.info().await.map_err(err)?.config.subjects.clone();
+                let missing: Vec<&String> = self
+                    .subjects
+                    .iter()
+                    .filter(|w| !have.iter().any(|f| covers(f, w)))
+                    .collect();
+                Ok(if missing.is_empty() {
+                    format!(
+                        "{limits}; stream {} covers {}",
+                        self.stream,
+                        self.subjects.join(", ")
+                    )
+                } else {
+                    format!(
+                        "{limits}; stream {} exists; {missing:?} to be added to its subjects at start (sink.nats.manage_stream)",
+                        self.stream
+                    )
+                })
+            }
+            Err(e)
+                if matches!(e.kind(), jetstream::context::GetStreamErrorKind::JetStream(j)
+                    if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND) =>
+            {
+                Ok(format!(
+                    "{limits}; stream {} to be created at start (sink.nats.manage_stream)",
+                    self.stream
+                ))
+            }
+            Err(e) => Err(SinkError::unavailable_from(
+                "nats",
+                format!("stream {}", self.stream),
+                e,
+            )),
+        }
+    }
+
     async fn prepare(&self, _topics: &[String]) -> Result<(), SinkError> {
         let n = &self.settings;
         if !n.manage_stream {

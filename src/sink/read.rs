@@ -7,6 +7,7 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use super::SinkError;
+use rdkafka::error::KafkaError;
 
 /// How long a read waits for the broker before it gives up.
 const READ_WAIT: Duration = Duration::from_secs(10);
@@ -18,18 +19,49 @@ fn too_many(sink: &'static str, topic: &str, max: usize) -> SinkError {
     )
 }
 
+/// The reader's client context: the end of a partition is how a read
+/// ends, not an error, so librdkafka's "Global error: PartitionEOF" is not
+/// logged; other client errors are warnings of the command that reads.
+pub(super) struct Reader;
+
+impl rdkafka::client::ClientContext for Reader {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+        use rdkafka::config::RDKafkaLogLevel as L;
+        match level {
+            L::Emerg | L::Alert | L::Critical | L::Error | L::Warning => {
+                tracing::warn!(target: "librdkafka", "librdkafka: {fac} {message}")
+            }
+            _ => tracing::debug!(target: "librdkafka", "librdkafka: {fac} {message}"),
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        if !is_end_of_partition(&error) {
+            tracing::warn!(target: "librdkafka", "librdkafka: {error}: {reason}");
+        }
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for Reader {}
+
+/// Whether a client error only says a partition was read to its end.
+pub(super) fn is_end_of_partition(e: &KafkaError) -> bool {
+    matches!(e, KafkaError::PartitionEOF(_))
+        || e.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::PartitionEOF)
+}
+
 /// A consumer for reading partitions to their end: it reports reaching
 /// the end of a partition (`enable.partition.eof`) and commits nothing.
 pub(super) fn kafka_reader(
     client: &rdkafka::ClientConfig,
     group: &str,
-) -> Result<rdkafka::consumer::BaseConsumer, rdkafka::error::KafkaError> {
+) -> Result<rdkafka::consumer::BaseConsumer<Reader>, rdkafka::error::KafkaError> {
     let mut cfg = client.clone();
     cfg.set("group.id", group)
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "true")
         .set("log_level", "3");
-    cfg.create()
+    cfg.create_with_context(Reader)
 }
 
 /// Reads partition `partition` of `topic` from `from` to its end and hands
@@ -41,14 +73,13 @@ pub(super) fn kafka_reader(
 /// object-store engine answers "latest" with the first offset of the last
 /// batch written, plus one, so the rest of that batch looked absent).
 pub(super) fn kafka_partition(
-    consumer: &rdkafka::consumer::BaseConsumer,
+    consumer: &rdkafka::consumer::BaseConsumer<Reader>,
     topic: &str,
     partition: i32,
     from: rdkafka::Offset,
     mut each: impl FnMut(&rdkafka::message::BorrowedMessage<'_>) -> Result<(), SinkError>,
 ) -> Result<(), SinkError> {
     use rdkafka::consumer::Consumer;
-    use rdkafka::error::KafkaError;
     use rdkafka::message::Message;
     use rdkafka::TopicPartitionList;
     let fail = |e: KafkaError| {

@@ -24,10 +24,11 @@ use crate::shard::Shard;
 pub use prometheus::{install, render};
 
 /// The `log` section.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
     /// `json` or `text`.
+    #[schemars(extend("enum" = ["json", "text"]))]
     pub format: String,
     /// A tracing filter, e.g. `info` or `cas_bridge=debug`.
     pub level: String,
@@ -202,6 +203,11 @@ impl Telemetry {
 
     /// The configuration this process runs now (`previous`: the one it
     /// replaced, after a live change).
+    /// `cas_bridge_build_info{version,commit}`: 1, the binary's identity.
+    pub fn build_info(&self, version: &'static str, commit: &'static str) {
+        gauge!("cas_bridge_build_info", "version" => version, "commit" => commit).set(1.0);
+    }
+
     pub fn config_in_force(&self, hash: &str, previous: Option<&str>, shards: usize) {
         if let Some(p) = previous {
             gauge!("cas_bridge_config_info", "hash" => p.to_string()).set(0.0);
@@ -281,6 +287,7 @@ pub struct ShardTelemetry {
     resumed: Counter,
     links_refused: Counter,
     reread: Counter,
+    recovered: Counter,
     age: Histogram,
     interval: Gauge,
     rate: Gauge,
@@ -329,6 +336,7 @@ impl ShardTelemetry {
             resumed: counter!("cas_bridge_windows_resumed_total", &l),
             links_refused: counter!("cas_bridge_stored_links_refused_total", &l),
             reread: counter!("cas_bridge_pages_reread_total", &l),
+            recovered: counter!("cas_bridge_cursors_recovered_total", &l),
             age: histogram!("cas_bridge_event_age_seconds", &l),
             interval: gauge!("cas_bridge_poll_interval_seconds", &l),
             rate: gauge!("cas_bridge_events_per_minute", &l),
@@ -344,6 +352,18 @@ impl ShardTelemetry {
         // Per tenant (the shard's handles carry its tenant).
         self.permits.increment(0);
         self.rate_limited.increment(0);
+        // The rare ones too: an alert on `increase(…[5m]) > 0` needs the
+        // series before its first increment.
+        for c in [
+            &self.parked,
+            &self.stopped,
+            &self.resumed,
+            &self.links_refused,
+            &self.reread,
+            &self.recovered,
+        ] {
+            c.increment(0);
+        }
     }
 
     /// A permit was granted after `waited`.
@@ -519,13 +539,7 @@ impl ShardTelemetry {
     /// window of its last record in the sink.
     pub fn cursor_recovered(&self, cursor: DateTime<Utc>, from: &str) {
         Stats::add(&self.stats.cursors_recovered, 1);
-        counter!(
-            "cas_bridge_cursors_recovered_total",
-            "tenant" => self.shard.tenant.to_string(),
-            "service" => self.shard.service.clone(),
-            "event" => self.shard.event.clone()
-        )
-        .increment(1);
+        self.recovered.increment(1);
         warn!(shard = %self.shard, %cursor, from, "the coordination store has no cursor for this shard; continuing from where the shard was");
     }
 

@@ -91,3 +91,69 @@ impl RedisCoord {
         self.pipe(&pipe).await
     }
 }
+
+impl RedisCoord {
+    /// `cas-bridge verify`: writes, reads back and deletes a key under the
+    /// prefix, and loads every Lua script the fleet runs. Says what it
+    /// found (the server's role and version when it tells).
+    pub async fn verify(&self) -> Result<String, CoordError> {
+        let mut conn = self.connection().await?;
+        let key = format!("{}:verify:{}", self.prefix, self.worker);
+        let wrote: String = redis::cmd("SET")
+            .arg(&key)
+            .arg("ok")
+            .arg("PX")
+            .arg(60_000)
+            .query_async(&mut conn)
+            .await
+            .map_err(super::unavailable)?;
+        let read: Option<String> = redis::cmd("GET")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+            .map_err(super::unavailable)?;
+        let _: i64 = redis::cmd("DEL")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+            .map_err(super::unavailable)?;
+        if wrote != "OK" || read.as_deref() != Some("ok") {
+            return Err(CoordError::Unavailable(format!(
+                "wrote {key} and read back {read:?}: a replica or a proxy that does not keep writes?"
+            )));
+        }
+        let s = &self.scripts;
+        for script in [
+            &s.acquire,
+            &s.renew,
+            &s.checkpoint,
+            &s.release,
+            &s.seize,
+            &s.heartbeat,
+            &s.take,
+            &s.usage,
+            &s.pause,
+        ] {
+            let _: String = script
+                .prepare_invoke()
+                .load_async(&mut conn)
+                .await
+                .map_err(super::unavailable)?;
+        }
+        let info: String = redis::cmd("INFO")
+            .arg("server")
+            .query_async(&mut conn)
+            .await
+            .unwrap_or_default();
+        let version = info
+            .lines()
+            .find_map(|l| l.strip_prefix("redis_version:"))
+            .unwrap_or("?")
+            .trim()
+            .to_string();
+        Ok(format!(
+            "Redis {version}: wrote and read {}:*, 9 Lua scripts loaded",
+            self.prefix
+        ))
+    }
+}

@@ -102,11 +102,7 @@ impl RedisCoord {
                 .await?
                 .filter(|p| cursor.is_none_or(|c| p.end > c));
             out.push(ShardStatus {
-                shard: if shard.default_tenant() {
-                    format!("{}:{}", shard.service, shard.event)
-                } else {
-                    format!("{}:{}:{}", shard.tenant, shard.service, shard.event)
-                },
+                shard: shard.to_string(),
                 tenant: shard.tenant.to_string(),
                 owner: lease
                     .as_deref()
