@@ -203,7 +203,7 @@ fn init_logs(format: &str, level: &str) {
 }
 
 /// What shutdown may take beyond `shutdown.grace`: the sink's flush and
-/// the leases given back (the README promises grace + 5 s).
+/// the leases given back (docs/metrics.md promises grace + 5 s).
 const SHUTDOWN_MARGIN: Duration = Duration::from_secs(5);
 
 async fn run(file: Option<PathBuf>) -> anyhow::Result<()> {
@@ -350,7 +350,23 @@ async fn status(file: Option<PathBuf>, json: bool) -> anyhow::Result<()> {
         }
     }
     if json {
-        println!("{}", serde_json::to_string_pretty(&st)?);
+        let mut v = serde_json::to_value(&st)?;
+        if !st.tenants.is_empty() {
+            // Each tenant's budget is under `tenants`; the top-level fields
+            // are the one token's only without tenants.
+            if let Some(o) = v.as_object_mut() {
+                for k in [
+                    "budget_last_minute",
+                    "budget_today",
+                    "budget_paused_s",
+                    "per_minute",
+                    "per_day",
+                ] {
+                    o.remove(k);
+                }
+            }
+        }
+        println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
     println!("workers ({}): {}", st.workers.len(), st.workers.join(", "));
@@ -449,15 +465,19 @@ fn check_config(file: Option<PathBuf>, without_secret: bool) -> anyhow::Result<(
             .iter()
             .map(|s| format!("{}:{}", s.service, s.event))
             .collect();
+        let every = crate::shard::ShardsConfig::default().pairs;
+        let pairs = if pairs == every {
+            "the 48 default pairs (12 services × 4 events)".to_string()
+        } else {
+            format!("{} pair(s): {}", pairs.len(), pairs.join(" "))
+        };
         eprintln!(
-            "tenant {}: API {host} ({} dialect); budget {}/min, {}/day ({:?}); {} pair(s): {}",
+            "tenant {}: API {host} ({} dialect); budget {}/min, {}/day ({}); {pairs}",
             t.name,
             t.api.dialect,
             t.budget.per_minute,
             t.budget.per_day,
-            t.budget.mode,
-            pairs.len(),
-            pairs.join(" ")
+            format!("{:?}", t.budget.mode).to_lowercase(),
         );
     }
     eprintln!(
@@ -604,6 +624,51 @@ mod tests {
         let f = dir.path().join("c.toml");
         std::fs::write(&f, text).unwrap();
         f
+    }
+
+    /// Every file of `examples/` passes `check-config --without-secret` (its
+    /// secrets are mounted elsewhere) and the configuration's own schema.
+    #[test]
+    fn every_example_passes_check_config_and_the_schema() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+        let schema = crate::config::schema();
+        let validator = jsonschema::validator_for(&schema).unwrap();
+        let mut n = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            n += 1;
+            check_config(Some(path.clone()), true)
+                .unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
+            let raw: serde_json::Value = config::Config::builder()
+                .add_source(config::File::from(path.as_path()))
+                .build()
+                .unwrap()
+                .try_deserialize()
+                .unwrap();
+            let errors: Vec<String> = validator
+                .iter_errors(&raw)
+                .map(|e| format!("{}: {e}", e.instance_path()))
+                .collect();
+            assert!(errors.is_empty(), "{}: {errors:?}", path.display());
+        }
+        assert!(n >= 4, "{n} examples");
+    }
+
+    #[test]
+    fn the_schema_refuses_what_the_loader_refuses() {
+        let schema = crate::config::schema();
+        let validator = jsonschema::validator_for(&schema).unwrap();
+        for bad in [
+            serde_json::json!({"coord": {"lease_tll": "10s"}}),
+            serde_json::json!({"sink": {"kind": "kafka2"}}),
+            serde_json::json!({"budget": {"per_minute": "abc"}}),
+            serde_json::json!({"window": {"lag": "5 minutes"}}),
+            serde_json::json!({"log": {"format": "xml"}}),
+        ] {
+            assert!(!validator.is_valid(&bad), "{bad}");
+        }
+        assert!(validator
+            .is_valid(&serde_json::json!({"window": {"lag": "5m"}, "sink": {"kind": "nats"}})));
     }
 
     #[test]

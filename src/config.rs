@@ -590,6 +590,43 @@ mod tests {
         assert!(from_schema.len() > 60, "{}", from_schema.len());
     }
 
+    /// Every key of the configuration is in the reference's table (a row
+    /// naming it, or a row of its section naming its last part).
+    #[test]
+    fn the_docs_table_lists_every_key() {
+        let doc = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/docs/configuration.md"
+        ))
+        .unwrap();
+        let first_cells: Vec<&str> = doc
+            .lines()
+            .filter_map(|l| l.strip_prefix("| "))
+            .filter_map(|l| l.split(" | ").next())
+            .collect();
+        let missing: Vec<String> = keys()
+            .into_iter()
+            .filter(|key| {
+                let (section, leaf) = key.rsplit_once('.').unwrap_or(("", key));
+                !first_cells.iter().any(|c| {
+                    c.contains(&format!("`{key}`"))
+                        || (!section.is_empty()
+                            && (c.contains(&format!("`{section}."))
+                                || c.contains(&format!("`{section}`")))
+                            && (c.contains(&format!("`{leaf}`"))
+                                || doc.lines().any(|l| {
+                                    l.starts_with(&format!("| `{section}`"))
+                                        && l.contains(&format!("`{leaf}`"))
+                                })))
+                })
+            })
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "not in docs/configuration.md's table: {missing:?}"
+        );
+    }
+
     #[test]
     fn runnable_needs_a_token() {
         let c = load(&[]).unwrap();

@@ -554,6 +554,46 @@ impl ShardTelemetry {
 mod tests {
     use super::*;
 
+    /// docs/metrics.md's table lists exactly the metrics the bridge
+    /// describes, and every counter is on `/metrics` at zero from the
+    /// start (an alert on `increase(…) > 0` needs the series first).
+    #[test]
+    fn the_reference_lists_every_metric_and_counters_start_at_zero() {
+        let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/metrics.md"))
+            .unwrap();
+        let documented: std::collections::BTreeSet<&str> = doc
+            .lines()
+            .filter_map(|l| l.strip_prefix("| `cas_bridge_"))
+            .filter_map(|l| l.split('`').next())
+            .collect();
+        let described: std::collections::BTreeSet<&str> = prometheus::METRICS
+            .iter()
+            .map(|(n, _, _)| n.trim_start_matches("cas_bridge_"))
+            .collect();
+        assert_eq!(documented, described);
+        let t = Telemetry::new();
+        t.register_all();
+        t.tenant_registered("zero");
+        t.build_info("0.0.0", "abc");
+        t.config_in_force("000000000000", None, 1);
+        t.shard(&Shard::of("zero", "teams", "dlp")).register();
+        let text = render();
+        for (name, kind, _) in prometheus::METRICS {
+            if *kind != prometheus::Kind::Counter {
+                continue;
+            }
+            let listed = text.lines().any(|l| {
+                l.strip_prefix(name)
+                    .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+            });
+            assert!(listed, "{name} is not on /metrics from the start");
+        }
+        assert!(
+            text.contains("cas_bridge_build_info{version=\"0.0.0\",commit=\"abc\"} 1"),
+            "{text}"
+        );
+    }
+
     #[test]
     fn one_call_counts_in_stats() {
         let t = Telemetry::default();

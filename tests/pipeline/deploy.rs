@@ -80,6 +80,7 @@ fn helm_chart_lints_renders_and_validates() {
         [
             "ConfigMap",
             "Deployment",
+            "Pod",
             "PodDisruptionBudget",
             "Secret",
             "Service",
@@ -139,6 +140,9 @@ fn helm_chart_lints_renders_and_validates() {
         "replicas: 3",
         "type: RollingUpdate",
         "CAS_BRIDGE__API__TOKEN_FILE",
+        // `helm test`: cas-bridge verify with the replicas' configuration.
+        "helm.sh/hook: test",
+        "args: [\"verify\", \"--config\", \"/etc/cas-bridge/config.yaml\"]",
     ] {
         assert!(d.contains(must), "default manifest lacks `{must}`");
     }
@@ -170,6 +174,13 @@ fn helm_chart_lints_renders_and_validates() {
     ] {
         assert!(t.contains(must), "tenants manifest lacks `{must}`");
     }
+    // The replicas and the verify pod mount the same token directories.
+    assert_eq!(
+        t.matches("mountPath: /var/run/secrets/cas-bridge/tenants/acme")
+            .count(),
+        2,
+        "the verify pod mounts acme's token as the replicas do"
+    );
     for must_not in ["CAS_BRIDGE__API__TOKEN_FILE", "checksum/config", "subPath:"] {
         assert!(!t.contains(must_not), "tenants manifest has `{must_not}`");
     }

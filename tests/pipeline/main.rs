@@ -6,6 +6,7 @@ mod chaos;
 mod cloudevents;
 mod deploy;
 mod faults;
+mod first_hour;
 mod fleet;
 mod freshness;
 mod helpers;

@@ -212,6 +212,28 @@ async fn three_tenants_on_their_own_hosts_topics_and_budgets_and_a_token_rotated
             assert!(text.contains(&row), "{row} missing:\n{text}");
         }
     }
+    // JSON: each tenant's budget under `tenants`, none repeated at the top.
+    let out = operator(&cfg, &op_log, &["status", "--json"]);
+    assert!(out.status.success());
+    let st: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for top in [
+        "budget_last_minute",
+        "budget_today",
+        "per_minute",
+        "per_day",
+    ] {
+        assert!(st.get(top).is_none(), "{top} at the top level: {st}");
+    }
+    let named: Vec<&str> = st["tenants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|t| t["tenant"].as_str())
+        .collect();
+    assert_eq!(named.len(), tenants.len(), "{st}");
+    for t in &tenants {
+        assert!(named.contains(&t.name), "{} missing: {st}", t.name);
+    }
     let out = operator(
         &cfg,
         &op_log,

@@ -67,3 +67,77 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 {{- toYaml $cfg }}
 {{- end }}
+
+{{- /* What the bridge and its `helm test` pod (cas-bridge verify) share:
+the token files, Redis, the extra environment. */ -}}
+{{- define "cas-bridge.sharedEnv" -}}
+{{- if not .Values.tenants }}
+- name: CAS_BRIDGE__API__TOKEN_FILE
+  value: /var/run/secrets/cas-bridge/token
+{{- end }}
+{{- if .Values.redis.existingSecret }}
+- name: CAS_BRIDGE__COORD__REDIS_URL
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.redis.existingSecret }}
+      key: {{ .Values.redis.existingSecretKey }}
+{{- else if .Values.redis.url }}
+- name: CAS_BRIDGE__COORD__REDIS_URL
+  value: {{ .Values.redis.url | quote }}
+{{- end }}
+{{- with .Values.extraEnv }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{- define "cas-bridge.volumeMounts" -}}
+- name: config
+  mountPath: /etc/cas-bridge
+  readOnly: true
+{{- if .Values.tenants }}
+{{- /* One directory per tenant, not a single file (a Secret updated in
+place reaches a directory mount only), followed by the bridge. */}}
+{{- range .Values.tenants }}
+- name: token-{{ .name }}
+  mountPath: /var/run/secrets/cas-bridge/tenants/{{ .name }}
+  readOnly: true
+{{- end }}
+{{- else }}
+- name: token
+  mountPath: /var/run/secrets/cas-bridge
+  readOnly: true
+{{- end }}
+- name: tmp
+  mountPath: /tmp
+{{- with .Values.extraVolumeMounts }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{- define "cas-bridge.volumes" -}}
+- name: config
+  configMap:
+    name: {{ include "cas-bridge.fullname" . }}
+{{- if .Values.tenants }}
+{{- range .Values.tenants }}
+- name: token-{{ .name }}
+  secret:
+    secretName: {{ include "cas-bridge.tenantSecret" (dict "tenant" . "root" $) }}
+    items:
+      - key: {{ include "cas-bridge.tenantSecretKey" (dict "tenant" . "root" $) }}
+        path: token
+{{- end }}
+{{- else }}
+- name: token
+  secret:
+    secretName: {{ include "cas-bridge.tokenSecret" . }}
+    items:
+      - key: {{ .Values.token.existingSecretKey }}
+        path: token
+{{- end }}
+- name: tmp
+  emptyDir: {}
+{{- with .Values.extraVolumes }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
