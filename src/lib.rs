@@ -21,7 +21,9 @@
 //! - [`telemetry`]: one call per event: log, Prometheus, in-process stats.
 //! - [`retry`]: the one backoff type and the one retry loop (`until_ok`).
 //! - [`shutdown`]: SIGTERM/SIGINT cancel the token every command stops on.
-//! - [`config`]: layering (defaults, file, env) and the fan-out to the sections.
+//! - [`config`]: layering (defaults, file, env) and the fan-out to the sections;
+//!   the JSON Schema of the file ([`config::schema`]) and its errors in the
+//!   project's words (`config/explain.rs`: allowed values, nearest key, line).
 //! - [`field`]: the leaf under every section: field errors, durations.
 //! - [`shard`]: the (tenant, service, event): the unit of work, leases and cursors.
 //! - [`tenant`]: several CAS accounts in one fleet: each tenant's sections over the top level.
@@ -37,10 +39,13 @@
 //! - [`tape`]: the strict JSON parser that splits a page into events and reads
 //!   each event's members in the same pass.
 //! - [`operate`]: the operator's commands (`replay`, `checkpoint`, `redrive`).
+//! - [`verify`]: `cas-bridge verify`: each tenant's token, Redis and the sink
+//!   tried once before going live.
 //! - [`sim`]: the built-in CAS API simulator.
 //! - [`ops`]: `/healthz`, `/readyz`, `/metrics`.
 //! - [`reload`]: live changes of the configuration file (tenants, pairs, windows, budgets).
-//! - [`app`]: the commands of the binary (`run`, `demo`, `simulate`, `check-config`, `status`).
+//! - [`app`]: the commands of the binary (`run`, `demo`, `simulate`, `check-config`,
+//!   `status`, `config-schema`, `completions`, `probe`), the version and commit.
 //!
 //! Configuration depends on the stages (each owns its section), never the
 //! reverse; no module imports one that imports it back. A stage never
@@ -54,8 +59,8 @@
 //!   [`publish`]).
 //! - No request is sent without a budget permit ([`coord`]).
 //! - The token is never logged and never sent to another host ([`cas`]).
-//! - Bad configuration stops the start with a message naming the field
-//!   ([`config`]); bad data from the API gets an error or a dead letter,
+//! - Bad configuration stops the start with a message naming the field,
+//!   what is allowed and where it was written ([`config`]); bad data from the API gets an error or a dead letter,
 //!   never a panic.
 
 #![forbid(unsafe_code)]

@@ -356,6 +356,13 @@ async fn bad_configuration_stops_the_start_naming_the_field_and_sends_nothing() 
         ("SINK__KIND", "kafka", "sink.kafka.brokers"),
         ("SINK__KIND", "nats", "sink.nats.url"),
         ("BUDGET__MAX_PAUSE", "2h", "budget.max_pause"),
+        (
+            "SHARDS__PAIRS",
+            "exchange:dlp,gmial:dlp",
+            "did you mean `gmail`?",
+        ),
+        ("BUDGET__PER_MINUTE", "ten", "budget.per_minute"),
+        ("SINK__KIND", "kafak", "did you mean `kafka`?"),
     ];
     // `run` refuses each, and `check-config` fails on each the same way
     // (so it can gate a deploy).
