@@ -655,6 +655,32 @@ mod tests {
     }
 
     #[test]
+    fn completions_know_every_command() {
+        for shell in [
+            clap_complete::Shell::Bash,
+            clap_complete::Shell::Zsh,
+            clap_complete::Shell::Fish,
+        ] {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            let mut out = Vec::new();
+            clap_complete::generate(shell, &mut cmd, "cas-bridge", &mut out);
+            let text = String::from_utf8(out).unwrap();
+            for sub in [
+                "run",
+                "verify",
+                "check-config",
+                "config-schema",
+                "checkpoint",
+                "replay",
+            ] {
+                assert!(text.contains(sub), "{shell}: {sub} missing");
+            }
+        }
+        let v = <Cli as clap::CommandFactory>::command().render_version();
+        assert!(v.contains(VERSION) && v.contains(COMMIT), "{v}");
+    }
+
+    #[test]
     fn the_schema_refuses_what_the_loader_refuses() {
         let schema = crate::config::schema();
         let validator = jsonschema::validator_for(&schema).unwrap();
