@@ -164,6 +164,8 @@ fn base_config(api: &str, shards: usize) -> Config {
     c.api.base_url = Some(api.to_string());
     c.api.region = None;
     c.shards.pairs = pairs(shards);
+    // Past 48 shards the benches make up services (`svc0:dlp`, …).
+    c.shards.allow_unknown_pairs = true;
     c.budget.per_minute = 1_000_000;
     c.budget.per_day = 100_000_000;
     c.window.lag = Dur::secs(5);
@@ -440,6 +442,7 @@ async fn soak(minutes: u64, shards: usize, workers: usize) {
             ("API__BASE_URL", api.clone()),
             ("API__TOKEN", "sim-token".into()),
             ("SHARDS__PAIRS", pairs.join(",")),
+            ("SHARDS__ALLOW_UNKNOWN_PAIRS", "true".into()),
             ("WINDOW__START_FROM", "10m".into()),
             ("WINDOW__MIN_INTERVAL", "15s".into()),
             ("BUDGET__PER_MINUTE", "600".into()),
@@ -564,6 +567,7 @@ async fn interrupt(how: &str, every_s: u64) {
             ("API__BASE_URL", api.clone()),
             ("API__TOKEN", "sim-token".to_string()),
             ("SHARDS__PAIRS", pairs.join(",")),
+            ("SHARDS__ALLOW_UNKNOWN_PAIRS", "true".into()),
             ("API__PAGE_LIMIT", "200".into()),
             ("WINDOW__START_FROM", "70h".into()),
             ("WINDOW__MIN_INTERVAL", "1h".into()),

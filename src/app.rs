@@ -467,7 +467,7 @@ fn check_config(file: Option<PathBuf>, without_secret: bool) -> anyhow::Result<(
             .collect();
         let every = crate::shard::ShardsConfig::default().pairs;
         let pairs = if pairs == every {
-            "the 48 default pairs (12 services × 4 events)".to_string()
+            "the 49 default pairs (12 services × 4 events, and exchange:quarantine)".to_string()
         } else {
             format!("{} pair(s): {}", pairs.len(), pairs.join(" "))
         };

@@ -318,9 +318,9 @@ mod tests {
     }
 
     #[test]
-    fn defaults_are_valid_and_have_48_shards() {
+    fn defaults_are_valid_and_have_49_shards() {
         let c = load(&[]).unwrap();
-        assert_eq!(c.shards.shards().unwrap().len(), 48);
+        assert_eq!(c.shards.shards().unwrap().len(), 49);
         assert_eq!(c.api.effective_page_limit(), 500);
         assert_eq!(c.budget.per_minute, 10);
     }
@@ -384,7 +384,7 @@ mod tests {
                 "sink.topic_template",
             ),
             ("CAS_BRIDGE__API__PAGE_LIMIT", "501", "api.page_limit"),
-            ("CAS_BRIDGE__WINDOW__START_FROM", "80h", "window.start_from"),
+            ("CAS_BRIDGE__WINDOW__START_FROM", "8d", "window.start_from"),
             ("CAS_BRIDGE__SHARDS__PAIRS", "exchange", "shards.pairs"),
             ("CAS_BRIDGE__BUDGET__PER_MINUTE", "0", "budget.per_minute"),
             (
@@ -653,7 +653,7 @@ mod tests {
         std::fs::write(&f, both).unwrap();
         let c = Config::load_from(Some(&f), Vec::new()).unwrap();
         let shards = c.all_shards().unwrap();
-        assert_eq!(shards.len(), 96);
+        assert_eq!(shards.len(), 98);
         assert!(c.runnable().is_ok());
         assert_eq!(c.tenants().unwrap()[1].api.region.as_deref(), Some("eu"));
         // A tenant's inline token is redacted like the top-level one.

@@ -1,7 +1,8 @@
 //! Stable event identity.
 //!
 //! An event's id is its `log_item_id` (top level, else inside `message`) when
-//! present and sane; otherwise the SHA-256 hex of the canonical JSON (keys
+//! present and sane — for a quarantine event, `mail_log_id` (the id the API
+//! gives each quarantine event) the same way; otherwise the SHA-256 hex of the canonical JSON (keys
 //! sorted, no whitespace) of `[request service, request event, message]`.
 //! The id is the Kafka key and the NATS `Nats-Msg-Id`, and dedup works on it,
 //! so the same event read twice (overlap, retry, restart) gets the same id.
@@ -12,14 +13,21 @@ use sha2::{Digest, Sha256};
 use crate::shard::Shard;
 use crate::tape::TapeNode;
 
+/// The members that carry an event's natural id, in the order they are
+/// looked for: security events' `log_item_id`, quarantine events'
+/// `mail_log_id`.
+const NATURAL_IDS: [&str; 2] = ["log_item_id", "mail_log_id"];
+
 /// The id of `event`, fetched for `shard`.
 pub fn event_id(shard: &Shard, event: &Value) -> String {
-    let natural = event
-        .get("log_item_id")
-        .or_else(|| event.get("message").and_then(|m| m.get("log_item_id")))
-        .and_then(Value::as_str)
-        .map(str::trim)
-        .filter(|s| usable_id(s));
+    let natural = NATURAL_IDS.iter().find_map(|name| {
+        event
+            .get(*name)
+            .or_else(|| event.get("message").and_then(|m| m.get(*name)))
+            .and_then(Value::as_str)
+            .map(str::trim)
+            .filter(|s| usable_id(s))
+    });
     if let Some(id) = natural {
         return id.to_string();
     }
@@ -38,12 +46,14 @@ pub fn event_id(shard: &Shard, event: &Value) -> String {
 /// The event's natural id (`log_item_id`, as [`event_id`] takes it), read
 /// from its tape; `None` when the id would be a content hash.
 pub fn natural_id_on_tape<'a>(event: TapeNode<'a>) -> Option<&'a str> {
-    event
-        .get("log_item_id")
-        .or_else(|| event.get("message").and_then(|m| m.get("log_item_id")))
-        .and_then(|n| n.as_str())
-        .map(str::trim)
-        .filter(|s| usable_id(s))
+    NATURAL_IDS.iter().find_map(|name| {
+        event
+            .get(name)
+            .or_else(|| event.get("message").and_then(|m| m.get(name)))
+            .and_then(|n| n.as_str())
+            .map(str::trim)
+            .filter(|s| usable_id(s))
+    })
 }
 
 /// A natural id must be safe as a Kafka key and a NATS header value.
@@ -110,6 +120,17 @@ mod tests {
         assert_eq!(event_id(&s, &e), "7c9e6679-7425-40de-944b-e07fc1f90ae7");
         let e = json!({"message": {"log_item_id": "abc"}});
         assert_eq!(event_id(&s, &e), "abc");
+        // A quarantine event: its `mail_log_id`.
+        let q = Shard::new("exchange", "quarantine");
+        let e = json!({"service": "exchange", "message": {"mail_log_id": " q-123 ", "mail_unique_id": "u"}});
+        assert_eq!(event_id(&q, &e), "q-123");
+        let text = e.to_string();
+        let mut tape = crate::tape::TapeBuf::default();
+        crate::tape::parse::value(&text, 0, &mut tape, 64).unwrap();
+        assert_eq!(natural_id_on_tape(tape.doc(&text).root()), Some("q-123"));
+        // Without one, a content hash of the request pair and the message.
+        let e = json!({"service": "exchange", "message": {"mailbox": "a@b"}});
+        assert_eq!(event_id(&q, &e).len(), 64);
     }
 
     #[test]

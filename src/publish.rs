@@ -319,17 +319,32 @@ impl Publisher {
     }
 }
 
-/// An event's own time: `message.detection_time`, with a zone
+/// The members of `message` that hold an event's own time, in the order
+/// they are looked for: security events' `detection_time`; a quarantine
+/// event's `mail_message_delivery_time` (its reference documents no
+/// detection time).
+const TIME_FIELDS: [&str; 2] = ["detection_time", "mail_message_delivery_time"];
+
+/// An event's own time: `message.detection_time` (else, for a quarantine
+/// event, `message.mail_message_delivery_time`), with a zone
 /// (`2020-07-19T22:51:30.000Z`) or without one (`2016-07-22T01:51:28`,
 /// taken as UTC). `None` when absent or unreadable: the event is delivered
 /// all the same, only its age is not measured.
 pub fn event_time(event: &Value) -> Option<DateTime<Utc>> {
-    parse_event_time(event.get("message")?.get("detection_time")?.as_str()?)
+    let message = event.get("message")?;
+    TIME_FIELDS
+        .iter()
+        .find_map(|f| message.get(*f).and_then(Value::as_str))
+        .and_then(parse_event_time)
 }
 
 /// [`event_time`] on a tape.
 pub fn event_time_on_tape(event: TapeNode<'_>) -> Option<DateTime<Utc>> {
-    parse_event_time(event.get("message")?.get("detection_time")?.as_str()?)
+    let message = event.get("message")?;
+    TIME_FIELDS
+        .iter()
+        .find_map(|f| message.get(f).and_then(|n| n.as_str()))
+        .and_then(parse_event_time)
 }
 
 fn parse_event_time(s: &str) -> Option<DateTime<Utc>> {

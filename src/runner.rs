@@ -283,10 +283,12 @@ impl ShardRun<'_> {
                 None => {
                     let longest =
                         Planner::sized(lane.settings.max_pages, lane.settings.page_limit, density);
-                    match lane
-                        .planner
-                        .plan_every(cursor, Utc::now(), longest, interval)
-                    {
+                    match lane.planner.for_stream(shard.stream()).plan_every(
+                        cursor,
+                        Utc::now(),
+                        longest,
+                        interval,
+                    ) {
                         Plan::NotDue(wait) => {
                             if self.sleep(wait).await.is_err() {
                                 return;

@@ -35,11 +35,47 @@ pub const DEFAULT_TENANT: &str = "default";
 /// The 4 event types every current integration polls.
 pub const DEFAULT_EVENTS: [&str; 4] = ["securityrisk", "virtualanalyzer", "ransomware", "dlp"];
 
+/// The event name of the quarantine stream (`exchange:quarantine`): the
+/// API's second log endpoint, `quarantine_events`.
+pub const QUARANTINE: &str = "quarantine";
+/// The services the quarantine stream exists for.
+pub const QUARANTINE_SERVICES: [&str; 1] = ["exchange"];
+
+/// Which of the API's two log endpoints a pair reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Stream {
+    /// `security_events`: one `service` and one `event` per request,
+    /// 72 hours of reach.
+    Security,
+    /// `quarantine_events`: one `service` per request (Exchange Online
+    /// only), 7 days of reach.
+    Quarantine,
+}
+
+impl Stream {
+    /// How far back from the time of a request the API answers.
+    pub fn reach(self) -> std::time::Duration {
+        match self {
+            Stream::Security => std::time::Duration::from_secs(72 * 3600),
+            Stream::Quarantine => std::time::Duration::from_secs(7 * 24 * 3600),
+        }
+    }
+
+    /// The reach as people write it (`72 h`, `7 days`).
+    pub fn reach_text(self) -> &'static str {
+        match self {
+            Stream::Security => "72 h",
+            Stream::Quarantine => "7 days",
+        }
+    }
+}
+
 /// The `shards` section: which pairs to collect.
 #[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct ShardsConfig {
-    /// `service:event` pairs; default 12 services × 4 events.
+    /// `service:event` pairs; default 12 services × 4 events, and the
+    /// quarantine stream (`exchange:quarantine`): 49.
     pub pairs: Vec<String>,
     /// Accept a service or event the API does not document (yet): a pair
     /// of unknown names is otherwise refused, with the nearest known name.
@@ -51,6 +87,11 @@ impl Default for ShardsConfig {
         let pairs = DEFAULT_SERVICES
             .iter()
             .flat_map(|s| DEFAULT_EVENTS.iter().map(move |e| format!("{s}:{e}")))
+            .chain(
+                QUARANTINE_SERVICES
+                    .iter()
+                    .map(|s| format!("{s}:{QUARANTINE}")),
+            )
             .collect();
         Self {
             pairs,
@@ -124,12 +165,26 @@ impl Shard {
     /// Checks that its service and event are names the API documents;
     /// the error names the nearest known one.
     pub fn known(&self) -> Result<(), String> {
+        if self.event == QUARANTINE {
+            if QUARANTINE_SERVICES.contains(&self.service.as_str()) {
+                return Ok(());
+            }
+            return Err(format!(
+                "quarantine events exist for {} only, not `{}`; shards.allow_unknown_pairs = true accepts a service the API added later",
+                QUARANTINE_SERVICES.join(", "),
+                self.service
+            ));
+        }
         for (what, given, known) in [
             ("service", &self.service, &DEFAULT_SERVICES[..]),
             ("event", &self.event, &DEFAULT_EVENTS[..]),
         ] {
             if !known.contains(&given.as_str()) {
-                let hint = match crate::field::nearest(given, known.iter().copied()) {
+                let all = known
+                    .iter()
+                    .copied()
+                    .chain((what == "event").then_some(QUARANTINE));
+                let hint = match crate::field::nearest(given, all) {
                     Some(n) => format!("did you mean `{n}`?"),
                     None => format!("known: {}", known.join(", ")),
                 };
@@ -139,6 +194,15 @@ impl Shard {
             }
         }
         Ok(())
+    }
+
+    /// Which endpoint it reads: `quarantine` is the quarantine stream.
+    pub fn stream(&self) -> Stream {
+        if self.event == QUARANTINE {
+            Stream::Quarantine
+        } else {
+            Stream::Security
+        }
     }
 
     /// Whether it belongs to the default tenant (keyed and printed as
@@ -202,9 +266,17 @@ mod tests {
     }
 
     #[test]
-    fn default_pairs_are_12_by_4_and_unique() {
+    fn default_pairs_are_12_by_4_and_the_quarantine_stream() {
         let shards = ShardsConfig::default().shards().unwrap();
-        assert_eq!(shards.len(), 48);
+        assert_eq!(shards.len(), 49);
+        let q = Shard::new("exchange", "quarantine");
+        assert!(shards.contains(&q));
+        assert_eq!(q.stream(), Stream::Quarantine);
+        assert_eq!(q.stream().reach().as_secs(), 7 * 86400);
+        assert_eq!(
+            Shard::new("exchange", "dlp").stream().reach().as_secs(),
+            72 * 3600
+        );
         assert_eq!(shards[0], Shard::new("exchange", "securityrisk"));
         assert!(shards.contains(&Shard::new("teams_chat", "dlp")));
     }
@@ -246,6 +318,17 @@ mod tests {
                 .contains("known: securityrisk, virtualanalyzer, ransomware, dlp"),
             "{e}"
         );
+        // The quarantine stream is Exchange Online's only.
+        c.pairs = vec!["gmail:quarantine".into()];
+        let e = c.shards().unwrap_err();
+        assert!(
+            e.problem
+                .contains("quarantine events exist for exchange only"),
+            "{e}"
+        );
+        c.pairs = vec!["exchange:quarantin".into()];
+        let e = c.shards().unwrap_err();
+        assert!(e.problem.contains("did you mean `quarantine`?"), "{e}");
         // A service the API added later, accepted on request.
         c.pairs = vec!["slack:dlp".into(), "gmial:dlp".into()];
         c.allow_unknown_pairs = true;

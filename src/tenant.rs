@@ -89,9 +89,29 @@ impl Tenant {
         }
     }
 
-    /// Its shards.
+    /// Its shards. The seed page's dialect has no quarantine endpoint:
+    /// with it the default pairs leave the quarantine stream out, and a
+    /// quarantine pair listed by hand is refused.
     pub fn shards(&self) -> Result<Vec<Shard>, ConfigError> {
-        self.shards.shards_of(&self.name).map_err(|e| self.named(e))
+        let mut shards = self
+            .shards
+            .shards_of(&self.name)
+            .map_err(|e| self.named(e))?;
+        if self.api.dialect == crate::cas::Dialect::Legacy {
+            let quarantine = |s: &Shard| s.stream() == crate::shard::Stream::Quarantine;
+            if self.shards.pairs == ShardsConfig::default().pairs {
+                shards.retain(|s| !quarantine(s));
+            } else if let Some(q) = shards.iter().find(|s| quarantine(s)) {
+                return Err(self.named(ConfigError::new(
+                    "shards.pairs",
+                    format!(
+                        "`{}:{}`: the legacy dialect (the seed page's API) has no quarantine events endpoint; quarantine events need api.dialect = v1",
+                        q.service, q.event
+                    ),
+                )));
+            }
+        }
+        Ok(shards)
     }
 
     /// An error of one of its sections, named as the field is written.
@@ -316,7 +336,15 @@ mod tests {
             "the top-level token is not inherited"
         );
         assert_eq!(beta.api.region.as_deref(), Some("us"));
-        assert_eq!(beta.shards().unwrap().len(), 48);
+        assert_eq!(beta.shards().unwrap().len(), 49);
+        // The legacy dialect has no quarantine endpoint: left out of the
+        // defaults, refused when listed.
+        let mut legacy = beta.clone();
+        legacy.api.dialect = crate::cas::Dialect::Legacy;
+        assert_eq!(legacy.shards().unwrap().len(), 48);
+        legacy.shards.pairs = vec!["exchange:quarantine".into()];
+        let e = legacy.shards().unwrap_err();
+        assert!(e.problem.contains("api.dialect = v1"), "{e}");
         assert_eq!(beta.budget.per_minute, 10);
     }
 

@@ -25,8 +25,13 @@ pub struct SchemasConfig {
     pub dir: Option<PathBuf>,
 }
 
-const BUILT_IN: [(&str, &str); 6] = [
+const BUILT_IN: [(&str, &str); 8] = [
     ("envelope", include_str!("../schemas/envelope.json")),
+    (
+        "quarantine_envelope",
+        include_str!("../schemas/quarantine_envelope.json"),
+    ),
+    ("quarantine", include_str!("../schemas/quarantine.json")),
     ("message", include_str!("../schemas/message.json")),
     ("dlp", include_str!("../schemas/dlp.json")),
     ("securityrisk", include_str!("../schemas/securityrisk.json")),
@@ -119,7 +124,7 @@ impl Registry {
             tapes.insert(name.clone(), t);
             schemas.insert(name, v);
         }
-        for required in ["envelope", "message"] {
+        for required in ["envelope", "message", "quarantine_envelope"] {
             if !schemas.contains_key(required) {
                 return Err(ConfigError::new(
                     "schemas.dir",
@@ -134,13 +139,13 @@ impl Registry {
     /// An empty result means the event is valid.
     pub fn check(&self, event_type: &str, event: &Value) -> Vec<Violation> {
         let mut out = Vec::new();
-        collect(&self.schemas["envelope"], event, "", &mut out);
+        collect(&self.schemas[envelope_of(event_type)], event, "", &mut out);
         if let Some(message) = event.get("message").filter(|m| m.is_object()) {
             collect(&self.schemas["message"], message, "/message", &mut out);
             if let Some(specific) = self
                 .schemas
                 .get(event_type)
-                .filter(|_| !matches!(event_type, "envelope" | "message"))
+                .filter(|_| !is_shared(event_type))
             {
                 collect(specific, message, "/message", &mut out);
             }
@@ -155,7 +160,7 @@ impl Registry {
     /// applies. The same verdict as `check(..).is_empty()`, without building
     /// a `Value`; the reasons of an invalid event come from `check`.
     pub fn is_valid(&self, event_type: &str, event: TapeNode<'_>) -> bool {
-        if !self.tapes["envelope"].is_valid(event) {
+        if !self.tapes[envelope_of(event_type)].is_valid(event) {
             return false;
         }
         let Some(message) = event.get("message").filter(TapeNode::is_object) else {
@@ -165,9 +170,24 @@ impl Registry {
             && self
                 .tapes
                 .get(event_type)
-                .filter(|_| !matches!(event_type, "envelope" | "message"))
+                .filter(|_| !is_shared(event_type))
                 .is_none_or(|specific| specific.is_valid(message))
     }
+}
+
+/// The envelope schema of an event type: a quarantine event has no event
+/// name, so its own.
+fn envelope_of(event_type: &str) -> &'static str {
+    if event_type == crate::shard::QUARANTINE {
+        "quarantine_envelope"
+    } else {
+        "envelope"
+    }
+}
+
+/// Whether a schema name is one applied to every event, not an event type's.
+fn is_shared(name: &str) -> bool {
+    matches!(name, "envelope" | "message" | "quarantine_envelope")
 }
 
 fn collect(schema: &Validator, instance: &Value, prefix: &str, out: &mut Vec<Violation>) {
@@ -239,6 +259,35 @@ mod tests {
             }
         });
         assert_eq!(r.check("securityrisk", &live), vec![]);
+    }
+
+    #[test]
+    fn quarantine_events_have_their_own_envelope_and_message() {
+        let r = Registry::load(None).unwrap();
+        let q = json!({
+            "service": "exchange",
+            "message": {
+                "mail_log_id": "ql-1", "mail_unique_id": "AAMk=", "mail_message_id": "<m@x>",
+                "affected_user": "u@x", "mailbox": "u@x", "mail_message_direction": "Inbound",
+                "mail_blob_path": "b/1", "mail_backup_blob_path": "b/1.bak",
+                "mail_message_delivery_time": "2026-12-01T10:00:00.000Z",
+                "a_field_from_next_year": [1]
+            }
+        });
+        assert_eq!(r.check("quarantine", &q), vec![]);
+        let text = q.to_string();
+        let mut tape = crate::tape::TapeBuf::default();
+        crate::tape::parse::value(&text, 0, &mut tape, 64).unwrap();
+        assert!(r.is_valid("quarantine", tape.doc(&text).root()));
+        // No `event` member: a security event's envelope would refuse it.
+        assert!(!r.check("dlp", &q).is_empty());
+        let mut bad = q.clone();
+        bad["message"]["mail_log_id"] = json!(17);
+        let v = r.check("quarantine", &bad);
+        assert!(v.iter().any(|v| v.path == "/message/mail_log_id"), "{v:?}");
+        let mut bad = q;
+        bad.as_object_mut().unwrap().remove("service");
+        assert!(!r.check("quarantine", &bad).is_empty());
     }
 
     #[test]

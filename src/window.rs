@@ -19,6 +19,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::field::{parse_duration, ConfigError, Dur};
+use crate::shard::Stream;
 
 /// The API's reach into the past, counted from the time of the request.
 pub const API_REACH: Duration = Duration::from_secs(72 * 3600);
@@ -97,10 +98,15 @@ impl WindowConfig {
             ));
         }
         if let StartFrom::Ago(d) = self.start_from {
-            if d > API_REACH {
+            // The longest reach of a stream; a pair of a shorter one starts
+            // at its own (security events: 72 h), the gap logged.
+            if d > Stream::Quarantine.reach() {
                 return Err(ConfigError::new(
                     "window.start_from",
-                    format!("{} reaches past the API's 72h limit", Dur(d)),
+                    format!(
+                        "{} reaches past the API's limit: 7d (quarantine events; security events start at most 72h back)",
+                        Dur(d)
+                    ),
                 ));
             }
         }
@@ -204,6 +210,8 @@ pub struct Planner {
     overlap: chrono::Duration,
     max: chrono::Duration,
     min_interval: chrono::Duration,
+    /// How far back the API answers for the pair's stream.
+    reach: chrono::Duration,
 }
 
 fn cd(d: Duration) -> chrono::Duration {
@@ -217,7 +225,15 @@ impl Planner {
             overlap: cd(cfg.overlap.get()),
             max: cd(cfg.max.get()),
             min_interval: cd(cfg.min_interval.get()),
+            reach: cd(API_REACH),
         }
+    }
+
+    /// The same planner for a pair of `stream`: its windows start no
+    /// further back than that stream's reach (7 days for quarantine events).
+    pub fn for_stream(mut self, stream: Stream) -> Self {
+        self.reach = cd(stream.reach());
+        self
     }
 
     /// How long a window should be to hold about `pages` pages of
@@ -303,7 +319,7 @@ impl Planner {
             let wait = (every - behind).max(chrono::Duration::seconds(1));
             return Plan::NotDue(wait.to_std().unwrap_or(Duration::from_secs(1)));
         }
-        let floor = now - cd(API_REACH) + cd(REACH_MARGIN);
+        let floor = now - self.reach + cd(REACH_MARGIN);
         let mut start = cursor - self.overlap;
         let mut gap = Duration::ZERO;
         if start < floor {
@@ -340,6 +356,38 @@ mod tests {
 
     fn planner() -> Planner {
         Planner::new(&WindowConfig::default())
+    }
+
+    #[test]
+    fn each_stream_plans_within_its_own_reach() {
+        let now = t("2026-01-10T12:00:00Z");
+        let six_days = t("2026-01-04T12:00:00Z");
+        // Security events: the window starts at the 72 h floor, the rest is
+        // a gap (logged and counted by the runner).
+        let Plan::Due { window, gap } = planner().plan(six_days, now) else {
+            panic!("due")
+        };
+        assert_eq!(
+            window.start,
+            now - chrono::Duration::hours(72) + cd(REACH_MARGIN)
+        );
+        assert!(gap > Duration::from_secs(3 * 86_400 - 600), "{gap:?}");
+        // Quarantine events reach 7 days: nothing is skipped.
+        let q = planner().for_stream(Stream::Quarantine);
+        let Plan::Due { window, gap } = q.plan(six_days, now) else {
+            panic!("due")
+        };
+        assert_eq!(window.start, six_days - chrono::Duration::seconds(120));
+        assert_eq!(gap, Duration::ZERO);
+        // Eight days back: clamped to the 7 days, the day beyond a gap.
+        let Plan::Due { window, gap } = q.plan(t("2026-01-02T12:00:00Z"), now) else {
+            panic!("due")
+        };
+        assert_eq!(
+            window.start,
+            now - chrono::Duration::days(7) + cd(REACH_MARGIN)
+        );
+        assert!(gap >= Duration::from_secs(86_400), "{gap:?}");
     }
 
     #[test]
@@ -478,7 +526,7 @@ mod tests {
             "window.min_interval"
         );
         assert_eq!(
-            bad(|c| c.start_from = StartFrom::Ago(Duration::from_secs(73 * 3600))),
+            bad(|c| c.start_from = StartFrom::Ago(Duration::from_secs(8 * 86_400))),
             "window.start_from"
         );
         assert!(WindowConfig::default().validate().is_ok());

@@ -149,19 +149,26 @@ impl Client {
     /// The URL of the first page of `window` for `shard`.
     pub fn first_page_url(&self, shard: &Shard, window: &Window) -> Url {
         let mut url = self.base.clone();
+        let stream = shard.stream();
         let path = format!(
             "{}{}",
             self.base.path().trim_end_matches('/'),
-            self.dialect.path()
+            self.dialect.path_of(stream)
         );
         url.set_path(&path);
-        url.query_pairs_mut()
-            .clear()
-            .append_pair("service", &shard.service)
-            .append_pair("event", &shard.event)
-            .append_pair("start", &format_time(window.start))
-            .append_pair("end", &format_time(window.end))
-            .append_pair("limit", &self.page_limit.to_string());
+        {
+            let mut q = url.query_pairs_mut();
+            q.clear().append_pair("service", &shard.service);
+            // The quarantine endpoint takes a service only. Both bounds are
+            // always sent: its answer without them (the last day, or the
+            // day around the one given) is never relied on.
+            if stream == crate::shard::Stream::Security {
+                q.append_pair("event", &shard.event);
+            }
+            q.append_pair("start", &format_time(window.start))
+                .append_pair("end", &format_time(window.end))
+                .append_pair("limit", &self.page_limit.to_string());
+        }
         url
     }
 
@@ -319,6 +326,26 @@ mod tests {
             .unwrap()
             .with_timezone(&Utc);
         assert_eq!(format_time(t), "2020-07-19T22:51:30.500Z");
+    }
+
+    #[test]
+    fn the_quarantine_pair_asks_its_own_endpoint_with_both_bounds() {
+        let cfg = ApiConfig {
+            base_url: Some("https://api.example".into()),
+            ..ApiConfig::default()
+        };
+        let c = Client::new(&cfg, SecretString::from("t".to_string())).unwrap();
+        let w = Window {
+            start: DateTime::from_timestamp(1_700_000_000, 0).unwrap(),
+            end: DateTime::from_timestamp(1_700_003_600, 0).unwrap(),
+        };
+        let q = c.first_page_url(&Shard::new("exchange", "quarantine"), &w);
+        assert_eq!(q.path(), "/v1/siem/quarantine_events");
+        let keys: Vec<String> = q.query_pairs().map(|(k, _)| k.into_owned()).collect();
+        assert_eq!(keys, ["service", "start", "end", "limit"]);
+        let s = c.first_page_url(&Shard::new("exchange", "dlp"), &w);
+        assert_eq!(s.path(), "/v1/siem/security_events");
+        assert!(s.query().unwrap().contains("event=dlp"));
     }
 
     #[test]

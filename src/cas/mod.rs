@@ -49,6 +49,24 @@ impl Dialect {
             Dialect::Legacy => "/siem/v1/security_events",
         }
     }
+    /// The path of a stream's endpoint: the quarantine stream's is the live
+    /// API's alone (`/v1/siem/quarantine_events`); the seed page's dialect
+    /// has none, and its path answers 404 as the old paths do.
+    pub fn path_of(self, stream: crate::shard::Stream) -> &'static str {
+        use crate::shard::Stream;
+        match (self, stream) {
+            (_, Stream::Security) => self.path(),
+            (Dialect::V1, Stream::Quarantine) => "/v1/siem/quarantine_events",
+            (Dialect::Legacy, Stream::Quarantine) => "/siem/v1/quarantine_events",
+        }
+    }
+    /// The name of a stream's events array in a page.
+    pub fn events_field_of(self, stream: crate::shard::Stream) -> &'static str {
+        match stream {
+            crate::shard::Stream::Security => self.events_field(),
+            crate::shard::Stream::Quarantine => "quarantine_events",
+        }
+    }
     /// The name of the events array in a page.
     pub fn events_field(self) -> &'static str {
         match self {

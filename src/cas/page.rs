@@ -177,9 +177,10 @@ pub fn parse_page_owned(body: Vec<u8>, dialect: Dialect) -> Result<Page, ApiErro
             }
             i += 1;
             match &*name {
-                "security_events" | "securityEvents" => {
+                // The quarantine stream's pages name their array for it.
+                "security_events" | "securityEvents" | "quarantine_events" | "quarantineEvents" => {
                     if events.is_some() {
-                        return Err(malformed(&"duplicate field `security_events`"));
+                        return Err(malformed(&"duplicate field: a second events array"));
                     }
                     let (next, array) = events_array(&text, i, &mut page, MAX_PAGE_EVENTS)
                         .map_err(|e| malformed(&e))?;
@@ -219,7 +220,7 @@ pub fn parse_page_owned(body: Vec<u8>, dialect: Dialect) -> Result<Page, ApiErro
     }
     if events != Some(true) {
         return Err(ApiError::Malformed(format!(
-            "the page has no `{}` array",
+            "the page has no `{}` (or `quarantine_events`) array",
             dialect.events_field()
         )));
     }
@@ -310,7 +311,11 @@ mod tests {
         );
         // `null` is no array, as before.
         let e = parse_page(br#"{"security_events":null}"#, Dialect::V1).unwrap_err();
-        assert!(e.to_string().contains("no `security_events` array"), "{e}");
+        assert!(
+            e.to_string()
+                .contains("no `security_events` (or `quarantine_events`) array"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -10,7 +10,6 @@ use chrono::{DateTime, Utc};
 use crate::coord::redis::{RedisCoord, Seized, ShardStatus};
 use crate::coord::{CheckpointStore, LeaseStore};
 use crate::shard::Shard;
-use crate::window::API_REACH;
 
 /// What a move did.
 #[derive(Debug, Clone)]
@@ -54,8 +53,11 @@ async fn one(rc: &RedisCoord, shard: &Shard) -> anyhow::Result<ShardStatus> {
         .ok_or_else(|| anyhow::anyhow!("no status for {shard}"))
 }
 
-/// Refuses a cursor the fleet could not use.
-pub fn check_cursor(to: DateTime<Utc>, now: DateTime<Utc>) -> anyhow::Result<()> {
+/// Refuses a cursor the fleet could not use: in the future, or past the
+/// reach of the shard's stream (72 h; 7 days for quarantine events).
+pub fn check_cursor(shard: &Shard, to: DateTime<Utc>, now: DateTime<Utc>) -> anyhow::Result<()> {
+    let stream = shard.stream();
+    let reach = chrono::Duration::from_std(stream.reach())?;
     if to > now {
         anyhow::bail!(
             "{} is in the future (now {}): the shard would skip events not yet written",
@@ -63,11 +65,12 @@ pub fn check_cursor(to: DateTime<Utc>, now: DateTime<Utc>) -> anyhow::Result<()>
             crate::cas::format_time(now)
         );
     }
-    if now - to > chrono::Duration::from_std(API_REACH)? {
+    if now - to > reach {
         anyhow::bail!(
-            "{} reaches past the API's 72 h limit (the earliest is {})",
+            "{} reaches past the API's {} limit for {shard} (the earliest is {})",
             crate::cas::format_time(to),
-            crate::cas::format_time(now - chrono::Duration::from_std(API_REACH)?)
+            stream.reach_text(),
+            crate::cas::format_time(now - reach)
         );
     }
     Ok(())
@@ -82,7 +85,7 @@ pub async fn set(
     to: DateTime<Utc>,
     force: bool,
 ) -> anyhow::Result<Moved> {
-    check_cursor(to, Utc::now())?;
+    check_cursor(shard, to, Utc::now())?;
     let before = one(rc, shard).await?;
     let (fence, displaced) = match rc.seize(shard, force).await? {
         Seized::Held { by } => anyhow::bail!(

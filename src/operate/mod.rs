@@ -441,6 +441,24 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_cursor_may_go_as_far_back_as_its_stream_reaches() {
+        let now = Utc::now();
+        let back = |d: i64| now - chrono::Duration::days(d);
+        let q = Shard::new("exchange", "quarantine");
+        let s = Shard::new("exchange", "dlp");
+        checkpoint::check_cursor(&q, back(5), now).unwrap();
+        let e = checkpoint::check_cursor(&s, back(5), now)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("72 h limit"), "{e}");
+        let e = checkpoint::check_cursor(&q, back(8), now)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("7 days limit"), "{e}");
+        assert!(checkpoint::check_cursor(&s, now + chrono::Duration::hours(1), now).is_err());
+    }
+
+    #[test]
     fn the_tenant_of_a_command_is_named_or_the_only_one() {
         let mut cfg = Config::default();
         assert_eq!(tenant_arg(&cfg, None).unwrap().name, "default");

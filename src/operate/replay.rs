@@ -42,7 +42,8 @@ pub struct ReplayRange {
 impl ReplayRange {
     /// Refuses a range the API would refuse, naming the limit.
     pub fn check(&self, now: DateTime<Utc>) -> anyhow::Result<()> {
-        let reach = chrono::Duration::from_std(API_REACH - REACH_MARGIN)?;
+        let stream = self.shard.stream();
+        let reach = chrono::Duration::from_std(stream.reach() - REACH_MARGIN)?;
         let earliest = now - reach;
         if self.from >= self.to {
             anyhow::bail!(
@@ -60,9 +61,15 @@ impl ReplayRange {
         }
         if self.from < earliest {
             anyhow::bail!(
-                "--from ({}) reaches past the API's 72 h limit: the earliest a replay can start now is {} (72 h back, less 5 min for the requests to be sent)",
+                "--from ({}) reaches past the API's {} limit for {}: the earliest a replay can start now is {} ({} back, less 5 min for the requests to be sent)",
                 fmt(self.from),
-                fmt(earliest)
+                stream.reach_text(),
+                match stream {
+                    crate::shard::Stream::Security => "security events",
+                    crate::shard::Stream::Quarantine => "quarantine events",
+                },
+                fmt(earliest),
+                stream.reach_text()
             );
         }
         if self.window.is_zero() {
@@ -302,6 +309,26 @@ mod tests {
             page_cap: 100,
             max_pause: Duration::from_secs(15),
         }
+    }
+
+    #[test]
+    fn each_stream_replays_within_its_own_reach() {
+        let now = Utc::now();
+        let five_days = |event: &str| ReplayRange {
+            shard: Shard::new("exchange", event),
+            from: now - chrono::Duration::days(5),
+            to: now - chrono::Duration::days(5) + chrono::Duration::hours(1),
+            window: Duration::from_secs(3600),
+            page_cap: 100,
+            max_pause: Duration::from_secs(15),
+        };
+        five_days("quarantine").check(now).unwrap();
+        let e = five_days("dlp").check(now).unwrap_err().to_string();
+        assert!(e.contains("72 h limit for security events"), "{e}");
+        let mut eight = five_days("quarantine");
+        eight.from = now - chrono::Duration::days(8);
+        let e = eight.check(now).unwrap_err().to_string();
+        assert!(e.contains("7 days limit for quarantine events"), "{e}");
     }
 
     /// A replay of one window over `script`, under a 15 s `max_pause`,

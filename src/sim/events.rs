@@ -132,6 +132,9 @@ impl EventPlan {
 
     /// The event object as the API returns it.
     pub fn render(&self, shard: &Shard, stub: &Stub, dialect: Dialect) -> Value {
+        if shard.event == crate::shard::QUARANTINE {
+            return self.render_quarantine(shard, stub);
+        }
         let k = stub.key;
         let uuid = self.uuid(stub);
         let at = Utc
@@ -268,24 +271,91 @@ impl EventPlan {
         Value::Object(event)
     }
 
+    /// A quarantine event as the live API's reference describes one: the
+    /// service and a message of the quarantined mail's ids and places; its
+    /// id is `mail_log_id`, its time the mail's delivery time.
+    fn render_quarantine(&self, shard: &Shard, stub: &Stub) -> Value {
+        let k = stub.key;
+        let at = Utc
+            .timestamp_millis_opt(stub.at_ms)
+            .single()
+            .unwrap_or_default();
+        let user = format!("user{}@example{}.onmicrosoft.com", k % 97, k % 5);
+        let mut m = Map::new();
+        m.insert("mail_log_id".into(), json!(self.uuid(stub)));
+        m.insert(
+            "mail_unique_id".into(),
+            json!(format!("AAMkAG{:016x}AAA=", k.rotate_left(7))),
+        );
+        m.insert(
+            "mail_message_id".into(),
+            json!(format!("<{k:x}@mail.example.com>")),
+        );
+        m.insert("affected_user".into(), json!(user));
+        m.insert("mailbox".into(), json!(format!(" {user} ")));
+        m.insert(
+            "mail_message_direction".into(),
+            json!(["Inbound", "Outbound"][(k % 2) as usize]),
+        );
+        m.insert(
+            "mail_blob_path".into(),
+            json!(format!("quarantine/{:x}/{:x}.eml", k % 4096, k)),
+        );
+        m.insert(
+            "mail_backup_blob_path".into(),
+            json!(format!("quarantine-backup/{:x}/{:x}.eml", k % 4096, k)),
+        );
+        m.insert(
+            "mail_message_delivery_time".into(),
+            json!(at.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()),
+        );
+        if self.is_huge(stub) {
+            m.insert("padding".into(), json!("x".repeat(self.huge_bytes)));
+        }
+        let mut message = Value::Object(m);
+        if self.is_bad(stub) {
+            if k % 2 == 0 {
+                message["mail_log_id"] = json!(k % 1000);
+            } else {
+                message = json!(format!("unparsed: {}", self.uuid(stub)));
+            }
+        }
+        json!({"service": shard.service, "message": message})
+    }
+
     /// The id the bridge must derive for this stub, worked out here on its
     /// own (an oracle that shares no code with the bridge's `identity`):
     /// v1 events carry the UUID the simulator gave them as `log_item_id`;
     /// legacy events have none, so their id is the SHA-256 of
     /// `[service, event, message]` written with sorted keys and no
     /// whitespace, as API-NOTES.md describes.
+    /// A quarantine event's id is its `mail_log_id`, the same UUID, unless
+    /// the event is rendered broken (then the content hash, as for legacy
+    /// events).
     pub fn id(&self, shard: &Shard, stub: &Stub, dialect: Dialect) -> String {
+        if shard.event == crate::shard::QUARANTINE {
+            // The same in both dialects (only the live one serves it).
+            return if self.is_bad(stub) {
+                self.hashed(shard, stub, dialect)
+            } else {
+                self.uuid(stub)
+            };
+        }
         match dialect {
             Dialect::V1 => self.uuid(stub),
-            Dialect::Legacy => {
-                let event = self.render(shard, stub, dialect);
-                let message = event.get("message").cloned().unwrap_or(Value::Null);
-                // serde_json's map is ordered by key: this is the sorted form.
-                let text = serde_json::to_string(&json!([shard.service, shard.event, message]))
-                    .unwrap_or_default();
-                hex::encode(Sha256::digest(text.as_bytes()))
-            }
+            Dialect::Legacy => self.hashed(shard, stub, dialect),
         }
+    }
+
+    /// The content hash of a stub's event: SHA-256 of
+    /// `[service, event, message]` with sorted keys and no whitespace.
+    fn hashed(&self, shard: &Shard, stub: &Stub, dialect: Dialect) -> String {
+        let event = self.render(shard, stub, dialect);
+        let message = event.get("message").cloned().unwrap_or(Value::Null);
+        // serde_json's map is ordered by key: this is the sorted form.
+        let text = serde_json::to_string(&json!([shard.service, shard.event, message]))
+            .unwrap_or_default();
+        hex::encode(Sha256::digest(text.as_bytes()))
     }
 
     fn uuid(&self, stub: &Stub) -> String {
@@ -403,7 +473,13 @@ mod tests {
     fn rendered_events_validate_and_ids_match() {
         let reg = crate::validate::Registry::load(None).unwrap();
         for d in [Dialect::V1, Dialect::Legacy] {
-            for ev in ["dlp", "securityrisk", "virtualanalyzer", "ransomware"] {
+            for ev in [
+                "dlp",
+                "securityrisk",
+                "virtualanalyzer",
+                "ransomware",
+                "quarantine",
+            ] {
                 let s = Shard::new("exchange", ev);
                 for stub in plan().stubs(&s, 0, 600_000) {
                     let e = plan().render(&s, &stub, d);
@@ -422,6 +498,17 @@ mod tests {
             assert!(!reg
                 .check("ransomware", &bad.render(&s, &stub, Dialect::V1))
                 .is_empty());
+        }
+        // Broken quarantine events fail too, and their ids are content
+        // hashes the bridge derives alike.
+        let q = Shard::new("exchange", "quarantine");
+        for stub in bad.stubs(&q, 0, 600_000) {
+            let e = bad.render(&q, &stub, Dialect::V1);
+            assert!(!reg.check("quarantine", &e).is_empty(), "{e}");
+            assert_eq!(
+                crate::identity::event_id(&q, &e),
+                bad.id(&q, &stub, Dialect::V1)
+            );
         }
     }
 }

@@ -1,6 +1,7 @@
 //! The simulator's HTTP side: the security-events endpoint in both
-//! dialects (windows, pages, throttling, faults), the ground truth and the
-//! counters.
+//! dialects (windows, pages, throttling, faults), the quarantine-events
+//! endpoint of the live dialect (7 days of reach; the seed page's host
+//! answers its path with 404), the ground truth and the counters.
 
 use std::sync::Arc;
 
@@ -18,8 +19,12 @@ use super::*;
 
 /// The simulator's routes.
 pub fn router(tenants: Arc<Tenants>) -> Router {
-    Router::new()
-        .route(tenants.0[0].cfg.dialect.path(), any(security_events))
+    let dialect = tenants.0[0].cfg.dialect;
+    let mut router = Router::new().route(dialect.path(), any(security_events));
+    if dialect == Dialect::V1 {
+        router = router.route(dialect.path_of(Stream::Quarantine), any(quarantine_events));
+    }
+    router
         .route("/_sim/truth", get(truth))
         .route("/_sim/stats", get(stats))
         .fallback(|| async {
@@ -56,6 +61,25 @@ async fn security_events(
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Response {
+    events_of(Stream::Security, &tenants, method, headers, query).await
+}
+
+async fn quarantine_events(
+    State(tenants): State<Arc<Tenants>>,
+    method: Method,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Response {
+    events_of(Stream::Quarantine, &tenants, method, headers, query).await
+}
+
+async fn events_of(
+    stream: Stream,
+    tenants: &Tenants,
+    method: Method,
+    headers: HeaderMap,
+    query: Option<String>,
+) -> Response {
     let st = tenants.by_token(&headers);
     // Counted at arrival, as the API counts; the added latency delays the answer.
     let arrived = Utc::now().timestamp_millis();
@@ -69,12 +93,12 @@ async fn security_events(
         .and_then(|v| v.to_str().ok())
         .and_then(|a| a.strip_prefix("Bearer "))
         .and_then(|t| st.token_index(t));
-    let (resp, status, events) = answer(st, method, &headers, query, token.is_some());
+    let (resp, status, events) = answer(st, stream, method, &headers, query, token.is_some());
     let served = super::Served {
         at_ms: arrived,
         status,
         bridge,
-        pair: asked_pair(query),
+        pair: asked_pair(stream, query),
         token,
     };
     st.record(arrived, served, events);
@@ -84,9 +108,13 @@ async fn security_events(
     resp
 }
 
-/// `service:event` from a query (for the request log).
-fn asked_pair(query: &str) -> String {
+/// `service:event` from a query (for the request log); `service:quarantine`
+/// on the quarantine endpoint.
+fn asked_pair(stream: Stream, query: &str) -> String {
     let (mut service, mut event) = (String::new(), String::new());
+    if stream == Stream::Quarantine {
+        event = QUARANTINE.into();
+    }
     for (k, v) in url::form_urlencoded::parse(query.as_bytes()) {
         match k.as_ref() {
             "service" => service = v.into_owned(),
@@ -103,6 +131,7 @@ fn asked_pair(query: &str) -> String {
 
 fn answer(
     st: &SimState,
+    stream: Stream,
     method: Method,
     headers: &HeaderMap,
     query: &str,
@@ -160,14 +189,29 @@ fn answer(
             );
         }
     }
-    let (Some(service), Some(event)) = (params.get("service"), params.get("event")) else {
-        return fail(
-            StatusCode::BAD_REQUEST,
-            -4000001,
-            "service and event are mandatory",
-        );
+    let shard = match stream {
+        Stream::Security => {
+            let (Some(service), Some(event)) = (params.get("service"), params.get("event")) else {
+                return fail(
+                    StatusCode::BAD_REQUEST,
+                    -4000001,
+                    "service and event are mandatory",
+                );
+            };
+            Shard::new(service.clone(), event.clone())
+        }
+        Stream::Quarantine => match params.get("service").map(String::as_str) {
+            Some("exchange") => Shard::new("exchange", QUARANTINE),
+            Some(_) => {
+                return fail(
+                    StatusCode::BAD_REQUEST,
+                    -4000001,
+                    "service must be exchange",
+                )
+            }
+            None => return fail(StatusCode::BAD_REQUEST, -4000001, "service is mandatory"),
+        },
     };
-    let shard = Shard::new(service.clone(), event.clone());
     let max = st.cfg.dialect.max_page_limit();
     let limit = match params.get("limit").map(|l| l.parse::<u32>()) {
         None => max,
@@ -180,17 +224,30 @@ fn answer(
             )
         }
     };
-    let (start, end) = match (params.get("start"), params.get("end")) {
-        (None, None) => (now - chrono::Duration::minutes(5), now),
-        (Some(s), Some(e)) => match (parse_time(s), parse_time(e)) {
+    let bad_time = || {
+        fail(
+            StatusCode::BAD_REQUEST,
+            -4000001,
+            "start/end must be yyyy-mm-ddThh:mm:ss[.mmm]Z",
+        )
+    };
+    let day = chrono::Duration::days(1);
+    let (start, end) = match (params.get("start"), params.get("end"), stream) {
+        (None, None, Stream::Security) => (now - chrono::Duration::minutes(5), now),
+        // The quarantine endpoint's own defaults: the last day, the day
+        // after a start, the day before an end.
+        (None, None, Stream::Quarantine) => (now - day, now),
+        (Some(s), None, Stream::Quarantine) => match parse_time(s) {
+            Some(s) => (s, s + day),
+            None => return bad_time(),
+        },
+        (None, Some(e), Stream::Quarantine) => match parse_time(e) {
+            Some(e) => (e - day, e),
+            None => return bad_time(),
+        },
+        (Some(s), Some(e), _) => match (parse_time(s), parse_time(e)) {
             (Some(s), Some(e)) => (s, e),
-            _ => {
-                return fail(
-                    StatusCode::BAD_REQUEST,
-                    -4000001,
-                    "start/end must be yyyy-mm-ddThh:mm:ss[.mmm]Z",
-                )
-            }
+            _ => return bad_time(),
         },
         _ => {
             return fail(
@@ -200,18 +257,30 @@ fn answer(
             )
         }
     };
-    if end < start || end - start > chrono::Duration::days(3) {
+    let (longest, reach, reach_text) = match stream {
+        Stream::Security => (
+            chrono::Duration::days(3),
+            chrono::Duration::hours(72),
+            "72 hours",
+        ),
+        Stream::Quarantine => (
+            chrono::Duration::days(7),
+            chrono::Duration::days(7),
+            "7 days",
+        ),
+    };
+    if end < start || end - start > longest {
         return fail(
             StatusCode::BAD_REQUEST,
             -4000001,
-            "The maximum interval is three days",
+            &format!("The maximum interval is {} days", longest.num_days()),
         );
     }
-    if start < now - chrono::Duration::hours(72) {
+    if start < now - reach {
         return fail(
             StatusCode::BAD_REQUEST,
             -4000001,
-            "start is older than 72 hours",
+            &format!("start is older than {reach_text}"),
         );
     }
     // page_token = offset.asof.issued (ms): where the page starts, the
@@ -283,14 +352,22 @@ fn answer(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("127.0.0.1");
     let link_host = st.cfg.foreign_next_link.as_deref().unwrap_or(host);
-    let base_query = format!(
-        "service={}&event={}&start={}&end={}&limit={limit}",
-        shard.service,
-        shard.event,
-        format_time(start),
-        format_time(end)
-    );
-    let path = st.cfg.dialect.path();
+    let base_query = match stream {
+        Stream::Security => format!(
+            "service={}&event={}&start={}&end={}&limit={limit}",
+            shard.service,
+            shard.event,
+            format_time(start),
+            format_time(end)
+        ),
+        Stream::Quarantine => format!(
+            "service={}&start={}&end={}&limit={limit}",
+            shard.service,
+            format_time(start),
+            format_time(end)
+        ),
+    };
+    let path = st.cfg.dialect.path_of(stream);
     let scheme = if st.cfg.https_links { "https" } else { "http" };
     let current = format!("{scheme}://{host}{path}?{}", query);
     let next = if more {
@@ -330,13 +407,11 @@ fn answer(
             end.timestamp_millis()
         ))
         .or_default() += 1;
+    let field = d.events_field_of(stream);
     if st.cfg.flood > 0 {
-        body.insert(
-            d.events_field().into(),
-            Value::Array(vec![json!(0); st.cfg.flood]),
-        );
+        body.insert(field.into(), Value::Array(vec![json!(0); st.cfg.flood]));
     } else {
-        body.insert(d.events_field().into(), Value::Array(page));
+        body.insert(field.into(), Value::Array(page));
     }
     let mut bytes = serde_json::to_vec(&body).unwrap_or_default();
     if st.cfg.malformed > 0.0 && rng.random_bool(st.cfg.malformed.min(1.0)) {

@@ -35,7 +35,7 @@ pub use events::{EventPlan, Stub};
 
 use crate::cas::{format_time, Dialect};
 use crate::field::parse_duration;
-use crate::shard::Shard;
+use crate::shard::{Shard, Stream, QUARANTINE};
 
 impl FromStr for Dialect {
     type Err = String;

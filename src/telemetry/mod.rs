@@ -495,7 +495,8 @@ impl ShardTelemetry {
     pub fn gap_skipped(&self, seconds: u64, cursor: DateTime<Utc>) {
         Stats::add(&self.stats.gap_seconds, seconds);
         self.gap.increment(seconds);
-        warn!(shard = %self.shard, gap_seconds = seconds, %cursor, "skipping data beyond the API's 72h reach");
+        let reach = self.shard.stream().reach_text();
+        warn!(shard = %self.shard, gap_seconds = seconds, %cursor, reach, "skipping data beyond the API's reach (72 h for security events, 7 days for quarantine events)");
     }
 
     /// A publish failed; `kind` is one of [`SINK_ERROR_KINDS`].

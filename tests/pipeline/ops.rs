@@ -167,11 +167,11 @@ async fn metrics_move_and_readiness_follows_redis() {
 }
 
 /// A Redis that hangs (it keeps its connections and answers nothing) under
-/// one bridge holding all 48 default shards, lease TTL 10 s: readiness goes
+/// one bridge holding all 49 default shards, lease TTL 10 s: readiness goes
 /// false and every shard stops before its lease can run out — renewals run
 /// side by side, each bounded — and all comes back when Redis wakes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_hung_redis_stops_all_48_shards_before_their_leases_run_out() {
+async fn a_hung_redis_stops_all_49_shards_before_their_leases_run_out() {
     let redis = OwnRedis::start();
     let sim = start_sim(sim_config()).await;
     let tag = tag();
@@ -192,10 +192,10 @@ async fn a_hung_redis_stops_all_48_shards_before_their_leases_run_out() {
             .map(|(_, t)| counter(&t, "cas_bridge_leases_held"))
     };
     wait_for(
-        "48 shards held and ready",
+        "49 shards held and ready",
         Duration::from_secs(60),
         async || {
-            held().await == Some(48.0)
+            held().await == Some(49.0)
                 && get(&format!("{base}/readyz"))
                     .await
                     .is_some_and(|(s, _)| s == 200)
@@ -227,14 +227,14 @@ async fn a_hung_redis_stops_all_48_shards_before_their_leases_run_out() {
     )
     .await;
     let stopped = hung.elapsed();
-    println!("Redis hung: not ready after {not_ready:?}, all 48 shards stopped after {stopped:?} (lease TTL 10 s)");
+    println!("Redis hung: not ready after {not_ready:?}, all 49 shards stopped after {stopped:?} (lease TTL 10 s)");
 
     redis.signal("-CONT");
     wait_for(
-        "48 shards held and ready again",
+        "49 shards held and ready again",
         Duration::from_secs(60),
         async || {
-            held().await == Some(48.0)
+            held().await == Some(49.0)
                 && get(&format!("{base}/readyz"))
                     .await
                     .is_some_and(|(s, _)| s == 200)
@@ -332,7 +332,7 @@ async fn bad_configuration_stops_the_start_naming_the_field_and_sends_nothing() 
         ("API__TIMEOUT", "soon", "timeout"),
         ("API__MAX_BODY_BYTES", "10", "api.max_body_bytes"),
         ("WINDOW__MAX", "4d", "window.max"),
-        ("WINDOW__START_FROM", "100h", "window.start_from"),
+        ("WINDOW__START_FROM", "200h", "window.start_from"),
         ("WINDOW__START_FROM", "yesterday", "start_from"),
         ("WINDOW__OVERLAP", "2d", "window.overlap"),
         ("WINDOW__LAG", "3w", "lag"),
