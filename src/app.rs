@@ -609,6 +609,17 @@ async fn demo(file: Option<PathBuf>, args: DemoArgs) -> anyhow::Result<()> {
         q(0.99),
         q(1.0)
     );
+    if args.out != "-" {
+        // The quarantine stream's share of the output, by topic.
+        let text = std::fs::read_to_string(&args.out).unwrap_or_default();
+        let topic =
+            crate::sink::Topics::new(&cfg.sink.topic_template, &cfg.sink.dead_letter)?.topic(
+                &crate::shard::Shard::new("exchange", crate::shard::QUARANTINE),
+            );
+        let needle = format!("{{\"topic\":\"{topic}\"");
+        let n = text.lines().filter(|l| l.starts_with(&needle)).count();
+        println!("  quarantine events     {n} (on {topic}; ids from mail_log_id)");
+    }
     println!("  output                {}", args.out);
     if !finished {
         anyhow::bail!("the demo did not catch up on every shard in time");

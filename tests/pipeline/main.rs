@@ -15,6 +15,7 @@ mod network;
 mod operate;
 mod ops;
 mod production;
+mod quarantine;
 mod redis_shapes;
 mod resume;
 mod tenants;
