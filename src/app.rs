@@ -128,7 +128,9 @@ pub async fn main(cli: Cli) -> anyhow::Result<()> {
         Command::Status { json } => status(cli.config, json).await,
         Command::Probe { url } => probe(&url).await,
         Command::Verify { json } => {
-            init_logs("text", "error");
+            // Each check's line names what failed; the Kafka client's own
+            // lines about a broker it cannot reach would only repeat it.
+            init_logs("text", "error,librdkafka=off,rdkafka=off");
             crate::verify::verify_cmd(cli.config.as_deref(), json).await
         }
         Command::ConfigSchema => {

@@ -172,6 +172,8 @@ async fn verify_passes_on_a_good_setup_and_names_each_failure() {
     assert!(line(&stdout, "sink", "-").starts_with("FAIL"), "{stdout}");
     assert!(line(&stdout, "redis", "-").starts_with("ok "), "{stdout}");
     assert!(stderr.contains("verify failed: sink"), "{stderr}");
+    // One line says it: not the Kafka client's own lines besides.
+    assert!(!stderr.contains("librdkafka"), "{stderr}");
 
     // NATS: a stream the bridge may create is fine; a missing one it may
     // not create is named.
