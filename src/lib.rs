@@ -44,8 +44,9 @@
 //! - [`sim`]: the built-in CAS API simulator.
 //! - [`ops`]: `/healthz`, `/readyz`, `/metrics`.
 //! - [`reload`]: live changes of the configuration file (tenants, pairs, windows, budgets).
-//! - [`app`]: the commands of the binary (`run`, `demo`, `simulate`, `check-config`,
+//! - [`app`]: the commands of the binary (`run`, `simulate`, `check-config`,
 //!   `status`, `config-schema`, `completions`, `probe`), the version and commit.
+//! - [`demo`]: `cas-bridge demo`: simulator and bridge in one process, a summary.
 //!
 //! Configuration depends on the stages (each owns its section), never the
 //! reverse; no module imports one that imports it back. A stage never
@@ -70,6 +71,7 @@ pub mod bridge;
 pub mod cas;
 pub mod config;
 pub mod coord;
+pub mod demo;
 #[cfg(test)]
 mod fakes;
 pub mod field;
