@@ -60,6 +60,23 @@ impl Drop for Spawned {
     }
 }
 
+/// A simulator and a fleet configuration through the shared Redis (its
+/// own prefix), events to a JSON-lines file in the test's directory.
+async fn jsonl_fleet() -> (
+    cas_bridge::sim::SimHandle,
+    String,
+    tempfile::TempDir,
+    Config,
+) {
+    require_redis();
+    let sim = start_sim(sim_config()).await;
+    let tag = tag();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = fleet_config(&sim, &tag, SinkKind::Jsonl, REDIS_URL, &tag);
+    cfg.sink.jsonl.path = dir.path().join("out.jsonl").display().to_string();
+    (sim, tag, dir, cfg)
+}
+
 /// Every key under `prefix` in the shared Redis.
 async fn redis_keys(prefix: &str) -> Vec<String> {
     let client = redis::Client::open(REDIS_URL).unwrap();
@@ -202,12 +219,7 @@ async fn verify_passes_on_a_good_setup_and_names_each_failure() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pair_typo_is_refused_by_check_config_run_and_checkpoint_before_anything_is_written() {
-    require_redis();
-    let sim = start_sim(sim_config()).await;
-    let tag = tag();
-    let dir = tempfile::tempdir().unwrap();
-    let mut cfg = fleet_config(&sim, &tag, SinkKind::Jsonl, REDIS_URL, &tag);
-    cfg.sink.jsonl.path = dir.path().join("out.jsonl").display().to_string();
+    let (_sim, tag, dir, cfg) = jsonl_fleet().await;
     let mut typo = cfg.clone();
     typo.shards.pairs = vec!["exchange:dlp".into(), "gmial:dlp".into()];
     typo.log.format = "json".into();
@@ -273,12 +285,7 @@ async fn a_pair_typo_is_refused_by_check_config_run_and_checkpoint_before_anythi
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_of_one_file_report_one_hash_their_build_and_every_counter_from_the_start() {
-    require_redis();
-    let sim = start_sim(sim_config()).await;
-    let tag = tag();
-    let dir = tempfile::tempdir().unwrap();
-    let mut cfg = fleet_config(&sim, &tag, SinkKind::Jsonl, REDIS_URL, &tag);
-    cfg.sink.jsonl.path = dir.path().join("out.jsonl").display().to_string();
+    let (_sim, _tag, dir, cfg) = jsonl_fleet().await;
     // One file for both, as a chart mounts one ConfigMap; each replica's
     // worker id and port from its environment, as the chart sets them.
     let file = write_config(&cfg, "from-the-env", &dir.path().join("shared.log"));
@@ -375,11 +382,7 @@ async fn replicas_of_one_file_report_one_hash_their_build_and_every_counter_from
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operator_output_redirected_to_a_file_holds_no_escape_codes() {
-    require_redis();
-    let sim = start_sim(sim_config()).await;
-    let tag = tag();
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = fleet_config(&sim, &tag, SinkKind::Jsonl, REDIS_URL, &tag);
+    let (_sim, _tag, dir, cfg) = jsonl_fleet().await;
     let log = dir.path().join("op.log");
     // teams:dlp is a known pair, not a configured one: a warning line.
     let out = operator(&cfg, &log, &["checkpoint", "show", "--pair", "teams:dlp"]);

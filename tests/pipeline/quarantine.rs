@@ -22,6 +22,26 @@ fn sim_cfg() -> SimConfig {
     }
 }
 
+/// A simulator and a bridge configuration on it reading `pairs`, events
+/// to `file` in the test's directory.
+async fn jsonl_bridge(
+    pairs: &[&str],
+    file: &str,
+) -> (
+    cas_bridge::sim::SimHandle,
+    String,
+    tempfile::TempDir,
+    Config,
+) {
+    let sim = start_sim(sim_cfg()).await;
+    let tag = tag();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = bridge_config(&sim, &tag, SinkKind::Jsonl);
+    cfg.shards.pairs = pairs.iter().map(|p| p.to_string()).collect();
+    cfg.sink.jsonl.path = dir.path().join(file).display().to_string();
+    (sim, tag, dir, cfg)
+}
+
 /// `cfg` with the pairs `pairs` only (to ask the simulator's truth per pair).
 fn only(cfg: &Config, pairs: &[&str]) -> Config {
     let mut c = cfg.clone();
@@ -44,14 +64,9 @@ fn expected_over(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backfill_from_six_days_back_delivers_every_quarantine_event_once() {
-    let sim = start_sim(sim_cfg()).await;
-    let tag = tag();
-    let dir = tempfile::tempdir().unwrap();
-    let mut cfg = bridge_config(&sim, &tag, SinkKind::Jsonl);
-    cfg.shards.pairs = vec!["exchange:quarantine".into()];
+    let (sim, tag, _dir, mut cfg) = jsonl_bridge(&["exchange:quarantine"], "out.jsonl").await;
     cfg.api.page_limit = None;
     cfg.window.start_from = StartFrom::Ago(Duration::from_secs(6 * 86_400));
-    cfg.sink.jsonl.path = dir.path().join("out.jsonl").display().to_string();
     cfg.validate().unwrap();
     let t0 = Utc::now();
     let (run, covered) = Running::caught_up(&cfg).await;
@@ -82,15 +97,11 @@ async fn a_backfill_from_six_days_back_delivers_every_quarantine_event_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_start_eight_days_back_is_clamped_to_each_streams_reach_not_refused() {
-    let sim = start_sim(sim_cfg()).await;
-    let tag = tag();
-    let dir = tempfile::tempdir().unwrap();
-    let mut cfg = bridge_config(&sim, &tag, SinkKind::Jsonl);
-    cfg.shards.pairs = vec!["exchange:quarantine".into(), "exchange:dlp".into()];
+    let (sim, _tag, _dir, mut cfg) =
+        jsonl_bridge(&["exchange:quarantine", "exchange:dlp"], "out.jsonl").await;
     cfg.api.page_limit = None;
     let t0 = Utc::now();
     cfg.window.start_from = StartFrom::At(t0 - chrono::Duration::days(8));
-    cfg.sink.jsonl.path = dir.path().join("out.jsonl").display().to_string();
     cfg.validate().unwrap();
     let (run, covered) = Running::caught_up(&cfg).await;
     let gap = Stats::get(&run.bridge.stats().gap_seconds);
@@ -132,12 +143,8 @@ async fn a_start_eight_days_back_is_clamped_to_each_streams_reach_not_refused() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replay_reaches_five_days_back_for_quarantine_events_not_for_security_events() {
-    let sim = start_sim(sim_cfg()).await;
-    let tag = tag();
-    let dir = tempfile::tempdir().unwrap();
-    let mut cfg = bridge_config(&sim, &tag, SinkKind::Jsonl);
-    cfg.shards.pairs = vec!["exchange:quarantine".into(), "exchange:dlp".into()];
-    cfg.sink.jsonl.path = dir.path().join("replay.jsonl").display().to_string();
+    let (sim, _tag, dir, cfg) =
+        jsonl_bridge(&["exchange:quarantine", "exchange:dlp"], "replay.jsonl").await;
     cfg.validate().unwrap();
     let from = Utc::now() - chrono::Duration::days(5);
     let to = from + chrono::Duration::hours(2);
