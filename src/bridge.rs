@@ -192,6 +192,7 @@ impl Bridge {
             shards,
         } = tenants;
         status.set_sink_allowance(cfg.ops.sink_allowance.get());
+        crate::telemetry::BOARD.set_limit(cfg.ops.shard_series);
         let registry = Registry::load(cfg.schemas.dir.as_deref())?;
         let topics = Topics::new(&cfg.sink.topic_template, &cfg.sink.dead_letter)?;
         let mut publisher = Publisher::new(registry, sink, topics, coord.dedup.clone());
@@ -299,8 +300,12 @@ impl Bridge {
             return;
         }
         self.engine.status.set_sink_prepared();
+        // Counters are per pair: one shard of each pair lists them.
+        let mut pairs = std::collections::HashSet::new();
         for s in &self.shards {
-            self.engine.telemetry.shard(s).register();
+            if pairs.insert((s.service.as_str(), s.event.as_str())) {
+                self.engine.telemetry.shard(s).register();
+            }
         }
         self.engine.telemetry.register_all();
         for (tenant, lane) in &self.engine.lanes {

@@ -21,12 +21,11 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::coord::{Fence, LeaseStore, Renewal, ShardReport};
+use crate::coord::{Fence, LeaseStore, Renew, Renewal, ShardReport};
 use crate::field::{ConfigError, Dur};
 use crate::retry::sleep_or_cancel;
 use crate::runner::Engine;
 use crate::shard::Shard;
-use crate::status::ShardProgress;
 use crate::telemetry::ShardTelemetry;
 
 /// The `shutdown` section.
@@ -67,6 +66,10 @@ struct Held {
     lost: bool,
     /// The shard's telemetry handles (its labels built once).
     tel: ShardTelemetry,
+    /// Its series on `/metrics`: they go when the lease goes.
+    _series: crate::telemetry::HeldGuard,
+    /// What `status` shows of it, as last written, and when.
+    reported: Option<(ShardReport, tokio::time::Instant)>,
 }
 
 impl Drop for Held {
@@ -89,7 +92,27 @@ pub struct LeaseKeeper {
     grace: Duration,
     /// The shards held, by shard.
     held: HashMap<Shard, Held>,
+    /// Where the search for free shards goes on in `order`.
+    scan_at: usize,
+    /// Where the reading of the fleet's cursors goes on in `order`.
+    refresh_at: usize,
+    /// The live workers the last full search saw, and how many full
+    /// searches in a row found nothing (they are spaced out, see
+    /// [`LeaseKeeper::rebalance`]).
+    searched: (usize, u32),
+    /// Rounds until the next full search.
+    search_in: u32,
 }
+
+/// At most this many shards are looked at for free ones in a round after
+/// a full search found none (the fleet is settled).
+const SCAN_SLICE: usize = 1024;
+/// The fleet's cursors read per round (this process remembers them, see
+/// [`crate::coord::CheckpointStore::remembered`]).
+const REFRESH_SLICE: usize = 1024;
+/// A shard's `status` is written again after this long even if unchanged
+/// (its hash expires a day after the last write).
+const REPORT_AGAIN: Duration = Duration::from_secs(3600);
 
 impl LeaseKeeper {
     pub fn new(
@@ -108,6 +131,10 @@ impl LeaseKeeper {
             order,
             grace,
             held: HashMap::new(),
+            scan_at: 0,
+            refresh_at: 0,
+            searched: (0, 0),
+            search_in: 0,
         }
     }
 
@@ -173,12 +200,13 @@ impl LeaseKeeper {
     }
 
     fn publish_held(&self) {
-        let holding: Vec<Shard> = self
-            .order
+        let mut holding: Vec<Shard> = self
+            .held
             .iter()
-            .filter(|s| self.held.get(*s).is_some_and(|h| !h.lost))
-            .cloned()
+            .filter(|(_, h)| !h.lost)
+            .map(|(s, _)| s.clone())
             .collect();
+        holding.sort();
         self.engine.telemetry.leases_held(holding.len());
         self.engine.status.set_held(holding);
     }
@@ -206,9 +234,11 @@ impl LeaseKeeper {
                     tel.budget_paused(tenant, usage.paused);
                     tel.budget_day(tenant, usage.last_day, lane.settings.per_day);
                 }
-                // Every replica keeps the fleet's cursors in memory too: a
+                // Every replica keeps cursors in memory too (its own
+                // shards', and a part of the fleet's read each round): a
                 // Redis that comes back empty loses none while one is up.
-                if let Err(e) = self.engine.checkpoints.refresh(&self.order).await {
+                let part = self.refresh_part();
+                if let Err(e) = self.engine.checkpoints.refresh(&part).await {
                     tracing::debug!(error = %crate::field::chain(&e), "cannot read the fleet's cursors");
                 }
                 n.max(1)
@@ -241,38 +271,55 @@ impl LeaseKeeper {
         }
     }
 
-    /// Renews every held lease at once (one slow or hung Redis costs one
-    /// call timeout, not one per shard), then stops the runners of the
-    /// leases that are lost or cannot be renewed before they expire.
+    /// The next part of the fleet's shards whose cursors to read.
+    fn refresh_part(&mut self) -> Vec<Shard> {
+        let n = self.order.len().min(REFRESH_SLICE);
+        let part = (0..n)
+            .map(|i| self.order[(self.refresh_at + i) % self.order.len()].clone())
+            .collect();
+        self.refresh_at = (self.refresh_at + n) % self.order.len().max(1);
+        part
+    }
+
+    /// Renews every held lease in batches (one slow or hung Redis costs
+    /// one call timeout, not one per shard), writing a shard's `status`
+    /// only when it changed, then stops the runners of the leases that are
+    /// lost or cannot be renewed before they expire.
     async fn renew(&mut self) {
         let ttl = self.leases.ttl();
         let period = ttl / 3;
-        let asks: Vec<(Shard, Fence, ShardProgress)> = self
+        let now = tokio::time::Instant::now();
+        let asks: Vec<Renew> = self
             .held
             .iter()
             .filter(|(_, h)| !h.lost)
-            .map(|(s, h)| (s.clone(), h.fence, self.engine.status.shard(s)))
-            .collect();
-        let leases = &self.leases;
-        let answers = futures::future::join_all(asks.iter().map(|(shard, fence, p)| async move {
-            let r = leases.renew(shard, *fence, p.cursor).await;
-            if matches!(r, Ok(Renewal::Held | Renewal::Reclaimed)) {
+            .map(|(s, h)| {
+                let p = self.engine.status.shard(s);
                 let report = ShardReport {
-                    last_error: p.last_error.clone(),
+                    last_error: p.last_error,
                     per_minute: p.per_minute,
                     poll_interval: p.poll_interval,
                 };
-                let _ = leases.report(shard, *fence, &report).await;
-            }
-            r
-        }))
-        .await;
+                let unchanged = h
+                    .reported
+                    .as_ref()
+                    .is_some_and(|(r, at)| *r == report && now - *at < REPORT_AGAIN);
+                Renew {
+                    shard: s.clone(),
+                    fence: h.fence,
+                    cursor: p.cursor,
+                    report: (!unchanged).then_some(report),
+                }
+            })
+            .collect();
+        let answers = self.leases.renew_all(&asks).await;
         let mut answered = true;
-        for ((shard, _, p), answer) in asks.iter().zip(answers) {
+        for (ask, answer) in asks.into_iter().zip(answers) {
+            let shard = &ask.shard;
             let Some(h) = self.held.get_mut(shard) else {
                 continue;
             };
-            if let Some(c) = p.cursor {
+            if let Some(c) = ask.cursor {
                 h.tel.checkpoint_lag(c);
             }
             let lost = match answer {
@@ -282,6 +329,9 @@ impl LeaseKeeper {
                         warn!(%shard, fence = h.fence, "lease had lapsed or Redis lost it; reclaimed (cursor written back if missing)");
                     }
                     h.last_renewed = tokio::time::Instant::now();
+                    if let Some(report) = ask.report {
+                        h.reported = Some((report, now));
+                    }
                     None
                 }
                 Err(e) if h.last_renewed.elapsed() + period < ttl => {
@@ -306,49 +356,97 @@ impl LeaseKeeper {
         }
     }
 
+    /// Takes or gives up shards towards the fair share. The search for
+    /// free shards goes through every shard when the fleet changed (the
+    /// live workers differ from the last full search's, or the last search
+    /// took some); once a full search finds none, full searches are spaced
+    /// out (every 2, 4, … 16 rounds) and the rounds between look at a
+    /// slice of [`SCAN_SLICE`] shards: a settled fleet does not scan every
+    /// shard every round.
     async fn rebalance(&mut self, live: usize) {
         let fair = self.order.len().div_ceil(live);
-        let active: Vec<Shard> = self
-            .order
+        let mut active: Vec<&Shard> = self
+            .held
             .iter()
-            .filter(|s| {
-                self.held
-                    .get(*s)
-                    .is_some_and(|h| !h.lost && !h.drain.is_cancelled())
-            })
-            .cloned()
+            .filter(|(_, h)| !h.lost && !h.drain.is_cancelled())
+            .map(|(s, _)| s)
             .collect();
         if active.len() > fair {
             // Give up the surplus at a page boundary.
-            for shard in active.iter().rev().take(active.len() - fair) {
-                if let Some(h) = self.held.get(shard) {
+            active.sort();
+            let surplus = active.len() - fair;
+            for shard in active.iter().rev().take(surplus) {
+                if let Some(h) = self.held.get(*shard) {
                     info!(%shard, fair, live, "over the fair share; releasing after the page in flight");
                     h.drain.cancel();
                 }
             }
             return;
         }
-        let mut want = fair - active.len();
-        for shard in self.order.clone() {
-            if want == 0 {
-                break;
+        let want = fair - active.len();
+        if want == 0 || self.order.is_empty() {
+            return;
+        }
+        let full = live != self.searched.0 || self.search_in == 0;
+        let limit = if full {
+            self.order.len()
+        } else {
+            self.search_in -= 1;
+            SCAN_SLICE.min(self.order.len())
+        };
+        let took = self.search(want, limit).await;
+        if full {
+            if took > 0 {
+                self.searched = (live, 0);
+            } else {
+                self.searched = (live, self.searched.1.saturating_add(1));
             }
-            if self.held.contains_key(&shard) {
-                continue;
-            }
-            match self.leases.acquire(&shard).await {
-                Ok(Some(fence)) => {
-                    self.engine.telemetry.lease_acquired(&shard, fence);
-                    self.spawn(shard, fence);
-                    want -= 1;
+            self.search_in = if took > 0 {
+                0
+            } else {
+                (1u32 << self.searched.1.min(4)).min(16)
+            };
+        }
+    }
+
+    /// Looks at up to `limit` shards from where the last search stopped and
+    /// takes up to `want` free ones; returns how many it took.
+    async fn search(&mut self, want: usize, limit: usize) -> usize {
+        const CHUNK: usize = 1024;
+        let mut took = 0;
+        let mut looked = 0;
+        while looked < limit && took < want {
+            let n = CHUNK.min(limit - looked);
+            let len = self.order.len();
+            let candidates: Vec<Shard> = (0..n)
+                .map(|i| &self.order[(self.scan_at + i) % len])
+                .filter(|s| !self.held.contains_key(*s))
+                .cloned()
+                .collect();
+            match self.leases.acquire_some(&candidates, want - took).await {
+                Ok(got) => {
+                    // Go on after the last one taken (or the whole chunk).
+                    let next = match got.last() {
+                        Some((last, _)) if took + got.len() >= want => (0..n)
+                            .find(|i| &self.order[(self.scan_at + i) % len] == last)
+                            .map_or(n, |i| i + 1),
+                        _ => n,
+                    };
+                    looked += next;
+                    self.scan_at = (self.scan_at + next) % len;
+                    for (shard, fence) in got {
+                        self.engine.telemetry.lease_acquired(&shard, fence);
+                        self.spawn(shard, fence);
+                        took += 1;
+                    }
                 }
-                Ok(None) => {}
                 Err(e) => {
-                    warn!(%shard, error = %crate::field::chain(&e), "cannot acquire a lease");
+                    warn!(error = %crate::field::chain(&e), "cannot acquire leases");
                     break;
                 }
             }
         }
+        took
     }
 
     fn spawn(&mut self, shard: Shard, fence: Fence) {
@@ -370,6 +468,8 @@ impl LeaseKeeper {
                 task,
                 last_renewed: tokio::time::Instant::now(),
                 lost: false,
+                reported: None,
+                _series: self.engine.telemetry.hold(&tel),
                 tel,
             },
         );
@@ -384,7 +484,6 @@ mod tests {
     use crate::fakes::{engine, FakeSink, FakeSource};
     use crate::telemetry::Stats;
     use async_trait::async_trait;
-    use chrono::{DateTime, Utc};
     use std::collections::HashSet;
     use std::sync::Mutex;
 
@@ -400,6 +499,11 @@ mod tests {
         released: Mutex<Vec<Shard>>,
         left: Mutex<bool>,
         next_fence: Mutex<Fence>,
+        /// Candidates looked at by acquisitions, renewal calls, and
+        /// status reports sent.
+        looked: Mutex<usize>,
+        renew_calls: Mutex<usize>,
+        reports: Mutex<usize>,
     }
 
     fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -414,34 +518,45 @@ mod tests {
         async fn heartbeat(&self) -> Result<usize, CoordError> {
             Ok(*lock(&self.live))
         }
-        async fn acquire(&self, shard: &Shard) -> Result<Option<Fence>, CoordError> {
-            let mut taken = lock(&self.taken);
-            if taken.contains(shard) {
-                return Ok(None);
-            }
-            taken.insert(shard.clone());
-            let mut f = lock(&self.next_fence);
-            *f += 1;
-            Ok(Some(*f))
-        }
-        async fn renew(
+        async fn acquire_some(
             &self,
-            shard: &Shard,
-            _: Fence,
-            _: Option<DateTime<Utc>>,
-        ) -> Result<Renewal, CoordError> {
-            match lock(&self.renewal).get(shard) {
-                None => Ok(Renewal::Held),
-                Some(Ok(r)) => Ok(*r),
-                Some(Err(())) => Err(CoordError::Unavailable("redis down".into())),
+            candidates: &[Shard],
+            want: usize,
+        ) -> Result<Vec<(Shard, Fence)>, CoordError> {
+            *lock(&self.looked) += candidates.len();
+            let mut taken = lock(&self.taken);
+            let mut got = Vec::new();
+            for shard in candidates {
+                if got.len() == want {
+                    break;
+                }
+                if taken.insert(shard.clone()) {
+                    let mut f = lock(&self.next_fence);
+                    *f += 1;
+                    got.push((shard.clone(), *f));
+                }
             }
+            Ok(got)
+        }
+        async fn renew_all(&self, leases: &[Renew]) -> Vec<Result<Renewal, CoordError>> {
+            *lock(&self.renew_calls) += 1;
+            leases
+                .iter()
+                .map(|r| {
+                    if r.report.is_some() {
+                        *lock(&self.reports) += 1;
+                    }
+                    match lock(&self.renewal).get(&r.shard) {
+                        None => Ok(Renewal::Held),
+                        Some(Ok(r)) => Ok(*r),
+                        Some(Err(())) => Err(CoordError::Unavailable("redis down".into())),
+                    }
+                })
+                .collect()
         }
         async fn release(&self, shard: &Shard, _: Fence) -> Result<(), CoordError> {
             lock(&self.taken).remove(shard);
             lock(&self.released).push(shard.clone());
-            Ok(())
-        }
-        async fn report(&self, _: &Shard, _: Fence, _: &ShardReport) -> Result<(), CoordError> {
             Ok(())
         }
         async fn leave(&self) -> Result<(), CoordError> {
@@ -564,6 +679,66 @@ mod tests {
         assert_eq!(lock(&leases.released).len(), 3);
         assert!(*lock(&leases.left));
         assert!(e.status.held().is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn renewals_are_one_call_a_round_and_status_is_written_when_it_changes() {
+        let leases = Arc::new(FakeLeases::default());
+        *lock(&leases.live) = 1;
+        let (mut k, e) = keeper(leases.clone(), 40);
+        tend(&mut k).await;
+        assert_eq!(e.status.held().len(), 40);
+        tend(&mut k).await;
+        let calls = *lock(&leases.renew_calls);
+        assert_eq!(
+            *lock(&leases.reports),
+            40,
+            "each shard's status written once"
+        );
+        tend(&mut k).await;
+        tend(&mut k).await;
+        assert_eq!(*lock(&leases.renew_calls), calls + 2, "one call a round");
+        assert_eq!(
+            *lock(&leases.reports),
+            40,
+            "nothing changed, nothing written"
+        );
+        let s = shards(40)[7].clone();
+        e.status.set_error(&s, &"boom");
+        tend(&mut k).await;
+        assert_eq!(*lock(&leases.reports), 41, "the changed one only");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_settled_fleet_does_not_search_every_shard_every_round() {
+        // 3,001 shards, two workers: the other holds 1,501, this one can
+        // only reach 1,500 of its fair 1,501 and keeps wanting one.
+        let n = 3001;
+        let leases = Arc::new(FakeLeases::default());
+        *lock(&leases.live) = 2;
+        lock(&leases.taken).extend(shards(n).into_iter().skip(1500));
+        let (mut k, e) = keeper(leases.clone(), n);
+        tend(&mut k).await;
+        assert_eq!(e.status.held().len(), 1500);
+        let mut full = 0;
+        let rounds = 32;
+        for _ in 0..rounds {
+            let before = *lock(&leases.looked);
+            tend(&mut k).await;
+            let looked = *lock(&leases.looked) - before;
+            assert!(looked <= n - 1500, "{looked}");
+            if looked > SCAN_SLICE {
+                full += 1;
+            }
+        }
+        // Full searches after 1, 2, 4, 8, 16, 16 … rounds, not 32.
+        assert!(full <= 5, "{full} full searches in {rounds} rounds");
+        // The other worker dies and its shards come free: the change in
+        // the live count makes the next round search everything.
+        *lock(&leases.live) = 1;
+        lock(&leases.taken).retain(|s| !shards(n).iter().skip(1500).any(|x| x == s));
+        tend(&mut k).await;
+        assert_eq!(e.status.held().len(), n);
     }
 
     #[test]

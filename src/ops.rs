@@ -27,6 +27,10 @@ pub struct OpsConfig {
     /// How long the sink may be unreachable before `/readyz` says 503
     /// (a broker's rolling restart should not take replicas out).
     pub sink_allowance: crate::field::Dur,
+    /// How many held shards have series of their own on `/metrics` (lag,
+    /// poll interval, rate); every held shard counts in its tenant's
+    /// aggregates.
+    pub shard_series: usize,
 }
 
 impl Default for OpsConfig {
@@ -34,6 +38,7 @@ impl Default for OpsConfig {
         Self {
             listen: "0.0.0.0:9090".into(),
             sink_allowance: crate::field::Dur(crate::status::DEFAULT_SINK_ALLOWANCE),
+            shard_series: crate::telemetry::DEFAULT_SHARD_SERIES,
         }
     }
 }

@@ -120,6 +120,12 @@ pub struct CoordConfig {
     pub sentinel_master: Option<String>,
     /// Redis Sentinel: each sentinel's `host:port`.
     pub sentinels: Vec<String>,
+    /// Redis Cluster: seed nodes' `host:port` (the rest of the cluster is
+    /// learnt from them). `redis_url` gives the scheme and credentials, its
+    /// host is not used. Keys carry hash tags: every key of one shard in
+    /// one slot, a token's budget keys in another (`cas-bridge
+    /// migrate-keys` copies a single Redis's keys into this layout).
+    pub cluster_nodes: Vec<String>,
 }
 
 /// A `host:port`.
@@ -142,6 +148,7 @@ impl Default for CoordConfig {
             tls_key_file: None,
             sentinel_master: None,
             sentinels: Vec::new(),
+            cluster_nodes: Vec::new(),
         }
     }
 }
@@ -205,6 +212,26 @@ impl CoordConfig {
                 "coord.redis_url",
                 "with Sentinel, set it for the scheme and credentials, e.g. redis://:password@sentinel/0 (its host is not used)",
             ));
+        }
+        if !self.cluster_nodes.is_empty() {
+            if let Some(bad) = self.cluster_nodes.iter().find(|s| host_port(s).is_none()) {
+                return Err(ConfigError::new(
+                    "coord.cluster_nodes",
+                    format!("`{bad}` is not host:port"),
+                ));
+            }
+            if self.sentinel_master.is_some() {
+                return Err(ConfigError::new(
+                    "coord.cluster_nodes",
+                    "a Redis Cluster or Sentinel, not both",
+                ));
+            }
+            if self.redis_url.is_none() {
+                return Err(ConfigError::new(
+                    "coord.redis_url",
+                    "with a Redis Cluster, set it for the scheme and credentials, e.g. redis://:password@cluster (its host is not used)",
+                ));
+            }
         }
         let p = &self.prefix;
         if p.is_empty()
@@ -313,6 +340,26 @@ mod tests {
                 c.sentinels = vec!["127.0.0.1:26379".into()];
             }),
             "coord.redis_url"
+        );
+        assert_eq!(
+            bad(|c| c.cluster_nodes = vec!["127.0.0.1:7000".into()]),
+            "coord.redis_url"
+        );
+        assert_eq!(
+            bad(|c| {
+                c.redis_url = Some("redis://cluster".to_string().into());
+                c.cluster_nodes = vec!["127.0.0.1".into()];
+            }),
+            "coord.cluster_nodes"
+        );
+        assert_eq!(
+            bad(|c| {
+                c.redis_url = Some("redis://cluster".to_string().into());
+                c.cluster_nodes = vec!["127.0.0.1:7000".into()];
+                c.sentinel_master = Some("m".into());
+                c.sentinels = vec!["127.0.0.1:26379".into()];
+            }),
+            "coord.cluster_nodes"
         );
         assert_eq!(host_port("[::1]:26379"), Some(("::1".into(), 26379)));
         assert!(CoordConfig::default().validate().is_ok());

@@ -4,26 +4,63 @@
 
 use redis::Script;
 
+// Takes up to ARGV[3] free shards among the candidates, in their order.
+// KEYS: lease, fence of each candidate (on a Redis Cluster, one candidate:
+// a shard's keys share a slot, two shards' need not). ARGV: owner, ttl_ms,
+// want. Returns {candidate (1-based), fence, …} of those taken.
 const ACQUIRE: &str = r#"
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-local f = redis.call('INCR', KEYS[2])
-redis.call('SET', KEYS[1], ARGV[1] .. ':' .. f, 'PX', ARGV[2])
-return f
+local out = {}
+local want = tonumber(ARGV[3])
+for i = 1, #KEYS, 2 do
+  if want <= 0 then break end
+  if redis.call('EXISTS', KEYS[i]) == 0 then
+    local f = redis.call('INCR', KEYS[i + 1])
+    redis.call('SET', KEYS[i], ARGV[1] .. ':' .. f, 'PX', ARGV[2])
+    out[#out + 1] = (i + 1) / 2
+    out[#out + 1] = f
+    want = want - 1
+  end
+end
+return out
 "#;
 
-// KEYS: lease, fence, cursor. ARGV: owner, fence, ttl_ms, cursor_ms or ''.
-// 1 = held, 2 = reclaimed, 0 = lost.
+// Renews held leases, each as one step: held (the TTL starts again) = 1;
+// lapsed or lost by Redis and nobody took it since = 2 (reclaimed with the
+// same fence, the cursor written back if missing); another holder = 0.
+// A renewed shard's status hash is written when asked (it changed).
+// KEYS: lease, fence, cursor, status of each shard (on a Redis Cluster,
+// one shard). ARGV: owner, ttl_ms, status_ttl_ms, then per shard: fence,
+// cursor_ms or '', write status ('1'/'0'), last_error, per_minute,
+// poll_interval_ms. Returns the codes, in order.
 const RENEW: &str = r#"
-local want = ARGV[1] .. ':' .. ARGV[2]
-local v = redis.call('GET', KEYS[1])
-if v == want then redis.call('PEXPIRE', KEYS[1], ARGV[3]) return 1 end
-if v then return 0 end
-local cur = redis.call('GET', KEYS[2])
-if cur and cur ~= ARGV[2] then return 0 end
-if not cur then redis.call('SET', KEYS[2], ARGV[2]) end
-redis.call('SET', KEYS[1], want, 'PX', ARGV[3])
-if ARGV[4] ~= '' and redis.call('EXISTS', KEYS[3]) == 0 then redis.call('SET', KEYS[3], ARGV[4]) end
-return 2
+local owner, ttl, sttl = ARGV[1], ARGV[2], ARGV[3]
+local out = {}
+for i = 0, #KEYS / 4 - 1 do
+  local k, a = i * 4, 3 + i * 6
+  local fence, cursor = ARGV[a + 1], ARGV[a + 2]
+  local want = owner .. ':' .. fence
+  local v = redis.call('GET', KEYS[k + 1])
+  local code = 0
+  if v == want then
+    redis.call('PEXPIRE', KEYS[k + 1], ttl)
+    code = 1
+  elseif not v then
+    local cur = redis.call('GET', KEYS[k + 2])
+    if (not cur) or cur == fence then
+      if not cur then redis.call('SET', KEYS[k + 2], fence) end
+      redis.call('SET', KEYS[k + 1], want, 'PX', ttl)
+      if cursor ~= '' and redis.call('EXISTS', KEYS[k + 3]) == 0 then redis.call('SET', KEYS[k + 3], cursor) end
+      code = 2
+    end
+  end
+  if code > 0 and ARGV[a + 3] == '1' then
+    redis.call('HSET', KEYS[k + 4], 'owner', owner, 'fence', fence, 'last_error', ARGV[a + 4],
+      'per_minute', ARGV[a + 5], 'poll_interval_ms', ARGV[a + 6])
+    redis.call('PEXPIRE', KEYS[k + 4], sttl)
+  end
+  out[i + 1] = code
+end
+return out
 "#;
 
 // A fenced write: the cursor (then KEYS[4], the progress, is deleted) or

@@ -12,7 +12,7 @@ use tokio::time::Instant;
 use super::BudgetConfig;
 use super::{
     Budget, BudgetUsage, CheckpointStore, CoordError, DedupStore, Fence, LeaseStore, Permit,
-    Priority, Progress, Renewal, ShardReport, Take,
+    Priority, Progress, Renew, Renewal, Take,
 };
 use crate::shard::Shard;
 
@@ -76,21 +76,21 @@ impl LeaseStore for SoleWorker {
     async fn heartbeat(&self) -> Result<usize, CoordError> {
         Ok(1)
     }
-    async fn acquire(&self, _shard: &Shard) -> Result<Option<Fence>, CoordError> {
-        Ok(Some(1))
-    }
-    async fn renew(
+    async fn acquire_some(
         &self,
-        _: &Shard,
-        _: Fence,
-        _: Option<DateTime<Utc>>,
-    ) -> Result<Renewal, CoordError> {
-        Ok(Renewal::Held)
+        candidates: &[Shard],
+        want: usize,
+    ) -> Result<Vec<(Shard, Fence)>, CoordError> {
+        Ok(candidates
+            .iter()
+            .take(want)
+            .map(|s| (s.clone(), 1))
+            .collect())
+    }
+    async fn renew_all(&self, leases: &[Renew]) -> Vec<Result<Renewal, CoordError>> {
+        leases.iter().map(|_| Ok(Renewal::Held)).collect()
     }
     async fn release(&self, _: &Shard, _: Fence) -> Result<(), CoordError> {
-        Ok(())
-    }
-    async fn report(&self, _: &Shard, _: Fence, _: &ShardReport) -> Result<(), CoordError> {
         Ok(())
     }
     async fn leave(&self) -> Result<(), CoordError> {

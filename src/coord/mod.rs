@@ -262,6 +262,18 @@ pub enum Renewal {
     Lost,
 }
 
+/// One held lease to renew, and what `status` should show of it.
+#[derive(Debug, Clone)]
+pub struct Renew {
+    pub shard: Shard,
+    pub fence: Fence,
+    /// The holder's own cursor, written back if the store lost it.
+    pub cursor: Option<DateTime<Utc>>,
+    /// What `status` shows of the shard; `None` when it has not changed
+    /// since the last renewal that wrote it.
+    pub report: Option<ShardReport>,
+}
+
 /// Shard leases and worker membership.
 #[async_trait]
 pub trait LeaseStore: Send + Sync {
@@ -269,25 +281,41 @@ pub trait LeaseStore: Send + Sync {
     fn ttl(&self) -> Duration;
     /// Announces this worker; returns how many workers are alive.
     async fn heartbeat(&self) -> Result<usize, CoordError>;
+    /// Takes up to `want` free shards among `candidates`, in their order;
+    /// returns each one taken with its new fence.
+    async fn acquire_some(
+        &self,
+        candidates: &[Shard],
+        want: usize,
+    ) -> Result<Vec<(Shard, Fence)>, CoordError>;
     /// Takes a free shard; returns the new fence, or `None` if it is held.
-    async fn acquire(&self, shard: &Shard) -> Result<Option<Fence>, CoordError>;
-    /// Renews a held lease. `cursor` is the holder's own cursor, written back
-    /// if the store lost it.
+    async fn acquire(&self, shard: &Shard) -> Result<Option<Fence>, CoordError> {
+        let mut got = self.acquire_some(std::slice::from_ref(shard), 1).await?;
+        Ok(got.pop().map(|(_, f)| f))
+    }
+    /// Renews held leases (in as few calls as the store allows) and
+    /// records their reports; one answer per lease, in order.
+    async fn renew_all(&self, leases: &[Renew]) -> Vec<Result<Renewal, CoordError>>;
+    /// Renews one held lease.
     async fn renew(
         &self,
         shard: &Shard,
         fence: Fence,
         cursor: Option<DateTime<Utc>>,
-    ) -> Result<Renewal, CoordError>;
+    ) -> Result<Renewal, CoordError> {
+        let one = Renew {
+            shard: shard.clone(),
+            fence,
+            cursor,
+            report: None,
+        };
+        self.renew_all(std::slice::from_ref(&one))
+            .await
+            .pop()
+            .unwrap_or_else(|| Err(CoordError::Unavailable("no answer to a renewal".into())))
+    }
     /// Gives a shard up (graceful shutdown, rebalancing).
     async fn release(&self, shard: &Shard, fence: Fence) -> Result<(), CoordError>;
-    /// Records what an operator should see of a held shard (`status`).
-    async fn report(
-        &self,
-        shard: &Shard,
-        fence: Fence,
-        report: &ShardReport,
-    ) -> Result<(), CoordError>;
     /// Leaves the fleet (graceful shutdown).
     async fn leave(&self) -> Result<(), CoordError>;
 }

@@ -95,6 +95,7 @@ impl Coordination {
                     .sentinel_master
                     .as_deref()
                     .map(|m| (m, coord.sentinels.as_slice())),
+                cluster: &coord.cluster_nodes,
             })
             .await?,
         );

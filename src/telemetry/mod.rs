@@ -18,10 +18,20 @@ use tracing::{debug, error, info, warn};
 
 use crate::field::ConfigError;
 
+mod held;
 mod prometheus;
 
 use crate::shard::Shard;
-pub use prometheus::{install, render};
+pub use held::{HeldGuard, ShardGauges, BOARD, DEFAULT_SHARD_SERIES};
+pub use prometheus::install;
+
+/// The Prometheus text of every metric: the recorder's, then the series of
+/// the shards this process holds and of its tenants.
+pub fn render() -> String {
+    let mut text = prometheus::render();
+    text.push_str(&BOARD.render());
+    text
+}
 
 /// The `log` section.
 #[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
@@ -162,18 +172,26 @@ impl Telemetry {
         ShardTelemetry::new(shard, self.stats.clone())
     }
 
-    /// Lists a tenant's API and token series from the start: answers 200,
-    /// 401 and 429 at zero, its token not refused.
+    /// Lists a tenant's series from the start: answers 200 and 429s at
+    /// zero, its token not refused, its held-shard aggregates (other
+    /// statuses appear when they happen: a tenant costs a fixed handful of
+    /// series, whatever the fleet's size).
     pub fn tenant_registered(&self, tenant: &str) {
-        for status in ["200", "401", "429"] {
-            counter!(
-                "cas_bridge_api_requests_total",
-                "tenant" => tenant.to_string(),
-                "status" => status
-            )
-            .increment(0);
-        }
+        counter!(
+            "cas_bridge_api_requests_total",
+            "tenant" => tenant.to_string(),
+            "status" => "200"
+        )
+        .increment(0);
+        counter!("cas_bridge_rate_limited_total", "tenant" => tenant.to_string()).increment(0);
         self.token_refused(tenant, false);
+        BOARD.tenant(&Arc::from(tenant));
+    }
+
+    /// The shard's series exist while the returned guard lives (the
+    /// keeper keeps it with the lease).
+    pub fn hold(&self, tel: &ShardTelemetry) -> HeldGuard {
+        BOARD.hold(&tel.shard, tel.gauges.clone())
     }
 
     /// Whether the API refuses a tenant's token now (1) or took it at the
@@ -251,6 +269,7 @@ impl Telemetry {
         ] {
             counter!(name).increment(0);
         }
+        counter!("cas_bridge_budget_permits_total").increment(0);
         for kind in SINK_ERROR_KINDS {
             counter!("cas_bridge_sink_errors_total", "kind" => kind).increment(0);
         }
@@ -271,7 +290,8 @@ pub struct ShardTelemetry {
     published: Counter,
     dead: [Counter; 3],
     windows: Counter,
-    lag: Gauge,
+    /// Lag, poll interval, rate, parked: rendered while the shard is held.
+    gauges: Arc<ShardGauges>,
     duplicates: Counter,
     gap: Counter,
     permits: Counter,
@@ -289,22 +309,22 @@ pub struct ShardTelemetry {
     reread: Counter,
     recovered: Counter,
     age: Histogram,
-    interval: Gauge,
-    rate: Gauge,
 }
 
 impl ShardTelemetry {
     fn new(shard: &Shard, stats: Arc<Stats>) -> Self {
+        // Counters are per pair, not per shard: their number is bounded by
+        // the pairs, whatever the tenants (per shard: `status`, the logs,
+        // and the held shards' gauges).
         let l = [
-            ("tenant", shard.tenant.to_string()),
             ("service", shard.service.clone()),
             ("event", shard.event.clone()),
         ];
         let dead = |reason: DeadReason| {
-            let [t, s, e] = l.clone();
+            let [s, e] = l.clone();
             counter!(
                 "cas_bridge_events_dead_lettered_total",
-                &[t, s, e, ("reason", reason.label().to_string())]
+                &[s, e, ("reason", reason.label().to_string())]
             )
         };
         let sink = |kind: &'static str| counter!("cas_bridge_sink_errors_total", "kind" => kind);
@@ -321,12 +341,12 @@ impl ShardTelemetry {
                 dead(DeadReason::Truncated),
             ],
             windows: counter!("cas_bridge_windows_checkpointed_total", &l),
-            lag: gauge!("cas_bridge_checkpoint_lag_seconds", &l),
+            gauges: Arc::default(),
             duplicates: counter!("cas_bridge_duplicates_skipped_total"),
             gap: counter!("cas_bridge_window_gap_seconds_total"),
-            permits: counter!("cas_bridge_budget_permits_total", "tenant" => shard.tenant.to_string()),
-            budget_wait: histogram!("cas_bridge_budget_wait_seconds", "tenant" => shard.tenant.to_string()),
-            api_duration: histogram!("cas_bridge_api_request_duration_seconds", "tenant" => shard.tenant.to_string()),
+            permits: counter!("cas_bridge_budget_permits_total"),
+            budget_wait: histogram!("cas_bridge_budget_wait_seconds"),
+            api_duration: histogram!("cas_bridge_api_request_duration_seconds"),
             publish_duration: histogram!("cas_bridge_sink_publish_duration_seconds"),
             rate_limited: counter!("cas_bridge_rate_limited_total", "tenant" => shard.tenant.to_string()),
             token_refused: gauge!("cas_bridge_token_refused", "tenant" => shard.tenant.to_string()),
@@ -338,8 +358,6 @@ impl ShardTelemetry {
             reread: counter!("cas_bridge_pages_reread_total", &l),
             recovered: counter!("cas_bridge_cursors_recovered_total", &l),
             age: histogram!("cas_bridge_event_age_seconds", &l),
-            interval: gauge!("cas_bridge_poll_interval_seconds", &l),
-            rate: gauge!("cas_bridge_events_per_minute", &l),
         }
     }
 
@@ -349,8 +367,6 @@ impl ShardTelemetry {
         self.published.increment(0);
         self.dead[0].increment(0);
         self.windows.increment(0);
-        // Per tenant (the shard's handles carry its tenant).
-        self.permits.increment(0);
         self.rate_limited.increment(0);
         // The rare ones too: an alert on `increase(…[5m]) > 0` needs the
         // series before its first increment.
@@ -445,8 +461,7 @@ impl ShardTelemetry {
 
     /// The pair's activity and the poll interval it sets.
     pub fn activity(&self, per_minute: Option<f64>, interval: Duration) {
-        self.rate.set(per_minute.unwrap_or(-1.0));
-        self.interval.set(interval.as_secs_f64());
+        self.gauges.set_activity(per_minute, interval.as_secs_f64());
         debug!(shard = %self.shard, per_minute, interval_s = crate::field::secs(interval), "poll interval");
     }
 
@@ -481,14 +496,15 @@ impl ShardTelemetry {
     pub fn window_checkpointed(&self, cursor: DateTime<Utc>) {
         Stats::add(&self.stats.windows, 1);
         self.windows.increment(1);
+        self.gauges.set_parked(false);
         self.checkpoint_lag(cursor);
         debug!(shard = %self.shard, %cursor, "checkpoint");
     }
 
     /// How far behind now the cursor is.
     pub fn checkpoint_lag(&self, cursor: DateTime<Utc>) {
-        self.lag
-            .set((Utc::now() - cursor).num_milliseconds() as f64 / 1000.0);
+        self.gauges
+            .set_lag((Utc::now() - cursor).num_milliseconds() as f64 / 1000.0);
     }
 
     /// Data beyond the API's reach was skipped: never silent.
@@ -516,6 +532,7 @@ impl ShardTelemetry {
     /// The shard waits `retry_in` before trying its window again.
     pub fn parked(&self, error: &dyn std::fmt::Display, retry_in: Duration) {
         self.parked.increment(1);
+        self.gauges.set_parked(true);
         error!(shard = %self.shard, %error, retry_in_s = crate::field::secs(retry_in), "shard parked");
     }
 

@@ -59,8 +59,8 @@ pub fn install() -> PrometheusHandle {
         .clone()
 }
 
-/// The Prometheus text of every metric.
-pub fn render() -> String {
+/// The Prometheus text of the recorder's metrics.
+pub(super) fn render() -> String {
     let h = install();
     h.run_upkeep();
     h.render()
@@ -111,7 +111,7 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
     (
         "cas_bridge_budget_permits_total",
         Kind::Counter,
-        "Permits taken from the token's budget",
+        "Permits taken from the budgets (every tenant's)",
     ),
     (
         "cas_bridge_rate_limited_total",
@@ -191,12 +191,12 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
     (
         "cas_bridge_poll_interval_seconds",
         Kind::Gauge,
-        "Per pair: how long it waits between polls in steady state (from its activity)",
+        "Per held shard (within ops.shard_series): how long it waits between polls in steady state (from its activity)",
     ),
     (
         "cas_bridge_events_per_minute",
         Kind::Gauge,
-        "Per pair: the observed rate of events that sets its poll interval (-1 until polled)",
+        "Per held shard (within ops.shard_series): the observed rate of events that sets its poll interval (-1 until polled)",
     ),
     (
         "cas_bridge_leases_held",
@@ -236,7 +236,22 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
     (
         "cas_bridge_checkpoint_lag_seconds",
         Kind::Gauge,
-        "now − cursor, per shard: how late data is",
+        "now − cursor, per held shard (within ops.shard_series): how late data is",
+    ),
+    (
+        "cas_bridge_tenant_shards_held",
+        Kind::Gauge,
+        "Per tenant: the shards this replica holds (the fleet's sum is the tenant's shards)",
+    ),
+    (
+        "cas_bridge_tenant_lag_max_seconds",
+        Kind::Gauge,
+        "Per tenant: the largest now − cursor of the shards this replica holds (0 when none)",
+    ),
+    (
+        "cas_bridge_tenant_shards_parked",
+        Kind::Gauge,
+        "Per tenant: held shards parked now (waiting after an error retrying cannot fix)",
     ),
     (
         "cas_bridge_build_info",

@@ -122,9 +122,11 @@ async fn metrics_move_and_readiness_follows_redis() {
     assert!(counter(&text, "cas_bridge_api_requests_total") > 0.0);
     assert!(counter(&text, "cas_bridge_budget_permits_total") > 0.0);
     assert!(counter(&text, "cas_bridge_leases_held") == 4.0, "{text}");
-    assert!(text.contains(
-        r#"cas_bridge_events_published_total{tenant="default",service="exchange",event="dlp"}"#
-    ));
+    assert!(text.contains(r#"cas_bridge_events_published_total{service="exchange",event="dlp"}"#));
+    assert!(
+        text.contains("cas_bridge_tenant_shards_held{tenant=\"default\"} 4\n"),
+        "{text}"
+    );
     assert!(text.contains(r#"reason="schema""#));
     let first = counter(&text, "cas_bridge_events_published_total");
     wait_for(

@@ -53,9 +53,16 @@ pub(super) struct BudgetKeys {
 }
 
 impl BudgetKeys {
-    pub(super) fn new(prefix: &str, token: &SecretString, cfg: BudgetConfig) -> Self {
+    /// `tagged` (a Redis Cluster): `P:budget:{<hash>}`, so the keys of one
+    /// budget share a slot.
+    pub(super) fn new(prefix: &str, tagged: bool, token: &SecretString, cfg: BudgetConfig) -> Self {
+        let hash = token_key(token);
         Self {
-            key: format!("{prefix}:budget:{}", token_key(token)),
+            key: if tagged {
+                format!("{prefix}:budget:{{{hash}}}")
+            } else {
+                format!("{prefix}:budget:{hash}")
+            },
             tenant: None,
             resolved: tokio::sync::OnceCell::new(),
             cfg,
@@ -126,7 +133,7 @@ impl RedisCoord {
     pub fn budget_for(self: &Arc<Self>, token: &SecretString, cfg: BudgetConfig) -> RedisBudget {
         RedisBudget {
             coord: self.clone(),
-            keys: BudgetKeys::new(&self.prefix, token, cfg),
+            keys: BudgetKeys::new(&self.prefix, self.tagged, token, cfg),
         }
     }
 
@@ -139,7 +146,7 @@ impl RedisCoord {
         token: &SecretString,
         cfg: BudgetConfig,
     ) -> RedisBudget {
-        let mut keys = BudgetKeys::new(&self.prefix, token, cfg);
+        let mut keys = BudgetKeys::new(&self.prefix, self.tagged, token, cfg);
         keys.tenant = Some(tenant.to_string());
         RedisBudget {
             coord: self.clone(),

@@ -29,9 +29,8 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use redis::aio::ConnectionManager;
-use redis::Script;
 use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
 
@@ -49,7 +48,7 @@ pub use target::{RedisTarget, TlsFiles};
 
 use super::lua::Scripts;
 use super::BudgetConfig;
-use super::{CoordError, DedupStore, Fence, LeaseStore, Renewal, ShardReport};
+use super::{CoordError, DedupStore, Fence, LeaseStore, Renew, Renewal};
 use crate::shard::Shard;
 
 /// Every Redis call gives up after this long (the caller retries later).
@@ -75,6 +74,45 @@ fn unavailable(e: impl std::error::Error + Send + Sync + 'static) -> CoordError 
     }
 }
 
+/// A connection to a single Redis (through the manager that reconnects)
+/// or to a Redis Cluster (which follows its slots and fail-overs).
+#[derive(Clone)]
+pub(crate) enum Conn {
+    Single(ConnectionManager),
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
+impl redis::aio::ConnectionLike for Conn {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(cmd, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
 /// Redis coordination for one worker.
 pub struct RedisCoord {
     /// Where to connect again (for Sentinel, asked at every connection).
@@ -82,7 +120,9 @@ pub struct RedisCoord {
     /// The connection; dropped after a connection-level failure and made
     /// again at the next call (the manager's own reconnection does not
     /// recover from every failure, e.g. a timed-out reconnect).
-    conn: std::sync::Mutex<Option<ConnectionManager>>,
+    conn: std::sync::Mutex<Option<Conn>>,
+    /// Keys carry hash tags (a Redis Cluster): `P:<kind>:{<shard>}`.
+    tagged: bool,
     /// Held while a connection is being made: one caller makes it, the
     /// others fail at once instead of queueing behind it (a hung Redis
     /// would otherwise cost every waiting call a connect timeout in turn).
@@ -105,7 +145,7 @@ pub struct RedisCoord {
     scripts: Scripts,
     /// The last cursor seen of every shard, ms (see
     /// [`CheckpointStore::remembered`]).
-    known: std::sync::Mutex<std::collections::HashMap<Shard, i64>>,
+    known: std::sync::Mutex<checkpoints::Remembered>,
 }
 
 impl std::fmt::Debug for RedisCoord {
@@ -130,19 +170,23 @@ pub struct RedisSettings<'a> {
     pub tls: TlsFiles,
     /// Redis Sentinel: the master's name and the sentinels' `host:port`.
     pub sentinel: Option<(&'a str, &'a [String])>,
+    /// Redis Cluster: seed nodes' `host:port` (none: a single Redis).
+    pub cluster: &'a [String],
 }
 
 impl RedisCoord {
     /// Connects (fails if Redis does not answer now; reconnects later by itself).
     pub async fn connect(s: RedisSettings<'_>) -> Result<Self, CoordError> {
-        let target = RedisTarget::new(s.url, &s.tls, s.sentinel)?;
+        let target = RedisTarget::new(s.url, &s.tls, s.sentinel, s.cluster)?;
         let conn = Self::open(&target).await?;
+        let tagged = target.is_cluster();
         Ok(Self {
             target,
             conn: std::sync::Mutex::new(Some(conn)),
+            tagged,
             opening: tokio::sync::Mutex::new(()),
             failed_at: std::sync::Mutex::new(None),
-            own: BudgetKeys::new(s.prefix, s.token, s.budget),
+            own: BudgetKeys::new(s.prefix, tagged, s.token, s.budget),
             prefix: s.prefix.to_string(),
             worker: s.worker,
             ttl: s.lease_ttl,
@@ -159,57 +203,134 @@ impl RedisCoord {
     /// `P:<kind>:<service>:<event>` for the default tenant (the layout
     /// before tenants existed, so its cursors are kept), and
     /// `P:<kind>:<tenant>:<service>:<event>` for a named one (a part never
-    /// holds `:`, so the two layouts cannot meet).
+    /// holds `:`, so the two layouts cannot meet). On a Redis Cluster the
+    /// shard is a hash tag, `P:<kind>:{<shard>}`: every key of one shard in
+    /// one slot, so each script touches one slot.
     fn key(&self, kind: &str, shard: &Shard) -> String {
-        if shard.default_tenant() {
-            format!("{}:{kind}:{}:{}", self.prefix, shard.service, shard.event)
-        } else {
-            format!(
-                "{}:{kind}:{}:{}:{}",
-                self.prefix, shard.tenant, shard.service, shard.event
-            )
-        }
+        key_of(&self.prefix, self.tagged, kind, shard)
     }
 
-    /// A call of a script over a shard's lease, fence and cursor keys, with
-    /// the worker, fence, TTL and a cursor (ms, or empty) as arguments.
-    fn shard_call<'a>(
+    /// Whether keys carry hash tags (a Redis Cluster).
+    pub fn tagged(&self) -> bool {
+        self.tagged
+    }
+}
+
+/// A shard's key of `kind` in either layout (see [`RedisCoord::key`]).
+pub(crate) fn key_of(prefix: &str, tagged: bool, kind: &str, shard: &Shard) -> String {
+    if tagged {
+        return format!("{prefix}:{kind}:{{{shard}}}");
+    }
+    if shard.default_tenant() {
+        format!("{prefix}:{kind}:{}:{}", shard.service, shard.event)
+    } else {
+        format!(
+            "{prefix}:{kind}:{}:{}:{}",
+            shard.tenant, shard.service, shard.event
+        )
+    }
+}
+
+/// Candidates looked at in one acquisition call (a single Redis).
+const ACQUIRE_BATCH: usize = 256;
+/// Leases renewed in one call (a single Redis).
+const RENEW_BATCH: usize = 128;
+/// Calls in flight at once on a Redis Cluster (one shard each).
+const CLUSTER_CALLS: usize = 64;
+/// How long a shard's status hash outlives its last write.
+const STATUS_TTL_MS: u64 = 86_400_000;
+
+impl RedisCoord {
+    /// One acquisition call over `batch` (one slot's worth on a cluster).
+    async fn acquire_batch(
         &self,
-        script: &'a Script,
-        shard: &Shard,
-        fence: Fence,
-        cursor_ms: String,
-    ) -> redis::ScriptInvocation<'a> {
-        let mut inv = script.prepare_invoke();
-        inv.key(self.key("lease", shard))
-            .key(self.key("fence", shard))
-            .key(self.key("cursor", shard))
-            .arg(&self.worker)
-            .arg(fence)
+        batch: &[Shard],
+        want: usize,
+    ) -> Result<Vec<(Shard, Fence)>, CoordError> {
+        let mut inv = self.scripts.acquire.prepare_invoke();
+        for s in batch {
+            inv.key(self.key("lease", s)).key(self.key("fence", s));
+        }
+        inv.arg(&self.worker)
             .arg(self.ttl.as_millis() as u64)
-            .arg(cursor_ms);
-        inv
+            .arg(want);
+        let taken: Vec<u64> = self.run(inv).await?;
+        Ok(taken
+            .chunks(2)
+            .filter_map(|p| match p {
+                [i, f] => batch
+                    .get((*i as usize).checked_sub(1)?)
+                    .map(|s| (s.clone(), *f)),
+                _ => None,
+            })
+            .collect())
     }
 
-    async fn open(target: &RedisTarget) -> Result<ConnectionManager, CoordError> {
+    /// One renewal call over `batch`.
+    async fn renew_batch(&self, batch: &[Renew]) -> Result<Vec<Renewal>, CoordError> {
+        let mut inv = self.scripts.renew.prepare_invoke();
+        inv.arg(&self.worker)
+            .arg(self.ttl.as_millis() as u64)
+            .arg(STATUS_TTL_MS);
+        for r in batch {
+            inv.key(self.key("lease", &r.shard))
+                .key(self.key("fence", &r.shard))
+                .key(self.key("cursor", &r.shard))
+                .key(self.key("status", &r.shard));
+            let report = r.report.as_ref();
+            inv.arg(r.fence)
+                .arg(
+                    r.cursor
+                        .map(|c| c.timestamp_millis().to_string())
+                        .unwrap_or_default(),
+                )
+                .arg(if report.is_some() { "1" } else { "0" })
+                .arg(report.and_then(|p| p.last_error.as_deref()).unwrap_or(""))
+                .arg(
+                    report
+                        .and_then(|p| p.per_minute)
+                        .map(|r| format!("{r:.3}"))
+                        .unwrap_or_default(),
+                )
+                .arg(
+                    report
+                        .and_then(|p| p.poll_interval)
+                        .map(|d| d.as_millis().to_string())
+                        .unwrap_or_default(),
+                );
+        }
+        let codes: Vec<i64> = self.run(inv).await?;
+        if codes.len() != batch.len() {
+            return Err(CoordError::Unavailable(format!(
+                "a renewal of {} leases answered {}",
+                batch.len(),
+                codes.len()
+            )));
+        }
+        Ok(codes
+            .into_iter()
+            .map(|c| match c {
+                1 => Renewal::Held,
+                2 => Renewal::Reclaimed,
+                _ => Renewal::Lost,
+            })
+            .collect())
+    }
+
+    async fn open(target: &RedisTarget) -> Result<Conn, CoordError> {
         let cfg = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(CALL_TIMEOUT)
             .set_response_timeout(CALL_TIMEOUT)
             .set_number_of_retries(1);
-        tokio::time::timeout(CALL_TIMEOUT * 2, async {
-            let client = target.client().await?;
-            ConnectionManager::new_with_config(client, cfg)
-                .await
-                .map_err(unavailable)
-        })
-        .await
-        .map_err(|_| CoordError::Unavailable("connecting to Redis timed out".into()))?
+        tokio::time::timeout(CALL_TIMEOUT * 2, target.connect(cfg))
+            .await
+            .map_err(|_| CoordError::Unavailable("connecting to Redis timed out".into()))?
     }
 
     /// The connection, made again if the last one broke. While one caller
     /// makes it, or shortly after an attempt failed, the others get
     /// [`CoordError::Unavailable`] at once (they all retry later anyway).
-    async fn connection(&self) -> Result<ConnectionManager, CoordError> {
+    async fn connection(&self) -> Result<Conn, CoordError> {
         let current = || lock(&self.conn).clone();
         if let Some(c) = current() {
             return Ok(c);
@@ -358,32 +479,67 @@ impl LeaseStore for RedisCoord {
         self.run(inv).await
     }
 
-    async fn acquire(&self, shard: &Shard) -> Result<Option<Fence>, CoordError> {
-        let mut inv = self.scripts.acquire.prepare_invoke();
-        inv.key(self.key("lease", shard))
-            .key(self.key("fence", shard))
-            .arg(&self.worker)
-            .arg(self.ttl.as_millis() as u64);
-        let f: u64 = self.run(inv).await?;
-        Ok((f > 0).then_some(f))
+    async fn acquire_some(
+        &self,
+        candidates: &[Shard],
+        want: usize,
+    ) -> Result<Vec<(Shard, Fence)>, CoordError> {
+        let mut got = Vec::new();
+        if self.tagged {
+            // One shard per call (its own slot), a few calls at once, never
+            // more at once than still wanted.
+            let mut rest = candidates;
+            while got.len() < want && !rest.is_empty() {
+                let n = (want - got.len()).min(CLUSTER_CALLS).min(rest.len());
+                let (wave, after) = rest.split_at(n);
+                rest = after;
+                let answers = futures::future::join_all(
+                    wave.iter()
+                        .map(|s| self.acquire_batch(std::slice::from_ref(s), 1)),
+                )
+                .await;
+                for a in answers {
+                    got.extend(a?);
+                }
+            }
+            return Ok(got);
+        }
+        for batch in candidates.chunks(ACQUIRE_BATCH) {
+            if got.len() >= want {
+                break;
+            }
+            got.extend(self.acquire_batch(batch, want - got.len()).await?);
+        }
+        Ok(got)
     }
 
-    async fn renew(
-        &self,
-        shard: &Shard,
-        fence: Fence,
-        cursor: Option<DateTime<Utc>>,
-    ) -> Result<Renewal, CoordError> {
-        let cursor = cursor
-            .map(|c| c.timestamp_millis().to_string())
-            .unwrap_or_default();
-        let inv = self.shard_call(&self.scripts.renew, shard, fence, cursor);
-        let code: i64 = self.run(inv).await?;
-        Ok(match code {
-            1 => Renewal::Held,
-            2 => Renewal::Reclaimed,
-            _ => Renewal::Lost,
-        })
+    async fn renew_all(&self, leases: &[Renew]) -> Vec<Result<Renewal, CoordError>> {
+        // A single Redis: batches of leases per call, a few calls at once;
+        // a cluster: one shard per call (its slot), more at once.
+        let (per_call, at_once) = if self.tagged {
+            (1, CLUSTER_CALLS)
+        } else {
+            (RENEW_BATCH, 4)
+        };
+        let batches: Vec<&[Renew]> = leases.chunks(per_call).collect();
+        let mut out = Vec::with_capacity(leases.len());
+        for wave in batches.chunks(at_once) {
+            let answers = futures::future::join_all(wave.iter().map(|b| self.renew_batch(b))).await;
+            for (batch, answer) in wave.iter().zip(answers) {
+                match answer {
+                    Ok(codes) => out.extend(codes.into_iter().map(Ok)),
+                    Err(e) => {
+                        let e = crate::field::chain(&e).to_string();
+                        out.extend(
+                            batch
+                                .iter()
+                                .map(|_| Err(CoordError::Unavailable(e.clone()))),
+                        );
+                    }
+                }
+            }
+        }
+        out
     }
 
     async fn release(&self, shard: &Shard, fence: Fence) -> Result<(), CoordError> {
@@ -391,41 +547,6 @@ impl LeaseStore for RedisCoord {
         inv.key(self.key("lease", shard))
             .arg(format!("{}:{fence}", self.worker));
         self.run::<i64>(inv).await.map(|_| ())
-    }
-
-    async fn report(
-        &self,
-        shard: &Shard,
-        fence: Fence,
-        report: &ShardReport,
-    ) -> Result<(), CoordError> {
-        let key = self.key("status", shard);
-        let mut pipe = redis::pipe();
-        pipe.cmd("HSET")
-            .arg(&key)
-            .arg("owner")
-            .arg(&self.worker)
-            .arg("fence")
-            .arg(fence)
-            .arg("last_error")
-            .arg(report.last_error.as_deref().unwrap_or(""))
-            .arg("per_minute")
-            .arg(
-                report
-                    .per_minute
-                    .map(|r| format!("{r:.3}"))
-                    .unwrap_or_default(),
-            )
-            .arg("poll_interval_ms")
-            .arg(
-                report
-                    .poll_interval
-                    .map(|d| d.as_millis().to_string())
-                    .unwrap_or_default(),
-            )
-            .ignore();
-        pipe.cmd("PEXPIRE").arg(&key).arg(86_400_000u64).ignore();
-        self.pipe(&pipe).await
     }
 
     async fn leave(&self) -> Result<(), CoordError> {

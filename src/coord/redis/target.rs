@@ -58,6 +58,7 @@ impl TlsFiles {
 
 enum Kind {
     Direct(redis::Client),
+    Cluster(redis::cluster::ClusterClient),
     Sentinel {
         client: tokio::sync::Mutex<SentinelClient>,
         master: String,
@@ -71,13 +72,18 @@ pub struct RedisTarget {
 }
 
 impl RedisTarget {
-    /// `sentinel`: the master's name and the sentinels' `host:port`.
+    /// `sentinel`: the master's name and the sentinels' `host:port`;
+    /// `cluster`: a Redis Cluster's seed nodes.
     pub fn new(
         url: &SecretString,
         tls: &TlsFiles,
         sentinel: Option<(&str, &[String])>,
+        cluster: &[String],
     ) -> Result<Self, CoordError> {
         let certs = tls.certificates()?;
+        if !cluster.is_empty() {
+            return Self::cluster(url, certs, cluster);
+        }
         let Some((master, sentinels)) = sentinel else {
             let client = match certs {
                 Some(c) => redis::Client::build_with_tls(url.expose_secret(), c),
@@ -129,11 +135,83 @@ impl RedisTarget {
         })
     }
 
+    fn cluster(
+        url: &SecretString,
+        certs: Option<TlsCertificates>,
+        nodes: &[String],
+    ) -> Result<Self, CoordError> {
+        let info = url
+            .expose_secret()
+            .into_connection_info()
+            .map_err(|e| unavailable("coord.redis_url", e))?;
+        let tls = matches!(info.addr, ConnectionAddr::TcpTls { .. });
+        let seeds: Vec<redis::ConnectionInfo> = nodes
+            .iter()
+            .filter_map(|s| host_port(s))
+            .map(|(host, port)| redis::ConnectionInfo {
+                addr: if tls {
+                    ConnectionAddr::TcpTls {
+                        host,
+                        port,
+                        insecure: false,
+                        tls_params: None,
+                    }
+                } else {
+                    ConnectionAddr::Tcp(host, port)
+                },
+                redis: info.redis.clone(),
+            })
+            .collect();
+        let mut b = redis::cluster::ClusterClientBuilder::new(seeds)
+            .connection_timeout(super::CALL_TIMEOUT)
+            .response_timeout(super::CALL_TIMEOUT)
+            .retries(2);
+        if tls {
+            b = b.tls(TlsMode::Secure);
+            if let Some(c) = certs {
+                b = b.certs(c);
+            }
+        }
+        let client = b
+            .build()
+            .map_err(|e| unavailable("coord.cluster_nodes", e))?;
+        Ok(Self {
+            kind: Kind::Cluster(client),
+        })
+    }
+
+    /// Whether this is a Redis Cluster (keys carry hash tags).
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.kind, Kind::Cluster(_))
+    }
+
+    /// A connection to the server (or the cluster) to talk to now.
+    pub(crate) async fn connect(
+        &self,
+        cfg: redis::aio::ConnectionManagerConfig,
+    ) -> Result<super::Conn, CoordError> {
+        if let Kind::Cluster(c) = &self.kind {
+            return c
+                .get_async_connection()
+                .await
+                .map(super::Conn::Cluster)
+                .map_err(|e| unavailable("connecting to the Redis Cluster", e));
+        }
+        let client = self.client().await?;
+        redis::aio::ConnectionManager::new_with_config(client, cfg)
+            .await
+            .map(super::Conn::Single)
+            .map_err(super::unavailable)
+    }
+
     /// A client for the server to talk to now: for Sentinel, the master the
     /// sentinels name at this moment (it is checked to be a master).
-    pub async fn client(&self) -> Result<redis::Client, CoordError> {
+    async fn client(&self) -> Result<redis::Client, CoordError> {
         match &self.kind {
             Kind::Direct(c) => Ok(c.clone()),
+            Kind::Cluster(_) => Err(CoordError::Unavailable(
+                "a Redis Cluster has no single client".into(),
+            )),
             Kind::Sentinel {
                 client,
                 master,
