@@ -118,7 +118,10 @@ return redis.call('ZCARD', KEYS[1])
 
 // KEYS: minute, day, pause, seq, last grant, waiters. ARGV: per_minute,
 // per_day, minute_ms, day_ms, mode, pace_ms, worker, rank, stale_ms.
-// Returns {1, 0} for a permit or {0, ms to wait}. Grants are paced
+// Returns {1, the grant's number} for a permit or {0, ms to wait}. The
+// number only grows (KEYS[4] never expires): a smaller one than a worker
+// saw before means the store lost grants (a fail-over to a replica that
+// had not received them). Grants are paced
 // `pace_ms` apart, so a backlog spends the minute evenly instead of in one
 // burst whose requests reach the API spread over an unknown delay.
 //
@@ -172,10 +175,9 @@ if ARGV[5] == 'sliding' then
   redis.call('ZADD', KEYS[2], now, seq)
   redis.call('PEXPIRE', KEYS[1], span)
   redis.call('PEXPIRE', KEYS[2], dspan)
-  redis.call('PEXPIRE', KEYS[4], dspan)
   redis.call('SET', KEYS[5], now, 'PX', span)
   redis.call('HDEL', KEYS[6], me)
-  return {1, 0}
+  return {1, seq}
 end
 local m = tonumber(redis.call('GET', KEYS[1]) or '0')
 if m >= pm then return refuse(math.max(1, redis.call('PTTL', KEYS[1]))) end
@@ -185,7 +187,7 @@ if m == 0 then redis.call('SET', KEYS[1], 1, 'PX', span) else redis.call('INCR',
 if d == 0 then redis.call('SET', KEYS[2], 1, 'PX', dspan) else redis.call('INCR', KEYS[2]) end
 redis.call('SET', KEYS[5], now, 'PX', span)
 redis.call('HDEL', KEYS[6], me)
-return {1, 0}
+return {1, redis.call('INCR', KEYS[4])}
 "#;
 
 // KEYS: minute, day. ARGV: minute_ms, day_ms, mode. Returns {minute, day}.

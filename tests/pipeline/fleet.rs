@@ -428,3 +428,65 @@ async fn the_shared_budget_serves_the_most_urgent_waiter_in_the_fleet() {
     assert!(granted(a.try_acquire(Priority::Active).await.unwrap()));
     sim.stop().await;
 }
+
+/// A fail-over to a replica that had not received the last grants: the
+/// store's grant numbers go back, and the fleet waits out the minute those
+/// forgotten requests could still fill at the API.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_budget_whose_redis_forgot_grants_pauses_every_replica_for_a_minute() {
+    use cas_bridge::coord::{Budget, Priority, Take};
+    require_redis();
+    let sim = start_sim(sim_config()).await;
+    let tag = tag();
+    let mut cfg = fleet_config(&sim, &tag, SinkKind::Jsonl, REDIS_URL, &tag);
+    cfg.budget.per_minute = 6000;
+    let token = SecretString::from("sim-token");
+    let mut a_cfg = cfg.clone();
+    a_cfg.coord.worker_id = Some("a".into());
+    let mut b_cfg = cfg.clone();
+    b_cfg.coord.worker_id = Some("b".into());
+    let (_, a) = a_cfg.redis_coordination(&token).await.unwrap();
+    let (_, b) = b_cfg.redis_coordination(&token).await.unwrap();
+    for _ in 0..3 {
+        let p = Budget::acquire(&*a, Priority::Active).await.unwrap();
+        drop(p);
+    }
+    // The replica promoted had only the first grant.
+    let hash = cas_bridge::coord::redis::token_key(&token);
+    let seq = format!("{tag}:budget:{hash}:seq");
+    let client = redis::Client::open(REDIS_URL).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let n: i64 = redis::cmd("GET")
+        .arg(&seq)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(n, 3);
+    let _: () = redis::cmd("SET")
+        .arg(&seq)
+        .arg(1)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    // The next grant is numbered 2, which worker a saw already.
+    let mut granted = 0;
+    let waited = loop {
+        match a.try_acquire(Priority::Active).await.unwrap() {
+            Take::Granted(_) => granted += 1,
+            // The pace between grants (10 ms).
+            Take::Wait(w) if w < Duration::from_secs(1) => tokio::time::sleep(w).await,
+            Take::Wait(w) => break w,
+        }
+        assert!(granted < 3, "grants went on after the numbers went back");
+    };
+    assert_eq!(granted, 0, "the grant numbered 2 was not used");
+    assert!(waited >= Duration::from_secs(60), "{waited:?}");
+    // Every replica honours it, not only the one that noticed.
+    let paused = b.usage().await.paused.expect("the fleet is paused");
+    assert!(paused > Duration::from_secs(55), "{paused:?}");
+    assert!(matches!(
+        b.try_acquire(Priority::PagesLeft).await.unwrap(),
+        Take::Wait(_)
+    ));
+    sim.stop().await;
+}

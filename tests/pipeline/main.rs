@@ -4,6 +4,7 @@
 
 mod chaos;
 mod cloudevents;
+mod cluster;
 mod deploy;
 mod faults;
 mod first_hour;

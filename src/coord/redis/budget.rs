@@ -50,6 +50,9 @@ pub(super) struct BudgetKeys {
     resolved: tokio::sync::OnceCell<String>,
     /// Limits and counting mode.
     pub(super) cfg: BudgetConfig,
+    /// The highest grant number this process was given (see
+    /// [`RedisCoord::take_from`]).
+    last_grant: std::sync::atomic::AtomicI64,
 }
 
 impl BudgetKeys {
@@ -66,6 +69,7 @@ impl BudgetKeys {
             tenant: None,
             resolved: tokio::sync::OnceCell::new(),
             cfg,
+            last_grant: std::sync::atomic::AtomicI64::new(0),
         }
     }
 
@@ -169,12 +173,30 @@ impl RedisCoord {
             .arg(&self.worker)
             .arg(priority.rank())
             .arg(WAITER_STALE.as_millis() as u64);
-        let (ok, wait_ms): (i64, i64) = self.run(inv).await?;
-        Ok(if ok == 1 {
-            Take::Granted(Permit::new(Duration::ZERO))
-        } else {
-            Take::Wait(Duration::from_millis(wait_ms.clamp(1, 10_000) as u64))
-        })
+        let (ok, n): (i64, i64) = self.run(inv).await?;
+        if ok != 1 {
+            return Ok(Take::Wait(Duration::from_millis(n.clamp(1, 10_000) as u64)));
+        }
+        // Grants are numbered by the store: a number this process saw
+        // already means the store forgot the grants after it (a fail-over
+        // to a replica that had not received them yet). The API counted
+        // them: every caller waits out the minute they could fill.
+        let seen = b
+            .last_grant
+            .fetch_max(n, std::sync::atomic::Ordering::Relaxed);
+        if n <= seen {
+            let minute = Duration::from_millis((MINUTE_MS + b.margin_ms()) as u64);
+            tracing::warn!(
+                grant = n,
+                seen,
+                pause_s = crate::field::secs(minute),
+                "the budget's Redis forgot recent permits (a fail-over?); every replica waits a minute so the API's count is not exceeded"
+            );
+            b.last_grant.store(n, std::sync::atomic::Ordering::Relaxed);
+            self.pause_of(b, minute).await;
+            return Ok(Take::Wait(minute));
+        }
+        Ok(Take::Granted(Permit::new(Duration::ZERO)))
     }
 
     async fn pause_of(&self, b: &BudgetKeys, for_: Duration) {

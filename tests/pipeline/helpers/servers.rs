@@ -246,3 +246,134 @@ impl Drop for OwnRedis {
         let _ = self.child.wait();
     }
 }
+
+/// A port for a Redis Cluster node: free, and so is its bus port (port +
+/// 10000), both below 65536.
+pub fn cluster_port() -> u16 {
+    use rand::Rng;
+    loop {
+        let p: u16 = rand::rng().random_range(20_000..45_000);
+        let free = |p: u16| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok();
+        if free(p) && free(p + 10_000) {
+            return p;
+        }
+    }
+}
+
+/// What `redis-cli -p PORT ARGS…` printed.
+pub fn redis_cli(port: u16, args: &[&str]) -> String {
+    let out = std::process::Command::new("redis-cli")
+        .arg("-p")
+        .arg(port.to_string())
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run redis-cli ({e}); install redis-tools"));
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+/// A Redis Cluster the test owns: `masters` masters with one replica each,
+/// from `redis-server --cluster-enabled yes`, joined with `redis-cli
+/// --cluster create` (stopped on drop).
+pub struct OwnCluster {
+    pub nodes: Vec<OwnRedis>,
+}
+
+impl OwnCluster {
+    pub fn start(masters: usize) -> Self {
+        let nodes: Vec<OwnRedis> = (0..masters * 2)
+            .map(|_| {
+                let port = cluster_port();
+                let p = port.to_string();
+                let args: Vec<String> = [
+                    "--bind",
+                    "127.0.0.1",
+                    "--port",
+                    &p,
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    &format!("nodes-{p}.conf"),
+                    "--cluster-node-timeout",
+                    "2000",
+                    // A replica takes over however long its master was
+                    // quiet (an idle link otherwise counts as stale data).
+                    "--cluster-replica-validity-factor",
+                    "0",
+                ]
+                .iter()
+                .map(|a| a.to_string())
+                .collect();
+                OwnRedis::start_with(port, &args)
+            })
+            .collect();
+        let addrs: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        let out = std::process::Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(&addrs)
+            .args(["--cluster-replicas", "1", "--cluster-yes"])
+            .output()
+            .expect("redis-cli runs");
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let c = Self { nodes };
+        c.wait_ok(masters, Duration::from_secs(30));
+        c
+    }
+
+    /// Waits until every live node says the cluster is ok and `masters`
+    /// nodes are masters.
+    pub fn wait_ok(&self, masters: usize, within: Duration) {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            let ok = self
+                .nodes
+                .iter()
+                .all(|n| redis_cli(n.port, &["CLUSTER", "INFO"]).contains("cluster_state:ok"));
+            if ok && self.masters().len() == masters {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the cluster is not ok: {}",
+                redis_cli(self.nodes[0].port, &["CLUSTER", "NODES"])
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// The ports of the nodes that are masters now.
+    pub fn masters(&self) -> Vec<u16> {
+        self.nodes
+            .iter()
+            .filter(|n| redis_cli(n.port, &["ROLE"]).starts_with("master"))
+            .map(|n| n.port)
+            .collect()
+    }
+
+    /// The seed nodes' `host:port` (every node).
+    pub fn seeds(&self) -> Vec<String> {
+        self.nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect()
+    }
+
+    /// Kills the node on `port` (a master: its replica is promoted after
+    /// the node timeout).
+    pub fn kill(&mut self, port: u16) {
+        let i = self
+            .nodes
+            .iter()
+            .position(|n| n.port == port)
+            .expect("a node of the cluster");
+        self.nodes.remove(i).stop();
+    }
+}
