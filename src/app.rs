@@ -95,6 +95,23 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Copy a single Redis's keys into the Redis Cluster the configuration
+    /// names (`coord.cluster_nodes`), in its hash-tagged layout: cursors,
+    /// fences, in-window progress, dedup memory, budgets. Stop the fleet
+    /// first; the source is only read, and keys already in the cluster are
+    /// left as they are (it can run again).
+    MigrateKeys {
+        /// The single Redis to copy from, e.g. redis://:password@old-redis:6379/0
+        /// (same prefix; TLS files from the configuration for rediss://).
+        #[arg(long, env = "CAS_BRIDGE_MIGRATE_FROM", hide_env_values = true)]
+        from: String,
+        /// Copy even though the source still has live workers or leases.
+        #[arg(long)]
+        force: bool,
+        /// Count what would be copied; write nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 pub async fn main(cli: Cli) -> anyhow::Result<()> {
@@ -107,6 +124,14 @@ pub async fn main(cli: Cli) -> anyhow::Result<()> {
         Command::Simulate(cfg) => simulate(cfg).await,
         Command::CheckConfig { without_secret } => check_config(cli.config, without_secret),
         Command::Status { json } => status(cli.config, json).await,
+        Command::MigrateKeys {
+            from,
+            force,
+            dry_run,
+        } => {
+            init_logs("text", "warn");
+            migrate_keys(cli.config, from.into(), force, dry_run).await
+        }
         Command::Probe { url } => probe(&url).await,
         Command::Verify { json } => {
             // Each check's line names what failed; the Kafka client's own
@@ -300,6 +325,42 @@ fn first_token(cfg: &Config) -> anyhow::Result<SecretString> {
         .first()
         .ok_or_else(|| anyhow::anyhow!("no tenant is configured"))?;
     Ok(first.api.resolved_token().map_err(|e| first.named(e))?)
+}
+
+async fn migrate_keys(
+    file: Option<PathBuf>,
+    from: SecretString,
+    force: bool,
+    dry_run: bool,
+) -> anyhow::Result<()> {
+    let cfg = Config::load(file.as_deref())?;
+    if cfg.coord.cluster_nodes.is_empty() {
+        anyhow::bail!("migrate-keys copies into a Redis Cluster: set coord.cluster_nodes (and coord.redis_url for the scheme and credentials)");
+    }
+    let token = first_token(&cfg)?;
+    let mut quiet = cfg.clone();
+    quiet.coord.worker_id = Some("migrate-keys".into());
+    let (_, rc) = quiet.redis_coordination(&token).await?;
+    let tls = crate::coord::redis::TlsFiles {
+        ca: cfg.coord.tls_ca_file.clone(),
+        cert: cfg.coord.tls_cert_file.clone(),
+        key: cfg.coord.tls_key_file.clone(),
+    };
+    let done = rc
+        .migrate_from(&from, &tls, force, dry_run)
+        .await
+        .map_err(|e| anyhow::anyhow!("{}", crate::field::chain(&e)))?;
+    let verb = if dry_run { "would copy" } else { "copied" };
+    let total: u64 = done.copied.values().sum();
+    println!("{verb} {total} keys under {}:", cfg.coord.prefix);
+    for (kind, n) in &done.copied {
+        println!("  {kind:<10} {n}");
+    }
+    println!(
+        "left as they were: {} already in the cluster; not copied: {} (leases, heartbeats, probes)",
+        done.existing, done.skipped
+    );
+    Ok(())
 }
 
 async fn status(file: Option<PathBuf>, json: bool) -> anyhow::Result<()> {

@@ -117,3 +117,88 @@ async fn a_fleet_on_a_redis_cluster_follows_a_master_fail_over_and_loses_nothing
     assert!(most <= per_minute as usize, "{most} requests in a minute");
     sim.stop().await;
 }
+
+/// A fleet on a single Redis moves to a cluster: `migrate-keys` refuses
+/// while it runs, then copies cursors, fences, dedup memory and budgets
+/// into the tagged layout; the fleet on the cluster goes on where it
+/// stopped (no window read again from the start, no duplicate published),
+/// and a second run copies nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_keys_moves_a_single_redis_fleet_onto_a_cluster() {
+    use cas_bridge::coord::Budget;
+    require_redis();
+    let cluster = OwnCluster::start(3);
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("operator.log");
+    let sim = start_sim(sim_config()).await;
+    let tag = tag();
+    let mut single = fleet_config(&sim, &tag, SinkKind::Jsonl, REDIS_URL, &tag);
+    single.sink.jsonl.path = dir.path().join("events.jsonl").display().to_string();
+    let mut target = single.clone();
+    target.coord.redis_url = Some("redis://cluster".to_string().into());
+    target.coord.cluster_nodes = cluster.seeds();
+    target.validate().unwrap();
+    let shards = single.all_shards().unwrap();
+
+    let fleet = Fleet::caught_up(&[(&single, "single-a")]).await;
+    let t0 = fleet.t0;
+    let out = operator(&target, &log, &["migrate-keys", "--from", REDIS_URL]);
+    assert!(!out.status.success(), "copied while the fleet runs");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("stop every replica"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    fleet.stop().await;
+    let on_single = observer(&single).await;
+    let before = on_single.status(&shards).await.unwrap();
+    let used = on_single.usage().await.last_day;
+    assert!(used > 0);
+
+    let out = operator(&target, &log, &["migrate-keys", "--from", REDIS_URL]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(text.contains("copied"), "{text}");
+    let on_cluster = observer(&target).await;
+    let after = on_cluster.status(&shards).await.unwrap();
+    for (b, a) in before.shards.iter().zip(&after.shards) {
+        assert_eq!(a.shard, b.shard);
+        assert!(b.cursor.is_some(), "{b:?}");
+        assert_eq!(a.cursor, b.cursor, "{}", a.shard);
+        assert_eq!(a.fence, b.fence, "{}", a.shard);
+        assert_eq!(a.owner, None, "leases are not copied");
+    }
+    assert_eq!(on_cluster.usage().await.last_day, used, "the day's budget");
+
+    // The fleet goes on from the cursors on the cluster.
+    let fleet = Fleet::caught_up(&[(&target, "cluster-a")]).await;
+    let to = Utc::now() - chrono::Duration::seconds(20);
+    wait_cursor_in(
+        &fleet.observer,
+        &target,
+        to + chrono::Duration::seconds(15),
+        Duration::from_secs(90),
+    )
+    .await;
+    fleet.stop().await;
+    let r = assert_delivered(
+        "migrated",
+        &sim,
+        &target,
+        t0 - chrono::Duration::seconds(590),
+        to,
+    )
+    .await;
+    assert!(r.expected > 100, "{r:?}");
+    assert_eq!(
+        r.duplicated, 0,
+        "a sink without dedup: the cluster knew the cursors and the delivered ids: {r:?}"
+    );
+
+    // Again: everything is there already.
+    let out = operator(&target, &log, &["migrate-keys", "--from", REDIS_URL]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(text.starts_with("copied 0 keys"), "{text}");
+    sim.stop().await;
+}

@@ -36,12 +36,14 @@ use sha2::{Digest, Sha256};
 
 mod budget;
 mod checkpoints;
+mod migrate;
 mod operator;
 mod status;
 mod target;
 
 use budget::BudgetKeys;
 pub use budget::RedisBudget;
+pub use migrate::Migrated;
 pub use operator::Seized;
 pub use status::{FleetStatus, ShardStatus, TenantBudget};
 pub use target::{RedisTarget, TlsFiles};

@@ -4,7 +4,7 @@
 use chrono::{DateTime, Utc};
 
 use super::RedisCoord;
-use crate::coord::{Budget, CheckpointStore, CoordError};
+use crate::coord::{Budget, CoordError};
 use crate::shard::Shard;
 
 /// What `status` shows of one shard.
@@ -73,60 +73,16 @@ impl RedisCoord {
             )
             .await?;
         let usage = self.usage().await;
+        // One pipeline per shard (its keys share a slot on a cluster), a
+        // few dozen at once: `status` of 100,000 shards is seconds, not
+        // minutes of one round trip per key.
         let mut out = Vec::with_capacity(shards.len());
-        for shard in shards {
-            let lease: Option<String> = self
-                .cmd(redis::cmd("GET").arg(self.key("lease", shard)))
-                .await?;
-            let pttl: i64 = self
-                .cmd(redis::cmd("PTTL").arg(self.key("lease", shard)))
-                .await?;
-            let fence: Option<u64> = self
-                .cmd(redis::cmd("GET").arg(self.key("fence", shard)))
-                .await?;
-            let cursor: Option<i64> = self
-                .cmd(redis::cmd("GET").arg(self.key("cursor", shard)))
-                .await?;
-            let (err, per_minute, interval_ms): (Option<String>, Option<String>, Option<String>) =
-                self.cmd(
-                    redis::cmd("HMGET")
-                        .arg(self.key("status", shard))
-                        .arg("last_error")
-                        .arg("per_minute")
-                        .arg("poll_interval_ms"),
-                )
-                .await?;
-            let cursor = cursor.and_then(DateTime::from_timestamp_millis);
-            let progress = self
-                .load_progress(shard)
-                .await?
-                .filter(|p| cursor.is_none_or(|c| p.end > c));
-            out.push(ShardStatus {
-                shard: shard.to_string(),
-                tenant: shard.tenant.to_string(),
-                owner: lease
-                    .as_deref()
-                    .and_then(|l| l.rsplit_once(':'))
-                    .map(|(w, _)| w.to_string()),
-                lease_expires_in_ms: (pttl > 0).then_some(pttl),
-                fence,
-                cursor,
-                lag_seconds: cursor.map(|c| (now - c.timestamp_millis()) / 1000),
-                last_error: err.filter(|e| !e.is_empty()),
-                window_in_flight: progress.as_ref().map(|p| {
-                    format!(
-                        "{}..{}",
-                        p.start.format("%Y-%m-%dT%H:%M:%S%.3fZ"),
-                        p.end.format("%Y-%m-%dT%H:%M:%S%.3fZ")
-                    )
-                }),
-                pages_done: progress.as_ref().map(|p| p.pages),
-                resumable: progress.is_some(),
-                events_per_minute: per_minute.and_then(|v| v.parse().ok()),
-                poll_interval_s: interval_ms
-                    .and_then(|v| v.parse::<u64>().ok())
-                    .map(|ms| ms / 1000),
-            });
+        for wave in shards.chunks(64) {
+            let answers =
+                futures::future::join_all(wave.iter().map(|s| self.shard_status(s, now))).await;
+            for a in answers {
+                out.push(a?);
+            }
         }
         Ok(FleetStatus {
             workers,
@@ -137,6 +93,70 @@ impl RedisCoord {
             per_day: self.own.cfg.per_day,
             shards: out,
             tenants: Vec::new(),
+        })
+    }
+}
+
+impl RedisCoord {
+    /// What Redis holds of one shard, in one pipeline.
+    async fn shard_status(&self, shard: &Shard, now: i64) -> Result<ShardStatus, CoordError> {
+        let lease_key = self.key("lease", shard);
+        let mut pipe = redis::pipe();
+        pipe.cmd("GET")
+            .arg(&lease_key)
+            .cmd("PTTL")
+            .arg(&lease_key)
+            .cmd("GET")
+            .arg(self.key("fence", shard))
+            .cmd("GET")
+            .arg(self.key("cursor", shard))
+            .cmd("HMGET")
+            .arg(self.key("status", shard))
+            .arg("last_error")
+            .arg("per_minute")
+            .arg("poll_interval_ms")
+            .cmd("GET")
+            .arg(self.key("progress", shard));
+        type Answer = (
+            Option<String>,
+            i64,
+            Option<u64>,
+            Option<i64>,
+            (Option<String>, Option<String>, Option<String>),
+            Option<String>,
+        );
+        let (lease, pttl, fence, cursor, (err, per_minute, interval_ms), progress): Answer =
+            self.query_pipe(&pipe).await?;
+        let cursor = cursor.and_then(DateTime::from_timestamp_millis);
+        // A record that does not parse (another version wrote it) is not shown.
+        let progress = progress
+            .and_then(|t| serde_json::from_str::<crate::coord::Progress>(&t).ok())
+            .filter(|p| cursor.is_none_or(|c| p.end > c));
+        Ok(ShardStatus {
+            shard: shard.to_string(),
+            tenant: shard.tenant.to_string(),
+            owner: lease
+                .as_deref()
+                .and_then(|l| l.rsplit_once(':'))
+                .map(|(w, _)| w.to_string()),
+            lease_expires_in_ms: (pttl > 0).then_some(pttl),
+            fence,
+            cursor,
+            lag_seconds: cursor.map(|c| (now - c.timestamp_millis()) / 1000),
+            last_error: err.filter(|e| !e.is_empty()),
+            window_in_flight: progress.as_ref().map(|p| {
+                format!(
+                    "{}..{}",
+                    p.start.format("%Y-%m-%dT%H:%M:%S%.3fZ"),
+                    p.end.format("%Y-%m-%dT%H:%M:%S%.3fZ")
+                )
+            }),
+            pages_done: progress.as_ref().map(|p| p.pages),
+            resumable: progress.is_some(),
+            events_per_minute: per_minute.and_then(|v| v.parse().ok()),
+            poll_interval_s: interval_ms
+                .and_then(|v| v.parse::<u64>().ok())
+                .map(|ms| ms / 1000),
         })
     }
 }
