@@ -224,6 +224,10 @@ fn the_rendered_config_file_is_one_the_bridge_accepts() {
             Some(root().join("helm/cas-bridge/ci/tenants-values.yaml")),
             "t.yaml",
         ),
+        (
+            Some(root().join("helm/cas-bridge/ci/cluster-values.yaml")),
+            "c.yaml",
+        ),
     ] {
         let m = render(values.as_deref(), dir.path(), name);
         let text = std::fs::read_to_string(&m).unwrap();
