@@ -9,7 +9,7 @@
 //!   cargo bench --bench bridge -- interrupt [kill|term] [every_s]
 //!   cargo bench --bench bridge -- freshness [replicas] [minutes]
 //!   cargo bench --bench bridge -- compare [jsonl|nats|kafka] [hours] [pairs]
-//!   cargo bench --bench bridge -- tenants [tenants] [pairs] [replicas] [minutes]
+//!   cargo bench --bench bridge -- tenants [tenants] [pairs] [replicas] [minutes] [cluster]
 //!
 //! `CAS_BRIDGE_BIN` runs another build of the binary as the bridge
 //! processes (e.g. an older commit's, for a before/after figure).
@@ -153,6 +153,8 @@ fn pairs(n: usize) -> Vec<String> {
         .iter()
         .flat_map(|s| events.iter().map(move |e| format!("{s}:{e}")))
         .collect();
+    // The 49th is the quarantine stream (the default pairs' last).
+    all.push("exchange:quarantine".into());
     let extra = (0..n.saturating_sub(all.len())).map(|i| format!("svc{i}:dlp"));
     all.extend(extra);
     all.truncate(n);
@@ -859,11 +861,13 @@ fn main() {
                 }
             }
             "tenants" => {
+                let cluster = args.iter().any(|a| a == "cluster");
+                let args: Vec<String> = args.iter().filter(|a| *a != "cluster").cloned().collect();
                 let t = args.get(1).and_then(|v| v.parse().ok()).unwrap_or(200);
-                let p = args.get(2).and_then(|v| v.parse().ok()).unwrap_or(48);
+                let p = args.get(2).and_then(|v| v.parse().ok()).unwrap_or(49);
                 let r = args.get(3).and_then(|v| v.parse().ok()).unwrap_or(3);
                 let m = args.get(4).and_then(|v| v.parse().ok()).unwrap_or(7);
-                tenants::tenants(t, p, r, m).await
+                tenants::tenants(t, p, r, m, cluster).await
             }
             "backfill" => backfill().await,
             "sweep" => sweep().await,
@@ -889,7 +893,7 @@ fn main() {
                 let m = args.get(2).and_then(|v| v.parse().ok()).unwrap_or(10);
                 freshness(r, m).await
             }
-            _ => eprintln!("usage: cargo bench --bench bridge -- throughput [jsonl|nats|kafka] | compare [jsonl|nats|kafka] [hours] [pairs] [rounds] | kafka-floor [events] | backfill | sweep | budget <workers> [minutes] [margin] | soak [minutes] [shards] [workers] | interrupt [kill|term] [every_s] | freshness [replicas] [minutes] | tenants [tenants] [pairs] [replicas] [minutes]"),
+            _ => eprintln!("usage: cargo bench --bench bridge -- throughput [jsonl|nats|kafka] | compare [jsonl|nats|kafka] [hours] [pairs] [rounds] | kafka-floor [events] | backfill | sweep | budget <workers> [minutes] [margin] | soak [minutes] [shards] [workers] | interrupt [kill|term] [every_s] | freshness [replicas] [minutes] | tenants [tenants] [pairs] [replicas] [minutes] [cluster]"),
         }
     });
 }

@@ -102,7 +102,12 @@ pub struct LeaseKeeper {
     searched: (usize, u32),
     /// Rounds until the next full search.
     search_in: u32,
+    /// Where the reading of the tenants' budgets goes on.
+    usage_at: usize,
 }
+
+/// Every tenant's budget gauges are read within this many rounds.
+const USAGE_ROUNDS: usize = 12;
 
 /// At most this many shards are looked at for free ones in a round after
 /// a full search found none (the fleet is settled).
@@ -135,6 +140,7 @@ impl LeaseKeeper {
             refresh_at: 0,
             searched: (0, 0),
             search_in: 0,
+            usage_at: 0,
         }
     }
 
@@ -228,12 +234,25 @@ impl LeaseKeeper {
         let live = match self.leases.heartbeat().await {
             Ok(n) => {
                 self.engine.status.set_coord_ok(true);
-                for (tenant, lane) in &self.engine.lanes {
+                // The budgets' gauges: every tenant's within 12 rounds (a
+                // minute at the default TTL), a part each round — not one
+                // call per tenant per round.
+                let mut tenants: Vec<&Arc<str>> = self.engine.lanes.keys().collect();
+                tenants.sort();
+                let part = tenants
+                    .len()
+                    .div_ceil(USAGE_ROUNDS)
+                    .max(1)
+                    .min(tenants.len());
+                for i in 0..part {
+                    let tenant = tenants[(self.usage_at + i) % tenants.len()];
+                    let lane = &self.engine.lanes[tenant];
                     let usage = lane.scheduler.usage().await;
                     let tel = &self.engine.telemetry;
                     tel.budget_paused(tenant, usage.paused);
                     tel.budget_day(tenant, usage.last_day, lane.settings.per_day);
                 }
+                self.usage_at = (self.usage_at + part) % tenants.len().max(1);
                 // Every replica keeps cursors in memory too (its own
                 // shards', and a part of the fleet's read each round): a
                 // Redis that comes back empty loses none while one is up.
@@ -261,6 +280,7 @@ impl LeaseKeeper {
             .map(|(s, _)| s.clone())
             .collect();
         for shard in done {
+            self.engine.status.forget(&shard);
             if let Some(h) = self.held.remove(&shard) {
                 if !h.lost {
                     if let Err(e) = self.leases.release(&shard, h.fence).await {

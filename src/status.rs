@@ -112,6 +112,16 @@ impl StatusBoard {
         lock(&self.shards).retain(|s, _| keep.contains(s));
     }
 
+    /// Forgets a shard this process no longer holds (its state is in
+    /// Redis for `status`), unless it was stopped: that stays until a
+    /// restart, for `/readyz`.
+    pub fn forget(&self, shard: &Shard) {
+        let mut shards = lock(&self.shards);
+        if shards.get(shard).is_some_and(|p| p.stopped.is_none()) {
+            shards.remove(shard);
+        }
+    }
+
     /// Changes one shard's entry.
     pub fn update(&self, shard: &Shard, f: impl FnOnce(&mut ShardProgress)) {
         f(lock(&self.shards).entry(shard.clone()).or_default());

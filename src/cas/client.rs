@@ -70,6 +70,68 @@ impl std::fmt::Debug for Client {
     }
 }
 
+/// The HTTP client of these settings: one per process for every tenant
+/// whose timeout, proxy and CA agree (a client holds a TLS configuration
+/// with its root store and a connection pool; made once, not per tenant).
+fn shared_http(cfg: &ApiConfig, base: &url::Url) -> Result<reqwest::Client, ConfigError> {
+    static CLIENTS: std::sync::LazyLock<
+        std::sync::Mutex<std::collections::HashMap<String, reqwest::Client>>,
+    > = std::sync::LazyLock::new(Default::default);
+    // A CA file rewritten in place (a live change) makes a new client.
+    let ca_changed = cfg
+        .ca_file
+        .as_ref()
+        .and_then(|f| std::fs::metadata(f).and_then(|m| m.modified()).ok());
+    let key = format!(
+        "{:?}|{}|{:?}|{:?}|{ca_changed:?}",
+        cfg.timeout.get(),
+        base.scheme(),
+        cfg.proxy_url(),
+        cfg.ca_file
+    );
+    let mut cache = CLIENTS.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(c) = cache.get(&key) {
+        return Ok(c.clone());
+    }
+    let mut builder = reqwest::Client::builder()
+        .timeout(cfg.timeout.get())
+        .connect_timeout(cfg.timeout.get().min(Duration::from_secs(10)))
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(concat!("cas-bridge/", env!("CARGO_PKG_VERSION")))
+        // Proxies come only from `api.proxy` / HTTPS_PROXY, below.
+        .no_proxy();
+    if let Some(p) = cfg.proxy_url().filter(|_| base.scheme() == "https") {
+        let shown = crate::field::redact_urls(&p);
+        let proxy = reqwest::Proxy::https(&p)
+            .map_err(|e| ConfigError::new("api.proxy", format!("`{shown}`: {e}")))?
+            .no_proxy(reqwest::NoProxy::from_env());
+        tracing::info!(proxy = %shown, "requests to the API go through a proxy, inside CONNECT tunnels");
+        builder = builder.proxy(proxy);
+    }
+    if let Some(f) = &cfg.ca_file {
+        let pem = std::fs::read(f).map_err(|e| {
+            ConfigError::new("api.ca_file", format!("cannot read {}: {e}", f.display()))
+        })?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem)
+            .ok()
+            .filter(|c| !c.is_empty())
+            .ok_or_else(|| {
+                ConfigError::new(
+                    "api.ca_file",
+                    format!("{} holds no PEM certificate", f.display()),
+                )
+            })?;
+        for c in certs {
+            builder = builder.add_root_certificate(c);
+        }
+    }
+    let http = builder
+        .build()
+        .map_err(|e| ConfigError::new("api", format!("HTTP client: {e}")))?;
+    cache.insert(key, http.clone());
+    Ok(http)
+}
+
 impl Client {
     /// A client sending this token, always.
     pub fn new(cfg: &ApiConfig, token: SecretString) -> Result<Self, ConfigError> {
@@ -79,41 +141,7 @@ impl Client {
     /// A client sending `token` as it is at each request.
     pub fn with_token(cfg: &ApiConfig, token: Token) -> Result<Self, ConfigError> {
         let base = cfg.resolved_base_url()?;
-        let mut builder = reqwest::Client::builder()
-            .timeout(cfg.timeout.get())
-            .connect_timeout(cfg.timeout.get().min(Duration::from_secs(10)))
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("cas-bridge/", env!("CARGO_PKG_VERSION")))
-            // Proxies come only from `api.proxy` / HTTPS_PROXY, below.
-            .no_proxy();
-        if let Some(p) = cfg.proxy_url().filter(|_| base.scheme() == "https") {
-            let shown = crate::field::redact_urls(&p);
-            let proxy = reqwest::Proxy::https(&p)
-                .map_err(|e| ConfigError::new("api.proxy", format!("`{shown}`: {e}")))?
-                .no_proxy(reqwest::NoProxy::from_env());
-            tracing::info!(proxy = %shown, "requests to the API go through a proxy, inside CONNECT tunnels");
-            builder = builder.proxy(proxy);
-        }
-        if let Some(f) = &cfg.ca_file {
-            let pem = std::fs::read(f).map_err(|e| {
-                ConfigError::new("api.ca_file", format!("cannot read {}: {e}", f.display()))
-            })?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem)
-                .ok()
-                .filter(|c| !c.is_empty())
-                .ok_or_else(|| {
-                    ConfigError::new(
-                        "api.ca_file",
-                        format!("{} holds no PEM certificate", f.display()),
-                    )
-                })?;
-            for c in certs {
-                builder = builder.add_root_certificate(c);
-            }
-        }
-        let http = builder
-            .build()
-            .map_err(|e| ConfigError::new("api", format!("HTTP client: {e}")))?;
+        let http = shared_http(cfg, &base)?;
         Ok(Self {
             http,
             base,
