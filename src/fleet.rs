@@ -770,3 +770,32 @@ mod tests {
         assert!(ShutdownConfig::default().validate().is_ok());
     }
 }
+#[cfg(test)]
+mod size {
+    use super::*;
+
+    /// A replica holds one runner and one telemetry per held shard: 12,000
+    /// of them in a large fleet. What they cost stays small (the runner's
+    /// steps are boxed; the metric handles are shared per pair and tenant).
+    #[test]
+    fn a_held_shard_costs_little_memory() {
+        let e = Arc::new(crate::fakes::engine(
+            crate::fakes::FakeSource::new(Vec::new()),
+            Arc::new(crate::fakes::FakeSink::default()),
+            Arc::new(crate::coord::memory::MemoryCheckpoints::default()),
+        ));
+        let s = Shard::new("exchange", "dlp");
+        let tel = e.telemetry.shard(&s);
+        let tel_size = std::mem::size_of_val(&tel);
+        let f = e.run_shard_with(
+            s,
+            1,
+            tel,
+            CancellationToken::new(),
+            CancellationToken::new(),
+        );
+        let runner = std::mem::size_of_val(&f);
+        assert!(runner <= 2048, "the runner's future is {runner} bytes (was 4,024)");
+        assert!(tel_size <= 128, "a shard's telemetry is {tel_size} bytes (was 496)");
+    }
+}

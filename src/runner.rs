@@ -260,11 +260,14 @@ impl ShardRun<'_> {
     /// The loop of windows, until the shard is stopped, drained or fenced.
     async fn run(&self) {
         let (engine, lane, shard, tel) = (self.engine, self.lane, &self.shard, &self.tel);
-        let Some(mut cursor) = engine.load_cursor(shard, &self.cancel).await else {
+        // The steps are boxed: a runner waiting between windows (most of
+        // a large fleet's, most of the time) holds only this loop's state,
+        // not the largest step's.
+        let Some(mut cursor) = Box::pin(engine.load_cursor(shard, &self.cancel)).await else {
             return;
         };
         engine.status.set_cursor(shard, cursor);
-        let mut resume = engine.load_progress(shard, cursor).await;
+        let mut resume = Box::pin(engine.load_progress(shard, cursor)).await;
         let mut park = Backoff::park();
         // Events a second in the last window with events: sizes the next.
         let mut density: Option<f64> = None;
@@ -305,7 +308,7 @@ impl ShardRun<'_> {
                     }
                 }
             };
-            let events = match self.deliver_window(&mut window, start).await {
+            let events = match Box::pin(self.deliver_window(&mut window, start)).await {
                 Ok(events) => events,
                 Err(a @ (Abort::Cancelled | Abort::Drained | Abort::Fenced)) => {
                     tracing::debug!(%shard, how = a.as_str(), "runner stops");
@@ -338,10 +341,7 @@ impl ShardRun<'_> {
                 engine.halt.cancel();
                 return;
             }
-            if !engine
-                .checkpoint(shard, self.fence, window.end, &self.cancel)
-                .await
-            {
+            if !Box::pin(engine.checkpoint(shard, self.fence, window.end, &self.cancel)).await {
                 return;
             }
             cursor = window.end;

@@ -37,16 +37,35 @@ async fn info(conn: &mut Conn, section: &str) -> Vec<(String, f64)> {
         .query_async(conn)
         .await
         .expect("INFO");
-    text.lines()
-        .filter_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            // commandstats: `cmdstat_evalsha:calls=12,usec=…`
-            let v = v
+    let mut out = Vec::new();
+    for l in text.lines() {
+        let Some((k, v)) = l.split_once(':') else {
+            continue;
+        };
+        // commandstats: `cmdstat_evalsha:calls=12,usec=…`
+        if let Some(fields) = v.strip_prefix("calls=").map(|_| v) {
+            for f in fields.split(',') {
+                if let Some((name, n)) = f.split_once('=') {
+                    if let Ok(n) = n.trim().parse() {
+                        out.push((format!("{k}.{name}"), n));
+                    }
+                }
+            }
+            // The calls also under the command's own name.
+            if let Some(n) = fields
                 .strip_prefix("calls=")
-                .map_or(v, |r| r.split(',').next().unwrap_or(""));
-            Some((k.to_string(), v.trim().parse().ok()?))
-        })
-        .collect()
+                .and_then(|r| r.split(',').next())
+                .and_then(|n| n.parse().ok())
+            {
+                out.push((k.to_string(), n));
+            }
+            continue;
+        }
+        if let Ok(n) = v.trim().parse() {
+            out.push((k.to_string(), n));
+        }
+    }
+    out
 }
 
 fn field(info: &[(String, f64)], k: &str) -> f64 {

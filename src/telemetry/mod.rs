@@ -278,29 +278,33 @@ impl Telemetry {
     }
 }
 
-/// One shard's telemetry: the handles with its labels, and the shard for
-/// the log lines.
+/// One shard's telemetry: the handles with its labels (shared by every
+/// shard of its pair and of its tenant), its gauges, and the shard for the
+/// log lines. Small: a replica holds one per held shard.
 #[derive(Debug, Clone)]
 pub struct ShardTelemetry {
     shard: Shard,
     stats: Arc<Stats>,
+    /// Lag, poll interval, rate, parked: rendered while the shard is held.
+    gauges: Arc<ShardGauges>,
+    pair: Arc<PairHandles>,
+    tenant: Arc<TenantHandles>,
+}
+
+/// The handles of one pair (service, event), made once per process.
+#[derive(Debug)]
+struct PairHandles {
     fetched: Counter,
     pages: Counter,
-    api_ok: Counter,
     published: Counter,
     dead: [Counter; 3],
     windows: Counter,
-    /// Lag, poll interval, rate, parked: rendered while the shard is held.
-    gauges: Arc<ShardGauges>,
     duplicates: Counter,
     gap: Counter,
     permits: Counter,
     budget_wait: Histogram,
     api_duration: Histogram,
     publish_duration: Histogram,
-    rate_limited: Counter,
-    /// 1 while the API refuses the tenant's token.
-    token_refused: Gauge,
     sink_errors: [Counter; 3],
     parked: Counter,
     stopped: Counter,
@@ -311,8 +315,35 @@ pub struct ShardTelemetry {
     age: Histogram,
 }
 
-impl ShardTelemetry {
-    fn new(shard: &Shard, stats: Arc<Stats>) -> Self {
+/// The handles of one tenant, made once per process.
+#[derive(Debug)]
+struct TenantHandles {
+    api_ok: Counter,
+    rate_limited: Counter,
+    /// 1 while the API refuses the tenant's token.
+    token_refused: Gauge,
+}
+
+/// Handles by key, made once.
+fn cached<K: std::hash::Hash + Eq, V>(
+    cache: &std::sync::Mutex<std::collections::HashMap<K, Arc<V>>>,
+    key: K,
+    make: impl FnOnce() -> V,
+) -> Arc<V> {
+    cache
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .entry(key)
+        .or_insert_with(|| Arc::new(make()))
+        .clone()
+}
+
+type Cache<K, V> = std::sync::LazyLock<std::sync::Mutex<std::collections::HashMap<K, Arc<V>>>>;
+static PAIRS: Cache<(String, String), PairHandles> = std::sync::LazyLock::new(Default::default);
+static TENANTS: Cache<Arc<str>, TenantHandles> = std::sync::LazyLock::new(Default::default);
+
+impl PairHandles {
+    fn new(shard: &Shard) -> Self {
         // Counters are per pair, not per shard: their number is bounded by
         // the pairs, whatever the tenants (per shard: `status`, the logs,
         // and the held shards' gauges).
@@ -329,11 +360,8 @@ impl ShardTelemetry {
         };
         let sink = |kind: &'static str| counter!("cas_bridge_sink_errors_total", "kind" => kind);
         Self {
-            shard: shard.clone(),
-            stats,
             fetched: counter!("cas_bridge_events_fetched_total", &l),
             pages: counter!("cas_bridge_pages_fetched_total", &l),
-            api_ok: counter!("cas_bridge_api_requests_total", "tenant" => shard.tenant.to_string(), "status" => "200"),
             published: counter!("cas_bridge_events_published_total", &l),
             dead: [
                 dead(DeadReason::Schema),
@@ -341,15 +369,12 @@ impl ShardTelemetry {
                 dead(DeadReason::Truncated),
             ],
             windows: counter!("cas_bridge_windows_checkpointed_total", &l),
-            gauges: Arc::default(),
             duplicates: counter!("cas_bridge_duplicates_skipped_total"),
             gap: counter!("cas_bridge_window_gap_seconds_total"),
             permits: counter!("cas_bridge_budget_permits_total"),
             budget_wait: histogram!("cas_bridge_budget_wait_seconds"),
             api_duration: histogram!("cas_bridge_api_request_duration_seconds"),
             publish_duration: histogram!("cas_bridge_sink_publish_duration_seconds"),
-            rate_limited: counter!("cas_bridge_rate_limited_total", "tenant" => shard.tenant.to_string()),
-            token_refused: gauge!("cas_bridge_token_refused", "tenant" => shard.tenant.to_string()),
             sink_errors: SINK_ERROR_KINDS.map(sink),
             parked: counter!("cas_bridge_shards_parked_total", &l),
             stopped: counter!("cas_bridge_shards_stopped_total", &l),
@@ -360,23 +385,49 @@ impl ShardTelemetry {
             age: histogram!("cas_bridge_event_age_seconds", &l),
         }
     }
+}
+
+impl TenantHandles {
+    fn new(tenant: &str) -> Self {
+        Self {
+            api_ok: counter!("cas_bridge_api_requests_total", "tenant" => tenant.to_string(), "status" => "200"),
+            rate_limited: counter!("cas_bridge_rate_limited_total", "tenant" => tenant.to_string()),
+            token_refused: gauge!("cas_bridge_token_refused", "tenant" => tenant.to_string()),
+        }
+    }
+}
+
+impl ShardTelemetry {
+    fn new(shard: &Shard, stats: Arc<Stats>) -> Self {
+        Self {
+            shard: shard.clone(),
+            stats,
+            gauges: Arc::default(),
+            pair: cached(&PAIRS, (shard.service.clone(), shard.event.clone()), || {
+                PairHandles::new(shard)
+            }),
+            tenant: cached(&TENANTS, shard.tenant.clone(), || {
+                TenantHandles::new(&shard.tenant)
+            }),
+        }
+    }
 
     /// Makes the shard's series visible before anything happened.
     pub fn register(&self) {
-        self.fetched.increment(0);
-        self.published.increment(0);
-        self.dead[0].increment(0);
-        self.windows.increment(0);
-        self.rate_limited.increment(0);
+        self.pair.fetched.increment(0);
+        self.pair.published.increment(0);
+        self.pair.dead[0].increment(0);
+        self.pair.windows.increment(0);
+        self.tenant.rate_limited.increment(0);
         // The rare ones too: an alert on `increase(…[5m]) > 0` needs the
         // series before its first increment.
         for c in [
-            &self.parked,
-            &self.stopped,
-            &self.resumed,
-            &self.links_refused,
-            &self.reread,
-            &self.recovered,
+            &self.pair.parked,
+            &self.pair.stopped,
+            &self.pair.resumed,
+            &self.pair.links_refused,
+            &self.pair.reread,
+            &self.pair.recovered,
         ] {
             c.increment(0);
         }
@@ -385,18 +436,18 @@ impl ShardTelemetry {
     /// A permit was granted after `waited`.
     pub fn permit(&self, waited: Duration) {
         Stats::add(&self.stats.requests, 1);
-        self.permits.increment(1);
-        self.budget_wait.record(waited.as_secs_f64());
+        self.pair.permits.increment(1);
+        self.pair.budget_wait.record(waited.as_secs_f64());
     }
 
     /// A page arrived with `events` events.
     pub fn page_fetched(&self, events: usize, took: Duration) {
         Stats::add(&self.stats.pages, 1);
         Stats::add(&self.stats.events_fetched, events as u64);
-        self.api_ok.increment(1);
-        self.api_duration.record(took.as_secs_f64());
-        self.pages.increment(1);
-        self.fetched.increment(events as u64);
+        self.tenant.api_ok.increment(1);
+        self.pair.api_duration.record(took.as_secs_f64());
+        self.pair.pages.increment(1);
+        self.pair.fetched.increment(events as u64);
         debug!(shard = %self.shard, events, "page fetched");
     }
 
@@ -415,27 +466,29 @@ impl ShardTelemetry {
             "status" => status.to_string()
         )
         .increment(1);
-        self.api_duration.record(took.as_secs_f64());
+        self.pair.api_duration.record(took.as_secs_f64());
         warn!(shard = %self.shard, %error, status, retry_in_s = retry_in.map(crate::field::secs), "request failed");
     }
 
     /// Whether the API refuses the tenant's token now.
     pub fn token_refused(&self, refused: bool) {
-        self.token_refused.set(if refused { 1.0 } else { 0.0 });
+        self.tenant
+            .token_refused
+            .set(if refused { 1.0 } else { 0.0 });
     }
 
     /// The API throttled us; every shard pauses for `pause`.
     pub fn rate_limited(&self, pause: Duration, asked: Option<Duration>) {
         Stats::add(&self.stats.rate_limited, 1);
-        self.rate_limited.increment(1);
+        self.tenant.rate_limited.increment(1);
         warn!(shard = %self.shard, pause_s = crate::field::secs(pause), asked_s = asked.map(crate::field::secs), "rate limited by the API; every shard pauses");
     }
 
     /// A page's records were acknowledged: `published` on their topic.
     pub fn page_published(&self, published: u64, took: Duration) {
         Stats::add(&self.stats.events_published, published);
-        self.published.increment(published);
-        self.publish_duration.record(took.as_secs_f64());
+        self.pair.published.increment(published);
+        self.pair.publish_duration.record(took.as_secs_f64());
     }
 
     /// The sink acknowledged events whose own times are `times`.
@@ -448,7 +501,7 @@ impl ShardTelemetry {
         let (ring, next) = &mut *kept;
         for t in times {
             let ms = (now - *t).num_milliseconds().max(0);
-            self.age.record(ms as f64 / 1000.0);
+            self.pair.age.record(ms as f64 / 1000.0);
             let ms = ms.min(i64::from(u32::MAX)) as u32;
             if ring.len() < AGES_KEPT {
                 ring.push(ms);
@@ -470,7 +523,7 @@ impl ShardTelemetry {
     /// [`ShardTelemetry::dead_letters_logged`]).
     pub fn dead_lettered(&self, id: &str, reason: DeadReason, detail: &str) {
         Stats::add(&self.stats.dead_lettered, 1);
-        self.dead[reason as usize].increment(1);
+        self.pair.dead[reason as usize].increment(1);
         debug!(shard = %self.shard, id, reason = reason.label(), detail, "event dead-lettered");
     }
 
@@ -488,14 +541,14 @@ impl ShardTelemetry {
             return;
         }
         Stats::add(&self.stats.duplicates_skipped, n);
-        self.duplicates.increment(n);
+        self.pair.duplicates.increment(n);
         debug!(shard = %self.shard, n, "duplicates skipped");
     }
 
     /// The cursor moved to `cursor`.
     pub fn window_checkpointed(&self, cursor: DateTime<Utc>) {
         Stats::add(&self.stats.windows, 1);
-        self.windows.increment(1);
+        self.pair.windows.increment(1);
         self.gauges.set_parked(false);
         self.checkpoint_lag(cursor);
         debug!(shard = %self.shard, %cursor, "checkpoint");
@@ -510,7 +563,7 @@ impl ShardTelemetry {
     /// Data beyond the API's reach was skipped: never silent.
     pub fn gap_skipped(&self, seconds: u64, cursor: DateTime<Utc>) {
         Stats::add(&self.stats.gap_seconds, seconds);
-        self.gap.increment(seconds);
+        self.pair.gap.increment(seconds);
         let reach = self.shard.stream().reach_text();
         warn!(shard = %self.shard, gap_seconds = seconds, %cursor, reach, "skipping data beyond the API's reach (72 h for security events, 7 days for quarantine events)");
     }
@@ -524,14 +577,14 @@ impl ShardTelemetry {
     ) {
         Stats::add(&self.stats.sink_errors, 1);
         if let Some(i) = SINK_ERROR_KINDS.iter().position(|k| *k == kind) {
-            self.sink_errors[i].increment(1);
+            self.pair.sink_errors[i].increment(1);
         }
         warn!(shard = %self.shard, %error, kind, retry_in_s = retry_in.map(crate::field::secs), "publish failed; the cursor stays");
     }
 
     /// The shard waits `retry_in` before trying its window again.
     pub fn parked(&self, error: &dyn std::fmt::Display, retry_in: Duration) {
-        self.parked.increment(1);
+        self.pair.parked.increment(1);
         self.gauges.set_parked(true);
         error!(shard = %self.shard, %error, retry_in_s = crate::field::secs(retry_in), "shard parked");
     }
@@ -539,7 +592,7 @@ impl ShardTelemetry {
     /// A window continues from its recorded position after `pages` pages.
     pub fn window_resumed(&self, pages: u32) {
         Stats::add(&self.stats.windows_resumed, 1);
-        self.resumed.increment(1);
+        self.pair.resumed.increment(1);
         info!(shard = %self.shard, pages_done = pages, "window resumed from its recorded page");
     }
 
@@ -547,8 +600,8 @@ impl ShardTelemetry {
     /// start, `pages` pages read twice.
     pub fn stored_link_refused(&self, error: &dyn std::fmt::Display, pages: u32) {
         Stats::add(&self.stats.stored_links_refused, 1);
-        self.links_refused.increment(1);
-        self.reread.increment(u64::from(pages));
+        self.pair.links_refused.increment(1);
+        self.pair.reread.increment(u64::from(pages));
         warn!(shard = %self.shard, %error, pages_reread = pages, "the recorded next link was refused; reading the window again from its start");
     }
 
@@ -557,13 +610,13 @@ impl ShardTelemetry {
     /// window of its last record in the sink.
     pub fn cursor_recovered(&self, cursor: DateTime<Utc>, from: &str) {
         Stats::add(&self.stats.cursors_recovered, 1);
-        self.recovered.increment(1);
+        self.pair.recovered.increment(1);
         warn!(shard = %self.shard, %cursor, from, "the coordination store has no cursor for this shard; continuing from where the shard was");
     }
 
     /// The shard stopped for good (until restart): nothing it can do helps.
     pub fn stopped(&self, error: &dyn std::fmt::Display) {
-        self.stopped.increment(1);
+        self.pair.stopped.increment(1);
         error!(shard = %self.shard, %error, "shard stopped: the sink refuses its records as configured; fix the configuration and restart");
     }
 }
