@@ -795,7 +795,13 @@ mod size {
             CancellationToken::new(),
         );
         let runner = std::mem::size_of_val(&f);
-        assert!(runner <= 2048, "the runner's future is {runner} bytes (was 4,024)");
-        assert!(tel_size <= 128, "a shard's telemetry is {tel_size} bytes (was 496)");
+        assert!(
+            runner <= 2048,
+            "the runner's future is {runner} bytes (was 4,024)"
+        );
+        assert!(
+            tel_size <= 128,
+            "a shard's telemetry is {tel_size} bytes (was 496)"
+        );
     }
 }
