@@ -151,8 +151,14 @@ impl RedisCoord {
             .unwrap_or("?")
             .trim()
             .to_string();
+        // A cluster answers INFO per node, not as one text.
+        let what = if self.tagged {
+            "a Redis Cluster".to_string()
+        } else {
+            format!("Redis {version}")
+        };
         Ok(format!(
-            "Redis {version}: wrote and read {}:*, 9 Lua scripts loaded",
+            "{what}: wrote and read {}:*, 9 Lua scripts loaded",
             self.prefix
         ))
     }
