@@ -23,7 +23,6 @@ use tracing::{info, warn};
 
 use crate::coord::{Fence, LeaseStore, Renew, Renewal, ShardReport};
 use crate::field::{ConfigError, Dur};
-use crate::retry::sleep_or_cancel;
 use crate::runner::Engine;
 use crate::shard::Shard;
 use crate::telemetry::ShardTelemetry;
@@ -104,6 +103,8 @@ pub struct LeaseKeeper {
     search_in: u32,
     /// Where the reading of the tenants' budgets goes on.
     usage_at: usize,
+    /// Told when a runner ends.
+    finished: Arc<tokio::sync::Notify>,
 }
 
 /// Every tenant's budget gauges are read within this many rounds.
@@ -141,6 +142,7 @@ impl LeaseKeeper {
             searched: (0, 0),
             search_in: 0,
             usage_at: 0,
+            finished: Arc::default(),
         }
     }
 
@@ -151,7 +153,21 @@ impl LeaseKeeper {
         let period = self.leases.ttl() / 3;
         loop {
             self.tend(cancel).await;
-            if !sleep_or_cancel(period, cancel).await {
+            // Between rounds, a runner that ended (a surplus shard drained
+            // for a joining replica) gives its lease back at once, not at
+            // the next round.
+            let next = tokio::time::Instant::now() + period;
+            let go_on = loop {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(next) => break true,
+                    _ = cancel.cancelled() => break false,
+                    _ = self.finished.notified() => {
+                        self.reap().await;
+                        self.publish_held();
+                    }
+                }
+            };
+            if !go_on {
                 break;
             }
         }
@@ -380,7 +396,7 @@ impl LeaseKeeper {
     /// free shards goes through every shard when the fleet changed (the
     /// live workers differ from the last full search's, or the last search
     /// took some); once a full search finds none, full searches are spaced
-    /// out (every 2, 4, … 16 rounds) and the rounds between look at a
+    /// out (every 4, 8, 16 rounds after a second one) and the rounds between look at a
     /// slice of [`SCAN_SLICE`] shards: a settled fleet does not scan every
     /// shard every round.
     async fn rebalance(&mut self, live: usize) {
@@ -421,7 +437,9 @@ impl LeaseKeeper {
             } else {
                 self.searched = (live, self.searched.1.saturating_add(1));
             }
-            self.search_in = if took > 0 {
+            // Once more at the next round after the first search that found
+            // nothing (shards drained for this replica are on their way).
+            self.search_in = if took > 0 || self.searched.1 <= 1 {
                 0
             } else {
                 (1u32 << self.searched.1.min(4)).min(16)
@@ -478,7 +496,11 @@ impl LeaseKeeper {
         let engine = self.engine.clone();
         let tel = self.engine.telemetry.shard(&shard);
         let (s2, c2, d2, t2) = (shard.clone(), h_cancel.clone(), drain.clone(), tel.clone());
-        let task = tokio::spawn(async move { engine.run_shard_with(s2, fence, t2, c2, d2).await });
+        let finished = self.finished.clone();
+        let task = tokio::spawn(async move {
+            engine.run_shard_with(s2, fence, t2, c2, d2).await;
+            finished.notify_one();
+        });
         self.held.insert(
             shard,
             Held {
@@ -751,7 +773,7 @@ mod tests {
                 full += 1;
             }
         }
-        // Full searches after 1, 2, 4, 8, 16, 16 … rounds, not 32.
+        // Full searches at rounds 1, 2, 7 and 16, not 32.
         assert!(full <= 5, "{full} full searches in {rounds} rounds");
         // The other worker dies and its shards come free: the change in
         // the live count makes the next round search everything.
