@@ -303,7 +303,7 @@ impl Bridge {
         // Counters are per pair: one shard of each pair lists them.
         let mut pairs = std::collections::HashSet::new();
         for s in &self.shards {
-            if pairs.insert((s.service.as_str(), s.event.as_str())) {
+            if pairs.insert((&*s.service, &*s.event)) {
                 self.engine.telemetry.shard(s).register();
             }
         }

@@ -142,9 +142,24 @@ pub struct Shard {
     /// unless the configuration names tenants.
     pub tenant: Arc<str>,
     /// The `service` request parameter, e.g. `exchange`.
-    pub service: String,
+    pub service: Arc<str>,
     /// The `event` request parameter, e.g. `dlp`.
-    pub event: String,
+    pub event: Arc<str>,
+}
+
+/// One shared copy of each name: a fleet's replica lists every shard of
+/// the fleet (100,000 of them), and a shard's clone is then three
+/// reference counts, not three strings.
+fn interned(name: &str) -> Arc<str> {
+    static NAMES: std::sync::LazyLock<std::sync::Mutex<std::collections::HashSet<Arc<str>>>> =
+        std::sync::LazyLock::new(Default::default);
+    let mut names = NAMES.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(n) = names.get(name) {
+        return n.clone();
+    }
+    let n: Arc<str> = Arc::from(name);
+    names.insert(n.clone());
+    n
 }
 
 impl Shard {
@@ -156,17 +171,17 @@ impl Shard {
     /// A pair of `tenant`.
     pub fn of(tenant: &str, service: impl Into<String>, event: impl Into<String>) -> Self {
         Self {
-            tenant: tenant.into(),
-            service: service.into(),
-            event: event.into(),
+            tenant: interned(tenant),
+            service: interned(&service.into()),
+            event: interned(&event.into()),
         }
     }
 
     /// Checks that its service and event are names the API documents;
     /// the error names the nearest known one.
     pub fn known(&self) -> Result<(), String> {
-        if self.event == QUARANTINE {
-            if QUARANTINE_SERVICES.contains(&self.service.as_str()) {
+        if &*self.event == QUARANTINE {
+            if QUARANTINE_SERVICES.contains(&&*self.service) {
                 return Ok(());
             }
             return Err(format!(
@@ -179,7 +194,7 @@ impl Shard {
             ("service", &self.service, &DEFAULT_SERVICES[..]),
             ("event", &self.event, &DEFAULT_EVENTS[..]),
         ] {
-            if !known.contains(&given.as_str()) {
+            if !known.contains(&&**given) {
                 let all = known
                     .iter()
                     .copied()
@@ -198,7 +213,7 @@ impl Shard {
 
     /// Which endpoint it reads: `quarantine` is the quarantine stream.
     pub fn stream(&self) -> Stream {
-        if self.event == QUARANTINE {
+        if &*self.event == QUARANTINE {
             Stream::Quarantine
         } else {
             Stream::Security

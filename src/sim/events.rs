@@ -132,7 +132,7 @@ impl EventPlan {
 
     /// The event object as the API returns it.
     pub fn render(&self, shard: &Shard, stub: &Stub, dialect: Dialect) -> Value {
-        if shard.event == crate::shard::QUARANTINE {
+        if &*shard.event == crate::shard::QUARANTINE {
             return self.render_quarantine(shard, stub);
         }
         let k = stub.key;
@@ -170,10 +170,7 @@ impl EventPlan {
         );
         m.insert("action_result".into(), json!("Successful"));
         m.insert("scan_type".into(), json!("Real-time scan"));
-        if matches!(
-            shard.service.as_str(),
-            "exchange" | "gmail" | "exchangeserver"
-        ) {
+        if matches!(&*shard.service, "exchange" | "gmail" | "exchangeserver") {
             let sender = format!("\"Sender {}\" <s{}@example.com> ", k % 31, k % 31);
             m.insert(
                 "mail_message_id".into(),
@@ -210,7 +207,7 @@ impl EventPlan {
                 json!(ts(at - chrono::Duration::seconds(30))),
             );
         }
-        match shard.event.as_str() {
+        match &*shard.event {
             "dlp" => {
                 m.insert("violator".into(), json!(format!(" {user} ")));
                 m.insert("violating_content".into(), json!("4111-1111-1111-1111"));
@@ -320,7 +317,7 @@ impl EventPlan {
                 message = json!(format!("unparsed: {}", self.uuid(stub)));
             }
         }
-        json!({"service": shard.service, "message": message})
+        json!({"service": &*shard.service, "message": message})
     }
 
     /// The id the bridge must derive for this stub, worked out here on its
@@ -333,7 +330,7 @@ impl EventPlan {
     /// the event is rendered broken (then the content hash, as for legacy
     /// events).
     pub fn id(&self, shard: &Shard, stub: &Stub, dialect: Dialect) -> String {
-        if shard.event == crate::shard::QUARANTINE {
+        if &*shard.event == crate::shard::QUARANTINE {
             // The same in both dialects (only the live one serves it).
             return if self.is_bad(stub) {
                 self.hashed(shard, stub, dialect)
@@ -353,7 +350,7 @@ impl EventPlan {
         let event = self.render(shard, stub, dialect);
         let message = event.get("message").cloned().unwrap_or(Value::Null);
         // serde_json's map is ordered by key: this is the sorted form.
-        let text = serde_json::to_string(&json!([shard.service, shard.event, message]))
+        let text = serde_json::to_string(&json!([&*shard.service, &*shard.event, message]))
             .unwrap_or_default();
         hex::encode(Sha256::digest(text.as_bytes()))
     }

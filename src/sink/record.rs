@@ -95,8 +95,8 @@ impl PageMeta {
     pub fn new(shard: &Shard, window: &Window) -> Self {
         Self {
             tenant: shard.tenant.clone(),
-            service: shard.service.clone(),
-            event: shard.event.clone(),
+            service: shard.service.to_string(),
+            event: shard.event.to_string(),
             ce_source: None,
             window_start: crate::window::format_time(window.start),
             window_end: crate::window::format_time(window.end),

@@ -348,8 +348,8 @@ impl PairHandles {
         // the pairs, whatever the tenants (per shard: `status`, the logs,
         // and the held shards' gauges).
         let l = [
-            ("service", shard.service.clone()),
-            ("event", shard.event.clone()),
+            ("service", shard.service.to_string()),
+            ("event", shard.event.to_string()),
         ];
         let dead = |reason: DeadReason| {
             let [s, e] = l.clone();
@@ -403,9 +403,11 @@ impl ShardTelemetry {
             shard: shard.clone(),
             stats,
             gauges: Arc::default(),
-            pair: cached(&PAIRS, (shard.service.clone(), shard.event.clone()), || {
-                PairHandles::new(shard)
-            }),
+            pair: cached(
+                &PAIRS,
+                (shard.service.to_string(), shard.event.to_string()),
+                || PairHandles::new(shard),
+            ),
             tenant: cached(&TENANTS, shard.tenant.clone(), || {
                 TenantHandles::new(&shard.tenant)
             }),

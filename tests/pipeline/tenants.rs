@@ -449,7 +449,7 @@ async fn a_tenant_added_and_one_removed_by_editing_the_file_while_two_replicas_r
     .await;
     let acme: Vec<Shard> = shards(&tenants[0])
         .iter()
-        .map(|s| Shard::of("acme", &s.service, &s.event))
+        .map(|s| Shard::of("acme", &*s.service, &*s.event))
         .collect();
     let st = obs.status(&acme).await.unwrap();
     for s in &st.shards {
