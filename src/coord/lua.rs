@@ -119,9 +119,7 @@ return redis.call('ZCARD', KEYS[1])
 // KEYS: minute, day, pause, seq, last grant, waiters. ARGV: per_minute,
 // per_day, minute_ms, day_ms, mode, pace_ms, worker, rank, stale_ms.
 // Returns {1, the grant's number} for a permit or {0, ms to wait}. The
-// number only grows (KEYS[4] never expires): a smaller one than a worker
-// saw before means the store lost grants (a fail-over to a replica that
-// had not received them). Grants are paced
+// number only grows (KEYS[4] never expires), unless the store lost it. Grants are paced
 // `pace_ms` apart, so a backlog spends the minute evenly instead of in one
 // burst whose requests reach the API spread over an unknown delay.
 //
@@ -141,6 +139,20 @@ local function refuse(ms)
 end
 local p = redis.call('PTTL', KEYS[3])
 if p > 0 then return refuse(p) end
+-- ARGV[10]: the highest grant number this worker was given; ARGV[11]: ms
+-- since it was given. A store whose count is below it forgot grants (a
+-- fail-over, a restart without persistence): the API counted them, so
+-- every worker waits out what is left of their minute, once (the count
+-- is set back up to it, so no other worker pauses again for the same).
+local seen, since = tonumber(ARGV[10]), tonumber(ARGV[11])
+if seen > 0 and tonumber(redis.call('GET', KEYS[4]) or '0') < seen then
+  redis.call('SET', KEYS[4], seen)
+  local left = tonumber(ARGV[3]) - since
+  if left > 0 then
+    redis.call('SET', KEYS[3], '1', 'PX', left)
+    return refuse(left)
+  end
+end
 local w = redis.call('HGETALL', KEYS[6])
 for i = 1, #w, 2 do
   if w[i] ~= me then

@@ -17,7 +17,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use secrecy::SecretString;
 
-use super::{token_key, RedisCoord};
+use super::{lock, token_key, RedisCoord};
 use crate::coord::{
     Budget, BudgetConfig, BudgetMode, BudgetUsage, CoordError, Permit, Priority, Take,
 };
@@ -50,9 +50,9 @@ pub(super) struct BudgetKeys {
     resolved: tokio::sync::OnceCell<String>,
     /// Limits and counting mode.
     pub(super) cfg: BudgetConfig,
-    /// The highest grant number this process was given (see
+    /// The highest grant number this process was given, and when (see
     /// [`RedisCoord::take_from`]).
-    last_grant: std::sync::atomic::AtomicI64,
+    last_grant: std::sync::Mutex<(i64, Option<tokio::time::Instant>)>,
 }
 
 impl BudgetKeys {
@@ -69,7 +69,7 @@ impl BudgetKeys {
             tenant: None,
             resolved: tokio::sync::OnceCell::new(),
             cfg,
-            last_grant: std::sync::atomic::AtomicI64::new(0),
+            last_grant: std::sync::Mutex::new((0, None)),
         }
     }
 
@@ -173,28 +173,18 @@ impl RedisCoord {
             .arg(&self.worker)
             .arg(priority.rank())
             .arg(WAITER_STALE.as_millis() as u64);
+        // The highest grant number this process was given, and how long ago
+        // (the script notices a store that forgot it: see lua.rs, TAKE).
+        let (seen, at) = *lock(&b.last_grant);
+        inv.arg(seen)
+            .arg(at.map_or(i64::MAX / 2, |t| t.elapsed().as_millis() as i64));
         let (ok, n): (i64, i64) = self.run(inv).await?;
         if ok != 1 {
             return Ok(Take::Wait(Duration::from_millis(n.clamp(1, 10_000) as u64)));
         }
-        // Grants are numbered by the store: a number this process saw
-        // already means the store forgot the grants after it (a fail-over
-        // to a replica that had not received them yet). The API counted
-        // them: every caller waits out the minute they could fill.
-        let seen = b
-            .last_grant
-            .fetch_max(n, std::sync::atomic::Ordering::Relaxed);
-        if n <= seen {
-            let minute = Duration::from_millis((MINUTE_MS + b.margin_ms()) as u64);
-            tracing::warn!(
-                grant = n,
-                seen,
-                pause_s = crate::field::secs(minute),
-                "the budget's Redis forgot recent permits (a fail-over?); every replica waits a minute so the API's count is not exceeded"
-            );
-            b.last_grant.store(n, std::sync::atomic::Ordering::Relaxed);
-            self.pause_of(b, minute).await;
-            return Ok(Take::Wait(minute));
+        let mut last = lock(&b.last_grant);
+        if n > last.0 {
+            *last = (n, Some(tokio::time::Instant::now()));
         }
         Ok(Take::Granted(Permit::new(Duration::ZERO)))
     }
