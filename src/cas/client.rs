@@ -82,11 +82,17 @@ fn shared_http(cfg: &ApiConfig, base: &url::Url) -> Result<reqwest::Client, Conf
         .ca_file
         .as_ref()
         .and_then(|f| std::fs::metadata(f).and_then(|m| m.modified()).ok());
+    // The proxy as configured or from the environment (HTTPS_PROXY,
+    // NO_PROXY), read when the client is made: a change makes a new one.
     let key = format!(
-        "{:?}|{}|{:?}|{:?}|{ca_changed:?}",
+        "{:?}|{}|{:?}|{}|{:?}|{:?}|{ca_changed:?}",
         cfg.timeout.get(),
         base.scheme(),
         cfg.proxy_url(),
+        cfg.proxy.is_some(),
+        std::env::var("NO_PROXY")
+            .or_else(|_| std::env::var("no_proxy"))
+            .ok(),
         cfg.ca_file
     );
     let mut cache = CLIENTS.lock().unwrap_or_else(|p| p.into_inner());
